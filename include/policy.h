@@ -1,0 +1,79 @@
+/* The pure core: (server config, snapshot, now) -> decisions and next deadline.
+ * No I/O, no clock reads. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+#define TS_NULL INT64_MIN  /* a NULL timestamp in a snapshot row */
+
+enum session_state {
+        STATE_UNKNOWN,              /* NULL or a state we do not know */
+        STATE_ACTIVE,
+        STATE_IDLE,
+        STATE_IDLE_IN_TRANSACTION,
+        STATE_IDLE_IN_TRANSACTION_ABORTED,
+        STATE_FASTPATH,
+        STATE_DISABLED,
+        _STATE_MAX,
+};
+
+/* One row of pg_stat_activity. Timestamps are microseconds since the Unix
+ * epoch on the server's clock, TS_NULL when NULL. */
+struct snapshot_row {
+        int32_t pid;
+        bool client_backend;        /* backend_type = 'client backend' */
+        bool superuser;             /* rolsuper of the session's role */
+        enum session_state state;
+        int64_t backend_start;
+        int64_t state_change;
+        int64_t query_start;
+        int64_t xact_start;
+        const char *user;           /* never NULL: "" when NULL */
+        const char *database;
+        const char *application;
+        const char *client_addr;    /* "local" for Unix sockets, "" when unknown */
+        const char *query;          /* NULL unless log_query */
+};
+
+struct snapshot {
+        int64_t now;                /* server clock when the snapshot was taken */
+        struct snapshot_row *rows;
+        size_t n_rows;
+        char *strings;              /* one block holding every string of the rows */
+};
+
+void snapshot_free(struct snapshot *s);
+
+struct decision {
+        const struct snapshot_row *row;
+        const struct rule *rule;
+        enum limit_kind limit;
+        int64_t elapsed_ms;
+        enum action action;
+        bool dry_run;
+};
+
+struct judgement {
+        struct decision *decisions; /* oldest offender first */
+        size_t n_decisions;
+        int64_t next_deadline;      /* server clock (us) when the next observed
+                                     * session crosses a limit; INT64_MAX: none */
+};
+
+struct policy_input {
+        const struct server *server;
+        bool dry_run;               /* global or command line */
+        const int32_t *own_pids;    /* pgsweeper's own backends, on any server */
+        size_t n_own_pids;
+};
+
+void policy_judge(const struct policy_input *in, const struct snapshot *snap,
+                  struct judgement *ret);
+void judgement_free(struct judgement *j);
+
+const char *session_state_to_string(enum session_state s);
+enum session_state session_state_from_string(const char *s);

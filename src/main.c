@@ -1,0 +1,110 @@
+/* Command line only: everything else lives in the modules. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+
+#include "build-config.h"
+#include "config.h"
+#include "log.h"
+#include "manager.h"
+
+#define EXIT_USAGE  2
+#define EXIT_CONFIG 78 /* EX_CONFIG */
+
+static void usage(FILE *f) {
+        fprintf(f,
+                "Usage: pgsweeper [OPTIONS]\n"
+                "Cancel or terminate PostgreSQL sessions that break the configured rules.\n\n"
+                "  -c, --config FILE        configuration file (default %s)\n"
+                "      --check              validate the configuration and exit\n"
+                "      --once               run one cycle against every server and exit\n"
+                "      --dry-run            judge and log, but never cancel or terminate\n"
+                "      --log-target TARGET  auto, journal or stderr (default auto)\n"
+                "  -v, --verbose            log debug messages too\n"
+                "  -h, --help               show this help and exit\n"
+                "  -V, --version            show the version and exit\n\n"
+                "Exit status: 0 success, 1 runtime failure, 2 bad command line, 78 bad configuration.\n",
+                DEFAULT_CONFIG_PATH);
+}
+
+int main(int argc, char **argv) {
+        enum { OPT_CHECK = 0x100, OPT_ONCE, OPT_DRY_RUN, OPT_LOG_TARGET };
+        static const struct option options[] = {
+                { "config", required_argument, NULL, 'c' },
+                { "check", no_argument, NULL, OPT_CHECK },
+                { "once", no_argument, NULL, OPT_ONCE },
+                { "dry-run", no_argument, NULL, OPT_DRY_RUN },
+                { "log-target", required_argument, NULL, OPT_LOG_TARGET },
+                { "verbose", no_argument, NULL, 'v' },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, 'V' },
+                {},
+        };
+        struct manager_options opts = { .config_path = DEFAULT_CONFIG_PATH };
+        enum log_target target = LOG_TARGET_AUTO;
+        struct diagnostics diag = {};
+        struct config *config = NULL;
+        bool check = false;
+        int verbose = 0, c, r;
+
+        while ((c = getopt_long(argc, argv, "c:vhV", options, NULL)) >= 0) {
+                switch (c) {
+                case 'c':
+                        opts.config_path = optarg;
+                        break;
+                case OPT_CHECK:
+                        check = true;
+                        break;
+                case OPT_ONCE:
+                        opts.once = true;
+                        break;
+                case OPT_DRY_RUN:
+                        opts.dry_run = true;
+                        break;
+                case OPT_LOG_TARGET:
+                        r = log_target_from_string(optarg);
+                        if (r < 0) {
+                                fprintf(stderr, "pgsweeper: invalid --log-target \"%s\": expected auto, journal or stderr\n",
+                                        optarg);
+                                return EXIT_USAGE;
+                        }
+                        target = (enum log_target) r;
+                        break;
+                case 'v':
+                        verbose++;
+                        break;
+                case 'h':
+                        usage(stdout);
+                        return EXIT_SUCCESS;
+                case 'V':
+                        printf("pgsweeper %s\n", PACKAGE_VERSION);
+                        return EXIT_SUCCESS;
+                default:
+                        usage(stderr);
+                        return EXIT_USAGE;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "pgsweeper: unexpected argument \"%s\"\n", argv[optind]);
+                usage(stderr);
+                return EXIT_USAGE;
+        }
+
+        r = config_load(opts.config_path, &config, &diag);
+        for (size_t i = 0; i < diag.n_lines; i++)
+                fprintf(stderr, "%s\n", diag.lines[i]);
+        diagnostics_clear(&diag);
+        if (r < 0)
+                return EXIT_CONFIG;
+        if (check) {
+                printf("configuration OK\n");
+                config_free(config);
+                return EXIT_SUCCESS;
+        }
+
+        log_setup(target, verbose > 0 ? LOG_DEBUG : LOG_INFO);
+        return manager_run(&opts, config);
+}

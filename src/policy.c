@@ -1,0 +1,130 @@
+/* Who breaks which rule, and when the next one will. Pure: everything it
+ * knows comes in through its arguments. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "enforce.h"
+#include "macro.h"
+#include "policy.h"
+
+static const char *const state_names[_STATE_MAX] = {
+        [STATE_UNKNOWN] = "",
+        [STATE_ACTIVE] = "active",
+        [STATE_IDLE] = "idle",
+        [STATE_IDLE_IN_TRANSACTION] = "idle in transaction",
+        [STATE_IDLE_IN_TRANSACTION_ABORTED] = "idle in transaction (aborted)",
+        [STATE_FASTPATH] = "fastpath function call",
+        [STATE_DISABLED] = "disabled",
+};
+
+const char *session_state_to_string(enum session_state s) {
+        return s < _STATE_MAX ? state_names[s] : "";
+}
+
+enum session_state session_state_from_string(const char *s) {
+        if (!s)
+                return STATE_UNKNOWN;
+        for (enum session_state i = 1; i < _STATE_MAX; i++)
+                if (strcmp(s, state_names[i]) == 0)
+                        return i;
+        return STATE_UNKNOWN;
+}
+
+void snapshot_free(struct snapshot *s) {
+        free(s->rows);
+        free(s->strings);
+        *s = (struct snapshot) {};
+}
+
+void judgement_free(struct judgement *j) {
+        free(j->decisions);
+        *j = (struct judgement) { .next_deadline = INT64_MAX };
+}
+
+/* When did the clock of limit k start for this row? TS_NULL: the limit does
+ * not apply to the session in its current state. */
+int64_t limit_since(enum limit_kind k, const struct snapshot_row *row) {
+        switch (k) {
+        case LIMIT_IDLE:
+                return row->state == STATE_IDLE ? row->state_change : TS_NULL;
+        case LIMIT_IDLE_IN_TRANSACTION:
+                return row->state == STATE_IDLE_IN_TRANSACTION || row->state == STATE_IDLE_IN_TRANSACTION_ABORTED ?
+                               row->state_change : TS_NULL;
+        case LIMIT_QUERY_DURATION:
+                return row->state == STATE_ACTIVE || row->state == STATE_FASTPATH ? row->query_start : TS_NULL;
+        case LIMIT_TRANSACTION_AGE:
+                return row->xact_start;
+        case LIMIT_SESSION_AGE:
+                return row->backend_start;
+        default:
+                return TS_NULL;
+        }
+}
+
+static bool is_own(const struct policy_input *in, int32_t pid) {
+        for (size_t i = 0; i < in->n_own_pids; i++)
+                if (in->own_pids[i] == pid)
+                        return true;
+        return false;
+}
+
+/* Built-in protection: never judged, whatever the rules say. */
+static bool protected_session(const struct policy_input *in, const struct snapshot_row *row) {
+        return !row->client_backend || row->superuser || is_own(in, row->pid);
+}
+
+static int decision_cmp(const void *a, const void *b) {
+        const struct decision *x = a, *y = b;
+        /* The oldest offender first: furthest past its limit. */
+        int64_t ox = x->elapsed_ms - x->rule->limit_ms[x->limit];
+        int64_t oy = y->elapsed_ms - y->rule->limit_ms[y->limit];
+        if (ox != oy)
+                return ox > oy ? -1 : 1;
+        return x->row->pid < y->row->pid ? -1 : x->row->pid > y->row->pid;
+}
+
+void policy_judge(const struct policy_input *in, const struct snapshot *snap, struct judgement *ret) {
+        const struct server *srv = in->server;
+        struct decision *out = NULL;
+        size_t n = 0;
+        int64_t next = INT64_MAX;
+
+        for (size_t i = 0; i < snap->n_rows; i++) {
+                const struct snapshot_row *row = &snap->rows[i];
+                struct decision best = {};
+
+                if (protected_session(in, row))
+                        continue;
+
+                for (size_t r = 0; r < srv->n_rules; r++) {
+                        const struct rule *rule = &srv->rules[r];
+                        struct decision d = {};
+
+                        for (enum limit_kind k = 0; k < _LIMIT_MAX; k++) {
+                                int64_t since = limit_since(k, row), elapsed_ms, limit = rule->limit_ms[k];
+
+                                if (limit <= 0 || since == TS_NULL)
+                                        continue;
+                                elapsed_ms = snap->now >= since ? (snap->now - since) / 1000 : 0;
+                                if (elapsed_ms >= limit) {
+                                        /* Of several broken limits, name the one broken longest ago. */
+                                        if (!d.rule || elapsed_ms - limit > d.elapsed_ms - rule->limit_ms[d.limit])
+                                                d = (struct decision) { row, rule, k, elapsed_ms, rule->action, false };
+                                } else if (since <= INT64_MAX - limit * 1000 && since + limit * 1000 < next)
+                                        next = since + limit * 1000;
+                        }
+                        /* The strongest action wins; between equals, the first rule. */
+                        if (d.rule && (!best.rule || d.action > best.action))
+                                best = d;
+                }
+                if (!best.rule)
+                        continue;
+                best.dry_run = in->dry_run;
+                out = xreallocarray(out, n + 1, sizeof(*out));
+                out[n++] = best;
+        }
+
+        if (n > 1)
+                qsort(out, n, sizeof(*out), decision_cmp);
+        *ret = (struct judgement) { .decisions = out, .n_decisions = n, .next_deadline = next };
+}

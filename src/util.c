@@ -1,0 +1,38 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "macro.h"
+
+static void oom(void) {
+        fputs("pgsweeper: out of memory\n", stderr);
+        abort();
+}
+
+void *xmalloc(size_t n) {
+        void *p = malloc(n ? n : 1);
+        if (!p)
+                oom();
+        return p;
+}
+
+void *xcalloc(size_t n, size_t size) {
+        void *p = calloc(n ? n : 1, size ? size : 1);
+        if (!p)
+                oom();
+        return p;
+}
+
+void *xreallocarray(void *p, size_t n, size_t size) {
+        void *q = reallocarray(p, n ? n : 1, size ? size : 1);
+        if (!q)
+                oom();
+        return q;
+}
+
+char *xstrdup(const char *s) {
+        char *p = strdup(s);
+        if (!p)
+                oom();
+        return p;
+}
