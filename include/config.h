@@ -31,6 +31,7 @@ struct rule {
         char *name;
         int64_t limit_ms[_LIMIT_MAX];  /* 0: limit not set */
         enum action action;
+        bool dry_run;                  /* shadow rule: judge and log, never signal */
         struct source_pos pos;
 };
 

@@ -394,6 +394,7 @@ static const struct key rule_keys[] = {
         { "max_transaction_age", parse_duration, offsetof(struct rule, limit_ms[LIMIT_TRANSACTION_AGE]), false },
         { "max_session_age", parse_duration, offsetof(struct rule, limit_ms[LIMIT_SESSION_AGE]), false },
         KEY(struct rule, action, parse_action, false),
+        KEY(struct rule, dry_run, parse_bool, false),
 };
 
 static void parse_rules(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {

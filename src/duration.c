@@ -48,6 +48,14 @@ int duration_parse(const char *s, int64_t *ret_ms, const char **ret_error) {
                 size_t unit_len = 0;
                 size_t i;
 
+                if (isspace((unsigned char) *p)) {
+                        const char *w = p;
+                        while (isspace((unsigned char) *w))
+                                w++;
+                        *ret_error = *w ? "no spaces in durations: write \"1h30m\", not \"1h 30m\"" :
+                                          "trailing space in duration";
+                        return -EINVAL;
+                }
                 while (isdigit((unsigned char) *p)) {
                         if (n > (INT64_MAX - 9) / 10) {
                                 *ret_error = "duration is too large (at most 3650d)";

@@ -73,6 +73,15 @@ static bool protected_session(const struct policy_input *in, const struct snapsh
         return !row->client_backend || row->superuser || is_own(in, row->pid);
 }
 
+/* Of several rules a session breaks, one decides: an enforcing rule over a
+ * shadow (dry-run) one, so shadowing a new rule never weakens an existing
+ * one; then the strongest action; between equals, the first rule. */
+static bool stronger(const struct decision *a, const struct decision *b) {
+        if (a->dry_run != b->dry_run)
+                return !a->dry_run;
+        return a->action > b->action;
+}
+
 static int decision_cmp(const void *a, const void *b) {
         const struct decision *x = a, *y = b;
         /* The oldest offender first: furthest past its limit. */
@@ -109,17 +118,16 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                                 if (elapsed_ms >= limit) {
                                         /* Of several broken limits, name the one broken longest ago. */
                                         if (!d.rule || elapsed_ms - limit > d.elapsed_ms - rule->limit_ms[d.limit])
-                                                d = (struct decision) { row, rule, k, elapsed_ms, rule->action, false };
+                                                d = (struct decision) { row, rule, k, elapsed_ms, rule->action,
+                                                                        in->dry_run || rule->dry_run };
                                 } else if (since <= INT64_MAX - limit * 1000 && since + limit * 1000 < next)
                                         next = since + limit * 1000;
                         }
-                        /* The strongest action wins; between equals, the first rule. */
-                        if (d.rule && (!best.rule || d.action > best.action))
+                        if (d.rule && (!best.rule || stronger(&d, &best)))
                                 best = d;
                 }
                 if (!best.rule)
                         continue;
-                best.dry_run = in->dry_run;
                 out = xreallocarray(out, n + 1, sizeof(*out));
                 out[n++] = best;
         }

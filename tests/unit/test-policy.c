@@ -1,0 +1,211 @@
+/* The policy table: session x rules x time -> decision and next deadline. */
+#include <stdlib.h>
+
+#include "policy.h"
+#include "macro.h"
+#include "unit.h"
+
+#define S(x) ((int64_t) (x) * 1000000)  /* seconds -> server clock microseconds */
+#define NOW S(1000000)
+
+static struct snapshot_row row_base(int32_t pid, enum session_state state, int64_t state_age_s) {
+        return (struct snapshot_row) {
+                .pid = pid,
+                .client_backend = true,
+                .state = state,
+                .backend_start = NOW - S(86400),
+                .state_change = NOW - S(state_age_s),
+                .query_start = NOW - S(state_age_s),
+                .xact_start = state == STATE_IDLE ? TS_NULL : NOW - S(state_age_s),
+                .user = "app", .database = "appdb", .application = "psql", .client_addr = "local",
+        };
+}
+
+static struct rule rule_make(const char *name, enum limit_kind k, int64_t limit_ms, enum action a) {
+        struct rule r = { .name = (char *) name, .action = a };
+        r.limit_ms[k] = limit_ms;
+        return r;
+}
+
+/* Judge one row against rules; returns the number of decisions. */
+static size_t judge(struct rule *rules, size_t n_rules, struct snapshot_row *rows, size_t n_rows, bool dry_run,
+                    const int32_t *own, size_t n_own, struct judgement *j) {
+        struct server srv = { .name = (char *) "test", .rules = rules, .n_rules = n_rules };
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = n_rows };
+        struct policy_input in = { .server = &srv, .dry_run = dry_run, .own_pids = own, .n_own_pids = n_own };
+        policy_judge(&in, &snap, j);
+        return j->n_decisions;
+}
+
+/* Each limit against each state: who is judged, with which elapsed time. */
+static void test_limits_by_state(void) {
+        static const struct {
+                enum limit_kind limit;
+                enum session_state state;
+                int64_t age_s;
+                bool breaks;
+        } table[] = {
+                { LIMIT_IDLE, STATE_IDLE, 31, true },
+                { LIMIT_IDLE, STATE_IDLE, 30, true },        /* reaching the limit is enough */
+                { LIMIT_IDLE, STATE_IDLE, 29, false },
+                { LIMIT_IDLE, STATE_ACTIVE, 600, false },
+                { LIMIT_IDLE, STATE_IDLE_IN_TRANSACTION, 600, false },
+                { LIMIT_IDLE, STATE_UNKNOWN, 600, false },
+                { LIMIT_IDLE_IN_TRANSACTION, STATE_IDLE_IN_TRANSACTION, 31, true },
+                { LIMIT_IDLE_IN_TRANSACTION, STATE_IDLE_IN_TRANSACTION_ABORTED, 31, true },
+                { LIMIT_IDLE_IN_TRANSACTION, STATE_IDLE, 600, false },
+                { LIMIT_IDLE_IN_TRANSACTION, STATE_ACTIVE, 600, false },
+                { LIMIT_QUERY_DURATION, STATE_ACTIVE, 31, true },
+                { LIMIT_QUERY_DURATION, STATE_FASTPATH, 31, true },
+                { LIMIT_QUERY_DURATION, STATE_IDLE, 600, false },
+                { LIMIT_QUERY_DURATION, STATE_ACTIVE, 10, false },
+                { LIMIT_TRANSACTION_AGE, STATE_ACTIVE, 31, true },
+                { LIMIT_TRANSACTION_AGE, STATE_IDLE_IN_TRANSACTION, 31, true },
+                { LIMIT_TRANSACTION_AGE, STATE_IDLE, 600, false },  /* idle: no transaction */
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(table); i++) {
+                struct rule r = rule_make("r", table[i].limit, 30000, ACTION_TERMINATE);
+                struct snapshot_row row = row_base(100, table[i].state, table[i].age_s);
+                struct judgement j;
+                char what[128];
+
+                snprintf(what, sizeof(what), "case %zu (%s, %s, %" PRId64 "s)", i,
+                         limit_kind_to_string(table[i].limit), session_state_to_string(table[i].state),
+                         table[i].age_s);
+                CHECK_INT(judge(&r, 1, &row, 1, false, NULL, 0, &j), table[i].breaks ? 1 : 0, what);
+                if (j.n_decisions == 1) {
+                        CHECK_INT(j.decisions[0].row->pid, 100, what);
+                        CHECK_INT(j.decisions[0].limit, table[i].limit, what);
+                        CHECK_INT(j.decisions[0].elapsed_ms, table[i].age_s * 1000, what);
+                        CHECK_INT(j.decisions[0].action, ACTION_TERMINATE, what);
+                        CHECK(!j.decisions[0].dry_run);
+                }
+                judgement_free(&j);
+        }
+}
+
+static void test_session_age(void) {
+        struct rule r = rule_make("old", LIMIT_SESSION_AGE, 3600 * 1000, ACTION_TERMINATE);
+        struct snapshot_row rows[2] = { row_base(1, STATE_ACTIVE, 1), row_base(2, STATE_IDLE, 1) };
+        struct judgement j;
+
+        rows[1].backend_start = NOW - S(60);
+        CHECK_INT(judge(&r, 1, rows, 2, false, NULL, 0, &j), 1, "session age");
+        CHECK_INT(j.decisions[0].row->pid, 1, "the day-old session");
+        CHECK_INT(j.next_deadline, NOW - S(60) + S(3600), "young session's deadline");
+        judgement_free(&j);
+}
+
+/* Built-in protection beats any rule. */
+static void test_protections(void) {
+        struct rule r = rule_make("r", LIMIT_IDLE, 1000, ACTION_TERMINATE);
+        struct snapshot_row rows[4] = {
+                row_base(1, STATE_IDLE, 60), row_base(2, STATE_IDLE, 60), row_base(3, STATE_IDLE, 60),
+                row_base(4, STATE_IDLE, 60),
+        };
+        int32_t own[] = { 3 };
+        struct judgement j;
+
+        rows[0].superuser = true;
+        rows[1].client_backend = false;   /* walsender, autovacuum, worker... */
+        CHECK_INT(judge(&r, 1, rows, 4, false, own, 1, &j), 1, "only the plain session");
+        CHECK_INT(j.decisions[0].row->pid, 4, "plain session judged");
+        CHECK_INT(j.next_deadline, INT64_MAX, "protected sessions add no deadline");
+        judgement_free(&j);
+}
+
+static void test_precedence(void) {
+        struct rule rules[3] = {
+                rule_make("log-first", LIMIT_IDLE, 1000, ACTION_LOG),
+                rule_make("cancel", LIMIT_IDLE, 1000, ACTION_CANCEL),
+                rule_make("terminate", LIMIT_IDLE, 1000, ACTION_TERMINATE),
+        };
+        struct snapshot_row row = row_base(7, STATE_IDLE, 60);
+        struct judgement j;
+
+        judge(rules, 3, &row, 1, false, NULL, 0, &j);
+        CHECK_STR(j.decisions[0].rule->name, "terminate", "strongest action wins");
+        judgement_free(&j);
+
+        /* Equal actions: the first rule in the file. */
+        rules[1].action = ACTION_TERMINATE;
+        judge(rules, 3, &row, 1, false, NULL, 0, &j);
+        CHECK_STR(j.decisions[0].rule->name, "cancel", "first of equals wins");
+        judgement_free(&j);
+
+        /* A shadow rule never overrides an enforcing one, whatever its action. */
+        rules[1].action = ACTION_CANCEL;
+        rules[2].dry_run = true;
+        judge(rules, 3, &row, 1, false, NULL, 0, &j);
+        CHECK_STR(j.decisions[0].rule->name, "cancel", "enforcing beats dry-run");
+        CHECK(!j.decisions[0].dry_run);
+        judgement_free(&j);
+
+        /* Only shadow rules match: the decision is a dry run. */
+        judge(&rules[2], 1, &row, 1, false, NULL, 0, &j);
+        CHECK(j.decisions[0].dry_run);
+        judgement_free(&j);
+
+        /* Global dry run marks everything. */
+        judge(rules, 2, &row, 1, true, NULL, 0, &j);
+        CHECK(j.decisions[0].dry_run);
+        CHECK_STR(j.decisions[0].rule->name, "cancel", "global dry run keeps precedence");
+        judgement_free(&j);
+}
+
+/* A rule with several limits names the one broken longest ago. */
+static void test_which_limit(void) {
+        struct rule r = rule_make("r", LIMIT_IDLE_IN_TRANSACTION, 10000, ACTION_TERMINATE);
+        struct snapshot_row row = row_base(5, STATE_IDLE_IN_TRANSACTION, 20);
+        struct judgement j;
+
+        r.limit_ms[LIMIT_TRANSACTION_AGE] = 60000;
+        row.xact_start = NOW - S(300);    /* 240 s past the transaction limit */
+        judge(&r, 1, &row, 1, false, NULL, 0, &j);
+        CHECK_INT(j.decisions[0].limit, LIMIT_TRANSACTION_AGE, "longest broken limit");
+        CHECK_INT(j.decisions[0].elapsed_ms, 300000, "elapsed of that limit");
+        judgement_free(&j);
+}
+
+static void test_order_and_deadline(void) {
+        struct rule r = rule_make("r", LIMIT_IDLE, 10000, ACTION_TERMINATE);
+        struct snapshot_row rows[5] = {
+                row_base(10, STATE_IDLE, 15), row_base(11, STATE_IDLE, 500), row_base(12, STATE_IDLE, 3),
+                row_base(13, STATE_IDLE, 40), row_base(14, STATE_IDLE, 8),
+        };
+        struct judgement j;
+
+        CHECK_INT(judge(&r, 1, rows, 5, false, NULL, 0, &j), 3, "three over the limit");
+        CHECK_INT(j.decisions[0].row->pid, 11, "oldest offender first");
+        CHECK_INT(j.decisions[1].row->pid, 13, "then the next oldest");
+        CHECK_INT(j.decisions[2].row->pid, 10, "then the youngest offender");
+        /* pid 14 crosses in 2 s, pid 12 in 7 s: the earliest wins */
+        CHECK_INT(j.next_deadline, NOW + S(2), "next deadline");
+        judgement_free(&j);
+
+        /* NULL timestamps are not a crossing. */
+        rows[0].state_change = TS_NULL;
+        CHECK_INT(judge(&r, 1, rows, 1, false, NULL, 0, &j), 0, "NULL state_change");
+        CHECK_INT(j.next_deadline, INT64_MAX, "no deadline from NULL");
+        judgement_free(&j);
+
+        /* A clock that went backwards (state_change after now) is elapsed 0, not negative. */
+        rows[0].state_change = NOW + S(5);
+        CHECK_INT(judge(&r, 1, rows, 1, false, NULL, 0, &j), 0, "future state_change");
+        judgement_free(&j);
+
+        CHECK_INT(judge(&r, 1, rows, 0, false, NULL, 0, &j), 0, "empty snapshot");
+        CHECK_INT(j.next_deadline, INT64_MAX, "empty snapshot deadline");
+        judgement_free(&j);
+}
+
+int main(void) {
+        test_limits_by_state();
+        test_session_age();
+        test_protections();
+        test_precedence();
+        test_which_limit();
+        test_order_and_deadline();
+        return unit_finish("test-policy");
+}
