@@ -24,8 +24,17 @@ enum result result_from_string(const char *s);
 const char *limit_guard_column(enum limit_kind k);
 int64_t limit_since(enum limit_kind k, const struct snapshot_row *row);
 
-/* Apply the decisions (blocking): log-only and dry-run decisions get their
- * result without I/O; the rest go to the server in one statement. results[i]
- * belongs to j->decisions[i]. Returns 0, or -EIO when the statement failed
- * (every signalling decision is then RESULT_FAILED) with *ret_error set. */
-int enforce(PGconn *conn, const struct judgement *j, enum result *results, const char **ret_error);
+/* The parameters of pg_action_sql for one judgement. */
+struct action_batch {
+        char *params[6];
+        size_t n;                   /* decisions sent to the server */
+        size_t *index;              /* batch position -> decision index */
+};
+
+/* Give log-only and dry-run decisions their result and put the rest in a
+ * batch (results of those start as RESULT_FAILED). Returns the batch size:
+ * 0 means nothing to send. */
+size_t enforce_prepare(const struct judgement *j, enum result *results, struct action_batch *ret);
+/* Read the per-decision results of pg_action_sql. -EBADMSG on a wrong shape. */
+int enforce_read_result(const struct action_batch *b, const PGresult *res, enum result *results);
+void action_batch_free(struct action_batch *b);

@@ -6,17 +6,17 @@
 
 #include "policy.h"
 
-/* Connection parameters pgsweeper adds around the user's conninfo. The
- * user's values win for everything but what pgsweeper needs to be safe. */
-PGconn *pg_connect(const char *conninfo);
+/* Start a non-blocking connection (drive it with PQconnectPoll). pgsweeper
+ * adds a fallback application_name; the user's conninfo wins otherwise.
+ * NULL only when out of memory. */
+PGconn *pg_connect_start(const char *conninfo);
 
 /* Constant SQL, exposed for tests and benchmarks. */
 extern const char pg_snapshot_sql[];
 extern const char pg_action_sql[];
 
-/* Take one snapshot (blocking). Returns 0 or -EIO with *ret_error set to a
- * static or libpq-owned message valid until the next call on conn. */
-int pg_snapshot(PGconn *conn, bool with_query, struct snapshot *ret, const char **ret_error);
+/* The one parameter of pg_snapshot_sql: whether to read the query text. */
+void pg_snapshot_params(bool with_query, const char *params[static 1]);
 
 /* Turn a result of pg_snapshot_sql into a snapshot. -EBADMSG when the shape is wrong. */
 int snapshot_from_result(const PGresult *res, struct snapshot *ret);

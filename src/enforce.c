@@ -114,16 +114,13 @@ static const char *guard_state(const struct decision *d) {
         }
 }
 
-int enforce(PGconn *conn, const struct judgement *j, enum result *results, const char **ret_error) {
+size_t enforce_prepare(const struct judgement *j, enum result *results, struct action_batch *ret) {
         struct array_text arrays[6] = {};
-        const char *params[6];
-        _cleanup_free_ size_t *index = xcalloc(j->n_decisions + 1, sizeof(size_t));
-        size_t n_signal = 0;
-        PGresult *res;
-        int r = 0;
 
+        *ret = (struct action_batch) { .index = xcalloc(j->n_decisions + 1, sizeof(size_t)) };
         for (size_t i = 0; i < j->n_decisions; i++) {
                 const struct decision *d = &j->decisions[i];
+                int64_t since = limit_since(d->limit, d->row);
                 char num[32];
 
                 if (d->dry_run) {
@@ -135,40 +132,41 @@ int enforce(PGconn *conn, const struct judgement *j, enum result *results, const
                         continue;
                 }
                 results[i] = RESULT_FAILED;
-                index[n_signal++] = i;
+                ret->index[ret->n++] = i;
                 snprintf(num, sizeof(num), "%" PRId32, d->row->pid);
                 array_append(&arrays[0], num, false);
                 snprintf(num, sizeof(num), "%" PRId64, d->row->backend_start);
                 array_append(&arrays[1], d->row->backend_start == TS_NULL ? NULL : num, false);
                 array_append(&arrays[2], limit_guard_column(d->limit), true);
-                snprintf(num, sizeof(num), "%" PRId64, limit_since(d->limit, d->row));
-                array_append(&arrays[3], limit_since(d->limit, d->row) == TS_NULL ? NULL : num, false);
+                snprintf(num, sizeof(num), "%" PRId64, since);
+                array_append(&arrays[3], since == TS_NULL ? NULL : num, false);
                 array_append(&arrays[4], guard_state(d), true);
                 array_append(&arrays[5], action_to_string(d->action), true);
         }
-        if (n_signal == 0)
-                return 0;
+        if (ret->n > 0)
+                for (size_t a = 0; a < ELEMENTSOF(arrays); a++) {
+                        array_finish(&arrays[a]);
+                        ret->params[a] = arrays[a].buf;
+                }
+        return ret->n;
+}
 
-        for (size_t a = 0; a < ELEMENTSOF(arrays); a++) {
-                array_finish(&arrays[a]);
-                params[a] = arrays[a].buf;
-        }
-        res = PQexecParams(conn, pg_action_sql, 6, NULL, params, NULL, NULL, 0);
-        if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 2) {
-                *ret_error = PQerrorMessage(conn);
-                r = -EIO;
-                goto out;
-        }
+int enforce_read_result(const struct action_batch *b, const PGresult *res, enum result *results) {
+        if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 2)
+                return -EBADMSG;
         for (int row = 0; row < PQntuples(res); row++) {
                 int64_t ord;
-                /* ord is 1-based over the signalling decisions, in the order sent */
-                if (parse_int64(PQgetvalue(res, row, 0), &ord) < 0 || ord < 1 || (size_t) ord > n_signal)
+                /* ord is 1-based over the batch, in the order sent */
+                if (parse_int64(PQgetvalue(res, row, 0), &ord) < 0 || ord < 1 || (size_t) ord > b->n)
                         continue;
-                results[index[ord - 1]] = result_from_string(PQgetvalue(res, row, 1));
+                results[b->index[ord - 1]] = result_from_string(PQgetvalue(res, row, 1));
         }
-out:
-        PQclear(res);
-        for (size_t a = 0; a < ELEMENTSOF(arrays); a++)
-                free(arrays[a].buf);
-        return r;
+        return 0;
+}
+
+void action_batch_free(struct action_batch *b) {
+        for (size_t a = 0; a < ELEMENTSOF(b->params); a++)
+                free(b->params[a]);
+        free(b->index);
+        *b = (struct action_batch) {};
 }

@@ -1,16 +1,25 @@
-/* The daemon: one sd-event loop, one timer per server, signals, reload.
- * This is the only module with mutable state that outlives a call. */
+/* The daemon: one sd-event loop, one thread, every server driven by
+ * non-blocking libpq through its own state machine:
+ *
+ *   disconnected -> connecting -> setup -> ready -> polling -> acting -> ready
+ *                       \_________\_________\_________\________> backoff -> connecting
+ *
+ * One slow or dead server never delays another: nothing here blocks, and
+ * every phase that waits on a server has a client-side timeout. This is
+ * the only module with mutable state that outlives a call. */
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
-#include <time.h>
 
 #include "build-config.h"
+#include "duration.h"
 #include "enforce.h"
 #include "log.h"
 #include "manager.h"
@@ -18,18 +27,58 @@
 #include "pg.h"
 #include "policy.h"
 
-#define STATEMENT_TIMEOUT "10s"
+#define USEC_PER_MSEC           UINT64_C(1000)
+#define USEC_PER_SEC            UINT64_C(1000000)
+#define CONNECT_TIMEOUT_USEC    (10 * USEC_PER_SEC)
+/* Our own statements are bounded on the server (statement_timeout) and,
+ * should the server or network hang, here. */
+#define STATEMENT_TIMEOUT       "5s"
+#define QUERY_TIMEOUT_USEC      (10 * USEC_PER_SEC)
+#define BACKOFF_MIN_USEC        (500 * USEC_PER_MSEC)
+#define BACKOFF_MAX_USEC        (60 * USEC_PER_SEC)
+#define STILL_DOWN_EVERY_USEC   (10 * 60 * USEC_PER_SEC)
+
+enum phase {
+        PHASE_DISCONNECTED,
+        PHASE_CONNECTING,
+        PHASE_SETUP,
+        PHASE_READY,
+        PHASE_POLLING,
+        PHASE_ACTING,
+        PHASE_BACKOFF,
+};
 
 struct manager;
+struct server_state;
+typedef void (*result_fn)(struct server_state *s, PGresult *res);
 
 struct server_state {
         struct manager *manager;
         const struct server *server;    /* points into manager->config */
+        enum phase phase;
         PGconn *conn;
+        int fd;                         /* the socket io watches; libpq may change it while connecting */
         int32_t backend_pid;
-        bool was_up;                    /* connected at the end of the last attempt */
-        bool tried;                     /* at least one attempt made */
-        sd_event_source *timer;
+        sd_event_source *io;
+        sd_event_source *timer;         /* next poll, or next connect attempt */
+        sd_event_source *timeout;       /* the phase we wait in takes too long */
+        result_fn on_result;            /* who gets the result of the statement in flight */
+        PGresult *result;               /* last result of the statement in flight */
+
+        bool ever_up;
+        bool down;                      /* a failure was logged and nothing since */
+        uint64_t down_since;
+        uint64_t down_logged;
+        uint64_t backoff_usec;
+        bool cycle_done;                /* --once: this server finished its cycle */
+        bool cycle_failed;
+
+        /* the cycle in flight */
+        uint64_t poll_started;
+        struct snapshot snap;
+        struct judgement judgement;
+        struct action_batch batch;
+        enum result *results;
 };
 
 struct manager {
@@ -39,60 +88,262 @@ struct manager {
         size_t n_servers;
         sd_event *event;
         uint64_t sessions_ended;
+        const char *last_error;         /* server name of the last failure, for STATUS= */
 };
 
-static uint64_t now_usec(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000 + (uint64_t) ts.tv_nsec / 1000;
+static uint64_t now_usec(struct manager *m) {
+        uint64_t t = 0;
+        sd_event_now(m->event, CLOCK_MONOTONIC, &t);
+        return t;
 }
 
-static void server_disconnect(struct server_state *s) {
+static void cycle_reset(struct server_state *s) {
+        judgement_free(&s->judgement);
+        snapshot_free(&s->snap);
+        action_batch_free(&s->batch);
+        free(s->results);
+        s->results = NULL;
+}
+
+static void server_close(struct server_state *s) {
+        s->io = sd_event_source_disable_unref(s->io);
+        sd_event_source_set_enabled(s->timeout, SD_EVENT_OFF);
+        if (s->result)
+                PQclear(s->result);
+        s->result = NULL;
         if (s->conn)
                 PQfinish(s->conn);
         s->conn = NULL;
+        s->fd = -1;
         s->backend_pid = 0;
+        s->on_result = NULL;
+        cycle_reset(s);
 }
 
-/* Log a connection problem once per change of state, not once per attempt. */
-static void server_down(struct server_state *s, const char *what, const char *error) {
-        if (s->was_up)
-                log_event(LOG_ERR, MESSAGE_ID_SERVER_LOST, s->server->name, "connection lost: %s: %s", what, error);
-        else if (!s->tried)
-                log_event(LOG_ERR, MESSAGE_ID_SERVER_LOST, s->server->name, "could not connect: %s", error);
+static void manager_check_once_done(struct manager *m);
+static void server_start_connect(struct server_state *s);
+static void server_poll(struct server_state *s);
+
+static void schedule(struct server_state *s, uint64_t at) {
+        sd_event_source_set_time(s->timer, at);
+        sd_event_source_set_enabled(s->timer, SD_EVENT_ONESHOT);
+}
+
+static void arm_timeout(struct server_state *s, uint64_t usec) {
+        sd_event_source_set_time(s->timeout, now_usec(s->manager) + usec);
+        sd_event_source_set_enabled(s->timeout, SD_EVENT_ONESHOT);
+}
+
+static void finish_cycle(struct server_state *s, bool failed) {
+        s->cycle_done = true;
+        s->cycle_failed = failed;
+        if (s->manager->opts->once)
+                manager_check_once_done(s->manager);
+}
+
+/* Full jitter: a random delay in [min, backoff], the bound doubling per failure. */
+static uint64_t next_backoff(struct server_state *s) {
+        uint64_t r = 0, span;
+
+        s->backoff_usec = s->backoff_usec ? s->backoff_usec * 2 : BACKOFF_MIN_USEC;
+        if (s->backoff_usec > BACKOFF_MAX_USEC)
+                s->backoff_usec = BACKOFF_MAX_USEC;
+        if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != sizeof(r))
+                r = (uint64_t) random();
+        span = s->backoff_usec > BACKOFF_MIN_USEC / 5 ? s->backoff_usec - BACKOFF_MIN_USEC / 5 : 1;
+        return BACKOFF_MIN_USEC / 5 + r % span;
+}
+
+/* Something failed: log it once per change of state, close, retry later. */
+static void server_fail(struct server_state *s, const char *what, const char *error) {
+        struct manager *m = s->manager;
+        uint64_t now = now_usec(m);
+
+        if (!s->down) {
+                if (s->ever_up)
+                        log_event(LOG_ERR, MESSAGE_ID_SERVER_LOST, s->server->name, "connection lost (%s): %s",
+                                  what, error);
+                else
+                        log_event(LOG_ERR, MESSAGE_ID_SERVER_LOST, s->server->name, "could not connect: %s", error);
+                s->down = true;
+                s->down_since = s->down_logged = now;
+        } else if (now - s->down_logged >= STILL_DOWN_EVERY_USEC) {
+                char d[DURATION_FORMAT_MAX];
+                log_event(LOG_WARNING, MESSAGE_ID_SERVER_LOST, s->server->name, "still unreachable after %s: %s",
+                          duration_format((int64_t) ((now - s->down_since) / USEC_PER_MSEC), d, sizeof(d)), error);
+                s->down_logged = now;
+        } else
+                log_debug(s->server->name, "%s failed: %s", what, error);
+        m->last_error = s->server->name;
+
+        server_close(s);
+        s->phase = PHASE_BACKOFF;
+        if (m->opts->once)
+                finish_cycle(s, true);
         else
-                log_debug(s->server->name, "still unreachable: %s: %s", what, error);
-        s->was_up = false;
-        s->tried = true;
-        server_disconnect(s);
+                schedule(s, now + next_backoff(s));
 }
 
-static int server_connect(struct server_state *s) {
-        PGresult *res;
+static void server_up(struct server_state *s) {
+        struct manager *m = s->manager;
 
-        if (s->conn && PQstatus(s->conn) == CONNECTION_OK)
-                return 0;
-        server_disconnect(s);
-        s->conn = pg_connect(s->server->conninfo);
-        if (!s->conn || PQstatus(s->conn) != CONNECTION_OK) {
-                server_down(s, "connect", s->conn ? PQerrorMessage(s->conn) : "out of memory");
-                return -EIO;
+        if (s->down && s->ever_up) {
+                char d[DURATION_FORMAT_MAX];
+                log_event(LOG_NOTICE, MESSAGE_ID_SERVER_RESTORED, s->server->name,
+                          "connection restored after %s (server version %d, backend pid %" PRId32 ")",
+                          duration_format((int64_t) ((now_usec(m) - s->down_since) / USEC_PER_MSEC), d, sizeof(d)),
+                          PQserverVersion(s->conn), s->backend_pid);
+        } else
+                log_event(LOG_INFO, MESSAGE_ID_SERVER_CONNECTED, s->server->name,
+                          "connected (server version %d, backend pid %" PRId32 ")", PQserverVersion(s->conn),
+                          s->backend_pid);
+        s->ever_up = true;
+        s->down = false;
+        s->backoff_usec = 0;
+}
+
+static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userdata);
+
+/* Watch the socket for the events libpq waits on. */
+static int watch(struct server_state *s, uint32_t events) {
+        int fd = PQsocket(s->conn);
+
+        if (fd < 0)
+                return -EBADF;
+        if (s->io && fd != s->fd)
+                s->io = sd_event_source_disable_unref(s->io);
+        s->fd = fd;
+        if (!s->io)
+                return sd_event_add_io(s->manager->event, &s->io, fd, events, on_io, s);
+        return sd_event_source_set_io_events(s->io, events);
+}
+
+/* Send one statement; its result goes to fn. */
+static void send_statement(struct server_state *s, enum phase phase, const char *sql, int n_params,
+                           const char *const *params, result_fn fn) {
+        int r;
+
+        if (!PQsendQueryParams(s->conn, sql, n_params, NULL, params, NULL, NULL, 0)) {
+                server_fail(s, "send", PQerrorMessage(s->conn));
+                return;
         }
-        /* A poll must never hang on a stuck server: bound our own statements. */
-        res = PQexec(s->conn, "SET statement_timeout = '" STATEMENT_TIMEOUT "'");
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-                PQclear(res);
-                server_down(s, "connect", PQerrorMessage(s->conn));
-                return -EIO;
+        s->phase = phase;
+        s->on_result = fn;
+        r = PQflush(s->conn);
+        if (r < 0 || watch(s, EPOLLIN | (r == 1 ? EPOLLOUT : 0)) < 0) {
+                server_fail(s, "send", PQerrorMessage(s->conn));
+                return;
         }
+        arm_timeout(s, QUERY_TIMEOUT_USEC);
+}
+
+static const char *result_error(struct server_state *s, PGresult *res) {
+        const char *e = res ? PQresultErrorMessage(res) : NULL;
+        return e && *e ? e : PQerrorMessage(s->conn);
+}
+
+/* The statement in flight finished: hand its result on. */
+static void statement_done(struct server_state *s) {
+        PGresult *res = s->result;
+        result_fn fn = s->on_result;
+
+        s->result = NULL;
+        s->on_result = NULL;
+        sd_event_source_set_enabled(s->timeout, SD_EVENT_OFF);
+        fn(s, res);
         PQclear(res);
-        s->backend_pid = PQbackendPID(s->conn);
-        log_event(LOG_INFO, s->tried && !s->was_up ? MESSAGE_ID_SERVER_RESTORED : MESSAGE_ID_SERVER_CONNECTED,
-                  s->server->name, "%s (server version %d, backend pid %" PRId32 ")",
-                  s->tried && !s->was_up ? "connection restored" : "connected", PQserverVersion(s->conn),
-                  s->backend_pid);
-        s->was_up = true;
-        s->tried = true;
+}
+
+static void on_setup_done(struct server_state *s, PGresult *res) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+                server_fail(s, "setup", result_error(s, res));
+                return;
+        }
+        s->phase = PHASE_READY;
+        server_up(s);
+        server_poll(s);
+}
+
+static void connect_progress(struct server_state *s) {
+        switch (PQconnectPoll(s->conn)) {
+        case PGRES_POLLING_READING:
+                if (watch(s, EPOLLIN) < 0)
+                        server_fail(s, "connect", "no socket");
+                return;
+        case PGRES_POLLING_WRITING:
+                if (watch(s, EPOLLOUT) < 0)
+                        server_fail(s, "connect", "no socket");
+                return;
+        case PGRES_POLLING_OK:
+                s->backend_pid = PQbackendPID(s->conn);
+                s->phase = PHASE_SETUP;
+                send_statement(s, PHASE_SETUP, "SET statement_timeout = '" STATEMENT_TIMEOUT "'", 0, NULL,
+                               on_setup_done);
+                return;
+        default:
+                server_fail(s, "connect", PQerrorMessage(s->conn));
+        }
+}
+
+static void server_start_connect(struct server_state *s) {
+        server_close(s);
+        s->conn = pg_connect_start(s->server->conninfo);
+        if (!s->conn || PQstatus(s->conn) == CONNECTION_BAD) {
+                server_fail(s, "connect", s->conn ? PQerrorMessage(s->conn) : "out of memory");
+                return;
+        }
+        s->phase = PHASE_CONNECTING;
+        arm_timeout(s, CONNECT_TIMEOUT_USEC);
+        connect_progress(s);
+}
+
+static void read_results(struct server_state *s) {
+        if (!PQconsumeInput(s->conn)) {
+                server_fail(s, "read", PQerrorMessage(s->conn));
+                return;
+        }
+        if (!s->on_result)
+                return;  /* nothing in flight: a notice, or the server going away (seen next time) */
+        while (!PQisBusy(s->conn)) {
+                PGresult *res = PQgetResult(s->conn);
+                if (!res) {
+                        statement_done(s);
+                        return;
+                }
+                if (s->result)
+                        PQclear(s->result);
+                s->result = res;
+        }
+}
+
+static int on_io(sd_event_source *source, int fd, uint32_t revents, void *userdata) {
+        struct server_state *s = userdata;
+
+        if (s->phase == PHASE_CONNECTING) {
+                connect_progress(s);
+                return 0;
+        }
+        if (revents & EPOLLOUT) {
+                int r = PQflush(s->conn);
+                if (r < 0) {
+                        server_fail(s, "write", PQerrorMessage(s->conn));
+                        return 0;
+                }
+                if (watch(s, EPOLLIN | (r == 1 ? EPOLLOUT : 0)) < 0) {
+                        server_fail(s, "write", "no socket");
+                        return 0;
+                }
+        }
+        if (revents & (EPOLLIN | EPOLLHUP | EPOLLERR))
+                read_results(s);
+        return 0;
+}
+
+static int on_timeout(sd_event_source *source, uint64_t usec, void *userdata) {
+        struct server_state *s = userdata;
+
+        server_fail(s, s->phase == PHASE_CONNECTING ? "connect" : "query",
+                    s->phase == PHASE_CONNECTING ? "timed out while connecting" : "timed out waiting for the server");
         return 0;
 }
 
@@ -108,80 +359,110 @@ static int32_t *own_pids(struct manager *m, size_t *ret_n) {
         return pids;
 }
 
-/* One cycle against one server: snapshot, judge, act, log. Returns the
- * delay until the next cycle in microseconds, or a negative errno. */
-static int64_t server_cycle(struct server_state *s) {
-        struct manager *m = s->manager;
-        const struct server *srv = s->server;
-        struct snapshot snap = {};
-        struct judgement j = { .next_deadline = INT64_MAX };
-        _cleanup_free_ enum result *results = NULL;
-        _cleanup_free_ int32_t *own = NULL;
-        const char *error = NULL;
-        int64_t delay = srv->interval_ms * 1000;
-        struct policy_input in = { .server = srv, .dry_run = m->config->dry_run || m->opts->dry_run };
-
-        if (server_connect(s) < 0)
-                return -EIO;
-
-        if (pg_snapshot(s->conn, false, &snap, &error) < 0) {
-                server_down(s, "snapshot", error);
-                return -EIO;
-        }
-        own = own_pids(m, &in.n_own_pids);
-        in.own_pids = own;
-        policy_judge(&in, &snap, &j);
-
-        results = xcalloc(j.n_decisions + 1, sizeof(*results));
-        if (enforce(s->conn, &j, results, &error) < 0)
-                log_error(srv->name, "action statement failed: %s", error);
-        for (size_t i = 0; i < j.n_decisions; i++) {
-                log_decision(srv->name, &j.decisions[i], results[i]);
-                if (results[i] == RESULT_TERMINATED || results[i] == RESULT_CANCELLED)
-                        m->sessions_ended++;
-        }
-
-        /* Wake when the first observed session crosses a limit, not one interval late. */
-        if (j.next_deadline != INT64_MAX && snap.now != TS_NULL) {
-                int64_t until = j.next_deadline - snap.now;
-                if (until < delay)
-                        delay = until;
-        }
-        if (delay < m->config->min_interval_ms * 1000)
-                delay = m->config->min_interval_ms * 1000;
-
-        judgement_free(&j);
-        snapshot_free(&snap);
-        if (PQstatus(s->conn) != CONNECTION_OK)
-                server_down(s, "action", PQerrorMessage(s->conn));
-        return delay;
-}
-
 static void notify_status(struct manager *m) {
         size_t up = 0;
 
         for (size_t i = 0; i < m->n_servers; i++)
-                up += m->servers[i].was_up;
-        sd_notifyf(0, "STATUS=%zu/%zu servers up, %" PRIu64 " sessions ended", up, m->n_servers, m->sessions_ended);
+                up += m->servers[i].ever_up && !m->servers[i].down;
+        sd_notifyf(0, "STATUS=%zu/%zu servers up, %" PRIu64 " sessions ended%s%s", up, m->n_servers,
+                   m->sessions_ended, m->last_error ? ", last error on " : "", m->last_error ? m->last_error : "");
+}
+
+static void cycle_complete(struct server_state *s) {
+        struct manager *m = s->manager;
+        const struct judgement *j = &s->judgement;
+        uint64_t delay = (uint64_t) s->server->interval_ms * USEC_PER_MSEC;
+
+        for (size_t i = 0; i < j->n_decisions; i++) {
+                log_decision(s->server->name, &j->decisions[i], s->results[i]);
+                if (s->results[i] == RESULT_TERMINATED || s->results[i] == RESULT_CANCELLED)
+                        m->sessions_ended++;
+        }
+        /* Wake when the first observed session crosses a limit, not one interval late. */
+        if (j->next_deadline != INT64_MAX && s->snap.now != TS_NULL && j->next_deadline > s->snap.now &&
+            (uint64_t) (j->next_deadline - s->snap.now) < delay)
+                delay = (uint64_t) (j->next_deadline - s->snap.now);
+        if (delay < (uint64_t) m->config->min_interval_ms * USEC_PER_MSEC)
+                delay = (uint64_t) m->config->min_interval_ms * USEC_PER_MSEC;
+
+        cycle_reset(s);
+        s->phase = PHASE_READY;
+        finish_cycle(s, false);
+        if (!m->opts->once)
+                schedule(s, s->poll_started + delay);
+        notify_status(m);
+}
+
+static void on_action_done(struct server_state *s, PGresult *res) {
+        if (enforce_read_result(&s->batch, res, s->results) < 0)
+                log_error(s->server->name, "action statement failed: %s", result_error(s, res));
+        cycle_complete(s);
+}
+
+static void on_snapshot_done(struct server_state *s, PGresult *res) {
+        struct manager *m = s->manager;
+        _cleanup_free_ int32_t *own = NULL;
+        struct policy_input in = {
+                .server = s->server,
+                .dry_run = m->config->dry_run || m->opts->dry_run,
+        };
+
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+                server_fail(s, "snapshot", result_error(s, res));
+                return;
+        }
+        if (snapshot_from_result(res, &s->snap) < 0) {
+                server_fail(s, "snapshot", "unexpected result shape");
+                return;
+        }
+        own = own_pids(m, &in.n_own_pids);
+        in.own_pids = own;
+        policy_judge(&in, &s->snap, &s->judgement);
+
+        s->results = xcalloc(s->judgement.n_decisions + 1, sizeof(*s->results));
+        if (enforce_prepare(&s->judgement, s->results, &s->batch) == 0) {
+                cycle_complete(s);
+                return;
+        }
+        send_statement(s, PHASE_ACTING, pg_action_sql, (int) ELEMENTSOF(s->batch.params),
+                       (const char *const *) s->batch.params, on_action_done);
+}
+
+static void server_poll(struct server_state *s) {
+        const char *params[1];
+
+        s->poll_started = now_usec(s->manager);
+        pg_snapshot_params(false, params);
+        send_statement(s, PHASE_POLLING, pg_snapshot_sql, 1, params, on_snapshot_done);
 }
 
 static int on_timer(sd_event_source *source, uint64_t usec, void *userdata) {
         struct server_state *s = userdata;
-        uint64_t start = now_usec();
-        int64_t delay = server_cycle(s);
 
-        if (delay < 0)
-                delay = s->server->interval_ms * 1000;
-        sd_event_source_set_time(source, start + (uint64_t) delay);
-        sd_event_source_set_enabled(source, SD_EVENT_ONESHOT);
-        notify_status(s->manager);
+        switch (s->phase) {
+        case PHASE_READY:
+                if (PQstatus(s->conn) == CONNECTION_OK) {
+                        server_poll(s);
+                        break;
+                }
+                /* the connection went away while idle */
+                _fallthrough_;
+        case PHASE_DISCONNECTED:
+        case PHASE_BACKOFF:
+                s->poll_started = now_usec(s->manager);
+                server_start_connect(s);
+                break;
+        default:
+                break;  /* busy: the cycle in flight schedules the next one */
+        }
         return 0;
 }
 
 static void servers_stop(struct manager *m) {
         for (size_t i = 0; i < m->n_servers; i++) {
-                server_disconnect(&m->servers[i]);
+                server_close(&m->servers[i]);
                 sd_event_source_disable_unref(m->servers[i].timer);
+                sd_event_source_disable_unref(m->servers[i].timeout);
         }
         free(m->servers);
         m->servers = NULL;
@@ -195,15 +476,29 @@ static int servers_start(struct manager *m) {
                 struct server_state *s = &m->servers[i];
                 int r;
 
-                *s = (struct server_state) { .manager = m, .server = &m->config->servers[i] };
-                if (!m->event)
-                        continue;
+                *s = (struct server_state) { .manager = m, .server = &m->config->servers[i], .fd = -1 };
                 /* The first poll of every server happens at start-up. */
-                r = sd_event_add_time(m->event, &s->timer, CLOCK_MONOTONIC, 0, 1000, on_timer, s);
+                /* accuracy 1us: the default (250ms) would defeat deadline scheduling */
+                r = sd_event_add_time(m->event, &s->timer, CLOCK_MONOTONIC, 0, 1, on_timer, s);
                 if (r < 0)
                         return r;
+                r = sd_event_add_time(m->event, &s->timeout, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC, on_timeout, s);
+                if (r < 0)
+                        return r;
+                sd_event_source_set_enabled(s->timeout, SD_EVENT_OFF);
         }
         return 0;
+}
+
+static void manager_check_once_done(struct manager *m) {
+        bool failed = false;
+
+        for (size_t i = 0; i < m->n_servers; i++) {
+                if (!m->servers[i].cycle_done)
+                        return;
+                failed = failed || m->servers[i].cycle_failed;
+        }
+        sd_event_exit(m->event, failed ? 1 : 0);
 }
 
 static int on_exit_signal(sd_event_source *source, const struct signalfd_siginfo *si, void *userdata) {
@@ -220,7 +515,7 @@ static int on_reload(sd_event_source *source, const struct signalfd_siginfo *si,
         struct config *c = NULL;
         int r;
 
-        sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64, now_usec());
+        sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64, now_usec(m));
         r = config_load(m->opts->config_path, &c, &diag);
         for (size_t i = 0; i < diag.n_lines; i++)
                 log_event(r < 0 ? LOG_ERR : LOG_WARNING, NULL, NULL, "%s", diag.lines[i]);
@@ -242,16 +537,8 @@ static int on_reload(sd_event_source *source, const struct signalfd_siginfo *si,
         return 0;
 }
 
-static int run_once(struct manager *m) {
-        int failed = 0;
-
-        for (size_t i = 0; i < m->n_servers; i++)
-                if (server_cycle(&m->servers[i]) < 0)
-                        failed++;
-        return failed ? 1 : 0;
-}
-
-static int run_daemon(struct manager *m) {
+int manager_run(const struct manager_options *opts, struct config *config) {
+        struct manager m = { .opts = opts, .config = config };
         sigset_t mask;
         int r;
 
@@ -262,44 +549,37 @@ static int run_daemon(struct manager *m) {
         sigaddset(&mask, SIGHUP);
         sigprocmask(SIG_BLOCK, &mask, NULL);
 
-        r = sd_event_default(&m->event);
+        r = sd_event_default(&m.event);
         if (r < 0)
                 goto fail;
-        if ((r = sd_event_add_signal(m->event, NULL, SIGTERM, on_exit_signal, m)) < 0 ||
-            (r = sd_event_add_signal(m->event, NULL, SIGINT, on_exit_signal, m)) < 0 ||
-            (r = sd_event_add_signal(m->event, NULL, SIGHUP, on_reload, m)) < 0)
+        if ((r = sd_event_add_signal(m.event, NULL, SIGTERM, on_exit_signal, &m)) < 0 ||
+            (r = sd_event_add_signal(m.event, NULL, SIGINT, on_exit_signal, &m)) < 0)
                 goto fail;
-        r = sd_event_set_watchdog(m->event, true);
-        if (r < 0)
-                goto fail;
-        r = servers_start(m);
+        if (!opts->once) {
+                if ((r = sd_event_add_signal(m.event, NULL, SIGHUP, on_reload, &m)) < 0)
+                        goto fail;
+                if ((r = sd_event_set_watchdog(m.event, true)) < 0)
+                        goto fail;
+        }
+        r = servers_start(&m);
         if (r < 0)
                 goto fail;
 
-        log_event(LOG_INFO, MESSAGE_ID_STARTED, NULL, "pgsweeper %s started, servers: %zu%s", PACKAGE_VERSION,
-                  m->n_servers, m->config->dry_run || m->opts->dry_run ? " (dry run)" : "");
-        sd_notify(0, "READY=1");
-        r = sd_event_loop(m->event);
+        if (!opts->once) {
+                log_event(LOG_INFO, MESSAGE_ID_STARTED, NULL, "pgsweeper %s started, servers: %zu%s", PACKAGE_VERSION,
+                          m.n_servers, m.config->dry_run || opts->dry_run ? " (dry run)" : "");
+                sd_notify(0, "READY=1");
+        }
+        r = sd_event_loop(m.event);
         if (r < 0)
                 goto fail;
-        return r;
-fail:
-        log_error(NULL, "event loop: %s", strerror(-r));
-        return 1;
-}
-
-int manager_run(const struct manager_options *opts, struct config *config) {
-        struct manager m = { .opts = opts, .config = config };
-        int code;
-
-        if (opts->once) {
-                servers_start(&m);
-                code = run_once(&m);
-        } else
-                code = run_daemon(&m);
-
+out:
         servers_stop(&m);
         config_free(m.config);
         sd_event_unref(m.event);
-        return code;
+        return r;
+fail:
+        log_error(NULL, "event loop: %s", strerror(-r));
+        r = 1;
+        goto out;
 }

@@ -29,13 +29,16 @@ enum {
         _COL_MAX,
 };
 
-PGconn *pg_connect(const char *conninfo) {
+PGconn *pg_connect_start(const char *conninfo) {
         /* Processed in order, later wins: our defaults come before the user's
          * conninfo (expanded from "dbname"), so the user can change them. */
-        const char *const keys[] = { "connect_timeout", "dbname", "fallback_application_name", NULL };
-        const char *const values[] = { "10", conninfo, "pgsweeper", NULL };
+        const char *const keys[] = { "dbname", "fallback_application_name", NULL };
+        const char *const values[] = { conninfo, "pgsweeper", NULL };
+        PGconn *conn = PQconnectStartParams(keys, values, 1);
 
-        return PQconnectdbParams(keys, values, 1);
+        if (conn && PQstatus(conn) != CONNECTION_BAD)
+                PQsetnonblocking(conn, 1);
+        return conn;
 }
 
 int parse_int64(const char *s, int64_t *ret) {
@@ -113,21 +116,6 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
         return 0;
 }
 
-int pg_snapshot(PGconn *conn, bool with_query, struct snapshot *ret, const char **ret_error) {
-        const char *params[1] = { with_query ? "t" : "f" };
-        PGresult *res;
-        int r;
-
-        *ret = (struct snapshot) {};
-        res = PQexecParams(conn, pg_snapshot_sql, 1, NULL, params, NULL, NULL, 0);
-        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-                *ret_error = PQerrorMessage(conn);
-                PQclear(res);
-                return -EIO;
-        }
-        r = snapshot_from_result(res, ret);
-        PQclear(res);
-        if (r < 0)
-                *ret_error = "unexpected result shape from the snapshot statement";
-        return r;
+void pg_snapshot_params(bool with_query, const char *params[static 1]) {
+        params[0] = with_query ? "t" : "f";
 }
