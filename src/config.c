@@ -111,7 +111,8 @@ static int pending_cmp(const void *a, const void *b) {
 static void flush_diagnostics(struct parser *p) {
         struct diagnostics *d = p->diag;
 
-        qsort(p->pending, p->n_pending, sizeof(*p->pending), pending_cmp);
+        if (p->n_pending > 1)
+                qsort(p->pending, p->n_pending, sizeof(*p->pending), pending_cmp);
         d->lines = xreallocarray(d->lines, d->n_lines + p->n_pending, sizeof(char *));
         for (size_t i = 0; i < p->n_pending; i++) {
                 d->lines[d->n_lines++] = p->pending[i].text;
