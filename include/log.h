@@ -30,5 +30,6 @@ void log_event(int priority, const char *message_id, const char *server, const c
 #define log_info(server, ...)    log_event(LOG_INFO, NULL, server, __VA_ARGS__)
 #define log_debug(server, ...)   log_event(LOG_DEBUG, NULL, server, __VA_ARGS__)
 
-/* One decision and what came of it. */
-void log_decision(const char *server, const struct decision *d, enum result r);
+/* One decision and what came of it. priority < 0: the result's usual
+ * priority; hint, if not NULL, is appended to the message (how to fix it). */
+void log_decision(const char *server, const struct decision *d, enum result r, int priority, const char *hint);

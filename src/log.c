@@ -169,14 +169,18 @@ static const struct {
         [RESULT_FAILED] = { LOG_ERR, MESSAGE_ID_FAILED },
 };
 
-void log_decision(const char *server, const struct decision *d, enum result r) {
+void log_decision(const char *server, const struct decision *d, enum result r, int priority, const char *hint) {
         const struct snapshot_row *row = d->row;
         const char *verb = d->action == ACTION_CANCEL ? "cancel" : "terminate";
         char elapsed[DURATION_FORMAT_MAX], limit[DURATION_FORMAT_MAX], what[96];
         _cleanup_free_ char *line = NULL;
         struct fields f = {};
 
-        if (r >= _RESULT_MAX || result_meta[r].priority > max_priority)
+        if (r >= _RESULT_MAX)
+                return;
+        if (priority < 0)
+                priority = result_meta[r].priority;
+        if (priority > max_priority)
                 return;
         switch (r) {
         case RESULT_TERMINATED:
@@ -208,10 +212,17 @@ void log_decision(const char *server, const struct decision *d, enum result r) {
                      *row->application ? row->application : "-", *row->client_addr ? row->client_addr : "-",
                      limit_phrase(d), elapsed, limit_kind_to_string(d->limit), limit, d->rule->name) < 0)
                 return;
+        if (hint) {
+                char *with_hint;
+                if (asprintf(&with_hint, "%s; %s", line, hint) < 0)
+                        return;
+                free(line);
+                line = with_hint;
+        }
         sanitize_line(line);
 
         field_add(&f, "MESSAGE", "%s", line);
-        field_add(&f, "PRIORITY", "%d", result_meta[r].priority);
+        field_add(&f, "PRIORITY", "%d", priority);
         field_add(&f, "MESSAGE_ID", "%s", result_meta[r].message_id);
         field_add(&f, "PGSWEEPER_SERVER", "%s", server);
         field_add(&f, "PGSWEEPER_RULE", "%s", d->rule->name);

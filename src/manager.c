@@ -50,6 +50,15 @@ enum phase {
 
 struct manager;
 struct server_state;
+
+/* What makes a decision "the same one as last poll": same session, same
+ * crossing of the same rule. */
+struct reported {
+        int32_t pid;
+        int64_t backend_start;
+        int64_t since;
+        const struct rule *rule;
+};
 typedef void (*result_fn)(struct server_state *s, PGresult *res);
 
 struct server_state {
@@ -72,6 +81,14 @@ struct server_state {
         uint64_t backoff_usec;
         bool cycle_done;                /* --once: this server finished its cycle */
         bool cycle_failed;
+
+        /* Log-only and dry-run decisions repeat every poll while the session
+         * stays over its limit: each is logged once, when first seen. */
+        struct reported *reported;
+        size_t n_reported;
+        /* Target roles a permission failure was already explained for. */
+        char **denied_roles;
+        size_t n_denied_roles;
 
         /* the cycle in flight */
         uint64_t poll_started;
@@ -368,16 +385,73 @@ static void notify_status(struct manager *m) {
                    m->sessions_ended, m->last_error ? ", last error on " : "", m->last_error ? m->last_error : "");
 }
 
+static struct reported reported_key(const struct decision *d) {
+        return (struct reported) { d->row->pid, d->row->backend_start, limit_since(d->limit, d->row), d->rule };
+}
+
+static bool reported_before(const struct server_state *s, const struct reported *k) {
+        for (size_t i = 0; i < s->n_reported; i++)
+                if (s->reported[i].pid == k->pid && s->reported[i].backend_start == k->backend_start &&
+                    s->reported[i].since == k->since && s->reported[i].rule == k->rule)
+                        return true;
+        return false;
+}
+
+static bool role_denied_before(struct server_state *s, const char *role) {
+        for (size_t i = 0; i < s->n_denied_roles; i++)
+                if (strcmp(s->denied_roles[i], role) == 0)
+                        return true;
+        s->denied_roles = xreallocarray(s->denied_roles, s->n_denied_roles + 1, sizeof(char *));
+        s->denied_roles[s->n_denied_roles++] = xstrdup(role);
+        return false;
+}
+
+/* Log one decision: repeats of log-only and dry-run decisions are dropped,
+ * a permission failure is explained once per target role, then debug. */
+static void log_result(struct server_state *s, const struct decision *d, enum result r, struct reported *now,
+                       size_t *n_now) {
+        char hint[256];
+
+        if (r == RESULT_LOGGED || r == RESULT_DRY_RUN) {
+                struct reported k = reported_key(d);
+                now[(*n_now)++] = k;
+                if (!reported_before(s, &k))
+                        log_decision(s->server->name, d, r, -1, NULL);
+                return;
+        }
+        if (r == RESULT_DENIED) {
+                if (role_denied_before(s, d->row->user)) {
+                        log_decision(s->server->name, d, r, LOG_DEBUG, NULL);
+                        return;
+                }
+                if (d->row->superuser)
+                        snprintf(hint, sizeof(hint), "only a superuser may signal a superuser's session: exempt "
+                                 "role %s or leave terminate_superusers off (logged once per role)", d->row->user);
+                else
+                        snprintf(hint, sizeof(hint), "fix: GRANT pg_signal_backend TO %s; (logged once per role)",
+                                 PQuser(s->conn) ? PQuser(s->conn) : "pgsweeper");
+                log_decision(s->server->name, d, r, -1, hint);
+                return;
+        }
+        log_decision(s->server->name, d, r, -1, NULL);
+}
+
 static void cycle_complete(struct server_state *s) {
         struct manager *m = s->manager;
         const struct judgement *j = &s->judgement;
         uint64_t delay = (uint64_t) s->server->interval_ms * USEC_PER_MSEC;
+        struct reported *now = xcalloc(j->n_decisions + 1, sizeof(*now));
+        size_t n_now = 0;
 
         for (size_t i = 0; i < j->n_decisions; i++) {
-                log_decision(s->server->name, &j->decisions[i], s->results[i]);
+                log_result(s, &j->decisions[i], s->results[i], now, &n_now);
                 if (s->results[i] == RESULT_TERMINATED || s->results[i] == RESULT_CANCELLED)
                         m->sessions_ended++;
         }
+        /* Only what is still over its limit stays remembered. */
+        free(s->reported);
+        s->reported = now;
+        s->n_reported = n_now;
         /* Wake when the first observed session crosses a limit, not one interval late. */
         if (j->next_deadline != INT64_MAX && s->snap.now != TS_NULL && j->next_deadline > s->snap.now &&
             (uint64_t) (j->next_deadline - s->snap.now) < delay)
@@ -460,9 +534,14 @@ static int on_timer(sd_event_source *source, uint64_t usec, void *userdata) {
 
 static void servers_stop(struct manager *m) {
         for (size_t i = 0; i < m->n_servers; i++) {
-                server_close(&m->servers[i]);
-                sd_event_source_disable_unref(m->servers[i].timer);
-                sd_event_source_disable_unref(m->servers[i].timeout);
+                struct server_state *s = &m->servers[i];
+                server_close(s);
+                sd_event_source_disable_unref(s->timer);
+                sd_event_source_disable_unref(s->timeout);
+                free(s->reported);
+                for (size_t k = 0; k < s->n_denied_roles; k++)
+                        free(s->denied_roles[k]);
+                free(s->denied_roles);
         }
         free(m->servers);
         m->servers = NULL;
