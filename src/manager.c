@@ -91,6 +91,7 @@ struct server_state {
         size_t n_denied_roles;
 
         /* the cycle in flight */
+        const struct config *cycle_config;  /* judged under this one (a reload may retire it) */
         uint64_t poll_started;
         struct snapshot snap;
         struct judgement judgement;
@@ -101,8 +102,11 @@ struct server_state {
 struct manager {
         const struct manager_options *opts;
         struct config *config;
-        struct server_state *servers;
+        struct server_state **servers;  /* each allocated alone: sd-event sources point at it */
         size_t n_servers;
+        /* Configurations replaced by a reload whose rules an in-flight cycle still uses. */
+        struct config **retired;
+        size_t n_retired;
         sd_event *event;
         uint64_t sessions_ended;
         const char *last_error;         /* server name of the last failure, for STATUS= */
@@ -114,7 +118,13 @@ static uint64_t now_usec(struct manager *m) {
         return t;
 }
 
+static void release_retired(struct manager *m);
+
 static void cycle_reset(struct server_state *s) {
+        if (s->cycle_config) {
+                s->cycle_config = NULL;
+                release_retired(s->manager);
+        }
         judgement_free(&s->judgement);
         snapshot_free(&s->snap);
         action_batch_free(&s->batch);
@@ -370,8 +380,8 @@ static int32_t *own_pids(struct manager *m, size_t *ret_n) {
         size_t n = 0;
 
         for (size_t i = 0; i < m->n_servers; i++)
-                if (m->servers[i].conn && m->servers[i].backend_pid > 0)
-                        pids[n++] = m->servers[i].backend_pid;
+                if (m->servers[i]->conn && m->servers[i]->backend_pid > 0)
+                        pids[n++] = m->servers[i]->backend_pid;
         *ret_n = n;
         return pids;
 }
@@ -380,7 +390,7 @@ static void notify_status(struct manager *m) {
         size_t up = 0;
 
         for (size_t i = 0; i < m->n_servers; i++)
-                up += m->servers[i].ever_up && !m->servers[i].down;
+                up += m->servers[i]->ever_up && !m->servers[i]->down;
         sd_notifyf(0, "STATUS=%zu/%zu servers up, %" PRIu64 " sessions ended%s%s", up, m->n_servers,
                    m->sessions_ended, m->last_error ? ", last error on " : "", m->last_error ? m->last_error : "");
 }
@@ -506,6 +516,7 @@ static void server_poll(struct server_state *s) {
         const char *params[1];
 
         s->poll_started = now_usec(s->manager);
+        s->cycle_config = s->manager->config;
         pg_snapshot_params(false, params);
         send_statement(s, PHASE_POLLING, pg_snapshot_sql, 1, params, on_snapshot_done);
 }
@@ -532,17 +543,37 @@ static int on_timer(sd_event_source *source, uint64_t usec, void *userdata) {
         return 0;
 }
 
-static void servers_stop(struct manager *m) {
-        for (size_t i = 0; i < m->n_servers; i++) {
-                struct server_state *s = &m->servers[i];
-                server_close(s);
-                sd_event_source_disable_unref(s->timer);
-                sd_event_source_disable_unref(s->timeout);
-                free(s->reported);
-                for (size_t k = 0; k < s->n_denied_roles; k++)
-                        free(s->denied_roles[k]);
-                free(s->denied_roles);
+static void server_free(struct server_state *s) {
+        if (!s)
+                return;
+        server_close(s);
+        sd_event_source_disable_unref(s->timer);
+        sd_event_source_disable_unref(s->timeout);
+        free(s->reported);
+        for (size_t k = 0; k < s->n_denied_roles; k++)
+                free(s->denied_roles[k]);
+        free(s->denied_roles);
+        free(s);
+}
+
+static struct server_state *server_new(struct manager *m, const struct server *srv) {
+        struct server_state *s = xcalloc(1, sizeof(*s));
+
+        *s = (struct server_state) { .manager = m, .server = srv, .fd = -1 };
+        /* The first poll happens right away; accuracy 1us, as the default
+         * (250ms) would defeat deadline scheduling. */
+        if (sd_event_add_time(m->event, &s->timer, CLOCK_MONOTONIC, 0, 1, on_timer, s) < 0 ||
+            sd_event_add_time(m->event, &s->timeout, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC, on_timeout, s) < 0) {
+                server_free(s);
+                return NULL;
         }
+        sd_event_source_set_enabled(s->timeout, SD_EVENT_OFF);
+        return s;
+}
+
+static void servers_stop(struct manager *m) {
+        for (size_t i = 0; i < m->n_servers; i++)
+                server_free(TAKE_PTR(m->servers[i]));
         free(m->servers);
         m->servers = NULL;
         m->n_servers = 0;
@@ -551,21 +582,96 @@ static void servers_stop(struct manager *m) {
 static int servers_start(struct manager *m) {
         m->n_servers = m->config->n_servers;
         m->servers = xcalloc(m->n_servers, sizeof(*m->servers));
-        for (size_t i = 0; i < m->n_servers; i++) {
-                struct server_state *s = &m->servers[i];
-                int r;
+        for (size_t i = 0; i < m->n_servers; i++)
+                if (!(m->servers[i] = server_new(m, &m->config->servers[i])))
+                        return -ENOMEM;
+        return 0;
+}
 
-                *s = (struct server_state) { .manager = m, .server = &m->config->servers[i], .fd = -1 };
-                /* The first poll of every server happens at start-up. */
-                /* accuracy 1us: the default (250ms) would defeat deadline scheduling */
-                r = sd_event_add_time(m->event, &s->timer, CLOCK_MONOTONIC, 0, 1, on_timer, s);
-                if (r < 0)
-                        return r;
-                r = sd_event_add_time(m->event, &s->timeout, CLOCK_MONOTONIC, UINT64_MAX, USEC_PER_MSEC, on_timeout, s);
-                if (r < 0)
-                        return r;
-                sd_event_source_set_enabled(s->timeout, SD_EVENT_OFF);
+/* Free the retired configurations no cycle in flight uses any more. */
+static void release_retired(struct manager *m) {
+        size_t kept = 0;
+
+        for (size_t i = 0; i < m->n_retired; i++) {
+                bool used = false;
+                for (size_t k = 0; k < m->n_servers; k++)
+                        used = used || (m->servers[k] && m->servers[k]->cycle_config == m->retired[i]);
+                if (used)
+                        m->retired[kept++] = m->retired[i];
+                else
+                        config_free(m->retired[i]);
         }
+        m->n_retired = kept;
+}
+
+static size_t count_rules(const struct config *c) {
+        size_t n = 0;
+        for (size_t i = 0; i < c->n_servers; i++)
+                n += c->servers[i].n_rules;
+        return n;
+}
+
+/* Swap in a new configuration. Servers whose name and conninfo did not
+ * change keep their connection (and their place in the schedule, but poll
+ * now so new rules apply at once); the others are closed or opened. */
+static int apply_config(struct manager *m, struct config *c) {
+        struct server_state **next = xcalloc(c->n_servers + 1, sizeof(*next));
+        size_t added = 0, changed = 0, removed = 0, kept = 0;
+        struct config *old = m->config;
+
+        for (size_t i = 0; i < c->n_servers; i++) {
+                const struct server *srv = &c->servers[i];
+                bool conninfo_changed = false;
+
+                for (size_t k = 0; k < m->n_servers && !next[i]; k++) {
+                        struct server_state *s = m->servers[k];
+                        if (!s || strcmp(s->server->name, srv->name) != 0)
+                                continue;
+                        if (strcmp(s->server->conninfo, srv->conninfo) != 0) {
+                                conninfo_changed = true;
+                                continue;
+                        }
+                        next[i] = s;
+                        m->servers[k] = NULL;
+                }
+                if (next[i]) {
+                        struct server_state *s = next[i];
+                        s->server = srv;
+                        /* rules may differ now: report log-only decisions afresh */
+                        free(s->reported);
+                        s->reported = NULL;
+                        s->n_reported = 0;
+                        if (s->phase == PHASE_READY)
+                                schedule(s, now_usec(m));
+                        kept++;
+                        continue;
+                }
+                changed += conninfo_changed;
+                added += !conninfo_changed;
+                next[i] = server_new(m, srv);
+                if (!next[i])
+                        return -ENOMEM;
+        }
+        for (size_t k = 0; k < m->n_servers; k++)
+                if (m->servers[k]) {
+                        bool still_named = false;
+                        for (size_t i = 0; i < c->n_servers; i++)
+                                still_named = still_named || strcmp(c->servers[i].name, m->servers[k]->server->name) == 0;
+                        removed += !still_named;
+                        server_free(TAKE_PTR(m->servers[k]));
+                }
+        free(m->servers);
+        m->servers = next;
+        m->n_servers = c->n_servers;
+        m->config = c;
+
+        m->retired = xreallocarray(m->retired, m->n_retired + 1, sizeof(*m->retired));
+        m->retired[m->n_retired++] = old;
+        release_retired(m);
+
+        log_event(LOG_INFO, MESSAGE_ID_RELOAD_OK, NULL,
+                  "configuration reloaded: %zu servers (%zu kept, %zu added, %zu changed, %zu removed), %zu rules",
+                  c->n_servers, kept, added, changed, removed, count_rules(c));
         return 0;
 }
 
@@ -573,9 +679,9 @@ static void manager_check_once_done(struct manager *m) {
         bool failed = false;
 
         for (size_t i = 0; i < m->n_servers; i++) {
-                if (!m->servers[i].cycle_done)
+                if (!m->servers[i]->cycle_done)
                         return;
-                failed = failed || m->servers[i].cycle_failed;
+                failed = failed || m->servers[i]->cycle_failed;
         }
         sd_event_exit(m->event, failed ? 1 : 0);
 }
@@ -602,16 +708,8 @@ static int on_reload(sd_event_source *source, const struct signalfd_siginfo *si,
         if (r < 0) {
                 log_event(LOG_ERR, MESSAGE_ID_RELOAD_FAILED, NULL,
                           "reload failed, keeping the running configuration");
-        } else {
-                servers_stop(m);
-                config_free(m->config);
-                m->config = c;
-                r = servers_start(m);
-                if (r < 0)
-                        return sd_event_exit(m->event, 1);
-                log_event(LOG_INFO, MESSAGE_ID_RELOAD_OK, NULL, "configuration reloaded, servers: %zu",
-                          m->config->n_servers);
-        }
+        } else if (apply_config(m, c) < 0)
+                return sd_event_exit(m->event, 1);
         sd_notify(0, "READY=1");
         return 0;
 }
@@ -654,6 +752,8 @@ int manager_run(const struct manager_options *opts, struct config *config) {
                 goto fail;
 out:
         servers_stop(&m);
+        release_retired(&m);
+        free(m.retired);
         config_free(m.config);
         sd_event_unref(m.event);
         return r;

@@ -1,0 +1,164 @@
+"""pgsweeper as a service: sd_notify protocol, reload on SIGHUP, stop on SIGTERM."""
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import stop_process, wait_until
+from pgs_helpers import assert_connection_alive, idle_rule, yaml_config
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.messages = []        # (monotonic time, {key: value})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+
+    def keys_in_order(self, *wanted):
+        """The sequence of messages carrying any of the wanted keys, as key names."""
+        out = []
+        for _, fields in list(self.messages):
+            for k in wanted:
+                if k in fields:
+                    out.append(k if k != "READY" else "READY")
+        return out
+
+    def wait_for(self, key, count=1, timeout=10):
+        wait_until(lambda: sum(key in f for _, f in list(self.messages)) >= count, timeout,
+                   what=f"{count} x {key} on NOTIFY_SOCKET")
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def start(sweeper, config_path, env_extra=None):
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    p = subprocess.Popen([str(sweeper.binary), "-c", str(config_path), "--log-target", "stderr"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    sweeper.procs.append(p)
+    return p
+
+
+def own_pids(pg):
+    return pg.backend_pids_alive("pgsweeper")
+
+
+def main_server(pg, **extra):
+    return [("main", pg.conninfo(user="pgsweeper", dbname="postgres", **extra))]
+
+
+def test_notify_sequence_and_watchdog(pg, sweeper, tmp_path):
+    notify = NotifySocket(tmp_path / "notify")
+    try:
+        conf = sweeper.write_config(yaml_config(main_server(pg), idle_rule("30s"), interval="500ms"))
+        proc = start(sweeper, conf, {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"})
+        notify.wait_for("READY")
+        wait_until(lambda: own_pids(pg), 10, what="pgsweeper connected")
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("READY", count=2)
+        notify.wait_for("WATCHDOG", count=3, timeout=5)
+        assert stop_process(proc) == 0
+        notify.wait_for("STOPPING")
+    finally:
+        notify.close()
+
+    seq = [k for k in notify.keys_in_order("READY", "RELOADING", "STOPPING")]
+    assert seq == ["READY", "RELOADING", "READY", "STOPPING"], seq
+    reloading = [f for _, f in notify.messages if "RELOADING" in f][0]
+    assert int(reloading["MONOTONIC_USEC"]) > 0, reloading
+    # STATUS= carries a live summary once the server was polled
+    statuses = [f["STATUS"] for _, f in notify.messages if "STATUS" in f]
+    assert any(s.startswith("1/1 servers up") for s in statuses), statuses
+    # watchdog pings at least every half period (0.2 s) while running
+    pings = [t for t, f in notify.messages if "WATCHDOG" in f]
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    assert gaps and max(gaps) < 0.4, f"watchdog gaps {gaps}"
+
+
+def test_bad_reload_keeps_the_running_rules(pg, sweeper):
+    conf = sweeper.write_config(yaml_config(main_server(pg), idle_rule("600ms"), interval="200ms"))
+    proc = start(sweeper, conf)
+    wait_until(lambda: own_pids(pg), 10, what="pgsweeper connected")
+    before = own_pids(pg)
+
+    conf.write_text("interval: 5\nservers:\n  - name: main\n    rules: []\n")
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    victim = pg.connect(application_name="after-bad-reload")
+    pid = victim.info.backend_pid
+    assert pg.wait_pid_gone(pid, timeout=5), "the old rules stopped enforcing after a bad reload"
+    assert own_pids(pg) == before, "a failed reload touched the connection"
+    assert stop_process(proc) == 0
+    err = proc.stderr.read()
+    assert f"{conf}:1:11: error:" in err, err     # file:line:col of the bad interval
+    assert "reload failed, keeping the running configuration" in err, err
+
+
+def test_good_reload_changes_rules_and_keeps_unchanged_connections(pg, sweeper):
+    conf = sweeper.write_config(yaml_config(main_server(pg), idle_rule("500ms", action="log"), interval="200ms"))
+    proc = start(sweeper, conf)
+    wait_until(lambda: own_pids(pg), 10, what="pgsweeper connected")
+    before = own_pids(pg)
+    victim = pg.connect(application_name="logged-then-killed")
+    pid = victim.info.backend_pid
+    time.sleep(1.0)
+    assert pg.pid_alive(pid), "action: log must not kill"
+
+    conf.write_text(yaml_config(main_server(pg), idle_rule("500ms", action="terminate"), interval="200ms"))
+    proc.send_signal(signal.SIGHUP)
+    assert pg.wait_pid_gone(pid, timeout=5), "the reloaded rule was not applied"
+    assert own_pids(pg) == before, "an unchanged server was reconnected"
+
+    # a changed conninfo means a new connection
+    conf.write_text(yaml_config(main_server(pg, application_name="pgsweeper-2"),
+                                idle_rule("500ms"), interval="200ms"))
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: own_pids(pg) and own_pids(pg) != before, 10, what="reconnect after conninfo change")
+    assert len(own_pids(pg)) == 1, "the old connection was not closed"
+    assert stop_process(proc) == 0
+    err = proc.stderr.read()
+    assert "configuration reloaded: 1 servers (1 kept, 0 added, 0 changed, 0 removed), 1 rules" in err, err
+    assert "configuration reloaded: 1 servers (0 kept, 0 added, 1 changed, 0 removed), 1 rules" in err, err
+
+
+def test_reload_adds_and_removes_servers(pg, sweeper):
+    conf = sweeper.write_config(yaml_config(main_server(pg), idle_rule("30s"), interval="200ms"))
+    proc = start(sweeper, conf)
+    wait_until(lambda: len(own_pids(pg)) == 1, 10, what="one connection")
+    conf.write_text(yaml_config(main_server(pg) + [("second", pg.conninfo(user="pgsweeper", dbname="appdb"))],
+                                idle_rule("30s"), interval="200ms"))
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: len(own_pids(pg)) == 2, 10, what="a second connection after adding a server")
+    conf.write_text(yaml_config([("second", pg.conninfo(user="pgsweeper", dbname="appdb"))],
+                                idle_rule("30s"), interval="200ms"))
+    proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: len(own_pids(pg)) == 1, 10, what="the removed server's connection closed")
+    assert stop_process(proc) == 0
+    err = proc.stderr.read()
+    assert "(1 kept, 1 added, 0 changed, 0 removed)" in err, err
+    assert "(1 kept, 0 added, 0 changed, 1 removed)" in err, err
