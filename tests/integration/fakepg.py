@@ -1,0 +1,101 @@
+"""A TCP peer that speaks just enough of the PostgreSQL protocol to let
+libpq connect, then answers a chosen number of statements and ignores the
+rest: a server that hangs mid-poll."""
+
+import socket
+import struct
+import threading
+
+
+def _recv_exact(conn, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("peer closed")
+        buf += chunk
+    return buf
+
+
+def _msg(kind, payload=b""):
+    return kind + struct.pack("!i", len(payload) + 4) + payload
+
+
+class FakeServer:
+    """answer: how many statements (Sync-terminated batches) to answer with
+    an empty "SET" completion before going silent; None answers none and
+    hangs right after the handshake."""
+
+    def __init__(self, answer=1):
+        self.answer = answer or 0
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.statements = 0          # batches received
+        self.connections = 0
+        self.received = threading.Condition()
+        self._conns = []
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            while True:
+                length, code = struct.unpack("!ii", _recv_exact(conn, 8))
+                if code in (80877103, 80877104):     # SSLRequest, GSSENCRequest
+                    conn.sendall(b"N")
+                    continue
+                _recv_exact(conn, length - 8)        # startup parameters
+                break
+            out = _msg(b"R", struct.pack("!i", 0))   # AuthenticationOk
+            for k, v in (("server_version", "15.0"), ("client_encoding", "UTF8"),
+                         ("standard_conforming_strings", "on"), ("integer_datetimes", "on")):
+                out += _msg(b"S", k.encode() + b"\0" + v.encode() + b"\0")
+            out += _msg(b"K", struct.pack("!ii", 4242, 1)) + _msg(b"Z", b"I")
+            conn.sendall(out)
+            with self.received:
+                self.connections += 1
+                self.received.notify_all()
+            answered = 0
+            while True:
+                kind = _recv_exact(conn, 1)
+                (length,) = struct.unpack("!i", _recv_exact(conn, 4))
+                _recv_exact(conn, length - 4)
+                if kind == b"X":
+                    return
+                if kind != b"S":                     # wait for the end of the batch
+                    continue
+                with self.received:
+                    self.statements += 1
+                    self.received.notify_all()
+                if answered < self.answer:
+                    answered += 1
+                    conn.sendall(_msg(b"1") + _msg(b"2") + _msg(b"n") + _msg(b"C", b"SET\0")
+                                 + _msg(b"Z", b"I"))
+                # else: silence
+        except (ConnectionError, OSError):
+            return
+
+    def wait_statements(self, n, timeout=10):
+        with self.received:
+            return self.received.wait_for(lambda: self.statements >= n, timeout)
+
+    def close(self):
+        self._stop = True
+        self.sock.close()
+        for c in self._conns:
+            try:
+                c.close()
+            except OSError:
+                pass
