@@ -4,6 +4,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+
+#include "netmatch.h"
 
 enum limit_kind {
         LIMIT_IDLE,                 /* state idle, now - state_change */
@@ -27,11 +30,16 @@ struct source_pos {
         unsigned column;
 };
 
+/* A session breaks a rule when filter_matches(&rule->filter, row), it is not
+ * exempt (global, server or rule block) and it reaches (>=) any set limit. */
 struct rule {
         char *name;
         int64_t limit_ms[_LIMIT_MAX];  /* 0: limit not set */
         enum action action;
+        int64_t escalate_after_ms;     /* 0: none; only with ACTION_CANCEL */
         bool dry_run;                  /* shadow rule: judge and log, never signal */
+        struct filter filter;          /* users, databases, applications, client_addresses */
+        struct filter exempt;          /* this rule's own exempt block */
         struct source_pos pos;
 };
 
@@ -39,6 +47,10 @@ struct server {
         char *name;
         char *conninfo;                /* handed to libpq untouched; never logged */
         int64_t interval_ms;           /* effective (server value or global default) */
+        unsigned max_actions_per_cycle;  /* effective (server value or global default) */
+        bool terminate_superusers;
+        struct filter exempt;          /* this server's own block; see global_exempt */
+        const struct filter *global_exempt;  /* &config->exempt of the owning config */
         struct rule *rules;
         size_t n_rules;
         struct source_pos pos;
@@ -49,12 +61,18 @@ struct config {
         int64_t interval_ms;
         int64_t min_interval_ms;
         bool dry_run;
+        bool log_query;
+        char *metrics_file;            /* absolute path, or NULL */
+        unsigned max_actions_per_cycle;
+        struct filter exempt;          /* global block, applies to every server */
         struct server *servers;
         size_t n_servers;
 };
 
 #define CONFIG_DEFAULT_INTERVAL_MS     INT64_C(10000)
 #define CONFIG_DEFAULT_MIN_INTERVAL_MS INT64_C(100)
+#define CONFIG_DEFAULT_MAX_ACTIONS     100u
+#define CONFIG_MAX_ACTIONS             100000u
 
 /* Messages found while loading: "FILE:LINE:COL: error: ..." lines, in file order. */
 struct diagnostics {
@@ -74,6 +92,11 @@ int config_load(const char *path, struct config **ret, struct diagnostics *diag)
 int config_load_buffer(const char *name, const char *buf, size_t len, struct config **ret,
                        struct diagnostics *diag);
 void config_free(struct config *c);
+
+/* Print the parsed configuration as YAML that loads back to the same
+ * configuration: every key with its effective value, durations exact,
+ * conninfo normalized with password values replaced by "***". */
+void config_dump(const struct config *c, FILE *f);
 
 const char *limit_kind_to_string(enum limit_kind k);
 const char *action_to_string(enum action a);

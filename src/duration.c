@@ -82,7 +82,7 @@ int duration_parse(const char *s, int64_t *ret_ms, const char **ret_error) {
                         const char *w = p;
                         while (isspace((unsigned char) *w))
                                 w++;
-                        *ret_error = *w ? "no spaces in durations: write \"5m\", not \"5 minutes\"" :
+                        *ret_error = *w ? "no spaces in durations: write \"5m\" or \"1h30m\"" :
                                           "trailing space in duration";
                         return -EINVAL;
                 }

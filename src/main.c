@@ -20,6 +20,7 @@ static void usage(FILE *f) {
                 "Cancel or terminate PostgreSQL sessions that break the configured rules.\n\n"
                 "  -c, --config FILE        configuration file (default %s)\n"
                 "      --check              validate the configuration and exit\n"
+                "      --dump               validate, print the parsed configuration and exit\n"
                 "      --once               run one cycle against every server and exit\n"
                 "      --dry-run            judge and log, but never cancel or terminate\n"
                 "      --log-target TARGET  auto, journal or stderr (default auto)\n"
@@ -31,10 +32,11 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-        enum { OPT_CHECK = 0x100, OPT_ONCE, OPT_DRY_RUN, OPT_LOG_TARGET };
+        enum { OPT_CHECK = 0x100, OPT_DUMP, OPT_ONCE, OPT_DRY_RUN, OPT_LOG_TARGET };
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
                 { "check", no_argument, NULL, OPT_CHECK },
+                { "dump", no_argument, NULL, OPT_DUMP },
                 { "once", no_argument, NULL, OPT_ONCE },
                 { "dry-run", no_argument, NULL, OPT_DRY_RUN },
                 { "log-target", required_argument, NULL, OPT_LOG_TARGET },
@@ -47,7 +49,7 @@ int main(int argc, char **argv) {
         enum log_target target = LOG_TARGET_AUTO;
         struct diagnostics diag = {};
         struct config *config = NULL;
-        bool check = false;
+        bool check = false, dump = false;
         int verbose = 0, c, r;
 
         while ((c = getopt_long(argc, argv, "c:vhV", options, NULL)) >= 0) {
@@ -57,6 +59,9 @@ int main(int argc, char **argv) {
                         break;
                 case OPT_CHECK:
                         check = true;
+                        break;
+                case OPT_DUMP:
+                        dump = true;
                         break;
                 case OPT_ONCE:
                         opts.once = true;
@@ -99,6 +104,11 @@ int main(int argc, char **argv) {
         diagnostics_clear(&diag);
         if (r < 0)
                 return EXIT_CONFIG;
+        if (dump) {
+                config_dump(config, stdout);
+                config_free(config);
+                return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+        }
         if (check) {
                 printf("configuration OK\n");
                 config_free(config);

@@ -7,7 +7,7 @@ PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 # Debian packages the build, the tests and the demo need beyond the base image.
 PGSWEEPER_PACKAGES=(
         gcc pkg-config meson ninja-build
-        libpq-dev libyaml-dev libsystemd-dev
+        libpq-dev libyaml-dev libsystemd-dev scdoc
         postgresql-15 systemd
         python3 python3-pytest python3-psycopg
 )
