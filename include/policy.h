@@ -41,6 +41,8 @@ struct snapshot_row {
 
 struct snapshot {
         int64_t now;                /* server clock when the snapshot was taken */
+        int64_t next_crossing;      /* the server's earliest crossing among the rows
+                                     * it did not send (TS_NULL: none) */
         struct snapshot_row *rows;
         size_t n_rows;
         char *strings;              /* one block holding every string of the rows */
@@ -55,13 +57,25 @@ struct decision {
         int64_t elapsed_ms;
         enum action action;
         bool dry_run;
+        bool escalated;             /* terminate after a cancel the query ignored */
 };
 
 struct judgement {
         struct decision *decisions; /* oldest offender first */
         size_t n_decisions;
+        size_t n_capped;            /* signalling decisions left for the next cycle */
         int64_t next_deadline;      /* server clock (us) when the next observed
                                      * session crosses a limit; INT64_MAX: none */
+};
+
+/* A query cancelled under a rule with escalate_after: if the same query
+ * (pid, backend_start, query_start) still runs at due, it is terminated. */
+struct escalation {
+        int32_t pid;
+        int64_t backend_start;
+        int64_t query_start;
+        int64_t due;                /* server clock, us */
+        const struct rule *rule;
 };
 
 struct policy_input {
@@ -69,10 +83,22 @@ struct policy_input {
         bool dry_run;               /* global or command line */
         const int32_t *own_pids;    /* pgsweeper's own backends, on any server */
         size_t n_own_pids;
+        const struct escalation *escalations;
+        size_t n_escalations;
 };
 
+/* Judge every row. Rules: built-in protections first (own connections,
+ * non-client backends, superusers unless terminate_superusers); a session
+ * breaks a rule when it passes the rule's filters, no exempt block (global,
+ * server, rule) matches it, and it reaches any of the rule's limits. Of the
+ * rules it breaks, one decides (see stronger()). Decisions come oldest
+ * offender first; signalling ones beyond max_actions_per_cycle are dropped
+ * and counted in n_capped. */
 void policy_judge(const struct policy_input *in, const struct snapshot *snap,
                   struct judgement *ret);
+
+/* Does the escalation still describe this row's running query? */
+bool escalation_matches(const struct escalation *e, const struct snapshot_row *row);
 void judgement_free(struct judgement *j);
 
 const char *session_state_to_string(enum session_state s);

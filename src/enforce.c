@@ -51,7 +51,10 @@ const char *limit_guard_column(enum limit_kind k) {
  * pg_terminate_backend() raises an error, not false, when it is missing,
  * and one error would abort the whole batch. The checks mirror
  * pg_signal_backend(): superuser targets need a superuser; others need the
- * privileges of the target role or of pg_signal_backend. */
+ * privileges of the target role or of pg_signal_backend. Once permitted,
+ * the functions return false only when the pid is no longer a backend (it
+ * exited after this statement's view of pg_stat_activity was taken) or
+ * kill() failed, which for a backend we just saw means the same: gone. */
 const char pg_action_sql[] =
         "WITH v AS (SELECT * FROM unnest($1::int4[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[]) "
         "             WITH ORDINALITY AS v(pid, backend_start, guard, since, state, action, ord)), "
@@ -69,8 +72,8 @@ const char pg_action_sql[] =
         "WHEN r.oid IS NULL THEN 'denied' "
         "WHEN r.rolsuper AND NOT coalesce((SELECT rolsuper FROM me), false) THEN 'denied' "
         "WHEN NOT (pg_has_role(r.oid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE')) THEN 'denied' "
-        "WHEN v.action = 'terminate' THEN CASE WHEN pg_terminate_backend(v.pid) THEN 'terminated' ELSE 'failed' END "
-        "WHEN v.action = 'cancel' THEN CASE WHEN pg_cancel_backend(v.pid) THEN 'cancelled' ELSE 'failed' END "
+        "WHEN v.action = 'terminate' THEN CASE WHEN pg_terminate_backend(v.pid) THEN 'terminated' ELSE 'gone' END "
+        "WHEN v.action = 'cancel' THEN CASE WHEN pg_cancel_backend(v.pid) THEN 'cancelled' ELSE 'gone' END "
         "ELSE 'failed' END "
         "FROM v LEFT JOIN pg_stat_activity a ON a.pid = v.pid "
         "LEFT JOIN pg_roles r ON r.oid = a.usesysid";

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+/* CODE_FILE/CODE_LINE would name this file, never the event's origin */
+#define SD_JOURNAL_SUPPRESS_LOCATION
 #include <systemd/sd-journal.h>
 #include <unistd.h>
 
@@ -185,7 +187,8 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
         switch (r) {
         case RESULT_TERMINATED:
         case RESULT_CANCELLED:
-                snprintf(what, sizeof(what), "%s pid %" PRId32, result_to_string(r), row->pid);
+                snprintf(what, sizeof(what), "%s%s pid %" PRId32, d->escalated ? "escalated: " : "",
+                         result_to_string(r), row->pid);
                 break;
         case RESULT_LOGGED:
                 snprintf(what, sizeof(what), "log-only: pid %" PRId32, row->pid);
@@ -223,7 +226,8 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
 
         field_add(&f, "MESSAGE", "%s", line);
         field_add(&f, "PRIORITY", "%d", priority);
-        field_add(&f, "MESSAGE_ID", "%s", result_meta[r].message_id);
+        field_add(&f, "MESSAGE_ID", "%s",
+                  d->escalated && r == RESULT_TERMINATED ? MESSAGE_ID_ESCALATED : result_meta[r].message_id);
         field_add(&f, "PGSWEEPER_SERVER", "%s", server);
         field_add(&f, "PGSWEEPER_RULE", "%s", d->rule->name);
         field_add(&f, "PGSWEEPER_ACTION", "%s", action_to_string(d->action));
@@ -237,6 +241,8 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
         field_add(&f, "PGSWEEPER_LIMIT", "%s", limit_kind_to_string(d->limit));
         field_add(&f, "PGSWEEPER_LIMIT_MS", "%" PRId64, d->rule->limit_ms[d->limit]);
         field_add(&f, "PGSWEEPER_ELAPSED_MS", "%" PRId64, d->elapsed_ms);
+        if (d->escalated)
+                field_add(&f, "PGSWEEPER_ESCALATED", "1");
         if (row->query)
                 field_add(&f, "PGSWEEPER_QUERY", "%s", row->query);
         emit(&f, line);

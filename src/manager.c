@@ -24,6 +24,7 @@
 #include "log.h"
 #include "manager.h"
 #include "message-ids.h"
+#include "metrics.h"
 #include "pg.h"
 #include "policy.h"
 
@@ -86,6 +87,12 @@ struct server_state {
          * stays over its limit: each is logged once, when first seen. */
         struct reported *reported;
         size_t n_reported;
+        /* Queries cancelled under a rule with escalate_after, watched until due. */
+        struct escalation *escalations;
+        size_t n_escalations;
+        /* Sessions terminated last cycle: still there at the next poll is worth a warning. */
+        struct reported *ended;
+        size_t n_ended;
         /* Target roles a permission failure was already explained for. */
         char **denied_roles;
         size_t n_denied_roles;
@@ -109,6 +116,8 @@ struct manager {
         size_t n_retired;
         sd_event *event;
         uint64_t sessions_ended;
+        struct metrics *metrics;
+        bool metrics_failing;           /* a write failure was logged */
         const char *last_error;         /* server name of the last failure, for STATUS= */
 };
 
@@ -161,7 +170,26 @@ static void arm_timeout(struct server_state *s, uint64_t usec) {
         sd_event_source_set_enabled(s->timeout, SD_EVENT_ONESHOT);
 }
 
+static void write_metrics(struct manager *m) {
+        int r;
+
+        if (!m->config->metrics_file)
+                return;
+        r = metrics_write(m->metrics, m->config->metrics_file);
+        if (r < 0 && !m->metrics_failing)
+                log_warning(NULL, "cannot write metrics to %s: %s (logged once until it works again)",
+                            m->config->metrics_file, strerror(-r));
+        else if (r >= 0 && m->metrics_failing)
+                log_info(NULL, "metrics written to %s again", m->config->metrics_file);
+        m->metrics_failing = r < 0;
+}
+
 static void finish_cycle(struct server_state *s, bool failed) {
+        struct manager *m = s->manager;
+
+        metrics_count_poll(m->metrics, s->server->name, !failed, now_usec(m) - s->poll_started);
+        metrics_set_up(m->metrics, s->server->name, !failed);
+        write_metrics(m);
         s->cycle_done = true;
         s->cycle_failed = failed;
         if (s->manager->opts->once)
@@ -205,9 +233,8 @@ static void server_fail(struct server_state *s, const char *what, const char *er
 
         server_close(s);
         s->phase = PHASE_BACKOFF;
-        if (m->opts->once)
-                finish_cycle(s, true);
-        else
+        finish_cycle(s, true);
+        if (!m->opts->once)
                 schedule(s, now + next_backoff(s));
 }
 
@@ -245,12 +272,28 @@ static int watch(struct server_state *s, uint32_t events) {
         return sd_event_source_set_io_events(s->io, events);
 }
 
-/* Send one statement; its result goes to fn. */
-static void send_statement(struct server_state *s, enum phase phase, const char *sql, int n_params,
-                           const char *const *params, result_fn fn) {
-        int r;
+enum send_kind {
+        SEND_QUERY,         /* sql with params */
+        SEND_PREPARE,       /* prepare sql as name */
+        SEND_PREPARED,      /* run the statement prepared as name */
+};
 
-        if (!PQsendQueryParams(s->conn, sql, n_params, NULL, params, NULL, NULL, 0)) {
+/* Send one statement; its result goes to fn. */
+static void send_statement(struct server_state *s, enum phase phase, enum send_kind kind, const char *name,
+                           const char *sql, int n_params, const char *const *params, result_fn fn) {
+        int ok, r;
+
+        switch (kind) {
+        case SEND_PREPARE:
+                ok = PQsendPrepare(s->conn, name, sql, n_params, NULL);
+                break;
+        case SEND_PREPARED:
+                ok = PQsendQueryPrepared(s->conn, name, n_params, params, NULL, NULL, 0);
+                break;
+        default:
+                ok = PQsendQueryParams(s->conn, sql, n_params, NULL, params, NULL, NULL, 0);
+        }
+        if (!ok) {
                 server_fail(s, "send", PQerrorMessage(s->conn));
                 return;
         }
@@ -281,7 +324,7 @@ static void statement_done(struct server_state *s) {
         PQclear(res);
 }
 
-static void on_setup_done(struct server_state *s, PGresult *res) {
+static void on_prepare_done(struct server_state *s, PGresult *res) {
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
                 server_fail(s, "setup", result_error(s, res));
                 return;
@@ -289,6 +332,16 @@ static void on_setup_done(struct server_state *s, PGresult *res) {
         s->phase = PHASE_READY;
         server_up(s);
         server_poll(s);
+}
+
+/* Polls run a prepared statement: planned once per connection, not per poll. */
+static void on_setup_done(struct server_state *s, PGresult *res) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+                server_fail(s, "setup", result_error(s, res));
+                return;
+        }
+        send_statement(s, PHASE_SETUP, SEND_PREPARE, pg_snapshot_name, pg_snapshot_sql, SNAPSHOT_PARAMS, NULL,
+                       on_prepare_done);
 }
 
 static void connect_progress(struct server_state *s) {
@@ -304,12 +357,19 @@ static void connect_progress(struct server_state *s) {
         case PGRES_POLLING_OK:
                 s->backend_pid = PQbackendPID(s->conn);
                 s->phase = PHASE_SETUP;
-                send_statement(s, PHASE_SETUP, "SET statement_timeout = '" STATEMENT_TIMEOUT "'", 0, NULL,
-                               on_setup_done);
+                send_statement(s, PHASE_SETUP, SEND_QUERY, NULL, "SET statement_timeout = '" STATEMENT_TIMEOUT "'",
+                               0, NULL, on_setup_done);
                 return;
         default:
                 server_fail(s, "connect", PQerrorMessage(s->conn));
         }
+}
+
+/* Server notices (e.g. "PID n is not a PostgreSQL backend process" when a
+ * victim exits first) are not our events: debug level, never raw stderr. */
+static void on_notice(void *userdata, const char *message) {
+        struct server_state *s = userdata;
+        log_debug(s->server->name, "server notice: %s", message);
 }
 
 static void server_start_connect(struct server_state *s) {
@@ -319,6 +379,7 @@ static void server_start_connect(struct server_state *s) {
                 server_fail(s, "connect", s->conn ? PQerrorMessage(s->conn) : "out of memory");
                 return;
         }
+        PQsetNoticeProcessor(s->conn, on_notice, s);
         s->phase = PHASE_CONNECTING;
         arm_timeout(s, CONNECT_TIMEOUT_USEC);
         connect_progress(s);
@@ -416,23 +477,25 @@ static bool role_denied_before(struct server_state *s, const char *role) {
         return false;
 }
 
-/* Log one decision: repeats of log-only and dry-run decisions are dropped,
- * a permission failure is explained once per target role, then debug. */
-static void log_result(struct server_state *s, const struct decision *d, enum result r, struct reported *now,
+/* Log one decision: repeats of log-only and dry-run decisions are dropped
+ * (returns false for those: nothing new happened), a permission failure is
+ * explained once per target role, then debug. */
+static bool log_result(struct server_state *s, const struct decision *d, enum result r, struct reported *now,
                        size_t *n_now) {
         char hint[256];
 
         if (r == RESULT_LOGGED || r == RESULT_DRY_RUN) {
                 struct reported k = reported_key(d);
                 now[(*n_now)++] = k;
-                if (!reported_before(s, &k))
-                        log_decision(s->server->name, d, r, -1, NULL);
-                return;
+                if (reported_before(s, &k))
+                        return false;
+                log_decision(s->server->name, d, r, -1, NULL);
+                return true;
         }
         if (r == RESULT_DENIED) {
                 if (role_denied_before(s, d->row->user)) {
                         log_decision(s->server->name, d, r, LOG_DEBUG, NULL);
-                        return;
+                        return true;
                 }
                 if (d->row->superuser)
                         snprintf(hint, sizeof(hint), "only a superuser may signal a superuser's session: exempt "
@@ -441,9 +504,10 @@ static void log_result(struct server_state *s, const struct decision *d, enum re
                         snprintf(hint, sizeof(hint), "fix: GRANT pg_signal_backend TO %s; (logged once per role)",
                                  PQuser(s->conn) ? PQuser(s->conn) : "pgsweeper");
                 log_decision(s->server->name, d, r, -1, hint);
-                return;
+                return true;
         }
         log_decision(s->server->name, d, r, -1, NULL);
+        return true;
 }
 
 static void cycle_complete(struct server_state *s) {
@@ -453,11 +517,31 @@ static void cycle_complete(struct server_state *s) {
         struct reported *now = xcalloc(j->n_decisions + 1, sizeof(*now));
         size_t n_now = 0;
 
+        free(s->ended);
+        s->ended = xcalloc(j->n_decisions + 1, sizeof(*s->ended));
+        s->n_ended = 0;
         for (size_t i = 0; i < j->n_decisions; i++) {
-                log_result(s, &j->decisions[i], s->results[i], now, &n_now);
+                const struct decision *d = &j->decisions[i];
+
+                if (log_result(s, d, s->results[i], now, &n_now))
+                        metrics_count_result(m->metrics, s->server->name, d->rule->name, d->action, s->results[i]);
                 if (s->results[i] == RESULT_TERMINATED || s->results[i] == RESULT_CANCELLED)
                         m->sessions_ended++;
+                if (s->results[i] == RESULT_TERMINATED)
+                        s->ended[s->n_ended++] = reported_key(d);
+                if (s->results[i] == RESULT_CANCELLED && d->rule->escalate_after_ms > 0 && !d->escalated) {
+                        s->escalations = xreallocarray(s->escalations, s->n_escalations + 1, sizeof(*s->escalations));
+                        s->escalations[s->n_escalations++] = (struct escalation) {
+                                .pid = d->row->pid, .backend_start = d->row->backend_start,
+                                .query_start = d->row->query_start,
+                                .due = s->snap.now + d->rule->escalate_after_ms * 1000, .rule = d->rule,
+                        };
+                }
         }
+        if (j->n_capped > 0)
+                log_event(LOG_WARNING, MESSAGE_ID_CAP_HIT, s->server->name,
+                          "max_actions_per_cycle (%u) reached: %zu more sessions over their limits wait for the "
+                          "next cycle", s->server->max_actions_per_cycle, j->n_capped);
         /* Only what is still over its limit stays remembered. */
         free(s->reported);
         s->reported = now;
@@ -483,6 +567,33 @@ static void on_action_done(struct server_state *s, PGresult *res) {
         cycle_complete(s);
 }
 
+/* Before judging: forget escalations whose query is over, and warn about
+ * sessions terminated last cycle that are still there. */
+static void watch_earlier_actions(struct server_state *s) {
+        size_t kept = 0;
+
+        for (size_t i = 0; i < s->n_escalations; i++) {
+                bool running = false;
+                for (size_t r = 0; r < s->snap.n_rows && !running; r++)
+                        running = escalation_matches(&s->escalations[i], &s->snap.rows[r]);
+                if (running)
+                        s->escalations[kept++] = s->escalations[i];
+        }
+        s->n_escalations = kept;
+
+        for (size_t i = 0; i < s->n_ended; i++)
+                for (size_t r = 0; r < s->snap.n_rows; r++) {
+                        const struct snapshot_row *row = &s->snap.rows[r];
+                        if (row->pid == s->ended[i].pid && row->backend_start == s->ended[i].backend_start) {
+                                log_warning(s->server->name, "pid %" PRId32 " is still there after it was "
+                                            "terminated (state %s); it may be stuck in an uninterruptible wait",
+                                            row->pid, session_state_to_string(row->state));
+                                break;
+                        }
+                }
+        s->n_ended = 0;
+}
+
 static void on_snapshot_done(struct server_state *s, PGresult *res) {
         struct manager *m = s->manager;
         _cleanup_free_ int32_t *own = NULL;
@@ -501,6 +612,9 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
         }
         own = own_pids(m, &in.n_own_pids);
         in.own_pids = own;
+        watch_earlier_actions(s);
+        in.escalations = s->escalations;
+        in.n_escalations = s->n_escalations;
         policy_judge(&in, &s->snap, &s->judgement);
 
         s->results = xcalloc(s->judgement.n_decisions + 1, sizeof(*s->results));
@@ -508,17 +622,24 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
                 cycle_complete(s);
                 return;
         }
-        send_statement(s, PHASE_ACTING, pg_action_sql, (int) ELEMENTSOF(s->batch.params),
+        send_statement(s, PHASE_ACTING, SEND_QUERY, NULL, pg_action_sql, (int) ELEMENTSOF(s->batch.params),
                        (const char *const *) s->batch.params, on_action_done);
 }
 
 static void server_poll(struct server_state *s) {
-        const char *params[1];
+        _cleanup_free_ int32_t *pids = xcalloc(s->n_escalations + 1, sizeof(int32_t));
+        struct snapshot_request req = { .with_query = s->manager->config->log_query, .pids = pids };
+        struct snapshot_params params;
 
+        for (size_t i = 0; i < s->n_escalations; i++)
+                pids[req.n_pids++] = s->escalations[i].pid;
+        snapshot_request_limits(s->server, &req);
+        snapshot_params_build(&req, &params);
         s->poll_started = now_usec(s->manager);
         s->cycle_config = s->manager->config;
-        pg_snapshot_params(false, params);
-        send_statement(s, PHASE_POLLING, pg_snapshot_sql, 1, params, on_snapshot_done);
+        send_statement(s, PHASE_POLLING, SEND_PREPARED, pg_snapshot_name, NULL, SNAPSHOT_PARAMS,
+                       (const char *const *) params.values, on_snapshot_done);
+        snapshot_params_free(&params);
 }
 
 static int on_timer(sd_event_source *source, uint64_t usec, void *userdata) {
@@ -550,6 +671,8 @@ static void server_free(struct server_state *s) {
         sd_event_source_disable_unref(s->timer);
         sd_event_source_disable_unref(s->timeout);
         free(s->reported);
+        free(s->escalations);
+        free(s->ended);
         for (size_t k = 0; k < s->n_denied_roles; k++)
                 free(s->denied_roles[k]);
         free(s->denied_roles);
@@ -611,6 +734,35 @@ static size_t count_rules(const struct config *c) {
         return n;
 }
 
+static const struct rule *rule_named(const struct server *srv, const char *name) {
+        for (size_t i = 0; i < srv->n_rules; i++)
+                if (strcmp(srv->rules[i].name, name) == 0)
+                        return &srv->rules[i];
+        return NULL;
+}
+
+/* A kept server's memories point at rules of the old configuration: move
+ * them to the rules of the same name, drop those whose rule is gone (or no
+ * longer escalates). The old configuration is still alive here. */
+static void remap_rules(struct server_state *s, const struct server *srv) {
+        size_t kept = 0;
+
+        for (size_t i = 0; i < s->n_reported; i++)
+                if ((s->reported[i].rule = rule_named(srv, s->reported[i].rule->name)))
+                        s->reported[kept++] = s->reported[i];
+        s->n_reported = kept;
+        kept = 0;
+        for (size_t i = 0; i < s->n_escalations; i++) {
+                const struct rule *r = rule_named(srv, s->escalations[i].rule->name);
+                if (r && r->action == ACTION_CANCEL && r->escalate_after_ms > 0) {
+                        s->escalations[i].rule = r;
+                        s->escalations[kept++] = s->escalations[i];
+                }
+        }
+        s->n_escalations = kept;
+        s->server = srv;
+}
+
 /* Swap in a new configuration. Servers whose name and conninfo did not
  * change keep their connection (and their place in the schedule, but poll
  * now so new rules apply at once); the others are closed or opened. */
@@ -636,11 +788,7 @@ static int apply_config(struct manager *m, struct config *c) {
                 }
                 if (next[i]) {
                         struct server_state *s = next[i];
-                        s->server = srv;
-                        /* rules may differ now: report log-only decisions afresh */
-                        free(s->reported);
-                        s->reported = NULL;
-                        s->n_reported = 0;
+                        remap_rules(s, srv);
                         if (s->phase == PHASE_READY)
                                 schedule(s, now_usec(m));
                         kept++;
@@ -705,17 +853,19 @@ static int on_reload(sd_event_source *source, const struct signalfd_siginfo *si,
         for (size_t i = 0; i < diag.n_lines; i++)
                 log_event(r < 0 ? LOG_ERR : LOG_WARNING, NULL, NULL, "%s", diag.lines[i]);
         diagnostics_clear(&diag);
+        metrics_count_reload(m->metrics, r >= 0);
         if (r < 0) {
                 log_event(LOG_ERR, MESSAGE_ID_RELOAD_FAILED, NULL,
                           "reload failed, keeping the running configuration");
         } else if (apply_config(m, c) < 0)
                 return sd_event_exit(m->event, 1);
+        write_metrics(m);
         sd_notify(0, "READY=1");
         return 0;
 }
 
 int manager_run(const struct manager_options *opts, struct config *config) {
-        struct manager m = { .opts = opts, .config = config };
+        struct manager m = { .opts = opts, .config = config, .metrics = metrics_new() };
         sigset_t mask;
         int r;
 
@@ -755,6 +905,7 @@ out:
         release_retired(&m);
         free(m.retired);
         config_free(m.config);
+        metrics_free(m.metrics);
         sd_event_unref(m.event);
         return r;
 fail:

@@ -12,20 +12,55 @@
  * clock at the start of this statement; elapsed times never use ours. */
 #define US(ts) "(extract(epoch FROM " ts ") * 1000000)::int8"
 
+/* $1 query text wanted, $2..$6 smallest limit (ms) per kind or NULL,
+ * $7 pids always wanted, $8 superusers wanted. Rows: the candidates, then
+ * one summary row (pid NULL) carrying the earliest future crossing among
+ * the rest. Cheap on purpose: the per-backend work is a scan of
+ * pg_stat_get_activity() and plain timestamp comparisons against bounds
+ * computed once; names, conversions and joins happen only for the few
+ * candidates. */
 const char pg_snapshot_sql[] =
-        "SELECT a.pid, a.backend_type = 'client backend', coalesce(r.rolsuper, false), a.state, "
-        US("a.backend_start") ", " US("a.state_change") ", " US("a.query_start") ", " US("a.xact_start") ", "
-        "a.usename, a.datname, a.application_name, "
-        "CASE WHEN a.client_port = -1 THEN 'local' ELSE host(a.client_addr) END, "
-        "CASE WHEN $1::bool THEN left(a.query, 1024) END, "
-        US("now()") " "
-        "FROM pg_stat_activity a LEFT JOIN pg_roles r ON r.oid = a.usesysid "
-        "WHERE a.pid <> pg_backend_pid()";
+        "WITH t AS (SELECT now() AS now, "
+        "  now() - $2::int8 * interval '1 millisecond' AS idle_before, "
+        "  now() - $3::int8 * interval '1 millisecond' AS iit_before, "
+        "  now() - $4::int8 * interval '1 millisecond' AS active_before, "
+        "  now() - $5::int8 * interval '1 millisecond' AS xact_before, "
+        "  now() - $6::int8 * interval '1 millisecond' AS session_before), "
+        "s AS (SELECT a.pid, a.datid, a.usesysid, a.application_name, a.state, a.query, a.backend_start, "
+        "  a.state_change, a.query_start, a.xact_start, a.client_addr, a.client_port, "
+        "  ((a.state = 'idle' AND a.state_change <= t.idle_before) "
+        "   OR (a.state IN ('idle in transaction', 'idle in transaction (aborted)') AND a.state_change <= t.iit_before) "
+        "   OR (a.state IN ('active', 'fastpath function call') AND a.query_start <= t.active_before) "
+        "   OR a.xact_start <= t.xact_before OR a.backend_start <= t.session_before "
+        "   OR a.pid = ANY($7::int4[])) IS TRUE AS hit "
+        " FROM pg_stat_get_activity(NULL) a, t "
+        " WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()) "
+        "SELECT s.pid, true, coalesce(r.rolsuper, false), s.state, "
+        US("s.backend_start") ", " US("s.state_change") ", " US("s.query_start") ", " US("s.xact_start") ", "
+        "  r.rolname, d.datname, s.application_name, "
+        "  CASE WHEN s.client_port = -1 THEN 'local' ELSE host(s.client_addr) END, "
+        "  CASE WHEN $1::bool THEN left(s.query, 1024) END, " US("t.now") ", NULL::int8 "
+        "FROM s CROSS JOIN t LEFT JOIN pg_roles r ON r.oid = s.usesysid LEFT JOIN pg_database d ON d.oid = s.datid "
+        "WHERE s.hit AND ($8::bool OR NOT coalesce(r.rolsuper, false)) "
+        "UNION ALL "
+        "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, " US("t.now") ", "
+        US("least("
+        "  min(s.state_change) FILTER (WHERE s.state = 'idle') + $2::int8 * interval '1 millisecond', "
+        "  min(s.state_change) FILTER (WHERE s.state IN ('idle in transaction', 'idle in transaction (aborted)')) "
+        "    + $3::int8 * interval '1 millisecond', "
+        "  min(s.query_start) FILTER (WHERE s.state IN ('active', 'fastpath function call')) "
+        "    + $4::int8 * interval '1 millisecond', "
+        "  min(s.xact_start) + $5::int8 * interval '1 millisecond', "
+        "  min(s.backend_start) + $6::int8 * interval '1 millisecond')") " "
+        "FROM t LEFT JOIN s ON NOT s.hit GROUP BY t.now";
+
+/* Name of the snapshot statement, prepared once per connection. */
+const char pg_snapshot_name[] = "pgsweeper_snapshot";
 
 enum {
         COL_PID, COL_CLIENT_BACKEND, COL_SUPERUSER, COL_STATE,
         COL_BACKEND_START, COL_STATE_CHANGE, COL_QUERY_START, COL_XACT_START,
-        COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT_ADDR, COL_QUERY, COL_NOW,
+        COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT_ADDR, COL_QUERY, COL_NOW, COL_NEXT_CROSSING,
         _COL_MAX,
 };
 
@@ -64,7 +99,7 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
         static const int string_cols[] = { COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT_ADDR, COL_QUERY };
         int n = PQntuples(res);
         size_t bytes = 0, off = 0;
-        struct snapshot s = { .now = TS_NULL };
+        struct snapshot s = { .now = TS_NULL, .next_crossing = TS_NULL };
 
         *ret = (struct snapshot) {};
         if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != _COL_MAX)
@@ -84,8 +119,14 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
                 };
                 int64_t pid;
 
-                if (PQgetisnull(res, i, COL_PID) || parse_int64(PQgetvalue(res, i, COL_PID), &pid) < 0 ||
-                    pid <= 0 || pid > INT32_MAX)
+                if (s.now == TS_NULL)
+                        s.now = ts_value(res, i, COL_NOW);
+                if (PQgetisnull(res, i, COL_PID)) {
+                        /* the summary row */
+                        s.next_crossing = ts_value(res, i, COL_NEXT_CROSSING);
+                        continue;
+                }
+                if (parse_int64(PQgetvalue(res, i, COL_PID), &pid) < 0 || pid <= 0 || pid > INT32_MAX)
                         continue;
                 row->pid = (int32_t) pid;
                 row->client_backend = !PQgetisnull(res, i, COL_CLIENT_BACKEND) &&
@@ -108,14 +149,47 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
                         *dest[c] = s.strings + off;
                         off += len + 1;
                 }
-                if (s.now == TS_NULL)
-                        s.now = ts_value(res, i, COL_NOW);
                 s.n_rows++;
         }
         *ret = s;
         return 0;
 }
 
-void pg_snapshot_params(bool with_query, const char *params[static 1]) {
-        params[0] = with_query ? "t" : "f";
+void snapshot_request_limits(const struct server *srv, struct snapshot_request *req) {
+        for (enum limit_kind k = 0; k < _LIMIT_MAX; k++) {
+                req->min_limit_ms[k] = 0;
+                for (size_t i = 0; i < srv->n_rules; i++) {
+                        int64_t l = srv->rules[i].limit_ms[k];
+                        if (l > 0 && (req->min_limit_ms[k] == 0 || l < req->min_limit_ms[k]))
+                                req->min_limit_ms[k] = l;
+                }
+        }
+        req->superusers = srv->terminate_superusers;
+}
+
+void snapshot_params_build(const struct snapshot_request *req, struct snapshot_params *ret) {
+        static const enum limit_kind order[] = {
+                LIMIT_IDLE, LIMIT_IDLE_IN_TRANSACTION, LIMIT_QUERY_DURATION, LIMIT_TRANSACTION_AGE, LIMIT_SESSION_AGE,
+        };
+        size_t len = 3, off;
+
+        *ret = (struct snapshot_params) {};
+        ret->values[0] = xstrdup(req->with_query ? "t" : "f");
+        for (size_t i = 0; i < ELEMENTSOF(order); i++)
+                if (req->min_limit_ms[order[i]] > 0 &&
+                    asprintf(&ret->values[1 + i], "%" PRId64, req->min_limit_ms[order[i]]) < 0)
+                        ret->values[1 + i] = NULL;
+        len += req->n_pids * 12;
+        ret->values[6] = xmalloc(len);
+        off = (size_t) snprintf(ret->values[6], len, "{");
+        for (size_t i = 0; i < req->n_pids; i++)
+                off += (size_t) snprintf(ret->values[6] + off, len - off, "%s%" PRId32, i ? "," : "", req->pids[i]);
+        snprintf(ret->values[6] + off, len - off, "}");
+        ret->values[7] = xstrdup(req->superusers ? "t" : "f");
+}
+
+void snapshot_params_free(struct snapshot_params *p) {
+        for (size_t i = 0; i < SNAPSHOT_PARAMS; i++)
+                free(p->values[i]);
+        *p = (struct snapshot_params) {};
 }

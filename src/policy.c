@@ -5,6 +5,7 @@
 
 #include "enforce.h"
 #include "macro.h"
+#include "netmatch.h"
 #include "policy.h"
 
 static const char *const state_names[_STATE_MAX] = {
@@ -70,7 +71,31 @@ static bool is_own(const struct policy_input *in, int32_t pid) {
 
 /* Built-in protection: never judged, whatever the rules say. */
 static bool protected_session(const struct policy_input *in, const struct snapshot_row *row) {
-        return !row->client_backend || row->superuser || is_own(in, row->pid);
+        return !row->client_backend || (row->superuser && !in->server->terminate_superusers) ||
+               is_own(in, row->pid);
+}
+
+/* Exempt blocks are additive: global, then the server's, then the rule's. */
+static bool exempt_from(const struct server *srv, const struct rule *rule, const struct snapshot_row *row) {
+        return (srv->global_exempt && filter_exempts(srv->global_exempt, row)) || filter_exempts(&srv->exempt, row) ||
+               filter_exempts(&rule->exempt, row);
+}
+
+bool escalation_matches(const struct escalation *e, const struct snapshot_row *row) {
+        return e->pid == row->pid && e->backend_start == row->backend_start && e->query_start == row->query_start &&
+               (row->state == STATE_ACTIVE || row->state == STATE_FASTPATH);
+}
+
+static const struct escalation *find_escalation(const struct policy_input *in, const struct snapshot_row *row,
+                                                const struct rule *rule) {
+        for (size_t i = 0; i < in->n_escalations; i++)
+                if (in->escalations[i].rule == rule && escalation_matches(&in->escalations[i], row))
+                        return &in->escalations[i];
+        return NULL;
+}
+
+static bool signals(const struct decision *d) {
+        return d->action != ACTION_LOG;
 }
 
 /* Of several rules a session breaks, one decides: an enforcing rule over a
@@ -92,10 +117,49 @@ static int decision_cmp(const void *a, const void *b) {
         return x->row->pid < y->row->pid ? -1 : x->row->pid > y->row->pid;
 }
 
+/* The decision of one rule for one row, if the row breaks it; updates *next
+ * with the row's future crossings of this rule. */
+static bool judge_rule(const struct policy_input *in, const struct snapshot *snap, const struct snapshot_row *row,
+                       const struct rule *rule, struct decision *ret, int64_t *next) {
+        const struct escalation *e = find_escalation(in, row, rule);
+        struct decision d = {};
+
+        if (e) {
+                /* Cancelled already: wait for escalate_after, then terminate. */
+                if (snap->now < e->due) {
+                        if (e->due < *next)
+                                *next = e->due;
+                        return false;
+                }
+                *ret = (struct decision) { row, rule, LIMIT_QUERY_DURATION,
+                                           snap->now >= row->query_start ? (snap->now - row->query_start) / 1000 : 0,
+                                           ACTION_TERMINATE, in->dry_run || rule->dry_run, true };
+                return true;
+        }
+        for (enum limit_kind k = 0; k < _LIMIT_MAX; k++) {
+                int64_t since = limit_since(k, row), elapsed_ms, limit = rule->limit_ms[k];
+
+                if (limit <= 0 || since == TS_NULL)
+                        continue;
+                elapsed_ms = snap->now >= since ? (snap->now - since) / 1000 : 0;
+                if (elapsed_ms >= limit) {
+                        /* Of several broken limits, name the one broken longest ago. */
+                        if (!d.rule || elapsed_ms - limit > d.elapsed_ms - rule->limit_ms[d.limit])
+                                d = (struct decision) { row, rule, k, elapsed_ms, rule->action,
+                                                        in->dry_run || rule->dry_run, false };
+                } else if (since <= INT64_MAX - limit * 1000 && since + limit * 1000 < *next)
+                        *next = since + limit * 1000;
+        }
+        if (!d.rule)
+                return false;
+        *ret = d;
+        return true;
+}
+
 void policy_judge(const struct policy_input *in, const struct snapshot *snap, struct judgement *ret) {
         const struct server *srv = in->server;
-        struct decision *out = NULL;
-        size_t n = 0;
+        struct decision *out = xcalloc(snap->n_rows + 1, sizeof(*out));
+        size_t n = 0, kept = 0, signalling = 0, capped = 0;
         int64_t next = INT64_MAX;
 
         for (size_t i = 0; i < snap->n_rows; i++) {
@@ -107,32 +171,34 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
 
                 for (size_t r = 0; r < srv->n_rules; r++) {
                         const struct rule *rule = &srv->rules[r];
-                        struct decision d = {};
+                        struct decision d;
 
-                        for (enum limit_kind k = 0; k < _LIMIT_MAX; k++) {
-                                int64_t since = limit_since(k, row), elapsed_ms, limit = rule->limit_ms[k];
-
-                                if (limit <= 0 || since == TS_NULL)
-                                        continue;
-                                elapsed_ms = snap->now >= since ? (snap->now - since) / 1000 : 0;
-                                if (elapsed_ms >= limit) {
-                                        /* Of several broken limits, name the one broken longest ago. */
-                                        if (!d.rule || elapsed_ms - limit > d.elapsed_ms - rule->limit_ms[d.limit])
-                                                d = (struct decision) { row, rule, k, elapsed_ms, rule->action,
-                                                                        in->dry_run || rule->dry_run };
-                                } else if (since <= INT64_MAX - limit * 1000 && since + limit * 1000 < next)
-                                        next = since + limit * 1000;
-                        }
-                        if (d.rule && (!best.rule || stronger(&d, &best)))
+                        if (!filter_matches(&rule->filter, row) || exempt_from(srv, rule, row))
+                                continue;
+                        if (judge_rule(in, snap, row, rule, &d, &next) && (!best.rule || stronger(&d, &best)))
                                 best = d;
                 }
-                if (!best.rule)
-                        continue;
-                out = xreallocarray(out, n + 1, sizeof(*out));
-                out[n++] = best;
+                if (best.rule)
+                        out[n++] = best;
         }
 
         if (n > 1)
                 qsort(out, n, sizeof(*out), decision_cmp);
-        *ret = (struct judgement) { .decisions = out, .n_decisions = n, .next_deadline = next };
+
+        /* Blast-radius cap: the oldest offenders go first, the rest wait for
+         * the next cycle. Dry-run decisions count, so a dry run shows what
+         * the real run would do. Log-only decisions are not actions. */
+        for (size_t i = 0; i < n; i++) {
+                if (signals(&out[i]) && srv->max_actions_per_cycle > 0 &&
+                    signalling >= srv->max_actions_per_cycle) {
+                        capped++;
+                        continue;
+                }
+                signalling += signals(&out[i]);
+                out[kept++] = out[i];
+        }
+        /* Sessions the server did not send cross no limit before this. */
+        if (snap->next_crossing != TS_NULL && snap->next_crossing < next)
+                next = snap->next_crossing;
+        *ret = (struct judgement) { .decisions = out, .n_decisions = kept, .n_capped = capped, .next_deadline = next };
 }

@@ -167,11 +167,21 @@ class PgCluster:
             pw = pwd.getpwnam("postgres")
             kw = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
         self._log_fh = open(self.logfile, "ab")
+        self._argv, self._kw = argv, kw
+        self._launch()
+        for stmt in ("CREATE ROLE pgsweeper LOGIN",
+                     "GRANT pg_monitor, pg_signal_backend TO pgsweeper",
+                     "CREATE ROLE app LOGIN",
+                     "CREATE ROLE other LOGIN",
+                     "CREATE DATABASE appdb OWNER app"):
+            self._admin.execute(stmt)
+
+    def _launch(self):
         # Direct child (no pg_ctl, no runuser in between): self.proc.pid is the
         # postmaster pid, so teardown stops exactly this server.
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL,
                                      stdout=self._log_fh, stderr=subprocess.STDOUT,
-                                     cwd=str(self.base), start_new_session=True, **kw)
+                                     cwd=str(self.base), start_new_session=True, **self._kw)
         deadline = time.monotonic() + 30
         last_err = None
         while time.monotonic() < deadline:
@@ -190,12 +200,16 @@ class PgCluster:
         else:
             raise RuntimeError(f"postgres not ready after 30 s: {last_err}\n"
                                + self.logfile.read_text(errors="replace"))
-        for stmt in ("CREATE ROLE pgsweeper LOGIN",
-                     "GRANT pg_monitor, pg_signal_backend TO pgsweeper",
-                     "CREATE ROLE app LOGIN",
-                     "CREATE ROLE other LOGIN",
-                     "CREATE DATABASE appdb OWNER app"):
-            self._admin.execute(stmt)
+
+    def restart(self, mode="fast", down_for=0.0):
+        """Stop the postmaster (fast: SIGINT, immediate: SIGQUIT), stay down
+        for down_for seconds, start it again on the same port and socket."""
+        with contextlib.suppress(Exception):
+            self._admin.close()
+        self._admin = None
+        stop_process(self.proc, signal.SIGINT if mode == "fast" else signal.SIGQUIT, timeout=30)
+        time.sleep(down_for)
+        self._launch()
 
     def stop(self):
         for c in self._conns:

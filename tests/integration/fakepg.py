@@ -22,9 +22,10 @@ def _msg(kind, payload=b""):
 
 
 class FakeServer:
-    """answer: how many statements (Sync-terminated batches) to answer with
-    an empty "SET" completion before going silent; None answers none and
-    hangs right after the handshake."""
+    """answer: how many statements (Sync-terminated batches) to answer before
+    going silent: pgsweeper sends "SET statement_timeout", then prepares its
+    snapshot, then polls; answer=2 hangs on the first poll. None answers
+    none and hangs right after the handshake."""
 
     def __init__(self, answer=1):
         self.answer = answer or 0
@@ -68,6 +69,7 @@ class FakeServer:
                 self.connections += 1
                 self.received.notify_all()
             answered = 0
+            batch = b""
             while True:
                 kind = _recv_exact(conn, 1)
                 (length,) = struct.unpack("!i", _recv_exact(conn, 4))
@@ -75,14 +77,20 @@ class FakeServer:
                 if kind == b"X":
                     return
                 if kind != b"S":                     # wait for the end of the batch
+                    batch += kind
                     continue
                 with self.received:
                     self.statements += 1
                     self.received.notify_all()
                 if answered < self.answer:
                     answered += 1
-                    conn.sendall(_msg(b"1") + _msg(b"2") + _msg(b"n") + _msg(b"C", b"SET\0")
-                                 + _msg(b"Z", b"I"))
+                    # Parse alone (a PREPARE) or Parse/Bind/Describe/Execute of a
+                    # statement without rows ("SET ...")
+                    out = _msg(b"1") if b"P" in batch else b""
+                    if b"E" in batch:
+                        out += _msg(b"2") + _msg(b"n") + _msg(b"C", b"SET\0")
+                    conn.sendall(out + _msg(b"Z", b"I"))
+                batch = b""
                 # else: silence
         except (ConnectionError, OSError):
             return

@@ -154,3 +154,56 @@ def test_auto_target_without_terminal_uses_journal(pg, sweeper, journal):
     assert len(got) == 1, f"no journal entry for pid {vpid}; stderr:\n{r.stderr}"
     assert got[0].get("PGSWEEPER_APPLICATION") == "victim-auto"
     assert got[0].get("PGSWEEPER_RESULT") == "terminated"
+
+
+def _ids():
+    """MESSAGE_ID_* from include/message-ids.h."""
+    from conftest import REPO
+    text = (REPO / "include" / "message-ids.h").read_text()
+    return dict(re.findall(r'#define MESSAGE_ID_(\w+)\s+"([0-9a-f]{32})"', text))
+
+
+def test_every_service_event_has_its_message_id(pg, sweeper, journal, tmp_path):
+    """start, connect, could-not-connect, terminate, cap, reload ok/failed, stop."""
+    import signal
+    from conftest import stop_process, wait_until
+
+    ids = _ids()
+    victims = [pg.connect(application_name=f"j{i}") for i in range(3)]
+    time.sleep(0.6)
+    dead_port = free_tcp_port()
+    servers = [("main", main_conninfo(pg)),
+               ("down", f"host=127.0.0.1 port={dead_port} dbname=postgres user=pgsweeper password={SECRET}")]
+    conf = sweeper.write_config("max_actions_per_cycle: 2\n" +
+                                yaml_config(servers, idle_rule("500ms", extra="        users: [app]\n"),
+                                            interval="300ms"))
+    cursor = journal.cursor()
+    import subprocess
+    proc = subprocess.Popen([str(sweeper.binary), "-c", str(conf), "--log-target", "journal"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sweeper.procs.append(proc)
+    wait_until(lambda: all(not pg.pid_alive(v.info.backend_pid) for v in victims), 10, what="victims gone")
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    conf.write_text("servers: [")
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert stop_process(proc) == 0
+
+    want = {"STARTED": "6", "SERVER_CONNECTED": "6", "SERVER_LOST": "3", "TERMINATED": "5",
+            "CAP_HIT": "4", "RELOAD_OK": "6", "RELOAD_FAILED": "3", "STOPPED": "6"}
+    got = journal.read({"_PID": proc.pid}, after_cursor=cursor, min_entries=len(want) + 2)
+    by_id = {}
+    for e in got:
+        by_id.setdefault(e.get("MESSAGE_ID"), []).append(e)
+    for name, prio in want.items():
+        entries = by_id.get(ids[name], [])
+        assert entries, f"no journal entry with MESSAGE_ID_{name}:\n{entries_text(got)}"
+        assert all(e.get("PRIORITY") == prio for e in entries), (name, [e.get("PRIORITY") for e in entries])
+    lost = by_id[ids["SERVER_LOST"]]
+    assert len(lost) == 1 and lost[0].get("PGSWEEPER_SERVER") == "down", entries_text(lost)
+    assert len(by_id[ids["TERMINATED"]]) == 3
+    # the bad file's errors are in the journal too, at err, with file:line:col
+    assert any(e.get("PRIORITY") == "3" and re.search(re.escape(str(conf)) + r":\d+:\d+: error: ", e.get("MESSAGE", ""))
+               for e in got), entries_text(got)
+    assert SECRET not in entries_text(got)

@@ -139,7 +139,8 @@ def test_good_reload_changes_rules_and_keeps_unchanged_connections(pg, sweeper):
                                 idle_rule("500ms"), interval="200ms"))
     proc.send_signal(signal.SIGHUP)
     wait_until(lambda: own_pids(pg) and own_pids(pg) != before, 10, what="reconnect after conninfo change")
-    assert len(own_pids(pg)) == 1, "the old connection was not closed"
+    time.sleep(0.3)
+    assert len(own_pids(pg)) == 1, f"the old connection was not closed: {own_pids(pg)}, {proc.poll()}"
     assert stop_process(proc) == 0
     err = proc.stderr.read()
     assert "configuration reloaded: 1 servers (1 kept, 0 added, 0 changed, 0 removed), 1 rules" in err, err
@@ -162,3 +163,42 @@ def test_reload_adds_and_removes_servers(pg, sweeper):
     err = proc.stderr.read()
     assert "(1 kept, 1 added, 0 changed, 0 removed)" in err, err
     assert "(1 kept, 0 added, 0 changed, 1 removed)" in err, err
+
+
+def test_metrics_file_after_a_known_sequence(pg, sweeper, tmp_path):
+    from promtext import parse, value
+
+    metrics = tmp_path / "metrics" / "pgsweeper.prom"
+    metrics.parent.mkdir()
+    victims = [pg.connect(application_name=f"m{i}") for i in range(2)]
+    watched = pg.connect(user="other", dbname="postgres", application_name="watched")
+    time.sleep(0.6)
+    rules = ("      - {name: idle, max_idle: 500ms, users: [app]}\n"
+             "      - {name: watch, max_idle: 500ms, users: [other], action: log}\n")
+    conf = sweeper.write_config(f"metrics_file: {metrics}\n" + yaml_config(main_server(pg), rules, interval="300ms"))
+    proc = start(sweeper, conf)
+    for v in victims:
+        assert pg.wait_pid_gone(v.info.backend_pid)
+    proc.send_signal(signal.SIGHUP)                     # a good reload
+    time.sleep(0.5)
+    conf.write_text("servers: oops\n")
+    proc.send_signal(signal.SIGHUP)                     # a bad one
+    time.sleep(0.8)
+    assert stop_process(proc) == 0
+
+    text = metrics.read_text()
+    samples = parse(text)
+    assert oct(metrics.stat().st_mode & 0o777) == "0o644", "node_exporter must be able to read it"
+    assert value(samples, "pgsweeper_actions_total", server="main", rule="idle", action="terminate",
+                 result="terminated") == 2, text
+    assert value(samples, "pgsweeper_actions_total", server="main", rule="watch", action="log",
+                 result="logged") == 1, text
+    assert value(samples, "pgsweeper_polls_total", server="main") >= 3, text
+    assert value(samples, "pgsweeper_poll_errors_total", server="main") == 0, text
+    assert value(samples, "pgsweeper_server_up", server="main") == 1, text
+    assert 0 < value(samples, "pgsweeper_last_poll_duration_seconds", server="main") < 5, text
+    assert value(samples, "pgsweeper_config_reloads_total", result="ok") == 1, text
+    assert value(samples, "pgsweeper_config_reloads_total", result="failed") == 1, text
+    assert any(k[0] == "pgsweeper_build_info" for k in samples), text
+    assert not list(metrics.parent.glob("*.tmp.*")), "temporary files left behind"
+    assert_connection_alive(watched)

@@ -31,7 +31,7 @@ static struct rule rule_make(const char *name, enum limit_kind k, int64_t limit_
 static size_t judge(struct rule *rules, size_t n_rules, struct snapshot_row *rows, size_t n_rows, bool dry_run,
                     const int32_t *own, size_t n_own, struct judgement *j) {
         struct server srv = { .name = (char *) "test", .rules = rules, .n_rules = n_rules };
-        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = n_rows };
+        struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = rows, .n_rows = n_rows };
         struct policy_input in = { .server = &srv, .dry_run = dry_run, .own_pids = own, .n_own_pids = n_own };
         policy_judge(&in, &snap, j);
         return j->n_decisions;
@@ -198,6 +198,209 @@ static void test_order_and_deadline(void) {
         CHECK_INT(judge(&r, 1, rows, 0, false, NULL, 0, &j), 0, "empty snapshot");
         CHECK_INT(j.next_deadline, INT64_MAX, "empty snapshot deadline");
         judgement_free(&j);
+
+        /* The server's summary of the rows it did not send counts too. */
+        {
+                struct server srv = { .name = (char *) "test", .rules = &r, .n_rules = 1 };
+                struct snapshot snap = { .now = NOW, .next_crossing = NOW + S(1), .rows = rows, .n_rows = 5 };
+                struct policy_input in = { .server = &srv };
+                rows[0].state_change = NOW - S(15);
+                policy_judge(&in, &snap, &j);
+                CHECK_INT(j.next_deadline, NOW + S(1), "server's earlier crossing wins");
+                judgement_free(&j);
+                snap.next_crossing = NOW + S(60);
+                policy_judge(&in, &snap, &j);
+                CHECK_INT(j.next_deadline, NOW + S(2), "own earlier deadline wins");
+                judgement_free(&j);
+        }
+}
+
+/* Filters, exempt blocks, protections and the cap, from real configuration text. */
+static struct config *load(const char *yaml) {
+        struct diagnostics diag = {};
+        struct config *c = NULL;
+        int r = config_load_buffer("policy-test.yaml", yaml, strlen(yaml), &c, &diag);
+
+        for (size_t i = 0; i < diag.n_lines; i++)
+                if (r < 0)
+                        fprintf(stderr, "%s\n", diag.lines[i]);
+        diagnostics_clear(&diag);
+        CHECK_AT(r == 0 && c, __FILE__, __LINE__, "config did not load:\n%s", yaml);
+        return c;
+}
+
+#define PREAMBLE "servers:\n  - name: s\n    conninfo: \"dbname=x\"\n"
+
+static void test_filters_and_exempt(void) {
+        static const struct {
+                const char *yaml;
+                const char *user, *database, *application, *client;
+                bool superuser;
+                const char *want;       /* rule name that decides, or NULL */
+        } table[] = {
+                /* user globs */
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, users: [\"report_*\"]}\n",
+                  "report_x", "db", "app", "local", false, "r" },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, users: [\"report_*\"]}\n",
+                  "app", "db", "app", "local", false, NULL },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, users: [\"rep?rt\"]}\n",
+                  "report", "db", "app", "local", false, "r" },
+                /* databases, applications */
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, databases: [analytics]}\n",
+                  "u", "analytics", "a", "local", false, "r" },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, databases: [analytics]}\n",
+                  "u", "analytics2", "a", "local", false, NULL },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, applications: [\"pgAdmin*\"]}\n",
+                  "u", "d", "pgAdmin 4 - DB:postgres", "local", false, "r" },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, applications: [\"pgAdmin*\"]}\n",
+                  "u", "d", "psql", "local", false, NULL },
+                /* every given filter must pass */
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, users: [\"a*\"], databases: [d1]}\n",
+                  "alice", "d1", "x", "local", false, "r" },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, users: [\"a*\"], databases: [d1]}\n",
+                  "alice", "d2", "x", "local", false, NULL },
+                /* addresses: CIDR v4 and v6, v4-mapped, local */
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, client_addresses: [10.0.0.0/8, \"::1\"]}\n",
+                  "u", "d", "a", "10.1.2.3", false, "r" },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, client_addresses: [10.0.0.0/8, \"::1\"]}\n",
+                  "u", "d", "a", "::1", false, "r" },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, client_addresses: [10.0.0.0/8, \"::1\"]}\n",
+                  "u", "d", "a", "::ffff:10.9.9.9", false, "r" },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, client_addresses: [10.0.0.0/8, \"::1\"]}\n",
+                  "u", "d", "a", "192.168.1.1", false, NULL },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, client_addresses: [10.0.0.0/8, \"::1\"]}\n",
+                  "u", "d", "a", "local", false, NULL },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, client_addresses: [local]}\n",
+                  "u", "d", "a", "local", false, "r" },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, client_addresses: [local]}\n",
+                  "u", "d", "a", "127.0.0.1", false, NULL },
+                /* exempt at each level */
+                { "exempt: {users: [dba]}\n" PREAMBLE "    rules:\n      - {name: r, max_idle: 1s}\n",
+                  "dba", "d", "a", "local", false, NULL },
+                { "exempt: {users: [dba]}\n" PREAMBLE "    rules:\n      - {name: r, max_idle: 1s}\n",
+                  "app", "d", "a", "local", false, "r" },
+                { PREAMBLE "    exempt: {databases: [maintenance]}\n    rules:\n      - {name: r, max_idle: 1s}\n",
+                  "app", "maintenance", "a", "local", false, NULL },
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s, exempt: {applications: [pg_dump]}}\n",
+                  "app", "d", "pg_dump", "local", false, NULL },
+                /* exempt from one rule only: the other still applies */
+                { PREAMBLE "    rules:\n      - {name: r1, max_idle: 1s, exempt: {applications: [pg_dump]}}\n"
+                  "      - {name: r2, max_idle: 1s, action: log}\n",
+                  "app", "d", "pg_dump", "local", false, "r2" },
+                /* an exempt block matches ANY entry of ANY key */
+                { PREAMBLE "    exempt: {users: [nobody], client_addresses: [10.0.0.0/8]}\n    rules:\n"
+                  "      - {name: r, max_idle: 1s}\n",
+                  "app", "d", "a", "10.0.0.5", false, NULL },
+                /* superusers: protected unless the server says otherwise */
+                { PREAMBLE "    rules:\n      - {name: r, max_idle: 1s}\n",
+                  "postgres", "d", "a", "local", true, NULL },
+                { PREAMBLE "    terminate_superusers: true\n    rules:\n      - {name: r, max_idle: 1s}\n",
+                  "postgres", "d", "a", "local", true, "r" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(table); i++) {
+                struct config *c = load(table[i].yaml);
+                struct snapshot_row row = row_base(42, STATE_IDLE, 60);
+                struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = &row, .n_rows = 1 };
+                struct policy_input in;
+                struct judgement j;
+                char what[64];
+
+                if (!c)
+                        continue;
+                in = (struct policy_input) { .server = &c->servers[0] };
+                row.user = table[i].user;
+                row.database = table[i].database;
+                row.application = table[i].application;
+                row.client_addr = table[i].client;
+                row.superuser = table[i].superuser;
+                snprintf(what, sizeof(what), "filter case %zu", i);
+                policy_judge(&in, &snap, &j);
+                CHECK_INT(j.n_decisions, table[i].want ? 1 : 0, what);
+                if (table[i].want && j.n_decisions == 1)
+                        CHECK_STR(j.decisions[0].rule->name, table[i].want, what);
+                judgement_free(&j);
+                config_free(c);
+        }
+}
+
+static void test_cap(void) {
+        struct config *c = load("max_actions_per_cycle: 2\n" PREAMBLE
+                                "    rules:\n      - {name: kill, max_idle: 10s}\n"
+                                "      - {name: watch, max_idle_in_transaction: 10s, action: log}\n");
+        struct snapshot_row rows[6] = {
+                row_base(1, STATE_IDLE, 20), row_base(2, STATE_IDLE, 90), row_base(3, STATE_IDLE, 50),
+                row_base(4, STATE_IDLE, 70), row_base(5, STATE_IDLE_IN_TRANSACTION, 99),
+                row_base(6, STATE_IDLE_IN_TRANSACTION, 98),
+        };
+        struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = rows, .n_rows = 6 };
+        struct policy_input in;
+        struct judgement j;
+
+        if (!c)
+                return;
+        CHECK_INT(c->servers[0].max_actions_per_cycle, 2, "cap inherited from the top level");
+        in = (struct policy_input) { .server = &c->servers[0] };
+        policy_judge(&in, &snap, &j);
+        /* two log-only (not actions) + the two oldest idle ones */
+        CHECK_INT(j.n_decisions, 4, "kept decisions");
+        CHECK_INT(j.n_capped, 2, "capped decisions");
+        for (size_t i = 0; i < j.n_decisions; i++)
+                CHECK(j.decisions[i].row->pid == 5 || j.decisions[i].row->pid == 6 || j.decisions[i].row->pid == 2 ||
+                      j.decisions[i].row->pid == 4);
+        judgement_free(&j);
+
+        /* dry run counts against the cap too: it shows what the real run would do */
+        in.dry_run = true;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_capped, 2, "capped in dry run");
+        judgement_free(&j);
+        config_free(c);
+}
+
+static void test_escalation(void) {
+        struct config *c = load(PREAMBLE "    rules:\n"
+                                "      - {name: slow, max_query_duration: 10s, action: cancel, escalate_after: 5s}\n");
+        struct snapshot_row row = row_base(9, STATE_ACTIVE, 30);
+        struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = &row, .n_rows = 1 };
+        struct escalation e;
+        struct policy_input in;
+        struct judgement j;
+
+        if (!c)
+                return;
+        in = (struct policy_input) { .server = &c->servers[0] };
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 1, "first: cancel");
+        CHECK_INT(j.decisions[0].action, ACTION_CANCEL, "first action");
+        CHECK(!j.decisions[0].escalated);
+        judgement_free(&j);
+
+        /* cancelled 2 s ago, same query still running: wait, wake at due */
+        e = (struct escalation) { row.pid, row.backend_start, row.query_start, NOW + S(3), &c->servers[0].rules[0] };
+        in.escalations = &e;
+        in.n_escalations = 1;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 0, "pending escalation: no second cancel");
+        CHECK_INT(j.next_deadline, NOW + S(3), "wake when the escalation is due");
+        judgement_free(&j);
+
+        /* due: terminate, marked as an escalation */
+        e.due = NOW;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 1, "escalated");
+        CHECK_INT(j.decisions[0].action, ACTION_TERMINATE, "escalated action");
+        CHECK(j.decisions[0].escalated);
+        judgement_free(&j);
+
+        /* another query now (query_start moved): a new cancel, not an escalation */
+        row.query_start = NOW - S(12);
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 1, "new query");
+        CHECK_INT(j.decisions[0].action, ACTION_CANCEL, "new query is cancelled first");
+        CHECK(!j.decisions[0].escalated);
+        judgement_free(&j);
+        config_free(c);
 }
 
 int main(void) {
@@ -207,5 +410,8 @@ int main(void) {
         test_precedence();
         test_which_limit();
         test_order_and_deadline();
+        test_filters_and_exempt();
+        test_cap();
+        test_escalation();
         return unit_finish("test-policy");
 }

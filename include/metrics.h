@@ -1,0 +1,26 @@
+/* Prometheus text-format counters, written atomically for node_exporter's
+ * textfile collector. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "enforce.h"
+
+struct metrics;
+
+struct metrics *metrics_new(void);
+void metrics_free(struct metrics *m);
+
+void metrics_count_result(struct metrics *m, const char *server, const char *rule, enum action a, enum result r);
+void metrics_count_poll(struct metrics *m, const char *server, bool ok, uint64_t duration_usec);
+void metrics_set_up(struct metrics *m, const char *server, bool up);
+void metrics_count_reload(struct metrics *m, bool ok);
+
+/* The exposition text. */
+void metrics_format(const struct metrics *m, FILE *f);
+/* Write to path through a temporary file and rename(2), readable by all
+ * (node_exporter runs as another user). Returns 0 or a negative errno. */
+int metrics_write(const struct metrics *m, const char *path);

@@ -1,0 +1,198 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "build-config.h"
+#include "macro.h"
+#include "metrics.h"
+
+struct action_series {
+        char *server, *rule;
+        enum action action;
+        enum result result;
+        uint64_t count;
+};
+
+struct server_series {
+        char *server;
+        uint64_t polls, poll_errors;
+        uint64_t last_poll_usec;
+        bool up;
+};
+
+struct metrics {
+        struct action_series *actions;
+        size_t n_actions;
+        struct server_series *servers;
+        size_t n_servers;
+        uint64_t reloads_ok, reloads_failed;
+};
+
+struct metrics *metrics_new(void) {
+        return xcalloc(1, sizeof(struct metrics));
+}
+
+void metrics_free(struct metrics *m) {
+        if (!m)
+                return;
+        for (size_t i = 0; i < m->n_actions; i++) {
+                free(m->actions[i].server);
+                free(m->actions[i].rule);
+        }
+        for (size_t i = 0; i < m->n_servers; i++)
+                free(m->servers[i].server);
+        free(m->actions);
+        free(m->servers);
+        free(m);
+}
+
+static struct server_series *server_series(struct metrics *m, const char *server) {
+        for (size_t i = 0; i < m->n_servers; i++)
+                if (strcmp(m->servers[i].server, server) == 0)
+                        return &m->servers[i];
+        m->servers = xreallocarray(m->servers, m->n_servers + 1, sizeof(*m->servers));
+        m->servers[m->n_servers] = (struct server_series) { .server = xstrdup(server) };
+        return &m->servers[m->n_servers++];
+}
+
+void metrics_count_result(struct metrics *m, const char *server, const char *rule, enum action a, enum result r) {
+        for (size_t i = 0; i < m->n_actions; i++) {
+                struct action_series *s = &m->actions[i];
+                if (s->action == a && s->result == r && strcmp(s->server, server) == 0 && strcmp(s->rule, rule) == 0) {
+                        s->count++;
+                        return;
+                }
+        }
+        m->actions = xreallocarray(m->actions, m->n_actions + 1, sizeof(*m->actions));
+        m->actions[m->n_actions++] = (struct action_series) {
+                .server = xstrdup(server), .rule = xstrdup(rule), .action = a, .result = r, .count = 1,
+        };
+}
+
+void metrics_count_poll(struct metrics *m, const char *server, bool ok, uint64_t duration_usec) {
+        struct server_series *s = server_series(m, server);
+
+        s->polls++;
+        if (!ok)
+                s->poll_errors++;
+        else
+                s->last_poll_usec = duration_usec;
+}
+
+void metrics_set_up(struct metrics *m, const char *server, bool up) {
+        server_series(m, server)->up = up;
+}
+
+void metrics_count_reload(struct metrics *m, bool ok) {
+        if (ok)
+                m->reloads_ok++;
+        else
+                m->reloads_failed++;
+}
+
+/* A label value: backslash, double quote and newline escaped. */
+static void label(FILE *f, const char *name, const char *value, bool first) {
+        fprintf(f, "%s%s=\"", first ? "" : ",", name);
+        for (const char *c = value; *c; c++) {
+                if (*c == '\\' || *c == '"')
+                        fputc('\\', f);
+                if (*c == '\n')
+                        fputs("\\n", f);
+                else
+                        fputc(*c, f);
+        }
+        fputc('"', f);
+}
+
+static void header(FILE *f, const char *name, const char *type, const char *help) {
+        fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+void metrics_format(const struct metrics *m, FILE *f) {
+        header(f, "pgsweeper_build_info", "gauge", "pgsweeper version; always 1.");
+        fprintf(f, "pgsweeper_build_info{");
+        label(f, "version", PACKAGE_VERSION, true);
+        fprintf(f, "} 1\n");
+
+        header(f, "pgsweeper_actions_total", "counter",
+               "Decisions on sessions by server, rule, action and result.");
+        for (size_t i = 0; i < m->n_actions; i++) {
+                const struct action_series *s = &m->actions[i];
+                fprintf(f, "pgsweeper_actions_total{");
+                label(f, "server", s->server, true);
+                label(f, "rule", s->rule, false);
+                label(f, "action", action_to_string(s->action), false);
+                label(f, "result", result_to_string(s->result), false);
+                fprintf(f, "} %" PRIu64 "\n", s->count);
+        }
+
+        header(f, "pgsweeper_polls_total", "counter", "Polls started per server.");
+        for (size_t i = 0; i < m->n_servers; i++) {
+                fprintf(f, "pgsweeper_polls_total{");
+                label(f, "server", m->servers[i].server, true);
+                fprintf(f, "} %" PRIu64 "\n", m->servers[i].polls);
+        }
+        header(f, "pgsweeper_poll_errors_total", "counter", "Polls that failed (connection, timeout, query).");
+        for (size_t i = 0; i < m->n_servers; i++) {
+                fprintf(f, "pgsweeper_poll_errors_total{");
+                label(f, "server", m->servers[i].server, true);
+                fprintf(f, "} %" PRIu64 "\n", m->servers[i].poll_errors);
+        }
+        header(f, "pgsweeper_server_up", "gauge", "1 when the last connection attempt or poll succeeded.");
+        for (size_t i = 0; i < m->n_servers; i++) {
+                fprintf(f, "pgsweeper_server_up{");
+                label(f, "server", m->servers[i].server, true);
+                fprintf(f, "} %d\n", m->servers[i].up ? 1 : 0);
+        }
+        header(f, "pgsweeper_last_poll_duration_seconds", "gauge",
+               "Wall time of the last successful cycle: snapshot, judgement and action.");
+        for (size_t i = 0; i < m->n_servers; i++) {
+                fprintf(f, "pgsweeper_last_poll_duration_seconds{");
+                label(f, "server", m->servers[i].server, true);
+                fprintf(f, "} %" PRIu64 ".%06" PRIu64 "\n", m->servers[i].last_poll_usec / 1000000,
+                        m->servers[i].last_poll_usec % 1000000);
+        }
+        header(f, "pgsweeper_config_reloads_total", "counter", "Configuration reloads by result.");
+        fprintf(f, "pgsweeper_config_reloads_total{result=\"ok\"} %" PRIu64 "\n", m->reloads_ok);
+        fprintf(f, "pgsweeper_config_reloads_total{result=\"failed\"} %" PRIu64 "\n", m->reloads_failed);
+}
+
+int metrics_write(const struct metrics *m, const char *path) {
+        _cleanup_free_ char *tmp = NULL;
+        FILE *f;
+        int fd, r = 0;
+
+        /* Same directory as the target, so rename(2) is atomic. */
+        if (asprintf(&tmp, "%s.tmp.%d", path, (int) getpid()) < 0)
+                return -ENOMEM;
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (fd < 0)
+                return -errno;
+        if (fchmod(fd, 0644) < 0) {
+                r = -errno;
+                close(fd);
+                unlink(tmp);
+                return r;
+        }
+        f = fdopen(fd, "w");
+        if (!f) {
+                r = -errno;
+                close(fd);
+                unlink(tmp);
+                return r;
+        }
+        metrics_format(m, f);
+        if (fflush(f) != 0 || ferror(f))
+                r = -EIO;
+        if (fclose(f) != 0 && r == 0)
+                r = -errno;
+        if (r == 0 && rename(tmp, path) < 0)
+                r = -errno;
+        if (r < 0)
+                unlink(tmp);
+        return r;
+}
