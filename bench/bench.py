@@ -1,0 +1,670 @@
+#!/usr/bin/python3
+"""pgsweeper benchmarks (issue 7, item 6). Started by bench/run, which builds
+pgsweeper, starts a throwaway PostgreSQL 15 and exports:
+
+    PGSWEEPER_BIN  the binary to measure
+    PGHOST PGPORT  the cluster (socket dir, port)
+    PG_PID PG_DIR  postmaster pid, cluster dir (server.log lives there)
+    PG_BINDIR      PostgreSQL binaries (the real psql, not the perl wrapper)
+    BENCH_WORK     scratch dir for configs, logs, callgrind output
+
+Prints one table at the end. Never part of `meson test`: it measures, it
+does not pass or fail (exit status is 0 even when a target is missed).
+Everything is measured side by side in this one run, so compare ratios: the
+machine is small and shared.
+"""
+import os
+import random
+import resource
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg
+
+BIN = os.environ["PGSWEEPER_BIN"]
+PGHOST = os.environ["PGHOST"]
+PGPORT = os.environ["PGPORT"]
+PG_PID = int(os.environ["PG_PID"])
+PG_DIR = os.environ["PG_DIR"]
+PG_BINDIR = os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin")
+WORK = os.environ["BENCH_WORK"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Knobs (environment overrides, for quick runs while editing the bench).
+LAT_SESSIONS = int(os.environ.get("BENCH_LAT_SESSIONS", "30"))
+LAT_SPREAD = float(os.environ.get("BENCH_LAT_SPREAD", "10"))     # s over which sessions open
+CPU_SESSIONS = int(os.environ.get("BENCH_CPU_SESSIONS", "1000"))
+CPU_SECONDS = float(os.environ.get("BENCH_CPU_SECONDS", "20"))
+PSQL_RUNS = int(os.environ.get("BENCH_PSQL_RUNS", "100"))
+VICTIMS = int(os.environ.get("BENCH_VICTIMS", "500"))
+MANY_SERVERS = int(os.environ.get("BENCH_SERVERS", "200"))
+
+LIMIT_S = 3.0
+CRON_EVERY = 5.0
+CRON_SQL = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state = 'idle' "
+            "AND state_change < now() - interval '{}' AND usename = 'app'")
+
+children = []   # pgsweeper processes to stop if we die
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def connect(user="app", dbname="appdb", options=None):
+    kw = {"host": PGHOST, "port": PGPORT, "user": user, "dbname": dbname, "autocommit": True}
+    if options:
+        kw["options"] = options
+    return psycopg.connect(**kw)
+
+
+def open_sessions(n, **kw):
+    conns = []
+    for i in range(n):
+        conns.append(connect(**kw))
+        if i and i % 250 == 0:
+            log(f"  {i} sessions open")
+    return conns
+
+
+def close_all(conns):
+    for c in conns:
+        try:
+            c.close()
+        except Exception:
+            pass
+
+
+def wait_count(admin, sql, want, timeout=30.0):
+    """Poll until `sql` (a count) returns `want`; return the count seen last."""
+    end = time.monotonic() + timeout
+    while True:
+        n = admin.execute(sql).fetchone()[0]
+        if n == want or time.monotonic() > end:
+            return n
+        time.sleep(0.02)
+
+
+def app_count(admin):
+    return admin.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'").fetchone()[0]
+
+
+# --- /proc helpers ----------------------------------------------------------
+
+def proc_stat(pid):
+    """(ppid, utime+stime, cutime+cstime) in seconds, or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state): utime is field 14 -> index 11
+    ppid = int(fields[1])
+    own = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    kids = (int(fields[13]) + int(fields[14])) / CLK_TCK
+    return ppid, own, kids
+
+
+def proc_cpu(pid):
+    """CPU seconds of a live process: /proc/PID/schedstat (ns, the
+    scheduler's sum_exec_runtime: user+sys), else utime+stime in ticks."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        st = proc_stat(pid)
+        return st[1] if st else float("nan")
+
+
+def cluster_cpu():
+    """CPU seconds of the whole cluster: the postmaster itself, every live
+    child, and (through the postmaster's cutime/cstime) every child that has
+    exited and been reaped, such as the backend of each psql run."""
+    pm = proc_stat(PG_PID)
+    total = pm[1] + pm[2]
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == PG_PID:
+            continue
+        st = proc_stat(int(d))
+        if st and st[0] == PG_PID:
+            total += st[1]
+    return total
+
+
+def vm_kib(pid, key):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return None
+
+
+# --- pgsweeper --------------------------------------------------------------
+
+def conninfo(**extra):
+    s = f"host={PGHOST} port={PGPORT} dbname=postgres user=pgsweeper"
+    for k, v in extra.items():
+        s += f" {k}={v}"
+    return s
+
+
+def write_config(name, *, interval, rules, servers=1, min_interval="100ms", max_actions=None, metrics=None):
+    path = os.path.join(WORK, name + ".yaml")
+    lines = [f"interval: {interval}", f"min_interval: {min_interval}"]
+    if max_actions:
+        lines.append(f"max_actions_per_cycle: {max_actions}")
+    if metrics:
+        lines.append(f"metrics_file: {metrics}")
+    lines.append("servers:")
+    for i in range(servers):
+        srv = "bench" if servers == 1 else f"bench{i:03d}"
+        lines += [f"  - name: {srv}",
+                  f'    conninfo: "{conninfo()}"',
+                  "    rules:"]
+        for rname, limit in rules:
+            lines += [f"      - name: {rname}", f"        max_idle: {limit}", "        users: [app]"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+_metrics_ok = None
+
+
+def metrics_path(name):
+    """A metrics_file path when this pgsweeper accepts the key (--check),
+    else None: polls are then estimated as duration / interval."""
+    global _metrics_ok
+    if _metrics_ok is None:
+        cfg = write_config("metrics-check", interval="1s", rules=[("idle", "1h")],
+                           metrics=os.path.join(WORK, "check.prom"))
+        _metrics_ok = subprocess.run([BIN, "--check", "-c", cfg], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL).returncode == 0
+        if not _metrics_ok:
+            log("metrics_file not supported by this pgsweeper: polls are estimated as duration / interval")
+    return os.path.join(WORK, name + ".prom") if _metrics_ok else None
+
+
+def start_sweeper(config, name, *extra, wrapper=()):
+    err = open(os.path.join(WORK, name + ".stderr"), "w")
+    p = subprocess.Popen([*wrapper, BIN, "-c", config, "--log-target", "stderr", *extra],
+                         stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+    p.errfile = err.name
+    children.append(p)
+    return p
+
+
+def stop_sweeper(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if p in children:
+        children.remove(p)
+
+
+def count_lines(path, needle):
+    with open(path, errors="replace") as f:
+        return sum(needle in line for line in f)
+
+
+def sweeper_backends(admin):
+    return [r[0] for r in admin.execute(
+        "SELECT pid FROM pg_stat_activity WHERE usename = 'pgsweeper' ORDER BY pid").fetchall()]
+
+
+def read_polls(path):
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("pgsweeper_polls_total{"):
+                    return int(line.split()[-1])
+    except OSError:
+        pass
+    return None
+
+
+def psql(sql, user="postgres"):
+    subprocess.run([os.path.join(PG_BINDIR, "psql"), "-X", "-q", "-h", PGHOST, "-p", PGPORT,
+                    "-U", user, "-d", "postgres", "-c", sql],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def pct(values, p):
+    """Nearest-rank percentile."""
+    v = sorted(values)
+    k = max(0, min(len(v) - 1, int(-(-p * len(v) // 100)) - 1))
+    return v[k]
+
+
+# --- a. latency past the limit ------------------------------------------------
+
+def latency_run(admin, method, seed):
+    """Open LAT_SESSIONS app sessions, one every LAT_SPREAD/N s (jittered),
+    start the enforcer right after the first one, and time, per session, the
+    moment its client socket becomes readable (the FATAL message the backend
+    sends just before it exits) against state_change + 3 s from
+    pg_stat_activity (server clock; same host, same CLOCK_REALTIME)."""
+    rng = random.Random(seed)
+    step = LAT_SPREAD / LAT_SESSIONS
+    offsets = [i * step + rng.uniform(0, step) for i in range(LAT_SESSIONS)]
+    options = f"-c idle_session_timeout={int(LIMIT_S * 1000)}ms" if method == "idle_session_timeout" else None
+    live = {}          # fd -> pid, sessions not yet seen to end
+    conns = {}         # pid -> connection (kept referenced until the end)
+    idle_since = {}    # pid -> epoch seconds
+    gone = {}          # pid -> epoch seconds
+    lock = threading.Lock()
+    opened = threading.Event()
+    stop = threading.Event()
+    enforcer = []
+
+    def watcher():
+        while not stop.is_set():
+            with lock:
+                fds = list(live)
+            if not fds:
+                if opened.is_set():
+                    return
+                time.sleep(0.005)
+                continue
+            r, _, _ = select.select(fds, [], [], 0.01)
+            t = time.time()
+            with lock:
+                for fd in r:
+                    gone[live.pop(fd)] = t
+
+    def cron():
+        t0 = time.monotonic()
+        k = 0
+        while not stop.is_set():
+            psql(CRON_SQL.format(f"{LIMIT_S:g} seconds"))
+            k += 1
+            stop.wait(max(0.0, t0 + k * CRON_EVERY - time.monotonic()))
+
+    w = threading.Thread(target=watcher, daemon=True)
+    w.start()
+    t0 = time.monotonic()
+    for i, off in enumerate(offsets):
+        time.sleep(max(0.0, t0 + off - time.monotonic()))
+        c = connect(options=options)
+        pid = c.info.backend_pid
+        row = admin.execute("SELECT extract(epoch FROM state_change)::float8 FROM pg_stat_activity "
+                            "WHERE pid = %s AND state = 'idle'", (pid,)).fetchone()
+        idle_since[pid] = row[0] if row else time.time()
+        with lock:
+            conns[pid] = c
+            live[c.fileno()] = pid
+        if i == 0:
+            if method == "pgsweeper":
+                cfg = write_config("latency", interval="60s", rules=[("idle", f"{LIMIT_S:g}s")])
+                enforcer.append(start_sweeper(cfg, "latency"))
+            elif method == "cron":
+                th = threading.Thread(target=cron, daemon=True)
+                th.start()
+                enforcer.append(th)
+    opened.set()
+    # Every session is due at most LAT_SPREAD + 3 s from t0; give each method
+    # a generous bound (pgsweeper's worst case for an unseen session is its
+    # 60 s interval, so wait past that rather than hide a miss).
+    w.join(LAT_SPREAD + LIMIT_S + 65)
+    stop.set()
+    for e in enforcer:
+        if isinstance(e, subprocess.Popen):
+            stop_sweeper(e)
+            terminated = count_lines(e.errfile, ": terminated pid")
+            errfile = e.errfile
+        else:
+            e.join()
+    close_all(conns.values())
+    lat = [gone[p] - (idle_since[p] + LIMIT_S) for p in gone]
+    missing = LAT_SESSIONS - len(lat)
+    wait_count(admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'", 0)
+    res = {"n": len(lat), "missing": missing, "min": min(lat) if lat else float("nan")}
+    if lat:
+        res.update(median=statistics.median(lat), p95=pct(lat, 95), max=max(lat))
+    if method == "pgsweeper":
+        res["terminated_lines"] = terminated
+        if missing:
+            with open(errfile) as f:
+                log("pgsweeper stderr (tail): " + "".join(f.readlines()[-5:]))
+    return res
+
+
+# --- b. CPU per poll with 1000 idle sessions ------------------------------------
+
+def cpu_bench(admin):
+    metrics = metrics_path("cpu")
+    cfg = write_config("cpu", interval="100ms", rules=[("idle", "1h")], metrics=metrics)
+
+    # Idle noise of the cluster with the sessions open and nothing polling.
+    c0, t0 = cluster_cpu(), time.monotonic()
+    time.sleep(5)
+    noise = (cluster_cpu() - c0) / (time.monotonic() - t0)
+
+    p = start_sweeper(cfg, "cpu")
+    try:
+        end = time.monotonic() + (20 if metrics else 1)
+        while (read_polls(metrics) or 0) < 5 and time.monotonic() < end:
+            time.sleep(0.05)
+        end = time.monotonic() + 10
+        while not (backends := sweeper_backends(admin)) and time.monotonic() < end and p.poll() is None:
+            time.sleep(0.05)
+        if len(backends) != 1:
+            raise RuntimeError(f"expected one pgsweeper backend, found {backends}")
+        be = backends[0]
+        polls0, t0 = read_polls(metrics), time.monotonic()
+        sw0, be0, cl0 = proc_cpu(p.pid), proc_cpu(be), cluster_cpu()
+        time.sleep(CPU_SECONDS)
+        sw1, be1, cl1 = proc_cpu(p.pid), proc_cpu(be), cluster_cpu()
+        polls1, t1 = read_polls(metrics), time.monotonic()
+    finally:
+        stop_sweeper(p)
+    dur = t1 - t0
+    polls = polls1 - polls0 if metrics else round(dur / 0.1)
+    sw = {"polls": polls, "seconds": dur, "estimated": not metrics,
+          "client": (sw1 - sw0) / polls, "backend": (be1 - be0) / polls,
+          "cluster": (cl1 - cl0 - noise * dur) / polls}
+
+    # The cron way: PSQL_RUNS runs of the same kind of statement, back to back.
+    sql = CRON_SQL.format("1 hour")
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cl0, t0 = cluster_cpu(), time.monotonic()
+    for _ in range(PSQL_RUNS):
+        psql(sql)
+    cl1, t1 = cluster_cpu(), time.monotonic()
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    ps = {"runs": PSQL_RUNS, "client": client / PSQL_RUNS,
+          "cluster": (cl1 - cl0 - noise * (t1 - t0)) / PSQL_RUNS}
+
+    # Reference floors on the server side: the backend CPU of a bare scan of
+    # pg_stat_activity and of SELECT 1, sent like pgsweeper sends its
+    # statements (extended protocol, unnamed statement, no prepare).
+    floors = {}
+    with psycopg.connect(host=PGHOST, port=PGPORT, user="pgsweeper", dbname="postgres",
+                         autocommit=True, prepare_threshold=None) as c:
+        be = c.info.backend_pid
+        for name, q in (("scan", "SELECT count(*) FROM pg_stat_activity WHERE pid <> %s"),
+                        ("select1", "SELECT %s::int")):
+            for _ in range(20):
+                c.execute(q, (0,)).fetchall()
+            b0 = proc_cpu(be)
+            for _ in range(PSQL_RUNS * 3):
+                c.execute(q, (0,)).fetchall()
+            floors[name] = (proc_cpu(be) - b0) / (PSQL_RUNS * 3)
+    return {"sweeper": sw, "psql": ps, "noise": noise, "floors": floors}
+
+
+# --- e. instructions per poll (callgrind) ------------------------------------
+
+def callgrind_once(name):
+    cfg = write_config(name, interval="60s", rules=[("idle", "1h")])
+    out = os.path.join(WORK, name + ".callgrind")
+    p = start_sweeper(cfg, name, "--once",
+                      wrapper=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"))
+    rc = p.wait(300)
+    children.remove(p)
+    total = None
+    with open(out) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                total = int(line.split()[1])
+    return {"rc": rc, "ir": total}
+
+
+def callgrind_daemon(name, seconds):
+    """The daemon under callgrind at interval 100ms for `seconds`, stopped by
+    SIGTERM: with P polls (metrics_file), (Ir - Ir of --once) / (P - 1) is the
+    cost of one more poll, start-up and exit cancelled out."""
+    metrics = metrics_path(name)
+    cfg = write_config(name, interval="100ms", rules=[("idle", "1h")], metrics=metrics)
+    out = os.path.join(WORK, name + ".callgrind")
+    p = start_sweeper(cfg, name, wrapper=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"))
+    time.sleep(seconds)
+    stop_sweeper(p)
+    polls = read_polls(metrics)
+    if polls is None:
+        polls = round(seconds / 0.1)   # an upper bound: start-up under valgrind is slow
+    total = None
+    with open(out) as f:
+        for line in f:
+            if line.startswith("summary:") or line.startswith("totals:"):
+                total = int(line.split()[1])
+    return {"ir": total, "polls": polls}
+
+
+# --- c. 500 victims at once ----------------------------------------------------
+
+def victims_bench(admin):
+    """All VICTIMS app sessions are idle > 1 s; one pgsweeper --once ends them.
+    Time from spawning pgsweeper to the last one gone from pg_stat_activity
+    (polled every ~10 ms), and the wall time of the pgsweeper process. The
+    pgsweeper role logs its statements (log_statement = all) during this run
+    so that its round trips can be counted in the server log."""
+    n = app_count(admin)
+    cfg = write_config("victims", interval="60s", rules=[("idle", "1s")], max_actions=1000)
+    admin.execute("ALTER ROLE pgsweeper SET log_statement = 'all'")
+    logpath = os.path.join(PG_DIR, "server.log")
+    logpos = os.path.getsize(logpath)
+    time.sleep(1.2)    # every session idle > 1 s
+    exited = {}
+    t0 = time.monotonic()
+    p = start_sweeper(cfg, "victims", "--once")
+    threading.Thread(target=lambda: exited.setdefault("t", (p.wait(), time.monotonic())), daemon=True).start()
+    all_gone = None
+    while time.monotonic() - t0 < 30:
+        if app_count(admin) == 0:
+            all_gone = time.monotonic() - t0
+            break
+        time.sleep(0.01)
+    p.wait(30)
+    children.remove(p)
+    time.sleep(0.2)
+    admin.execute("ALTER ROLE pgsweeper RESET log_statement")
+    with open(logpath, errors="replace") as f:
+        f.seek(logpos)
+        stmts = [l.split("LOG:", 1)[1].strip() for l in f
+                 if "LOG:  statement:" in l or "LOG:  execute" in l]
+    return {"sessions": n, "all_gone": all_gone, "wall": exited["t"][1] - t0, "rc": exited["t"][0],
+            "terminated": count_lines(p.errfile, ": terminated pid"),
+            "statements": [s[:50] + ("..." if len(s) > 50 else "") for s in stmts],
+            "action_statements": sum("pg_terminate_backend" in s for s in stmts)}
+
+
+# --- d. RSS --------------------------------------------------------------------
+
+def rss_bench(admin, servers):
+    cfg = write_config(f"rss{servers}", interval="60s", rules=[("idle", "1h")], servers=servers)
+    p = start_sweeper(cfg, f"rss{servers}")
+    try:
+        n = wait_count(admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'pgsweeper'",
+                       servers, timeout=60)
+        time.sleep(3)
+        mem = {k: vm_kib(p.pid, k) for k in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
+        with open(f"/proc/{p.pid}/smaps_rollup") as f:
+            mem["Pss"] = next(int(l.split()[1]) for l in f if l.startswith("Pss:"))
+    finally:
+        stop_sweeper(p)
+    wait_count(admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'pgsweeper'", 0)
+    return {"servers": servers, "connected": n, "hwm_kib": mem["VmHWM"], "mem": mem}
+
+
+# --- table ---------------------------------------------------------------------
+
+def verdict(ok):
+    return "met" if ok else "MISSED"
+
+
+def ms(x):
+    return f"{x * 1000:.2f} ms"
+
+
+def sec(x):
+    return f"{x:.3f} s"
+
+
+def main():
+    r = {}
+    admin = connect(user="postgres", dbname="postgres")
+    server_version = admin.execute("SHOW server_version").fetchone()[0]
+    # Fail early and loudly when this pgsweeper does not take the bench's configuration.
+    cfg = write_config("check", interval="60s", rules=[("idle", "3s")], max_actions=1000)
+    chk = subprocess.run([BIN, "--check", "-c", cfg], capture_output=True, text=True)
+    if chk.returncode != 0:
+        sys.exit(f"pgsweeper rejects the bench configuration:\n{chk.stderr}")
+    try:
+        for method in ("pgsweeper", "idle_session_timeout", "cron"):
+            log(f"a. latency: {method} ({LAT_SESSIONS} sessions over {LAT_SPREAD:g} s)")
+            r["lat_" + method] = latency_run(admin, method, seed=7)
+            log(f"   {r['lat_' + method]}")
+
+        log(f"b. opening {CPU_SESSIONS} idle sessions")
+        conns = open_sessions(CPU_SESSIONS)
+        log(f"b. CPU per poll: pgsweeper for {CPU_SECONDS:g} s, then {PSQL_RUNS} psql runs")
+        r["cpu"] = cpu_bench(admin)
+        log(f"   {r['cpu']}")
+
+        log(f"e. callgrind: pgsweeper --once, {len(conns)} sessions")
+        r["cg_full"] = callgrind_once("cg-full")
+        log(f"   {r['cg_full']}")
+        r["cgd_full"] = callgrind_daemon("cgd-full", 6)
+        log(f"   {r['cgd_full']}")
+
+        log(f"c. {VICTIMS} victims")
+        close_all(conns[VICTIMS:])
+        conns = conns[:VICTIMS]
+        wait_count(admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'", VICTIMS)
+        r["victims"] = victims_bench(admin)
+        log(f"   {r['victims']}")
+        close_all(conns)
+        wait_count(admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'", 0)
+
+        log("e. callgrind: pgsweeper --once, 0 sessions")
+        r["cg_empty"] = callgrind_once("cg-empty")
+        log(f"   {r['cg_empty']}")
+        r["cgd_empty"] = callgrind_daemon("cgd-empty", 6)
+        log(f"   {r['cgd_empty']}")
+
+        for n in (1, MANY_SERVERS):
+            log(f"d. RSS with {n} server(s)")
+            r[f"rss{n}"] = rss_bench(admin, n)
+            log(f"   {r[f'rss{n}']}")
+    finally:
+        for p in list(children):
+            stop_sweeper(p)
+
+    rows = []   # (measurement, value, target, verdict)
+    for m, label in (("pgsweeper", "pgsweeper (interval 60s)"),
+                     ("idle_session_timeout", "idle_session_timeout = 3s"),
+                     ("cron", "psql loop every 5 s")):
+        x = r["lat_" + m]
+        if x["n"]:
+            v = f"{x['median']:.3f} / {x['p95']:.3f} / {x['max']:.3f} s"
+        else:
+            v = "none ended"
+        if x["missing"]:
+            v += f" ({x['missing']} not ended)"
+        if m == "pgsweeper":
+            rows.append((f"a. latency past limit, med/p95/max: {label}", v, "p95 <= 0.25 s",
+                         verdict(x["n"] and not x["missing"] and x["p95"] <= 0.25)))
+        else:
+            rows.append((f"   {label}", v, "", ""))
+
+    c = r["cpu"]
+    sw, ps = c["sweeper"], c["psql"]
+    sw_total = sw["client"] + sw["backend"]
+    ps_total = ps["client"] + ps["cluster"]
+    rows += [
+        (f"b. CPU/poll, {CPU_SESSIONS} idle: pgsweeper process", ms(sw["client"]), "", ""),
+        ("   pgsweeper's backend (/proc of its pid)", ms(sw["backend"]), "", ""),
+        ("   pgsweeper's side of the cluster (whole tree)", ms(sw["cluster"]), "", ""),
+        ("   pgsweeper total (process + backend)", ms(sw_total), "", ""),
+        ("   psql run: psql process", ms(ps["client"]), "", ""),
+        ("   psql run: cluster (backend it spawns)", ms(ps["cluster"]), "", ""),
+        ("   psql run total", ms(ps_total), "", ""),
+        ("   ratio pgsweeper / psql", f"{sw_total / ps_total:.3f}", "<= 0.100",
+         verdict(sw_total <= ps_total / 10)),
+        ("   ref: backend CPU, count(*) FROM pg_stat_activity", ms(c["floors"]["scan"]), "", ""),
+        ("   ref: backend CPU, SELECT 1", ms(c["floors"]["select1"]), "", ""),
+    ]
+
+    v = r["victims"]
+    gone = v["all_gone"]
+    rows += [
+        (f"c. {v['sessions']} victims: start -> all gone", sec(gone) if gone is not None else "not all gone",
+         "< 1 s", verdict(gone is not None and gone < 1.0)),
+        ("   pgsweeper --once wall time", sec(v["wall"]), "", ""),
+        ("   sessions terminated (stderr lines)", str(v["terminated"]), "", ""),
+        ("   statements sent / of them actions (server log)",
+         f"{len(v['statements'])} / {v['action_statements']}", "1 action trip",
+         verdict(v["terminated"] == v["sessions"] and v["action_statements"] == 1)),
+    ]
+
+    r1, rn = r["rss1"], r[f"rss{MANY_SERVERS}"]
+    rows += [
+        ("d. RSS (VmHWM), 1 server", f"{r1['hwm_kib'] / 1024:.2f} MiB", "<= 4 MiB",
+         verdict(r1["hwm_kib"] <= 4 * 1024)),
+        (f"   RSS (VmHWM), {MANY_SERVERS} servers ({rn['connected']} connected)",
+         f"{rn['hwm_kib'] / 1024:.2f} MiB", "<= 12 MiB", verdict(rn["hwm_kib"] <= 12 * 1024)),
+    ]
+
+    full, empty = r["cg_full"]["ir"], r["cg_empty"]["ir"]
+
+    def per_poll(d, once):
+        return (d["ir"] - once) / (d["polls"] - 1) if d["ir"] and d["polls"] and d["polls"] > 1 else float("nan")
+    pp_full, pp_empty = per_poll(r["cgd_full"], full), per_poll(r["cgd_empty"], empty)
+    rows += [
+        (f"e. Ir, --once, {CPU_SESSIONS} idle sessions", f"{full:,}", "", ""),
+        ("   Ir, --once, 0 sessions", f"{empty:,}", "", ""),
+        (f"   difference ({CPU_SESSIONS} sessions vs 0)", f"{full - empty:,}", "", ""),
+        (f"   Ir per poll in the daemon, {CPU_SESSIONS} sessions", f"{pp_full:,.0f}", "", ""),
+        ("   Ir per poll in the daemon, 0 sessions", f"{pp_empty:,.0f}", "", ""),
+    ]
+
+    w0 = max(len(x[0]) for x in rows)
+    w1 = max(len(x[1]) for x in rows)
+    w2 = max(len(x[2]) for x in rows)
+    print()
+    print(f"pgsweeper benchmarks: PostgreSQL {server_version}, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    print(f"{'measurement':<{w0}}  {'value':>{w1}}  {'target':<{w2}}  result")
+    print("-" * (w0 + w1 + w2 + 12))
+    for m, val, tgt, ver in rows:
+        print(f"{m:<{w0}}  {val:>{w1}}  {tgt:<{w2}}  {ver}")
+    print()
+    print("notes:")
+    print(f" a. {LAT_SESSIONS} sessions per method opened one every {LAT_SPREAD / LAT_SESSIONS:.2f} s (jittered); "
+          "the enforcer starts after the first one, so pgsweeper's deadline-driven polls observe every later one "
+          "before its limit. Latency = client socket readable (FATAL sent by the dying backend) - "
+          "(state_change + 3 s).")
+    print(f" b. {sw['polls']} polls in {sw['seconds']:.1f} s "
+          f"({'ESTIMATED as duration / interval' if sw['estimated'] else 'polls_total from metrics_file'}); "
+          f"{PSQL_RUNS} psql runs back to back ({PG_BINDIR}/psql, -U postgres). pgsweeper and its backend: "
+          f"/proc/PID/schedstat (ns); psql process: getrusage(RUSAGE_CHILDREN); whole tree = utime+stime "
+          f"(1/{CLK_TCK} s ticks) of the postmaster + live children + reaped children (cutime), minus the "
+          f"idle noise ({c['noise'] * 1000:.1f} ms/s) measured before. ref rows: {PSQL_RUNS * 3} runs of the "
+          "statement on one pgsweeper-role connection, unnamed statements, backend schedstat.")
+    print(f" c. statements seen in the server log for role pgsweeper: {'; '.join(v['statements'])}")
+    for x in (r1, rn):
+        m = x["mem"]
+        print(f" d. {x['servers']} server(s): VmHWM {m['VmHWM']} KiB, VmRSS {m['VmRSS']} KiB = RssAnon {m['RssAnon']} "
+              f"KiB (heap, stacks) + RssFile {m['RssFile']} KiB (binary and shared libraries, shared with "
+              f"other processes); PSS {m['Pss']} KiB")
+    print(" e. valgrind --tool=callgrind; --once rows: total Ir of the process (start-up, connect, one cycle, "
+          f"exit); per-poll rows: daemon at interval 100ms under callgrind, (Ir - Ir of --once) / (polls - 1), "
+          f"{r['cgd_full']['polls']} and {r['cgd_empty']['polls']} polls.")
+
+
+if __name__ == "__main__":
+    main()
