@@ -38,6 +38,7 @@
 #define BACKOFF_MIN_USEC        (500 * USEC_PER_MSEC)
 #define BACKOFF_MAX_USEC        (60 * USEC_PER_SEC)
 #define STILL_DOWN_EVERY_USEC   (10 * 60 * USEC_PER_SEC)
+#define METRICS_QUIET_USEC      USEC_PER_SEC
 
 enum phase {
         PHASE_DISCONNECTED,
@@ -80,6 +81,7 @@ struct server_state {
         uint64_t down_since;
         uint64_t down_logged;
         uint64_t backoff_usec;
+        bool fresh;                     /* first cycle on a new connection */
         bool cycle_done;                /* --once: this server finished its cycle */
         bool cycle_failed;
 
@@ -117,6 +119,7 @@ struct manager {
         sd_event *event;
         uint64_t sessions_ended;
         struct metrics *metrics;
+        uint64_t metrics_written;       /* monotonic time of the last write */
         bool metrics_failing;           /* a write failure was logged */
         const char *last_error;         /* server name of the last failure, for STATUS= */
 };
@@ -170,11 +173,19 @@ static void arm_timeout(struct server_state *s, uint64_t usec) {
         sd_event_source_set_enabled(s->timeout, SD_EVENT_ONESHOT);
 }
 
-static void write_metrics(struct manager *m) {
+/* After a cycle that acted, failed or changed a server's state, and at
+ * reload and exit, the file is written at once; a quiet cycle only refreshes
+ * it once a second: each write costs more CPU (open, rename) than a whole
+ * poll, and scrapers read it every 15 s or so. */
+static void write_metrics(struct manager *m, bool now) {
+        uint64_t t = now_usec(m);
         int r;
 
         if (!m->config->metrics_file)
                 return;
+        if (!now && !m->metrics_failing && t - m->metrics_written < METRICS_QUIET_USEC)
+                return;
+        m->metrics_written = t;
         r = metrics_write(m->metrics, m->config->metrics_file);
         if (r < 0 && !m->metrics_failing)
                 log_warning(NULL, "cannot write metrics to %s: %s (logged once until it works again)",
@@ -184,12 +195,13 @@ static void write_metrics(struct manager *m) {
         m->metrics_failing = r < 0;
 }
 
-static void finish_cycle(struct server_state *s, bool failed) {
+/* eventful: the cycle failed, acted, logged or found the server back. */
+static void finish_cycle(struct server_state *s, bool failed, bool eventful) {
         struct manager *m = s->manager;
 
         metrics_count_poll(m->metrics, s->server->name, !failed, now_usec(m) - s->poll_started);
         metrics_set_up(m->metrics, s->server->name, !failed);
-        write_metrics(m);
+        write_metrics(m, failed || eventful);
         s->cycle_done = true;
         s->cycle_failed = failed;
         if (s->manager->opts->once)
@@ -233,7 +245,7 @@ static void server_fail(struct server_state *s, const char *what, const char *er
 
         server_close(s);
         s->phase = PHASE_BACKOFF;
-        finish_cycle(s, true);
+        finish_cycle(s, true, true);
         if (!m->opts->once)
                 schedule(s, now + next_backoff(s));
 }
@@ -253,6 +265,7 @@ static void server_up(struct server_state *s) {
                           s->backend_pid);
         s->ever_up = true;
         s->down = false;
+        s->fresh = true;
         s->backoff_usec = 0;
 }
 
@@ -336,7 +349,7 @@ static void on_prepare_done(struct server_state *s, PGresult *res) {
 
 /* Polls run a prepared statement: planned once per connection, not per poll. */
 static void on_setup_done(struct server_state *s, PGresult *res) {
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        if (PQresultStatus(res) != PGRES_TUPLES_OK && PQresultStatus(res) != PGRES_COMMAND_OK) {
                 server_fail(s, "setup", result_error(s, res));
                 return;
         }
@@ -357,7 +370,10 @@ static void connect_progress(struct server_state *s) {
         case PGRES_POLLING_OK:
                 s->backend_pid = PQbackendPID(s->conn);
                 s->phase = PHASE_SETUP;
-                send_statement(s, PHASE_SETUP, SEND_QUERY, NULL, "SET statement_timeout = '" STATEMENT_TIMEOUT "'",
+                /* A generic plan: the snapshot is planned once, not at every poll. */
+                send_statement(s, PHASE_SETUP, SEND_QUERY, NULL,
+                               "SELECT set_config('statement_timeout', '" STATEMENT_TIMEOUT "', false), "
+                               "set_config('plan_cache_mode', 'force_generic_plan', false)",
                                0, NULL, on_setup_done);
                 return;
         default:
@@ -516,6 +532,7 @@ static void cycle_complete(struct server_state *s) {
         uint64_t delay = (uint64_t) s->server->interval_ms * USEC_PER_MSEC;
         struct reported *now = xcalloc(j->n_decisions + 1, sizeof(*now));
         size_t n_now = 0;
+        bool eventful = s->fresh || j->n_capped > 0;
 
         free(s->ended);
         s->ended = xcalloc(j->n_decisions + 1, sizeof(*s->ended));
@@ -523,8 +540,10 @@ static void cycle_complete(struct server_state *s) {
         for (size_t i = 0; i < j->n_decisions; i++) {
                 const struct decision *d = &j->decisions[i];
 
-                if (log_result(s, d, s->results[i], now, &n_now))
+                if (log_result(s, d, s->results[i], now, &n_now)) {
                         metrics_count_result(m->metrics, s->server->name, d->rule->name, d->action, s->results[i]);
+                        eventful = true;
+                }
                 if (s->results[i] == RESULT_TERMINATED || s->results[i] == RESULT_CANCELLED)
                         m->sessions_ended++;
                 if (s->results[i] == RESULT_TERMINATED)
@@ -555,7 +574,8 @@ static void cycle_complete(struct server_state *s) {
 
         cycle_reset(s);
         s->phase = PHASE_READY;
-        finish_cycle(s, false);
+        s->fresh = false;
+        finish_cycle(s, false, eventful);
         if (!m->opts->once)
                 schedule(s, s->poll_started + delay);
         notify_status(m);
@@ -859,7 +879,7 @@ static int on_reload(sd_event_source *source, const struct signalfd_siginfo *si,
                           "reload failed, keeping the running configuration");
         } else if (apply_config(m, c) < 0)
                 return sd_event_exit(m->event, 1);
-        write_metrics(m);
+        write_metrics(m, true);
         sd_notify(0, "READY=1");
         return 0;
 }
@@ -900,6 +920,7 @@ int manager_run(const struct manager_options *opts, struct config *config) {
         r = sd_event_loop(m.event);
         if (r < 0)
                 goto fail;
+        write_metrics(&m, true);
 out:
         servers_stop(&m);
         release_retired(&m);

@@ -17,8 +17,9 @@
  * one summary row (pid NULL) carrying the earliest future crossing among
  * the rest. Cheap on purpose: the per-backend work is a scan of
  * pg_stat_get_activity() and plain timestamp comparisons against bounds
- * computed once; names, conversions and joins happen only for the few
- * candidates. */
+ * computed once; names, conversions, joins and the query text (not
+ * carried through the materialized scan: up to 1 kB a backend) happen only
+ * for the few candidates. */
 const char pg_snapshot_sql[] =
         "WITH t AS (SELECT now() AS now, "
         "  now() - $2::int8 * interval '1 millisecond' AS idle_before, "
@@ -26,7 +27,7 @@ const char pg_snapshot_sql[] =
         "  now() - $4::int8 * interval '1 millisecond' AS active_before, "
         "  now() - $5::int8 * interval '1 millisecond' AS xact_before, "
         "  now() - $6::int8 * interval '1 millisecond' AS session_before), "
-        "s AS (SELECT a.pid, a.datid, a.usesysid, a.application_name, a.state, a.query, a.backend_start, "
+        "s AS (SELECT a.pid, a.datid, a.usesysid, a.application_name, a.state, a.backend_start, "
         "  a.state_change, a.query_start, a.xact_start, a.client_addr, a.client_port, "
         "  ((a.state = 'idle' AND a.state_change <= t.idle_before) "
         "   OR (a.state IN ('idle in transaction', 'idle in transaction (aborted)') AND a.state_change <= t.iit_before) "
@@ -39,7 +40,8 @@ const char pg_snapshot_sql[] =
         US("s.backend_start") ", " US("s.state_change") ", " US("s.query_start") ", " US("s.xact_start") ", "
         "  r.rolname, d.datname, s.application_name, "
         "  CASE WHEN s.client_port = -1 THEN 'local' ELSE host(s.client_addr) END, "
-        "  CASE WHEN $1::bool THEN left(s.query, 1024) END, " US("t.now") ", NULL::int8 "
+        "  CASE WHEN $1::bool THEN (SELECT left(q.query, 1024) FROM pg_stat_get_activity(s.pid) q) END, "
+        US("t.now") ", NULL::int8 "
         "FROM s CROSS JOIN t LEFT JOIN pg_roles r ON r.oid = s.usesysid LEFT JOIN pg_database d ON d.oid = s.datid "
         "WHERE s.hit AND ($8::bool OR NOT coalesce(r.rolsuper, false)) "
         "UNION ALL "
