@@ -27,6 +27,14 @@ static const char *const spelled_out[] = {
         "milliseconds", "us", "usec", "w", "week", "weeks",
 };
 
+/* Spaces inside ("5 minutes", "1h 30m") or after a duration. */
+static int space_error(const char *p, const char **ret_error) {
+        while (isspace((unsigned char) *p))
+                p++;
+        *ret_error = *p ? "no spaces in durations: write \"5m\" or \"1h30m\"" : "trailing space in duration";
+        return -EINVAL;
+}
+
 int duration_parse(const char *s, int64_t *ret_ms, const char **ret_error) {
         int64_t total = 0;
         const char *p = s;
@@ -48,14 +56,8 @@ int duration_parse(const char *s, int64_t *ret_ms, const char **ret_error) {
                 size_t unit_len = 0;
                 size_t i;
 
-                if (isspace((unsigned char) *p)) {
-                        const char *w = p;
-                        while (isspace((unsigned char) *w))
-                                w++;
-                        *ret_error = *w ? "no spaces in durations: write \"1h30m\", not \"1h 30m\"" :
-                                          "trailing space in duration";
-                        return -EINVAL;
-                }
+                if (isspace((unsigned char) *p))
+                        return space_error(p, ret_error);
                 while (isdigit((unsigned char) *p)) {
                         if (n > (INT64_MAX - 9) / 10) {
                                 *ret_error = "duration is too large (at most 3650d)";
@@ -78,14 +80,8 @@ int duration_parse(const char *s, int64_t *ret_ms, const char **ret_error) {
                                 "the last number in the duration has no unit (ms, s, m, h, d)";
                         return -EINVAL;
                 }
-                if (isspace((unsigned char) *p)) {
-                        const char *w = p;
-                        while (isspace((unsigned char) *w))
-                                w++;
-                        *ret_error = *w ? "no spaces in durations: write \"5m\" or \"1h30m\"" :
-                                          "trailing space in duration";
-                        return -EINVAL;
-                }
+                if (isspace((unsigned char) *p))
+                        return space_error(p, ret_error);
                 while (isalpha((unsigned char) p[unit_len]))
                         unit_len++;
                 for (i = 0; i < ELEMENTSOF(units); i++)
