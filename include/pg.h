@@ -11,6 +11,10 @@
  * NULL only when out of memory. */
 PGconn *pg_connect_start(const char *conninfo);
 
+/* The conninfo's connect_timeout in seconds (libpq enforces it only for
+ * blocking connects; the caller's timer does it here), or fallback. */
+unsigned pg_connect_timeout_sec(const char *conninfo, unsigned fallback);
+
 /* Constant SQL, exposed for tests and benchmarks. */
 extern const char pg_snapshot_sql[];
 extern const char pg_snapshot_name[];

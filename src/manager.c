@@ -30,7 +30,7 @@
 
 #define USEC_PER_MSEC           UINT64_C(1000)
 #define USEC_PER_SEC            UINT64_C(1000000)
-#define CONNECT_TIMEOUT_USEC    (10 * USEC_PER_SEC)
+#define CONNECT_TIMEOUT_SEC     10u     /* unless the conninfo sets connect_timeout */
 /* Our own statements are bounded on the server (statement_timeout) and,
  * should the server or network hang, here. */
 #define STATEMENT_TIMEOUT       "5s"
@@ -397,7 +397,7 @@ static void server_start_connect(struct server_state *s) {
         }
         PQsetNoticeProcessor(s->conn, on_notice, s);
         s->phase = PHASE_CONNECTING;
-        arm_timeout(s, CONNECT_TIMEOUT_USEC);
+        arm_timeout(s, pg_connect_timeout_sec(s->server->conninfo, CONNECT_TIMEOUT_SEC) * USEC_PER_SEC);
         connect_progress(s);
 }
 

@@ -78,6 +78,21 @@ PGconn *pg_connect_start(const char *conninfo) {
         return conn;
 }
 
+unsigned pg_connect_timeout_sec(const char *conninfo, unsigned fallback) {
+        PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+        unsigned r = fallback;
+
+        for (PQconninfoOption *o = opts; o && o->keyword; o++)
+                if (strcmp(o->keyword, "connect_timeout") == 0 && o->val) {
+                        int64_t v;
+                        /* libpq's own rule: anything under 2 s means 2 s, 0 means none (ours then) */
+                        if (parse_int64(o->val, &v) == 0 && v > 0)
+                                r = v < 2 ? 2 : v > 3600 ? 3600 : (unsigned) v;
+                }
+        PQconninfoFree(opts);
+        return r;
+}
+
 int parse_int64(const char *s, int64_t *ret) {
         char *end;
         long long v;

@@ -130,3 +130,24 @@ def test_fifty_databases_swept_in_one_cycle(pg, sweeper):
             ended[int(m.group(2))] = m.group(1)
     assert ended == victims, "each server ends exactly the sessions of its own database"
     print(f"50 servers, 100 victims, one --once cycle: {took:.2f}s")
+
+
+def test_connect_timeout_from_conninfo_is_honoured(pg, sweeper):
+    """libpq enforces connect_timeout only for blocking connects; pgsweeper's
+    own timer must use the conninfo's value (here 2 s, default 10 s)."""
+    import socket
+    tarpit = socket.socket()
+    tarpit.bind(("127.0.0.1", 0))
+    tarpit.listen(8)                 # never accepted: the handshake never completes
+    try:
+        port = tarpit.getsockname()[1]
+        servers = [("tarpit", f"host=127.0.0.1 port={port} dbname=postgres user=pgsweeper "
+                              "sslmode=disable connect_timeout=2")]
+        t0 = time.monotonic()
+        r = sweeper.run_once(yaml_config(servers, idle_rule("1s")), "--once", "--log-target", "stderr")
+        took = time.monotonic() - t0
+        assert r.returncode == 1, r.stderr
+        assert "tarpit: could not connect: timed out while connecting" in r.stderr, r.stderr
+        assert 1.5 <= took < 8, f"connect_timeout=2 took {took:.1f}s (the default is 10 s)"
+    finally:
+        tarpit.close()
