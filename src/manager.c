@@ -121,7 +121,8 @@ struct manager {
         struct metrics *metrics;
         uint64_t metrics_written;       /* monotonic time of the last write */
         bool metrics_failing;           /* a write failure was logged */
-        const char *last_error;         /* server name of the last failure, for STATUS= */
+        char last_error[64];            /* server of the last failure, for STATUS= (a copy:
+                                         * a reload frees the configuration's names) */
 };
 
 static uint64_t now_usec(struct manager *m) {
@@ -241,7 +242,7 @@ static void server_fail(struct server_state *s, const char *what, const char *er
                 s->down_logged = now;
         } else
                 log_debug(s->server->name, "%s failed: %s", what, error);
-        m->last_error = s->server->name;
+        snprintf(m->last_error, sizeof(m->last_error), "%s", s->server->name);
 
         server_close(s);
         s->phase = PHASE_BACKOFF;
@@ -469,7 +470,7 @@ static void notify_status(struct manager *m) {
         for (size_t i = 0; i < m->n_servers; i++)
                 up += m->servers[i]->ever_up && !m->servers[i]->down;
         sd_notifyf(0, "STATUS=%zu/%zu servers up, %" PRIu64 " sessions ended%s%s", up, m->n_servers,
-                   m->sessions_ended, m->last_error ? ", last error on " : "", m->last_error ? m->last_error : "");
+                   m->sessions_ended, *m->last_error ? ", last error on " : "", m->last_error);
 }
 
 static struct reported reported_key(const struct decision *d) {
