@@ -207,3 +207,18 @@ def test_every_service_event_has_its_message_id(pg, sweeper, journal, tmp_path):
     assert any(e.get("PRIORITY") == "3" and re.search(re.escape(str(conf)) + r":\d+:\d+: error: ", e.get("MESSAGE", ""))
                for e in got), entries_text(got)
     assert SECRET not in entries_text(got)
+
+
+def test_log_query_adds_the_query_text(pg, sweeper, journal):
+    victim = pg.connect(application_name="with-query")
+    victim.execute("SELECT 42 AS pgsweeper_marker")
+    pid = victim.info.backend_pid
+    time.sleep(2.2)
+    cursor = journal.cursor()
+    r = sweeper.run_once("log_query: true\n" + yaml_config([("main", main_conninfo(pg))], idle_rule("2s")),
+                         "--once", "--log-target", "journal")
+    assert r.returncode == 0, r.stderr
+    got = journal.read({"PGSWEEPER_PID": pid, "_PID": r.pid}, after_cursor=cursor)
+    assert len(got) == 1, entries_text(got)
+    assert got[0].get("PGSWEEPER_QUERY") == "SELECT 42 AS pgsweeper_marker", entries_text(got)
+    assert "pgsweeper_marker" not in got[0].get("MESSAGE", ""), "the query belongs in its own field only"
