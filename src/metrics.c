@@ -112,6 +112,36 @@ static void header(FILE *f, const char *name, const char *type, const char *help
         fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* Per-server values, printed by server_family(). */
+static void polls_value(FILE *f, const struct server_series *s) {
+        fprintf(f, "%" PRIu64, s->polls);
+}
+
+static void poll_errors_value(FILE *f, const struct server_series *s) {
+        fprintf(f, "%" PRIu64, s->poll_errors);
+}
+
+static void up_value(FILE *f, const struct server_series *s) {
+        fprintf(f, "%d", s->up ? 1 : 0);
+}
+
+static void duration_value(FILE *f, const struct server_series *s) {
+        fprintf(f, "%" PRIu64 ".%06" PRIu64, s->last_poll_usec / 1000000, s->last_poll_usec % 1000000);
+}
+
+/* One metric family with a sample per server. */
+static void server_family(FILE *f, const struct metrics *m, const char *name, const char *type, const char *help,
+                          void (*value)(FILE *f, const struct server_series *s)) {
+        header(f, name, type, help);
+        for (size_t i = 0; i < m->n_servers; i++) {
+                fprintf(f, "%s{", name);
+                label(f, "server", m->servers[i].server, true);
+                fputs("} ", f);
+                value(f, &m->servers[i]);
+                fputc('\n', f);
+        }
+}
+
 void metrics_format(const struct metrics *m, FILE *f) {
         header(f, "pgsweeper_build_info", "gauge", "pgsweeper version; always 1.");
         fprintf(f, "pgsweeper_build_info{");
@@ -130,32 +160,13 @@ void metrics_format(const struct metrics *m, FILE *f) {
                 fprintf(f, "} %" PRIu64 "\n", s->count);
         }
 
-        header(f, "pgsweeper_polls_total", "counter", "Polls started per server.");
-        for (size_t i = 0; i < m->n_servers; i++) {
-                fprintf(f, "pgsweeper_polls_total{");
-                label(f, "server", m->servers[i].server, true);
-                fprintf(f, "} %" PRIu64 "\n", m->servers[i].polls);
-        }
-        header(f, "pgsweeper_poll_errors_total", "counter", "Polls that failed (connection, timeout, query).");
-        for (size_t i = 0; i < m->n_servers; i++) {
-                fprintf(f, "pgsweeper_poll_errors_total{");
-                label(f, "server", m->servers[i].server, true);
-                fprintf(f, "} %" PRIu64 "\n", m->servers[i].poll_errors);
-        }
-        header(f, "pgsweeper_server_up", "gauge", "1 when the last connection attempt or poll succeeded.");
-        for (size_t i = 0; i < m->n_servers; i++) {
-                fprintf(f, "pgsweeper_server_up{");
-                label(f, "server", m->servers[i].server, true);
-                fprintf(f, "} %d\n", m->servers[i].up ? 1 : 0);
-        }
-        header(f, "pgsweeper_last_poll_duration_seconds", "gauge",
-               "Wall time of the last successful cycle: snapshot, judgement and action.");
-        for (size_t i = 0; i < m->n_servers; i++) {
-                fprintf(f, "pgsweeper_last_poll_duration_seconds{");
-                label(f, "server", m->servers[i].server, true);
-                fprintf(f, "} %" PRIu64 ".%06" PRIu64 "\n", m->servers[i].last_poll_usec / 1000000,
-                        m->servers[i].last_poll_usec % 1000000);
-        }
+        server_family(f, m, "pgsweeper_polls_total", "counter", "Polls started per server.", polls_value);
+        server_family(f, m, "pgsweeper_poll_errors_total", "counter",
+                      "Polls that failed (connection, timeout, query).", poll_errors_value);
+        server_family(f, m, "pgsweeper_server_up", "gauge", "1 when the last connection attempt or poll succeeded.",
+                      up_value);
+        server_family(f, m, "pgsweeper_last_poll_duration_seconds", "gauge",
+                      "Wall time of the last successful cycle: snapshot, judgement and action.", duration_value);
         header(f, "pgsweeper_config_reloads_total", "counter", "Configuration reloads by result.");
         fprintf(f, "pgsweeper_config_reloads_total{result=\"ok\"} %" PRIu64 "\n", m->reloads_ok);
         fprintf(f, "pgsweeper_config_reloads_total{result=\"failed\"} %" PRIu64 "\n", m->reloads_failed);
