@@ -78,6 +78,12 @@ struct escalation {
         const struct rule *rule;
 };
 
+/* A backend, told apart from a later one with the same pid. */
+struct session_id {
+        int32_t pid;
+        int64_t backend_start;
+};
+
 struct policy_input {
         const struct server *server;
         bool dry_run;               /* global or command line */
@@ -85,6 +91,8 @@ struct policy_input {
         size_t n_own_pids;
         const struct escalation *escalations;
         size_t n_escalations;
+        const struct session_id *dying;   /* terminated last cycle, still exiting: not judged again */
+        size_t n_dying;
 };
 
 /* Judge every row. Rules: built-in protections first (own connections,

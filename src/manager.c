@@ -92,9 +92,12 @@ struct server_state {
         /* Queries cancelled under a rule with escalate_after, watched until due. */
         struct escalation *escalations;
         size_t n_escalations;
-        /* Sessions terminated last cycle: still there at the next poll is worth a warning. */
+        /* Sessions terminated last cycle: still there at the next poll is worth a
+         * warning, and they are not judged again that cycle (dying). */
         struct reported *ended;
         size_t n_ended;
+        struct session_id *dying;
+        size_t n_dying;
         /* Target roles a permission failure was already explained for. */
         char **denied_roles;
         size_t n_denied_roles;
@@ -538,6 +541,8 @@ static void cycle_complete(struct server_state *s) {
         free(s->ended);
         s->ended = xcalloc(j->n_decisions + 1, sizeof(*s->ended));
         s->n_ended = 0;
+        free(s->dying);
+        s->dying = xcalloc(j->n_decisions + 1, sizeof(*s->dying));
         for (size_t i = 0; i < j->n_decisions; i++) {
                 const struct decision *d = &j->decisions[i];
 
@@ -602,6 +607,7 @@ static void watch_earlier_actions(struct server_state *s) {
         }
         s->n_escalations = kept;
 
+        s->n_dying = 0;
         for (size_t i = 0; i < s->n_ended; i++)
                 for (size_t r = 0; r < s->snap.n_rows; r++) {
                         const struct snapshot_row *row = &s->snap.rows[r];
@@ -609,6 +615,7 @@ static void watch_earlier_actions(struct server_state *s) {
                                 log_warning(s->server->name, "pid %" PRId32 " is still there after it was "
                                             "terminated (state %s); it may be stuck in an uninterruptible wait",
                                             row->pid, session_state_to_string(row->state));
+                                s->dying[s->n_dying++] = (struct session_id) { row->pid, row->backend_start };
                                 break;
                         }
                 }
@@ -636,6 +643,8 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
         watch_earlier_actions(s);
         in.escalations = s->escalations;
         in.n_escalations = s->n_escalations;
+        in.dying = s->dying;
+        in.n_dying = s->n_dying;
         policy_judge(&in, &s->snap, &s->judgement);
 
         s->results = xcalloc(s->judgement.n_decisions + 1, sizeof(*s->results));
@@ -694,6 +703,7 @@ static void server_free(struct server_state *s) {
         free(s->reported);
         free(s->escalations);
         free(s->ended);
+        free(s->dying);
         for (size_t k = 0; k < s->n_denied_roles; k++)
                 free(s->denied_roles[k]);
         free(s->denied_roles);

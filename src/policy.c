@@ -69,10 +69,19 @@ static bool is_own(const struct policy_input *in, int32_t pid) {
         return false;
 }
 
-/* Built-in protection: never judged, whatever the rules say. */
+static bool is_dying(const struct policy_input *in, const struct snapshot_row *row) {
+        for (size_t i = 0; i < in->n_dying; i++)
+                if (in->dying[i].pid == row->pid && in->dying[i].backend_start == row->backend_start)
+                        return true;
+        return false;
+}
+
+/* Built-in protection: never judged, whatever the rules say. A session
+ * terminated last cycle that has not exited yet is not judged again (it
+ * would be signalled and logged twice). */
 static bool protected_session(const struct policy_input *in, const struct snapshot_row *row) {
         return !row->client_backend || (row->superuser && !in->server->terminate_superusers) ||
-               is_own(in, row->pid);
+               is_own(in, row->pid) || is_dying(in, row);
 }
 
 /* Exempt blocks are additive: global, then the server's, then the rule's. */

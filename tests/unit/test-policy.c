@@ -113,6 +113,22 @@ static void test_protections(void) {
         CHECK_INT(j.decisions[0].row->pid, 4, "plain session judged");
         CHECK_INT(j.next_deadline, INT64_MAX, "protected sessions add no deadline");
         judgement_free(&j);
+
+        /* Terminated last cycle and still exiting: not judged (nor signalled) again;
+         * a new backend that reuses the pid is judged. */
+        {
+                struct server srv = { .name = (char *) "test", .rules = &r, .n_rules = 1 };
+                struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = &rows[3], .n_rows = 1 };
+                struct session_id dying = { 4, rows[3].backend_start };
+                struct policy_input in = { .server = &srv, .dying = &dying, .n_dying = 1 };
+                policy_judge(&in, &snap, &j);
+                CHECK_INT(j.n_decisions, 0, "dying session not judged again");
+                judgement_free(&j);
+                dying.backend_start++;
+                policy_judge(&in, &snap, &j);
+                CHECK_INT(j.n_decisions, 1, "same pid, other backend: judged");
+                judgement_free(&j);
+        }
 }
 
 static void test_precedence(void) {
