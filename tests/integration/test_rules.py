@@ -97,12 +97,12 @@ def test_escalation_terminates_a_query_that_ignores_cancel(pg, sweeper):
 def test_transaction_age_any_state(pg, sweeper):
     conn = pg.connect(application_name="long-tx", autocommit=False)
     conn.execute("SELECT 1")
-    q = None
     time.sleep(0.6)
-    # keep it busy: the transaction is old even though the query is new
     conn2 = pg.connect(application_name="young-tx", autocommit=False)
     conn2.execute("SELECT 1")
     time.sleep(0.6)
+    # a fresh query: state_change is new, only the transaction is old
+    conn.execute("SELECT 2")
     err = run_once(sweeper, config(pg, "      - {name: tx, max_transaction_age: 1s}\n"))
     pid = conn.info.backend_pid
     assert pg.wait_pid_gone(pid)

@@ -41,7 +41,7 @@ class NotifySocket:
         for _, fields in list(self.messages):
             for k in wanted:
                 if k in fields:
-                    out.append(k if k != "READY" else "READY")
+                    out.append(k)
         return out
 
     def wait_for(self, key, count=1, timeout=10):
