@@ -14,6 +14,7 @@ enum result {
         RESULT_CHANGED,
         RESULT_DENIED,
         RESULT_FAILED,
+        RESULT_UNKNOWN,             /* sent, but the result was lost with the connection */
         _RESULT_MAX,
 };
 
@@ -22,7 +23,6 @@ enum result result_from_string(const char *s);
 
 /* The timestamp that identifies "the same session in the same state" for a limit. */
 const char *limit_guard_column(enum limit_kind k);
-int64_t limit_since(enum limit_kind k, const struct snapshot_row *row);
 
 /* The parameters of pg_action_sql for one judgement. */
 struct action_batch {
@@ -37,4 +37,7 @@ struct action_batch {
 size_t enforce_prepare(const struct judgement *j, enum result *results, struct action_batch *ret);
 /* Read the per-decision results of pg_action_sql. -EBADMSG on a wrong shape. */
 int enforce_read_result(const struct action_batch *b, const PGresult *res, enum result *results);
+/* The statement was sent but its result is lost: each decision in the batch
+ * may or may not have been signalled. */
+void enforce_mark_unknown(const struct action_batch *b, enum result *results);
 void action_batch_free(struct action_batch *b);

@@ -17,6 +17,8 @@ void metrics_free(struct metrics *m);
 void metrics_count_result(struct metrics *m, const char *server, const char *rule, enum action a, enum result r);
 void metrics_count_poll(struct metrics *m, const char *server, bool ok, uint64_t duration_usec);
 void metrics_set_up(struct metrics *m, const char *server, bool up);
+/* Does the role have pg_monitor and pg_signal_backend there? */
+void metrics_set_privileges(struct metrics *m, const char *server, bool ok);
 void metrics_count_reload(struct metrics *m, bool ok);
 
 /* The exposition text. */

@@ -20,6 +20,25 @@ extern const char pg_snapshot_sql[];
 extern const char pg_snapshot_name[];
 extern const char pg_action_sql[];
 
+/* Run once per connection: bounds our statements, forces the generic plan,
+ * and says who we are there (see struct pg_identity). */
+extern const char pg_setup_sql[];
+/* $1 pid, $2 backend_start: terminate that backend if it is still the same
+ * one. For our own backend of a connection we gave up on. true: terminated. */
+extern const char pg_end_abandoned_sql[];
+
+struct pg_identity {
+        int64_t backend_start;
+        char *cluster;              /* postmaster start time and port: tells clusters apart */
+        char *role;                 /* current_user */
+        bool can_see_all;           /* has the privileges of pg_read_all_stats (pg_monitor) */
+        bool can_signal_all;        /* has the privileges of pg_signal_backend */
+};
+
+/* Read a result of pg_setup_sql. -EBADMSG on a wrong shape. */
+int pg_identity_from_result(const PGresult *res, struct pg_identity *ret);
+void pg_identity_done(struct pg_identity *id);
+
 /* What a poll asks the server for. The server sends only the client
  * backends that are past the smallest limit any rule sets for their state
  * (or that are watched for escalation), plus one summary row with the

@@ -69,13 +69,15 @@ struct judgement {
 };
 
 /* A query cancelled under a rule with escalate_after: if the same query
- * (pid, backend_start, query_start) still runs at due, it is terminated. */
+ * (pid, backend_start, query_start) still runs at due, it is terminated.
+ * It outlives the configuration it was made under: the rule is named, not
+ * pointed at. */
 struct escalation {
         int32_t pid;
         int64_t backend_start;
         int64_t query_start;
         int64_t due;                /* server clock, us */
-        const struct rule *rule;
+        char *rule;                 /* the rule's name; owned by whoever keeps the escalation */
 };
 
 /* A backend, told apart from a later one with the same pid. */
@@ -87,13 +89,25 @@ struct session_id {
 struct policy_input {
         const struct server *server;
         bool dry_run;               /* global or command line */
-        const int32_t *own_pids;    /* pgsweeper's own backends, on any server */
-        size_t n_own_pids;
+        const struct session_id *own;     /* this process's backends on this server's cluster */
+        size_t n_own;
+        /* The role pgsweeper logs in as here: its sessions whose
+         * application_name starts with "pgsweeper" are other pgsweeper
+         * processes (NULL: unknown). */
+        const char *own_role;
         const struct escalation *escalations;
         size_t n_escalations;
         const struct session_id *dying;   /* terminated last cycle, still exiting: not judged again */
         size_t n_dying;
 };
+
+/* When did the clock of limit k start for this row? TS_NULL: the limit does
+ * not apply to the session in its current state. */
+int64_t limit_since(enum limit_kind k, const struct snapshot_row *row);
+
+/* Is the row one of pgsweeper's own connections (this process, or another
+ * pgsweeper logged in as the same role)? */
+bool policy_is_own(const struct policy_input *in, const struct snapshot_row *row);
 
 /* Judge every row. Rules: built-in protections first (own connections,
  * non-client backends, superusers unless terminate_superusers); a session

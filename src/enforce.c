@@ -19,6 +19,7 @@ static const char *const result_names[_RESULT_MAX] = {
         [RESULT_CHANGED] = "changed",
         [RESULT_DENIED] = "denied",
         [RESULT_FAILED] = "failed",
+        [RESULT_UNKNOWN] = "unknown",
 };
 
 const char *result_to_string(enum result r) {
@@ -172,4 +173,9 @@ void action_batch_free(struct action_batch *b) {
                 free(b->params[a]);
         free(b->index);
         *b = (struct action_batch) {};
+}
+
+void enforce_mark_unknown(const struct action_batch *b, enum result *results) {
+        for (size_t i = 0; i < b->n; i++)
+                results[b->index[i]] = RESULT_UNKNOWN;
 }

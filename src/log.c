@@ -169,6 +169,7 @@ static const struct {
         [RESULT_CHANGED] = { LOG_DEBUG, MESSAGE_ID_SKIPPED },
         [RESULT_DENIED] = { LOG_WARNING, MESSAGE_ID_DENIED },
         [RESULT_FAILED] = { LOG_ERR, MESSAGE_ID_FAILED },
+        [RESULT_UNKNOWN] = { LOG_WARNING, MESSAGE_ID_UNKNOWN },
 };
 
 void log_decision(const char *server, const struct decision *d, enum result r, int priority, const char *hint) {
@@ -204,6 +205,10 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
                 break;
         case RESULT_DENIED:
                 snprintf(what, sizeof(what), "permission denied to %s pid %" PRId32, verb, row->pid);
+                break;
+        case RESULT_UNKNOWN:
+                snprintf(what, sizeof(what), "sent %s to pid %" PRId32 ", result unknown", verb,
+                         row->pid);
                 break;
         default:
                 snprintf(what, sizeof(what), "failed to %s pid %" PRId32, verb, row->pid);

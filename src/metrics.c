@@ -22,6 +22,7 @@ struct server_series {
         uint64_t polls, poll_errors;
         uint64_t last_poll_usec;
         bool up;
+        int privileges_ok;          /* -1: not known yet */
 };
 
 struct metrics {
@@ -55,7 +56,7 @@ static struct server_series *server_series(struct metrics *m, const char *server
                 if (strcmp(m->servers[i].server, server) == 0)
                         return &m->servers[i];
         m->servers = xreallocarray(m->servers, m->n_servers + 1, sizeof(*m->servers));
-        m->servers[m->n_servers] = (struct server_series) { .server = xstrdup(server) };
+        m->servers[m->n_servers] = (struct server_series) { .server = xstrdup(server), .privileges_ok = -1 };
         return &m->servers[m->n_servers++];
 }
 
@@ -85,6 +86,10 @@ void metrics_count_poll(struct metrics *m, const char *server, bool ok, uint64_t
 
 void metrics_set_up(struct metrics *m, const char *server, bool up) {
         server_series(m, server)->up = up;
+}
+
+void metrics_set_privileges(struct metrics *m, const char *server, bool ok) {
+        server_series(m, server)->privileges_ok = ok;
 }
 
 void metrics_count_reload(struct metrics *m, bool ok) {
@@ -123,6 +128,10 @@ static void poll_errors_value(FILE *f, const struct server_series *s) {
 
 static void up_value(FILE *f, const struct server_series *s) {
         fprintf(f, "%d", s->up ? 1 : 0);
+}
+
+static void privileges_value(FILE *f, const struct server_series *s) {
+        fprintf(f, "%d", s->privileges_ok);
 }
 
 static void duration_value(FILE *f, const struct server_series *s) {
@@ -165,8 +174,12 @@ void metrics_format(const struct metrics *m, FILE *f) {
                       "Polls that failed (connection, timeout, query).", poll_errors_value);
         server_family(f, m, "pgsweeper_server_up", "gauge", "1 when the last connection attempt or poll succeeded.",
                       up_value);
+        server_family(f, m, "pgsweeper_server_privileges_ok", "gauge",
+                      "1 when pgsweeper's role has pg_monitor and pg_signal_backend there, 0 when not, "
+                      "-1 before the first connection.", privileges_value);
         server_family(f, m, "pgsweeper_last_poll_duration_seconds", "gauge",
-                      "Wall time of the last successful cycle: snapshot, judgement and action.", duration_value);
+                      "Wall time of the last successful poll, from sending the snapshot to the end of the "
+                      "judgement (the action's round trip is not included).", duration_value);
         header(f, "pgsweeper_config_reloads_total", "counter", "Configuration reloads by result.");
         fprintf(f, "pgsweeper_config_reloads_total{result=\"ok\"} %" PRIu64 "\n", m->reloads_ok);
         fprintf(f, "pgsweeper_config_reloads_total{result=\"failed\"} %" PRIu64 "\n", m->reloads_failed);

@@ -56,6 +56,40 @@ const char pg_snapshot_sql[] =
         "  min(s.backend_start) + $6::int8 * interval '1 millisecond')") " "
         "FROM t LEFT JOIN s ON NOT s.hit GROUP BY t.now";
 
+/* Two clusters (other hosts, containers, pid namespaces) can have backends
+ * with the same pid: own connections are told apart by cluster, pid and
+ * backend_start. The cluster is named by its postmaster's start time (us)
+ * and port, readable by any role. */
+const char pg_setup_sql[] =
+        "SELECT set_config('statement_timeout', '5s', false), "
+        "set_config('plan_cache_mode', 'force_generic_plan', false), "
+        US("(SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid()))") ", "
+        US("pg_postmaster_start_time()") "::text || ':' || current_setting('port'), "
+        "current_user, pg_has_role('pg_read_all_stats', 'USAGE'), pg_has_role('pg_signal_backend', 'USAGE')";
+
+const char pg_end_abandoned_sql[] =
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_stat_get_activity($1::int4) a "
+        "                         WHERE " US("a.backend_start") " = $2::int8) "
+        "       THEN pg_terminate_backend($1::int4) ELSE false END";
+
+int pg_identity_from_result(const PGresult *res, struct pg_identity *ret) {
+        *ret = (struct pg_identity) {};
+        if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 7 || PQntuples(res) != 1 ||
+            parse_int64(PQgetvalue(res, 0, 2), &ret->backend_start) < 0)
+                return -EBADMSG;
+        ret->cluster = xstrdup(PQgetvalue(res, 0, 3));
+        ret->role = xstrdup(PQgetvalue(res, 0, 4));
+        ret->can_see_all = PQgetvalue(res, 0, 5)[0] == 't';
+        ret->can_signal_all = PQgetvalue(res, 0, 6)[0] == 't';
+        return 0;
+}
+
+void pg_identity_done(struct pg_identity *id) {
+        free(id->cluster);
+        free(id->role);
+        *id = (struct pg_identity) {};
+}
+
 /* Name of the snapshot statement, prepared once per connection. */
 const char pg_snapshot_name[] = "pgsweeper_snapshot";
 

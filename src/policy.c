@@ -3,7 +3,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "enforce.h"
 #include "macro.h"
 #include "netmatch.h"
 #include "policy.h"
@@ -42,8 +41,6 @@ void judgement_free(struct judgement *j) {
         *j = (struct judgement) { .next_deadline = INT64_MAX };
 }
 
-/* When did the clock of limit k start for this row? TS_NULL: the limit does
- * not apply to the session in its current state. */
 int64_t limit_since(enum limit_kind k, const struct snapshot_row *row) {
         switch (k) {
         case LIMIT_IDLE:
@@ -62,11 +59,17 @@ int64_t limit_since(enum limit_kind k, const struct snapshot_row *row) {
         }
 }
 
-static bool is_own(const struct policy_input *in, int32_t pid) {
-        for (size_t i = 0; i < in->n_own_pids; i++)
-                if (in->own_pids[i] == pid)
+/* Own connections are recognised by (pid, backend_start) among this
+ * process's connections to the same cluster, never by pid alone: pids repeat
+ * across servers. Another pgsweeper is recognised by its login role, which
+ * only someone holding pgsweeper's credentials can use, together with its
+ * application_name; the name alone would be a free pass for anyone. */
+bool policy_is_own(const struct policy_input *in, const struct snapshot_row *row) {
+        for (size_t i = 0; i < in->n_own; i++)
+                if (in->own[i].pid == row->pid && in->own[i].backend_start == row->backend_start)
                         return true;
-        return false;
+        return in->own_role && strcmp(row->user, in->own_role) == 0 &&
+               strncmp(row->application, "pgsweeper", strlen("pgsweeper")) == 0;
 }
 
 static bool is_dying(const struct policy_input *in, const struct snapshot_row *row) {
@@ -81,7 +84,7 @@ static bool is_dying(const struct policy_input *in, const struct snapshot_row *r
  * would be signalled and logged twice). */
 static bool protected_session(const struct policy_input *in, const struct snapshot_row *row) {
         return !row->client_backend || (row->superuser && !in->server->terminate_superusers) ||
-               is_own(in, row->pid) || is_dying(in, row);
+               policy_is_own(in, row) || is_dying(in, row);
 }
 
 /* Exempt blocks are additive: global, then the server's, then the rule's. */
@@ -98,7 +101,7 @@ bool escalation_matches(const struct escalation *e, const struct snapshot_row *r
 static const struct escalation *find_escalation(const struct policy_input *in, const struct snapshot_row *row,
                                                 const struct rule *rule) {
         for (size_t i = 0; i < in->n_escalations; i++)
-                if (in->escalations[i].rule == rule && escalation_matches(&in->escalations[i], row))
+                if (strcmp(in->escalations[i].rule, rule->name) == 0 && escalation_matches(&in->escalations[i], row))
                         return &in->escalations[i];
         return NULL;
 }

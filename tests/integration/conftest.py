@@ -282,6 +282,13 @@ class PgCluster:
             params.append(user)
         return {r[0] for r in self.admin_query(sql, params)}
 
+    def sweeper_polled(self, user="pgsweeper"):
+        """A backend of that role has run pgsweeper's snapshot at least once
+        (so the daemon is past its set-up and counts as connected)."""
+        return bool(self.admin_query(
+            "SELECT 1 FROM pg_stat_activity WHERE backend_type = 'client backend' AND usename = %s "
+            "AND query LIKE %s", (user, "%pg_stat_get_activity(NULL)%")))
+
     def pid_alive(self, pid):
         return bool(self.admin_query(
             "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)))

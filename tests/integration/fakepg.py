@@ -21,9 +21,24 @@ def _msg(kind, payload=b""):
     return kind + struct.pack("!i", len(payload) + 4) + payload
 
 
+def _rows(values):
+    """RowDescription, one DataRow of text columns, CommandComplete."""
+    desc = struct.pack("!h", len(values))
+    row = struct.pack("!h", len(values))
+    for i, v in enumerate(values):
+        desc += f"c{i}".encode() + b"\0" + struct.pack("!ihihih", 0, 0, 25, -1, -1, 0)
+        row += struct.pack("!i", len(v)) + v.encode()
+    return _msg(b"T", desc) + _msg(b"D", row) + _msg(b"C", b"SELECT 1\0")
+
+
+# pgsweeper's set-up statement: statement_timeout, plan_cache_mode, then who
+# it is there (backend_start, cluster, role, pg_read_all_stats, pg_signal_backend).
+SETUP_ROW = ["5s", "force_generic_plan", "1700000000000000", "1700000000000000:5432", "pgsweeper", "t", "t"]
+
+
 class FakeServer:
     """answer: how many statements (Sync-terminated batches) to answer before
-    going silent: pgsweeper sends "SET statement_timeout", then prepares its
+    going silent: pgsweeper sends its set-up statement, then prepares its
     snapshot, then polls; answer=2 hangs on the first poll. None answers
     none and hangs right after the handshake."""
 
@@ -87,7 +102,9 @@ class FakeServer:
                     # Parse alone (a PREPARE) or Parse/Bind/Describe/Execute of a
                     # statement without rows ("SET ...")
                     out = _msg(b"1") if b"P" in batch else b""
-                    if b"E" in batch:
+                    if b"E" in batch and answered == 1:      # the set-up statement
+                        out += _msg(b"2") + _rows(SETUP_ROW)
+                    elif b"E" in batch:
                         out += _msg(b"2") + _msg(b"n") + _msg(b"C", b"SET\0")
                     conn.sendall(out + _msg(b"Z", b"I"))
                 batch = b""

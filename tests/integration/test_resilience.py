@@ -58,7 +58,7 @@ def test_server_restart_is_survived(pg, sweeper, mode):
     conf = yaml_config([("main", pg.conninfo(user="pgsweeper", dbname="postgres"))], idle_rule("1s"),
                        interval="300ms")
     proc = sweeper.start_daemon(conf, "--log-target", "stderr")
-    wait_until(lambda: pg.backend_pids_alive("pgsweeper"), 10, what="pgsweeper connected")
+    wait_until(pg.sweeper_polled, 10, what="pgsweeper connected and polled")
     pg.restart(mode, down_for=1.5)
     victim = pg.connect(application_name=f"after-{mode}-restart")
     assert pg.wait_pid_gone(victim.info.backend_pid, timeout=15), "no enforcement after the restart"

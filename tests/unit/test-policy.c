@@ -29,10 +29,10 @@ static struct rule rule_make(const char *name, enum limit_kind k, int64_t limit_
 
 /* Judge one row against rules; returns the number of decisions. */
 static size_t judge(struct rule *rules, size_t n_rules, struct snapshot_row *rows, size_t n_rows, bool dry_run,
-                    const int32_t *own, size_t n_own, struct judgement *j) {
+                    const struct session_id *own, size_t n_own, struct judgement *j) {
         struct server srv = { .name = (char *) "test", .rules = rules, .n_rules = n_rules };
         struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = rows, .n_rows = n_rows };
-        struct policy_input in = { .server = &srv, .dry_run = dry_run, .own_pids = own, .n_own_pids = n_own };
+        struct policy_input in = { .server = &srv, .dry_run = dry_run, .own = own, .n_own = n_own };
         policy_judge(&in, &snap, j);
         return j->n_decisions;
 }
@@ -104,7 +104,7 @@ static void test_protections(void) {
                 row_base(1, STATE_IDLE, 60), row_base(2, STATE_IDLE, 60), row_base(3, STATE_IDLE, 60),
                 row_base(4, STATE_IDLE, 60),
         };
-        int32_t own[] = { 3 };
+        struct session_id own[] = { { 3, rows[2].backend_start } };
         struct judgement j;
 
         rows[0].superuser = true;
@@ -113,6 +113,35 @@ static void test_protections(void) {
         CHECK_INT(j.decisions[0].row->pid, 4, "plain session judged");
         CHECK_INT(j.next_deadline, INT64_MAX, "protected sessions add no deadline");
         judgement_free(&j);
+
+        /* Own connections are (pid, backend_start) pairs: the same pid with
+         * another backend_start is someone else's session (another server,
+         * another pid namespace), and is judged. */
+        {
+                struct session_id other[] = { { 4, rows[3].backend_start + 1 } };
+                CHECK_INT(judge(&r, 1, &rows[3], 1, false, other, 1, &j), 1, "same pid elsewhere is judged");
+                judgement_free(&j);
+        }
+
+        /* Another pgsweeper: our login role and pgsweeper's application_name.
+         * Either alone is not enough (a user can set any application_name). */
+        {
+                struct server srv = { .name = (char *) "test", .rules = &r, .n_rules = 1 };
+                struct snapshot_row peers[3] = { row_base(5, STATE_IDLE, 60), row_base(6, STATE_IDLE, 60),
+                                                 row_base(7, STATE_IDLE, 60) };
+                struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = peers, .n_rows = 3 };
+                struct policy_input in = { .server = &srv, .own_role = "sweeper" };
+                peers[0].user = "sweeper";
+                peers[0].application = "pgsweeper";
+                peers[1].user = "app";
+                peers[1].application = "pgsweeper";   /* spoofed name */
+                peers[2].user = "sweeper";
+                peers[2].application = "psql";        /* an operator as pgsweeper's role */
+                policy_judge(&in, &snap, &j);
+                CHECK_INT(j.n_decisions, 2, "only the other pgsweeper is protected");
+                CHECK(j.n_decisions == 2 && j.decisions[0].row->pid != 5 && j.decisions[1].row->pid != 5);
+                judgement_free(&j);
+        }
 
         /* Terminated last cycle and still exiting: not judged (nor signalled) again;
          * a new backend that reuses the pid is judged. */
@@ -393,7 +422,7 @@ static void test_escalation(void) {
         judgement_free(&j);
 
         /* cancelled 2 s ago, same query still running: wait, wake at due */
-        e = (struct escalation) { row.pid, row.backend_start, row.query_start, NOW + S(3), &c->servers[0].rules[0] };
+        e = (struct escalation) { row.pid, row.backend_start, row.query_start, NOW + S(3), (char *) "slow" };
         in.escalations = &e;
         in.n_escalations = 1;
         policy_judge(&in, &snap, &j);
@@ -408,6 +437,14 @@ static void test_escalation(void) {
         CHECK_INT(j.decisions[0].action, ACTION_TERMINATE, "escalated action");
         CHECK(j.decisions[0].escalated);
         judgement_free(&j);
+
+        /* an escalation remembered under another rule's name is not this rule's */
+        e.rule = (char *) "other";
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 1, "other rule's escalation");
+        CHECK(!j.decisions[0].escalated);
+        judgement_free(&j);
+        e.rule = (char *) "slow";
 
         /* another query now (query_start moved): a new cancel, not an escalation */
         row.query_start = NOW - S(12);
