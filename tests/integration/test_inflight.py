@@ -1,0 +1,180 @@
+"""An action statement whose answer is in flight when something else happens
+(SIGTERM, a reload, a lost connection) is never forgotten: every signal that
+may have been sent gets its entry. A TCP proxy (tcpproxy.py) between
+pgsweeper and the real server holds back or cuts the answer on demand."""
+
+import re
+import signal
+import time
+
+import pytest
+
+from conftest import SLOW, stop_process, wait_until
+from pgs_helpers import ActiveQuery, idle_rule, yaml_config
+from tcpproxy import TcpProxy
+
+# A fragment only pgsweeper's action statement carries.
+ACTION = b"WITH ORDINALITY AS v(pid"
+N = 20
+
+
+def idle_victims(pg, n=N):
+    conns = [pg.connect(application_name=f"victim-{i}") for i in range(n)]
+    time.sleep(1.2)     # all over max_idle 1s at pgsweeper's first poll: one action for all
+    return {c.info.backend_pid for c in conns}
+
+
+def lines(err, rx):
+    return [int(m.group(1)) for m in (re.match(rx, l) for l in err.splitlines()) if m]
+
+
+def terminated(err, server="main"):
+    return lines(err, re.escape(server) + r": terminated pid (\d+) ")
+
+
+def unknown(err, server="main"):
+    return lines(err, re.escape(server) + r": sent terminate to pid (\d+), result unknown")
+
+
+@pytest.fixture
+def proxy_factory():
+    made = []
+
+    def make(pg, **kw):
+        p = TcpProxy(pg.port, trigger=ACTION, **kw)
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        p.close()
+
+
+def start(sweeper, proxy, extra_servers=(), rules=None):
+    conf = yaml_config([("main", proxy.conninfo())] + list(extra_servers), rules or idle_rule("1s"),
+                       interval="200ms")
+    return sweeper.start_daemon(conf, "--log-target", "stderr"), conf
+
+
+def test_sigterm_waits_for_the_action_result(pg, sweeper, proxy_factory):
+    proxy = proxy_factory(pg, mode="delay", seconds=0.4)
+    pids = idle_victims(pg)
+    proc, _ = start(sweeper, proxy)
+    assert proxy.triggered.wait(15), "pgsweeper never sent its action"
+    t0 = time.monotonic()
+    rc = stop_process(proc, signal.SIGTERM)
+    took = time.monotonic() - t0
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert took < 1.0 * (2 if SLOW else 1), f"stop took {took:.2f}s"
+    assert set(terminated(err)) == pids, err
+    assert all(pg.wait_pid_gone(p) for p in pids)
+
+
+def test_sigterm_with_the_answer_stalled_logs_unknown(pg, sweeper, proxy_factory):
+    proxy = proxy_factory(pg, mode="stall")
+    pids = idle_victims(pg)
+    proc, _ = start(sweeper, proxy)
+    assert proxy.triggered.wait(15), "pgsweeper never sent its action"
+    # the server ran the statement: the sessions really are gone
+    assert all(pg.wait_pid_gone(p) for p in pids)
+    t0 = time.monotonic()
+    rc = stop_process(proc, signal.SIGTERM)
+    took = time.monotonic() - t0
+    err = proc.stderr.read()
+    assert rc == 0, err
+    assert took < 1.0 * (2 if SLOW else 1), f"stop took {took:.2f}s"
+    assert sorted(unknown(err)) == sorted(pids), err
+    assert "pgsweeper stopped before the result arrived" in err
+
+
+def test_lost_connection_logs_unknown_and_goes_on(pg, sweeper, proxy_factory):
+    proxy = proxy_factory(pg, mode="cut", seconds=0.3)
+    pids = idle_victims(pg)
+    proc, _ = start(sweeper, proxy)
+    assert proxy.triggered.wait(15), "pgsweeper never sent its action"
+    assert all(pg.wait_pid_gone(p) for p in pids)
+    # after the reconnect it still enforces
+    late = pg.connect(application_name="after-the-cut")
+    assert pg.wait_pid_gone(late.info.backend_pid, timeout=15), "no enforcement after the lost connection"
+    assert stop_process(proc) == 0
+    err = proc.stderr.read()
+    assert sorted(unknown(err)) == sorted(pids), err
+    assert terminated(err) == [late.info.backend_pid], err
+    assert "the connection failed before the result arrived" in err
+
+
+@pytest.mark.parametrize("change", ["removed", "conninfo"])
+def test_reload_that_drops_the_server_finishes_the_cycle(pg, sweeper, proxy_factory, change):
+    proxy = proxy_factory(pg, mode="delay", seconds=0.5)
+    pids = idle_victims(pg)
+    # a second server entry keeps the file valid once "main" is gone
+    other = ("other", pg.conninfo(user="pgsweeper", dbname="postgres"))
+    rules = idle_rule("1s", extra="        users: [nobody]\n")
+    other_block = yaml_config([other], rules).split("servers:\n", 1)[1]
+    conf = yaml_config([("main", proxy.conninfo())], idle_rule("1s"), interval="200ms") + other_block
+    proc = sweeper.start_daemon(conf, "--log-target", "stderr")
+    path = sweeper.tmp_path / f"pgsweeper-{sweeper._n}.yaml"
+    assert proxy.triggered.wait(15), "pgsweeper never sent its action"
+    if change == "removed":
+        path.write_text(yaml_config([other], rules, interval="200ms"))
+    else:
+        path.write_text(yaml_config([("main", proxy.conninfo() + " connect_timeout=5")], rules,
+                                    interval="200ms") + other_block)
+    proc.send_signal(signal.SIGHUP)
+    assert all(pg.wait_pid_gone(p) for p in pids)
+    time.sleep(1.0)     # the delayed answer arrives meanwhile
+    assert stop_process(proc) == 0
+    err = proc.stderr.read()
+    assert "configuration reloaded" in err, err
+    assert set(terminated(err)) == pids, err
+
+
+ESCALATION_SQL = """
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    BEGIN
+      PERFORM pg_sleep(0.1);
+    EXCEPTION WHEN query_canceled THEN
+      NULL;   -- shrug off the cancel and keep going
+    END;
+  END LOOP;
+END $$"""
+
+
+def test_two_reloads_during_an_escalation(pg, sweeper, proxy_factory):
+    """A SIGHUP while the cancel's answer is in flight, a second one while the
+    query still runs: no crash (the sanitizer build aborts on a use after
+    free), one cancel, and the escalation on time."""
+    proxy = proxy_factory(pg, mode="delay", seconds=0.6)
+    conn = pg.connect(application_name="stubborn")
+    q = ActiveQuery(pg, conn, ESCALATION_SQL)
+    q.wait_active()
+    rules = "      - {name: runaway, max_query_duration: 500ms, action: cancel, escalate_after: 3s}\n"
+    conf = yaml_config([("main", proxy.conninfo())], rules, interval="200ms")
+    proc = sweeper.start_daemon(conf, "--log-target", "stderr")
+    path = sweeper.tmp_path / f"pgsweeper-{sweeper._n}.yaml"
+    assert proxy.triggered.wait(15), "pgsweeper never sent its cancel"
+    t_cancel = proxy.triggered_at
+    # first reload: same rule, plus one more rule (a different configuration object)
+    path.write_text(yaml_config([("main", proxy.conninfo())],
+                                rules + "      - {name: extra, max_idle: 1h}\n", interval="200ms"))
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.2)     # the cancel's answer has arrived; the query shrugged it off
+    assert proc.poll() is None, proc.stderr.read()
+    path.write_text(yaml_config([("main", proxy.conninfo())],
+                                rules + "      - {name: extra2, max_idle: 2h}\n", interval="200ms"))
+    proc.send_signal(signal.SIGHUP)
+    assert pg.wait_pid_gone(q.pid, timeout=10), "the stubborn query was never terminated"
+    t_dead = time.monotonic()
+    q.thread.join(10)
+    assert proc.poll() is None, proc.stderr.read()
+    assert stop_process(proc) == 0
+    err = proc.stderr.read()
+    cancels = [l for l in err.splitlines() if l.startswith(f"main: cancelled pid {q.pid} ")]
+    escalations = [l for l in err.splitlines() if l.startswith(f"main: escalated: terminated pid {q.pid} ")]
+    assert len(cancels) == 1, err
+    assert len(escalations) == 1, err
+    # due 3 s after the cancel; polls every 200 ms, so at most a few hundred ms late
+    waited = t_dead - t_cancel
+    assert 2.9 <= waited < 4.0 * (1.5 if SLOW else 1), f"escalated {waited:.2f}s after the cancel"
