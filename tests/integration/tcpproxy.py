@@ -9,9 +9,13 @@ and then, depending on `mode`:
 - "delay": holds the server's answer for `seconds`, then lets it through;
 - "stall": holds the server's answer until release() is called;
 - "cut":   waits `seconds` (the server runs the statement meanwhile), then
-           closes both sides of that connection: the answer is lost.
+           closes both sides of that connection: the answer is lost;
+- "blackhole": from then on nothing passes either way (not even libpq's
+           Terminate message when the client gives up) and the server's side
+           stays open, as in a network partition: the backend lives on, idle.
 
-Only the first match triggers (once=True), so a reconnect works normally.
+The first `skip` matches are let through; only the next one triggers
+(once=True), so a reconnect works normally.
 `triggered` is a threading.Event set at the moment of the match."""
 
 import socket
@@ -21,12 +25,13 @@ import time
 
 class TcpProxy:
     def __init__(self, target_port, trigger=None, mode="delay", seconds=0.5, once=True,
-                 target_host="127.0.0.1"):
+                 target_host="127.0.0.1", skip=0):
         self.target = (target_host, target_port)
         self.trigger = trigger
         self.mode = mode
         self.seconds = seconds
         self.once = once
+        self.skip = skip
         self.triggered = threading.Event()
         self.triggered_at = None
         self._released = threading.Event()
@@ -79,12 +84,18 @@ class TcpProxy:
         with self._lock:
             if self.triggered.is_set() and self.once:
                 return
+            if self.skip > 0:
+                self.skip -= 1
+                return
             self.triggered_at = time.monotonic()
             self.triggered.set()
         if self.mode == "delay":
             hold["until"] = time.monotonic() + self.seconds
         elif self.mode == "stall":
             hold["until"] = float("inf")
+        elif self.mode == "blackhole":
+            hold["until"] = float("inf")
+            hold["cut"] = True
         elif self.mode == "cut":
             hold["until"] = float("inf")
             hold["cut"] = True
@@ -107,6 +118,8 @@ class TcpProxy:
                 if not data:
                     break
                 window = (window + data)[-(len(self.trigger or b"") + 65536):]
+                if hold["until"] and self.mode == "blackhole":
+                    continue
                 if self.trigger and self.trigger in window and not hold["until"]:
                     self._fire(hold, client, server)
                     window = b""
