@@ -18,6 +18,8 @@ void metrics_count_result(struct metrics *m, const char *server, const char *rul
 void metrics_count_poll(struct metrics *m, const char *server, bool ok, uint64_t duration_usec);
 void metrics_set_up(struct metrics *m, const char *server, bool up);
 void metrics_count_reload(struct metrics *m, bool ok);
+/* Log entries that did not reach the journal and went to stderr instead. */
+void metrics_count_journal_dropped(uint64_t n);
 
 /* The exposition text. */
 void metrics_format(const struct metrics *m, FILE *f);

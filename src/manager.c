@@ -910,6 +910,7 @@ int manager_run(const struct manager_options *opts, struct config *config) {
         r = sd_event_default(&m.event);
         if (r < 0)
                 goto fail;
+        log_attach_event(m.event);  /* the journal queue is flushed from the loop */
         if ((r = sd_event_add_signal(m.event, NULL, SIGTERM, on_exit_signal, &m)) < 0 ||
             (r = sd_event_add_signal(m.event, NULL, SIGINT, on_exit_signal, &m)) < 0)
                 goto fail;
@@ -938,6 +939,7 @@ out:
         free(m.retired);
         config_free(m.config);
         metrics_free(m.metrics);
+        log_flush_at_exit(LOG_EXIT_FLUSH_USEC);  /* last: entries logged while stopping too */
         sd_event_unref(m.event);
         return r;
 fail:
