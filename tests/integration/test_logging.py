@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 
-from conftest import JOURNALD_BIN, slow_factor, stop_process, wait_until
+from conftest import JOURNALD_BIN, free_tcp_port, slow_factor, stop_process, wait_until
 from pgs_helpers import idle_rule, yaml_config
 
 JOURNALD_CONF = """[Journal]
@@ -268,3 +268,85 @@ def test_sigterm_while_journald_is_stalled(pg, sweeper, private_journal):
             f"the entry for pid {pid} is neither in the journal nor on stderr:\n{err}"
     m = re.search(r"the journal did not take (\d+) entries before exit", err)
     assert m and int(m.group(1)) >= len(pids), err
+
+
+# A role name with a newline, ESC, a C1 CSI (U+009B), an invalid byte, a
+# line separator (U+2028) and a backslash; and how every line shows it.
+HOSTILE = b"h\nE\x1b[31m\xc2\x9b\xff\xe2\x80\xa8\\z"
+HOSTILE_ESCAPED = "h\\x0aE\\x1b[31m\\xc2\\x9b\\xff\\u2028\\\\z"
+
+
+@pytest.fixture
+def hostile_role(pg):
+    """Two idle sessions of a role then renamed to HOSTILE (invalid UTF-8 is
+    only accepted from a SQL_ASCII database; pg_stat_activity shows the new
+    name). Yields the two connections, oldest first."""
+    plain = "hostile_" + uuid.uuid4().hex[:8]
+    su = pg.connect(user="postgres", dbname="postgres")
+    su.execute(f"CREATE ROLE {plain} LOGIN")
+    if not su.execute("SELECT 1 FROM pg_database WHERE datname = 'sqlascii'").fetchall():
+        su.execute("CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+                   "TEMPLATE template0")
+    first = pg.connect(user=plain, dbname="appdb")
+    time.sleep(2.5)
+    second = pg.connect(user=plain, dbname="appdb")
+    admin = pg.connect(user="postgres", dbname="sqlascii")
+    admin.execute(b'ALTER ROLE ' + plain.encode() + b' RENAME TO "' + HOSTILE + b'"')
+    try:
+        yield first, second
+    finally:
+        for c in (first, second):
+            with contextlib.suppress(Exception):
+                c.close()
+        with contextlib.suppress(Exception):
+            admin.execute(b'DROP ROLE "' + HOSTILE + b'"')
+
+
+def test_hostile_bytes_escaped_in_line_and_message(pg, sweeper, private_journal, hostile_role):
+    first, second = hostile_role
+    j = private_journal
+    conninfo = pg.conninfo(user="pgsweeper", dbname="postgres")
+    # stderr: the first session only (idle > 2s; the second is younger)
+    cfg = yaml_config([("main", conninfo)], idle_rule("2s"))
+    p = subprocess.run(j.nsenter(sweeper.argv(cfg, ["--once", "--log-target", "stderr"])),
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    err = p.stderr.decode("utf-8")   # strict: the line must be valid UTF-8
+    lines = [l for l in err.splitlines() if f"terminated pid {first.info.backend_pid} " in l]
+    assert len(lines) == 1, err
+    assert f"(user {HOSTILE_ESCAPED}, db appdb, " in lines[0], lines[0]
+    for bad in ("\x1b", "\x9b", "\u2028", "\ufffd"):
+        assert bad not in err, f"{bad!r} reached stderr: {err!r}"
+    assert pg.wait_pid_gone(first.info.backend_pid)
+
+    # the journal: MESSAGE escaped, PGSWEEPER_USER the role's own bytes
+    time.sleep(2.2)
+    p = subprocess.run(j.nsenter(sweeper.argv(cfg, ["--once", "--log-target", "journal"])),
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    pid = second.info.backend_pid
+    got = j.read(timeout=10, PGSWEEPER_PID=str(pid))
+    assert len(got) == 1, got
+    e = got[0]
+    msg = e["MESSAGE"]
+    assert isinstance(msg, str), f"MESSAGE is not printable UTF-8: {msg!r}"
+    assert f"terminated pid {pid} (user {HOSTILE_ESCAPED}, db appdb, " in msg, msg
+    assert field_bytes(e["PGSWEEPER_USER"]) == HOSTILE, e["PGSWEEPER_USER"]
+    # an operator's exact match on the role name finds the entry
+    r = subprocess.run(j.nsenter([b"journalctl", b"--no-pager", b"-o", b"json",
+                                  b"PGSWEEPER_USER=" + HOSTILE]), capture_output=True, timeout=30)
+    pids = [json.loads(l).get("PGSWEEPER_PID") for l in r.stdout.splitlines() if l.startswith(b"{")]
+    assert str(pid) in pids, r.stdout
+
+
+def test_libpq_multiline_error_is_one_line(sweeper):
+    """"Connection refused\\n\\tIs the server running..." reads as one line
+    with a space, not a '?' (issue 11 item 5)."""
+    port = free_tcp_port()
+    cfg = yaml_config([("down", f"host=127.0.0.1 port={port} dbname=postgres connect_timeout=2")],
+                      idle_rule("1h"))
+    r = sweeper.run_once(cfg, "--once", "--log-target", "stderr")
+    lines = [l for l in r.stderr.splitlines() if "Connection refused" in l]
+    assert lines, r.stderr
+    assert "Connection refused Is the server running" in lines[0], lines[0]
+    assert "?Is" not in r.stderr and "\\x09" not in r.stderr and "\\x0a" not in r.stderr, r.stderr
