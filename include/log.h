@@ -43,6 +43,8 @@ int log_attach_event(sd_event *e);
 /* At exit: detach from the loop, try to send what is queued for at most
  * budget_usec, then write the rest to stderr (counted as dropped). */
 void log_flush_at_exit(uint64_t budget_usec);
+/* Entries waiting for the journal. */
+size_t log_queued(void);
 #define LOG_EXIT_FLUSH_USEC (250 * 1000)
 
 /* How a decision line compares elapsed time and limit: returns ">", ">="

@@ -431,6 +431,10 @@ void log_flush_at_exit(uint64_t budget_usec) {
         journal.cap = journal.head = 0;
 }
 
+size_t log_queued(void) {
+        return journal.n;
+}
+
 static void flush_atexit(void) {
         if (journal.n > 0 || journal.event)
                 log_flush_at_exit(LOG_EXIT_FLUSH_USEC);

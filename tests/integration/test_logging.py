@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -62,7 +63,7 @@ class PrivateJournal:
         return ["nsenter", "--mount", "--target", str(self.pid), "--"] + list(argv)
 
     def entries(self, **match):
-        r = subprocess.run(self.nsenter(["journalctl", "--no-pager", "-o", "json"]),
+        r = subprocess.run(self.nsenter(["journalctl", "--no-pager", "--all", "-o", "json"]),
                            capture_output=True, timeout=30)
         out = []
         for line in r.stdout.splitlines():
@@ -350,3 +351,95 @@ def test_libpq_multiline_error_is_one_line(sweeper):
     assert lines, r.stderr
     assert "Connection refused Is the server running" in lines[0], lines[0]
     assert "?Is" not in r.stderr and "\\x09" not in r.stderr and "\\x0a" not in r.stderr, r.stderr
+
+
+def log_entries_tool():
+    b = os.environ.get("PGSWEEPER_LOG_ENTRIES")
+    path = b or str(Path(__file__).resolve().parents[2] / "build" / "tests" / "log-entries")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"log-entries test tool not found: {path} (build it, or set PGSWEEPER_LOG_ENTRIES)")
+    return path
+
+
+def run_tool(journal, *args, stalled):
+    """Run log-entries in the journal's namespace; with stalled, journald is
+    stopped and its socket full while the entries are logged, and resumed
+    before the tool flushes. Returns (pid, queued, stdout, stderr)."""
+    try:
+        if stalled:
+            journal.stop()
+            journal.fill_socket_queue()
+        p = subprocess.Popen(journal.nsenter([log_entries_tool(), *map(str, args)]), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # the tool logs everything before it reads stdin: its first line
+        # comes while journald is still stopped
+        first = p.stdout.readline()
+        m = re.fullmatch(r"queued (\d+)\n", first)
+        assert m, first + p.stderr.read()
+    finally:
+        journal.cont()
+    out, err = p.communicate("go\n", timeout=60)
+    assert p.returncode == 0, err
+    return p.pid, int(m.group(1)), first + out, err
+
+
+def dropped_metric(out):
+    m = re.search(r"^pgsweeper_journal_dropped_total (\d+)$", out, re.M)
+    assert m, out
+    return int(m.group(1))
+
+
+QUEUE_MAX = 4096
+
+
+def test_overflow_drops_noise_first(private_journal):
+    """5000 info entries and then 10 decisions while journald is stopped: the
+    queue keeps 4096, info entries make room for every decision, and each
+    entry that did not fit is on stderr and counted."""
+    j = private_journal
+    pid, queued, out, err = run_tool(j, 5000, 10, stalled=True)
+    assert queued == QUEUE_MAX, out
+    assert "loop emptied the queue" in out, out
+    dropped = 5010 - QUEUE_MAX
+    assert dropped_metric(out) == dropped, out
+    assert err.count("the queue is full") == 1, "the overflow is said once, not per drop"
+    on_stderr = re.findall(r"^noise: noise (\d+)$", err, re.M)
+    assert len(on_stderr) == dropped and "main: terminated" not in err, err[:2000]
+    decisions = j.read(timeout=15, min_entries=10, _PID=str(pid), PGSWEEPER_RESULT="terminated")
+    assert sorted(int(e["PGSWEEPER_PID"]) for e in decisions) == list(range(1, 11))
+    noise = j.read(timeout=15, min_entries=5000 - dropped, _PID=str(pid), PRIORITY="6")
+    noise = [e for e in noise if e["MESSAGE"].startswith("noise: ")]
+    assert len(noise) == 5000 - dropped
+    # the ones in the journal and the ones on stderr are all of them, once
+    got = sorted([int(e["MESSAGE"].split()[-1]) for e in noise] + [int(n) for n in on_stderr])
+    assert got == list(range(5000))
+    back = [e for e in j.entries(_PID=str(pid), PRIORITY="4") if "takes entries again" in e["MESSAGE"]]
+    assert len(back) == 1 and f"; {dropped} did not fit" in back[0]["MESSAGE"], back
+
+
+def test_overflow_of_decisions_goes_to_stderr(private_journal):
+    """More decisions than the queue holds: none is lost, the extra ones are
+    on stderr and in the drop counter."""
+    j = private_journal
+    n = QUEUE_MAX + 104
+    pid, queued, out, err = run_tool(j, 0, n, stalled=True)
+    assert queued == QUEUE_MAX and "loop emptied the queue" in out, out
+    assert dropped_metric(out) == 104, out
+    on_stderr = [int(x) for x in re.findall(r"^main: terminated pid (\d+) \(", err, re.M)]
+    assert len(on_stderr) == 104, err[:2000]
+    in_journal = [int(e["PGSWEEPER_PID"]) for e in
+                  j.read(timeout=20, min_entries=QUEUE_MAX, _PID=str(pid), PGSWEEPER_RESULT="terminated")]
+    assert len(in_journal) == QUEUE_MAX
+    assert sorted(in_journal + on_stderr) == list(range(1, n + 1)), "an entry was lost or doubled"
+
+
+def test_entry_larger_than_a_datagram(private_journal):
+    """An entry too large for the socket goes through a sealed memfd."""
+    j = private_journal
+    with open("/proc/sys/net/core/wmem_max") as f:
+        size = max(400000, int(f.read()) * 2)
+    pid, queued, out, err = run_tool(j, 0, 0, size, stalled=False)
+    assert queued == 0 and err == "", err
+    got = j.read(timeout=10, _PID=str(pid), PRIORITY="5")
+    assert len(got) == 1, got
+    assert got[0]["MESSAGE"] == "big: " + "b" * size
