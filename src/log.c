@@ -119,7 +119,7 @@ struct entry {
         char *data;     /* the datagram, native protocol */
         size_t size;
         char *line;     /* the escaped one-line form, for stderr */
-        bool important; /* a decision, or an event at notice or above */
+        bool important; /* a decision (but a debug one), or an event at notice or above */
 };
 
 static struct {
@@ -618,7 +618,8 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
         if (row->query)
                 field_add(&f, "PGSWEEPER_QUERY", "%s", row->query);
         /* MESSAGE is escaped; the PGSWEEPER_* data fields keep the server's
-         * bytes, so an exact match on a role name finds it */
-        emit(&f, line, true);
+         * bytes, so an exact match on a role name finds it. Every decision
+         * but the debug ones (gone, changed) outranks info noise in the queue. */
+        emit(&f, line, priority < LOG_DEBUG);
         fields_free(&f);
 }
