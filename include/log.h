@@ -2,8 +2,11 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <syslog.h>
+#include <systemd/sd-event.h>
 
+#include "duration.h"
 #include "enforce.h"
 #include "macro.h"
 #include "policy.h"
@@ -33,3 +36,19 @@ void log_event(int priority, const char *message_id, const char *server, const c
 /* One decision and what came of it. priority < 0: the result's usual
  * priority; hint, if not NULL, is appended to the message (how to fix it). */
 void log_decision(const char *server, const struct decision *d, enum result r, int priority, const char *hint);
+
+/* Journal entries the socket does not take at once wait in a bounded queue
+ * that the event loop flushes: attach it once the loop exists. */
+int log_attach_event(sd_event *e);
+/* At exit: detach from the loop, try to send what is queued for at most
+ * budget_usec, then write the rest to stderr (counted as dropped). */
+void log_flush_at_exit(uint64_t budget_usec);
+/* Entries waiting for the journal. */
+size_t log_queued(void);
+#define LOG_EXIT_FLUSH_USEC (250 * 1000)
+
+/* How a decision line compares elapsed time and limit: returns ">", ">="
+ * (elapsed equals the limit, which is reached at >=) or "<", and writes the
+ * elapsed time into elapsed, with its milliseconds when the usual format
+ * would print it equal to the limit. */
+const char *log_limit_comparison(int64_t elapsed_ms, int64_t limit_ms, char elapsed[static DURATION_FORMAT_MAX]);

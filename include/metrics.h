@@ -20,6 +20,8 @@ void metrics_set_up(struct metrics *m, const char *server, bool up);
 /* Does the role have pg_monitor and pg_signal_backend there? */
 void metrics_set_privileges(struct metrics *m, const char *server, bool ok);
 void metrics_count_reload(struct metrics *m, bool ok);
+/* Log entries that did not reach the journal and went to stderr instead. */
+void metrics_count_journal_dropped(uint64_t n);
 
 /* The exposition text. */
 void metrics_format(const struct metrics *m, FILE *f);

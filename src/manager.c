@@ -24,8 +24,9 @@
 #define USEC_PER_SEC            UINT64_C(1000000)
 #define METRICS_QUIET_USEC      USEC_PER_SEC
 /* SIGTERM waits this long for action results in flight, so the stop stays
- * within a second; what has not arrived by then is logged as unknown. */
-#define STOP_GRACE_USEC         (700 * USEC_PER_MSEC)
+ * within a second (with the journal's flush at exit, LOG_EXIT_FLUSH_USEC);
+ * what has not arrived by then is logged as unknown. */
+#define STOP_GRACE_USEC         (600 * USEC_PER_MSEC)
 
 struct manager {
         const struct manager_options *opts;
@@ -357,6 +358,7 @@ int manager_run(const struct manager_options *opts, struct config *config) {
         r = sd_event_default(&m.event);
         if (r < 0)
                 goto fail;
+        log_attach_event(m.event);  /* the journal queue is flushed from the loop */
         if ((r = sd_event_add_signal(m.event, NULL, SIGTERM, on_exit_signal, &m)) < 0 ||
             (r = sd_event_add_signal(m.event, NULL, SIGINT, on_exit_signal, &m)) < 0 ||
             (r = sd_event_add_defer(m.event, &m.reap, on_reap, &m)) < 0 ||
@@ -390,6 +392,7 @@ out:
         metrics_free(m.metrics);
         sd_event_source_disable_unref(m.reap);
         sd_event_source_disable_unref(m.stop_timer);
+        log_flush_at_exit(LOG_EXIT_FLUSH_USEC);  /* last: entries logged while stopping too */
         sd_event_unref(m.event);
         return r;
 fail:

@@ -33,6 +33,14 @@ struct metrics {
         uint64_t reloads_ok, reloads_failed;
 };
 
+/* Process-wide, not per struct metrics: the log module counts it, and it has
+ * no manager to ask for one. */
+static uint64_t journal_dropped;
+
+void metrics_count_journal_dropped(uint64_t n) {
+        journal_dropped += n;
+}
+
 struct metrics *metrics_new(void) {
         return xcalloc(1, sizeof(struct metrics));
 }
@@ -183,6 +191,9 @@ void metrics_format(const struct metrics *m, FILE *f) {
         header(f, "pgsweeper_config_reloads_total", "counter", "Configuration reloads by result.");
         fprintf(f, "pgsweeper_config_reloads_total{result=\"ok\"} %" PRIu64 "\n", m->reloads_ok);
         fprintf(f, "pgsweeper_config_reloads_total{result=\"failed\"} %" PRIu64 "\n", m->reloads_failed);
+        header(f, "pgsweeper_journal_dropped_total", "counter",
+               "Log entries the journal did not take in time (its queue was full, or at exit): written to stderr.");
+        fprintf(f, "pgsweeper_journal_dropped_total %" PRIu64 "\n", journal_dropped);
 }
 
 int metrics_write(const struct metrics *m, const char *path) {

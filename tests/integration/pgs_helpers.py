@@ -9,7 +9,7 @@ import psycopg
 #   main: terminated pid 4242 (user app, db appdb, app psql, local): idle 3s > max_idle 2s [rule idle-sessions]
 _EVENT_TAIL = (r"pid (?P<pid>\d+) \(user (?P<user>[^,]*), db (?P<db>[^,]*), "
                r"app (?P<app>[^,]*), (?P<client>[^)]*)\): (?P<state>idle|idle in transaction|active|[a-z ]+) "
-               r"(?P<elapsed>\S+) > (?P<limit>max_[a-z_]+) (?P<limit_value>\S+) "
+               r"(?P<elapsed>\S+) >=? (?P<limit>max_[a-z_]+) (?P<limit_value>\S+) "
                r"\[rule (?P<rule>[^\]]+)\]$")
 KIND_PREFIX = {
     "terminated": r"terminated ",

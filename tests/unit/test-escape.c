@@ -1,0 +1,154 @@
+/* The one escaping function: what passes, what becomes \xNN or \uNNNN. */
+#include <stdlib.h>
+
+#include "escape.h"
+#include "macro.h"
+#include "unit.h"
+
+struct esc_case {
+        const char *in;
+        size_t len;  /* 0: strlen(in) */
+        const char *want;
+};
+
+static void check_escape(const struct esc_case *c, int line) {
+        size_t len = c->len ? c->len : strlen(c->in);
+        char *got = escape_bytes(c->in, len);
+        CHECK_AT(strcmp(got, c->want) == 0, __FILE__, line, "escape case %d: got \"%s\", want \"%s\"",
+                 line, got, c->want);
+        free(got);
+}
+
+#define ESC(in, want) { in, 0, want }
+#define ESCN(in, n, want) { in, n, want }
+
+static const struct esc_case cases[] = {
+        /* printable ASCII and valid UTF-8 pass through */
+        ESC("plain role_name-1", "plain role_name-1"),
+        ESC("caf\xc3\xa9", "caf\xc3\xa9"),                         /* é */
+        ESC("\xe6\x97\xa5\xe6\x9c\xac", "\xe6\x97\xa5\xe6\x9c\xac"), /* 日本 */
+        ESC("\xc2\xa0nbsp", "\xc2\xa0nbsp"),                       /* U+00A0: first after C1 */
+        ESC("\xf0\x9f\x98\x80", "\xf0\x9f\x98\x80"),               /* U+1F600, 4 bytes */
+        ESC("\xf4\x8f\xbf\xbf", "\xf4\x8f\xbf\xbf"),               /* U+10FFFF, the last */
+        ESC("\xef\xbf\xbd", "\xef\xbf\xbd"),                       /* U+FFFD itself is valid */
+        ESC("\xe2\x80\xa7", "\xe2\x80\xa7"),                       /* U+2027, next to the separators */
+        ESC("\xe2\x80\xaa", "\xe2\x80\xaa"),                       /* U+202A */
+        /* the backslash itself, so escapes cannot be forged */
+        ESC("a\\b", "a\\\\b"),
+        ESC("\\x0a", "\\\\x0a"),
+        /* C0 controls, tab and newline included, and DEL */
+        ESC("a\tb", "a\\x09b"),
+        ESC("a\nb", "a\\x0ab"),
+        ESC("a\rb", "a\\x0db"),
+        ESC("\x1b[31mred", "\\x1b[31mred"),
+        ESC("\x01", "\\x01"),
+        ESC("\x1f", "\\x1f"),
+        ESC("\x7f", "\\x7f"),
+        ESC("~\x7f~", "~\\x7f~"),
+        /* C1 controls: U+0080..U+009F, each byte shown */
+        ESC("\xc2\x80", "\\xc2\\x80"),
+        ESC("\xc2\x85", "\\xc2\\x85"),  /* NEL */
+        ESC("\xc2\x9b" "31m", "\\xc2\\x9b" "31m"),  /* CSI */
+        ESC("\xc2\x9f", "\\xc2\\x9f"),
+        /* line and paragraph separators */
+        ESC("a\xe2\x80\xa8" "b", "a\\u2028b"),
+        ESC("a\xe2\x80\xa9" "b", "a\\u2029b"),
+        /* invalid UTF-8: every byte that is not part of a valid sequence */
+        ESC("\x80", "\\x80"),                           /* lone continuation */
+        ESC("\xbf", "\\xbf"),
+        ESC("\xc0\xaf", "\\xc0\\xaf"),                  /* overlong '/' */
+        ESC("\xc1\xbf", "\\xc1\\xbf"),                  /* overlong */
+        ESC("\xe0\x80\xaf", "\\xe0\\x80\\xaf"),         /* overlong, 3 bytes */
+        ESC("\xe0\x9f\xbf", "\\xe0\\x9f\\xbf"),         /* overlong U+07FF */
+        ESC("\xf0\x80\x80\xaf", "\\xf0\\x80\\x80\\xaf"), /* overlong, 4 bytes */
+        ESC("\xf0\x8f\xbf\xbf", "\\xf0\\x8f\\xbf\\xbf"), /* overlong U+FFFF */
+        ESC("\xed\xa0\x80", "\\xed\\xa0\\x80"),         /* surrogate U+D800 */
+        ESC("\xed\xbf\xbf", "\\xed\\xbf\\xbf"),         /* surrogate U+DFFF */
+        ESC("\xed\x9f\xbf", "\xed\x9f\xbf"),            /* U+D7FF is valid */
+        ESC("\xf4\x90\x80\x80", "\\xf4\\x90\\x80\\x80"), /* above U+10FFFF */
+        ESC("\xf5\x80\x80\x80", "\\xf5\\x80\\x80\\x80"),
+        ESC("\xf8", "\\xf8"),
+        ESC("\xfe", "\\xfe"),
+        ESC("\xff", "\\xff"),
+        ESC("a\xffz", "a\\xffz"),
+        /* truncated sequences: the lead byte and what follows each on its own */
+        ESC("\xc3", "\\xc3"),
+        ESC("\xc3z", "\\xc3z"),
+        ESC("\xe6\x97", "\\xe6\\x97"),
+        ESC("\xe6\x97z", "\\xe6\\x97z"),
+        ESC("\xf0\x9f\x98", "\\xf0\\x9f\\x98"),
+        ESC("\xf0\x9f\x98" "caf\xc3\xa9", "\\xf0\\x9f\\x98" "caf\xc3\xa9"),  /* valid text after it survives */
+        ESC("\xe2\x80", "\\xe2\\x80"),                  /* U+2028 cut short */
+        ESC("\xc2", "\\xc2"),                           /* C1 lead alone */
+        /* a NUL inside the bytes (only via escape_bytes) */
+        ESCN("a\0b", 3, "a\\x00b"),
+        ESC("", ""),
+};
+
+static void test_every_c0_and_c1(void) {
+        char in[3], want[16];
+        for (int c = 0; c < 0x20; c++) {
+                in[0] = (char) c;
+                snprintf(want, sizeof(want), "\\x%02x", c);
+                char *got = escape_bytes(in, 1);
+                CHECK_STR(got, want, "C0");
+                free(got);
+        }
+        for (int c = 0x80; c <= 0x9f; c++) {
+                in[0] = (char) 0xc2;
+                in[1] = (char) c;
+                snprintf(want, sizeof(want), "\\xc2\\x%02x", c);
+                char *got = escape_bytes(in, 2);
+                CHECK_STR(got, want, "C1");
+                free(got);
+        }
+        for (int c = 0xf5; c <= 0xff; c++) {
+                in[0] = (char) c;
+                snprintf(want, sizeof(want), "\\x%02x", c);
+                char *got = escape_bytes(in, 1);
+                CHECK_STR(got, want, "invalid lead byte");
+                free(got);
+        }
+        /* every printable ASCII byte but the backslash is itself */
+        for (int c = 0x20; c < 0x7f; c++) {
+                if (c == '\\')
+                        continue;
+                in[0] = (char) c;
+                in[1] = '\0';
+                char *got = escape_bytes(in, 1);
+                CHECK_STR(got, in, "printable ASCII");
+                free(got);
+        }
+}
+
+static void check_join(const char *in, const char *want) {
+        char *s = strdup(in);
+        join_lines(s);
+        CHECK_STR(s, want, in);
+        free(s);
+}
+
+static void test_join_lines(void) {
+        check_join("connection to server on socket \"/tmp/.s.PGSQL.5432\" failed: Connection refused\n"
+                   "\tIs the server running locally and accepting connections on that socket?\n",
+                   "connection to server on socket \"/tmp/.s.PGSQL.5432\" failed: Connection refused "
+                   "Is the server running locally and accepting connections on that socket?");
+        check_join("server closed the connection unexpectedly\n\tThis probably means the server terminated "
+                   "abnormally\n\tbefore or while processing the request.\n",
+                   "server closed the connection unexpectedly This probably means the server terminated "
+                   "abnormally before or while processing the request.");
+        check_join("one\ntwo\n\n", "one two");
+        check_join("crlf\r\nnext\r\n", "crlf next");
+        check_join("\nleading", "leading");
+        check_join("no newline", "no newline");
+        check_join("tab\tinside stays", "tab\tinside stays");
+        check_join("", "");
+}
+
+int main(void) {
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++)
+                check_escape(&cases[i], (int) i);
+        test_every_c0_and_c1();
+        test_join_lines();
+        return unit_finish("test-escape");
+}
