@@ -24,6 +24,14 @@ struct name_list {
         char **patterns;
         size_t n;
         bool given;                 /* the key was written; an empty given list matches nothing */
+        /* Built by name_list_compile(): patterns without glob characters in a
+         * hash table (slot -> pattern index + 1, 0 empty), the others in
+         * globs, so matching costs one lookup plus the globs, however many
+         * names are listed. Without it, every pattern is tried. */
+        uint32_t *slots;
+        size_t n_slots;             /* a power of two, or 0 */
+        uint32_t *globs;
+        size_t n_globs;
 };
 
 struct addr_list {
@@ -59,6 +67,9 @@ char *netmask_format(const struct netmask *m, char *buf, size_t len);
  * trailing backslash)? fnmatch itself would silently read such patterns
  * literally. Returns 0, or -EINVAL and a static explanation in *ret_error. */
 int glob_check(const char *pattern, const char **ret_error);
+
+/* Index the list for matching; call once, after the last pattern is added. */
+void name_list_compile(struct name_list *l);
 
 /* Does s match any pattern of the list? */
 bool name_list_matches(const struct name_list *l, const char *s);

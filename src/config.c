@@ -493,6 +493,7 @@ static void parse_name_list(struct parser *p, const struct key *k, yaml_node_t *
                 }
                 l->patterns[l->n++] = xstrdup(v);
         }
+        name_list_compile(l);
 }
 
 static void parse_addr_list(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {

@@ -181,9 +181,61 @@ int glob_check(const char *pattern, const char **ret_error) {
         return 0;
 }
 
-bool name_list_matches(const struct name_list *l, const char *s) {
+/* FNV-1a: names are short, and the table is built from the operator's list. */
+static uint32_t name_hash(const char *s) {
+        uint32_t h = 2166136261u;
+        for (; *s; s++)
+                h = (h ^ (unsigned char) *s) * 16777619u;
+        return h;
+}
+
+void name_list_compile(struct name_list *l) {
+        size_t n_exact = 0;
+
+        free(l->slots);
+        free(l->globs);
+        l->slots = NULL;
+        l->globs = xcalloc(l->n + 1, sizeof(*l->globs));
+        l->n_globs = 0;
         for (size_t i = 0; i < l->n; i++)
-                if (fnmatch(l->patterns[i], s, 0) == 0)
+                n_exact += !strpbrk(l->patterns[i], "*?[\\");
+        for (l->n_slots = n_exact ? 4 : 0; l->n_slots && l->n_slots < 2 * n_exact;)
+                l->n_slots *= 2;
+        if (l->n_slots)
+                l->slots = xcalloc(l->n_slots, sizeof(*l->slots));
+        for (size_t i = 0; i < l->n; i++) {
+                if (strpbrk(l->patterns[i], "*?[\\")) {
+                        l->globs[l->n_globs++] = (uint32_t) i;
+                        continue;
+                }
+                for (size_t k = name_hash(l->patterns[i]) & (l->n_slots - 1);; k = (k + 1) & (l->n_slots - 1))
+                        if (!l->slots[k]) {
+                                l->slots[k] = (uint32_t) i + 1;
+                                break;
+                        }
+        }
+}
+
+static bool exact_match(const struct name_list *l, const char *s) {
+        if (!l->n_slots)
+                return false;
+        for (size_t k = name_hash(s) & (l->n_slots - 1); l->slots[k]; k = (k + 1) & (l->n_slots - 1))
+                if (strcmp(l->patterns[l->slots[k] - 1], s) == 0)
+                        return true;
+        return false;
+}
+
+bool name_list_matches(const struct name_list *l, const char *s) {
+        if (!l->globs) {
+                for (size_t i = 0; i < l->n; i++)
+                        if (fnmatch(l->patterns[i], s, 0) == 0)
+                                return true;
+                return false;
+        }
+        if (exact_match(l, s))
+                return true;
+        for (size_t i = 0; i < l->n_globs; i++)
+                if (fnmatch(l->patterns[l->globs[i]], s, 0) == 0)
                         return true;
         return false;
 }
@@ -226,6 +278,8 @@ static void name_list_done(struct name_list *l) {
         for (size_t i = 0; i < l->n; i++)
                 free(l->patterns[i]);
         free(l->patterns);
+        free(l->slots);
+        free(l->globs);
         *l = (struct name_list) {};
 }
 

@@ -87,10 +87,10 @@ static bool protected_session(const struct policy_input *in, const struct snapsh
                policy_is_own(in, row) || is_dying(in, row);
 }
 
-/* Exempt blocks are additive: global, then the server's, then the rule's. */
-static bool exempt_from(const struct server *srv, const struct rule *rule, const struct snapshot_row *row) {
-        return (srv->global_exempt && filter_exempts(srv->global_exempt, row)) || filter_exempts(&srv->exempt, row) ||
-               filter_exempts(&rule->exempt, row);
+/* Exempt blocks are additive: global, then the server's, then the rule's.
+ * The first two do not depend on the rule: checked once per session. */
+static bool exempt_from_server(const struct server *srv, const struct snapshot_row *row) {
+        return (srv->global_exempt && filter_exempts(srv->global_exempt, row)) || filter_exempts(&srv->exempt, row);
 }
 
 bool escalation_matches(const struct escalation *e, const struct snapshot_row *row) {
@@ -178,14 +178,14 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                 const struct snapshot_row *row = &snap->rows[i];
                 struct decision best = {};
 
-                if (protected_session(in, row))
+                if (protected_session(in, row) || exempt_from_server(srv, row))
                         continue;
 
                 for (size_t r = 0; r < srv->n_rules; r++) {
                         const struct rule *rule = &srv->rules[r];
                         struct decision d;
 
-                        if (!filter_matches(&rule->filter, row) || exempt_from(srv, rule, row))
+                        if (!filter_matches(&rule->filter, row) || filter_exempts(&rule->exempt, row))
                                 continue;
                         if (judge_rule(in, snap, row, rule, &d, &next) && (!best.rule || stronger(&d, &best)))
                                 best = d;

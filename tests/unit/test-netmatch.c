@@ -1,6 +1,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "macro.h"
 #include "netmatch.h"
 #include "policy.h"
 #include "unit.h"
@@ -296,6 +297,56 @@ static void test_name_lists(void) {
         CHECK(f.users.n == 0 && f.users.patterns == NULL);
 }
 
+/* The compiled list (exact names hashed, globs apart) answers exactly as
+ * trying every pattern does, for many names, collisions and every kind of
+ * glob character. */
+static void test_compiled_name_lists(void) {
+        static const char *const probes[] = {
+                "", "u0", "u1", "u999", "u1000", "u0x", "report_7", "report_", "reports", "a*", "ab", "a\\*",
+                "Zq", "zq", "user 5", "user\n5", "é", "x?", "x!",
+        };
+        struct name_list plain = { .given = true }, compiled = { .given = true };
+        char name[32];
+
+        plain.patterns = calloc(1100, sizeof(char *));
+        compiled.patterns = calloc(1100, sizeof(char *));
+        for (int i = 0; i < 1000; i++) {
+                snprintf(name, sizeof(name), "u%d", i * 3);
+                plain.patterns[plain.n++] = dup(name);
+                compiled.patterns[compiled.n++] = dup(name);
+        }
+        const char *const extra[] = { "report_*", "a\\*", "[[:upper:]]q", "x?", "", "user 5", "é" };
+        for (size_t i = 0; i < ELEMENTSOF(extra); i++) {
+                plain.patterns[plain.n++] = dup(extra[i]);
+                compiled.patterns[compiled.n++] = dup(extra[i]);
+        }
+        name_list_compile(&compiled);
+        CHECK_INT(compiled.n_globs, 4, "globs kept apart");
+        for (int i = 0; i < 3100; i++) {
+                snprintf(name, sizeof(name), "u%d", i);
+                CHECK_AT(name_list_matches(&plain, name) == name_list_matches(&compiled, name), __FILE__, __LINE__,
+                         "%s", name);
+                CHECK_AT(name_list_matches(&compiled, name) == (i % 3 == 0 && i < 3000), __FILE__, __LINE__, "%s", name);
+        }
+        for (size_t i = 0; i < ELEMENTSOF(probes); i++)
+                CHECK_AT(name_list_matches(&plain, probes[i]) == name_list_matches(&compiled, probes[i]), __FILE__,
+                         __LINE__, "probe \"%s\"", probes[i]);
+        CHECK(name_list_matches(&compiled, "report_7"));
+        CHECK(name_list_matches(&compiled, "a*"));
+        CHECK(!name_list_matches(&compiled, "ab"));
+        CHECK(name_list_matches(&compiled, ""));
+        CHECK(name_list_matches(&compiled, "user 5"));
+        CHECK(!name_list_matches(&compiled, "u1"));
+        struct filter f = { .users = plain }, g = { .users = compiled };
+        filter_done(&f);
+        filter_done(&g);
+
+        struct name_list empty = { .given = true };
+        name_list_compile(&empty);
+        CHECK(!name_list_matches(&empty, ""));
+        free(empty.globs);
+}
+
 static void test_addr_lists(void) {
         struct addr_list l = ADDRS("10.0.0.0/8", "::1");
         struct addr_list loc = ADDRS("local");
@@ -375,6 +426,7 @@ int main(void) {
         test_format();
         test_globs();
         test_name_lists();
+        test_compiled_name_lists();
         test_addr_lists();
         test_filters();
         return unit_finish("test-netmatch");
