@@ -17,7 +17,7 @@ def config(pg, metrics):
     # the glob that exempts them, so judging tries all GLOBS globs per session
     # and rule (globs cannot be hashed), and decides nothing. One anchored
     # list keeps the file small.
-    globs = "".join(f'"nomatch_{i}_*", ' for i in range(GLOBS)) if heavy else ""
+    globs = "".join(f'"nomatch_{i}_*", ' for i in range(GLOBS))
     text = f"metrics_file: {metrics}\nx-globs: &globs [{globs}\"cost-*\"]\nservers:\n  - name: main\n" \
            f"    conninfo: \"{pg.conninfo(user='pgsweeper')}\"\n    rules:\n"
     for r in range(RULES):
