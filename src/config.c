@@ -486,6 +486,29 @@ static const char *conninfo_uri_problem(const char *libpq_error) {
         return NULL;
 }
 
+/* libpq parses a URI whose password holds a raw "@" or "/" without complaint,
+ * but into a host, port or database name made of pieces of the password,
+ * which its connection errors (and the server's) would then quote. */
+static const char *conninfo_misparsed(const char *s, const PQconninfoOption *opts) {
+        if (conninfo_is_uri(s)) {
+                const char *rest = strstr(s, "://") + 3;
+                size_t end = strcspn(rest, "?");
+                const char *slash = memchr(rest, '/', end);
+
+                if (slash && memchr(slash, '@', end - (size_t) (slash - rest)))
+                        return "an \"@\" after a \"/\" (write \"/\" in a password as %2F, \"@\" as %40)";
+        }
+        for (const PQconninfoOption *o = opts; o->keyword; o++) {
+                if (!o->val)
+                        continue;
+                if (strcmp(o->keyword, "port") == 0 && o->val[strspn(o->val, "0123456789, \t\n\r\f\v")])
+                        return "the port is not a number";
+                if (strcmp(o->keyword, "host") == 0 && conninfo_is_uri(s) && strchr(o->val, '@'))
+                        return "the host contains \"@\" (write \"@\" in a password as %40)";
+        }
+        return NULL;
+}
+
 static void parse_conninfo(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
         const char *v = expect_scalar(p, k, node, "a libpq connection string");
         PQconninfoOption *opts;
@@ -497,8 +520,13 @@ static void parse_conninfo(struct parser *p, const struct key *k, yaml_node_t *n
                 return;
         opts = PQconninfoParse(v, &err);
         if (opts) {
+                what = conninfo_misparsed(v, opts);
+                if (what)
+                        error_at(p, node, "libpq would misread this conninfo (not shown: it may hold a password): %s",
+                                 what);
+                else
+                        *(char **) dest = xstrdup(v);
                 PQconninfoFree(opts);
-                *(char **) dest = xstrdup(v);
                 return;
         }
         if (conninfo_is_uri(v)) {

@@ -68,7 +68,6 @@ def valid_variants(pg):
         ("refused-uri", f"postgresql://pgsweeper:{m}@127.0.0.1:{free}/postgres", "fail"),
         ("refused-multihost",
          f"postgresql://pgsweeper:{m}@127.0.0.1:{free},127.0.0.1:{free}/postgres", "fail"),
-        ("bad-port-uri", f"postgresql://pgsweeper:{m}@127.0.0.1:54x/postgres", "fail"),
         ("refused-ipv6", f"postgresql://pgsweeper:{m}@[::1]:{free}/postgres", "fail"),
         ("wrong-password-kv", f"host=127.0.0.1 port={port} user={SCRAM_ROLE} dbname=postgres password={m}", "fail"),
         ("wrong-password-uri", f"postgresql://{SCRAM_ROLE}:{m}@{uri}", "fail"),
@@ -101,6 +100,11 @@ def broken_variants():
         ("kv-broken-before", f"bogus password={m}"),
         ("kv-unknown-before", f"nonsense=1 password={m}"),
         ("kv-dquote-broken", f'password="{m}" "x'),
+        ("uri-raw-at", f"postgresql://pgsweeper:{m}@x@127.0.0.1:5432/postgres"),
+        ("uri-raw-slash", f"postgresql://pgsweeper:pa/{m}@127.0.0.1:5432/postgres"),
+        ("uri-raw-slash-digits", f"postgresql://pgsweeper:12/{m}@127.0.0.1:5432/postgres"),
+        ("uri-bad-port", f"postgresql://pgsweeper:{m}@127.0.0.1:54x/postgres"),
+        ("kv-port-marker", f"host=127.0.0.1 port={m} password={m}"),
     ]
 
 
@@ -210,7 +214,7 @@ def test_broken_conninfos_are_never_echoed(sweeper):
         # one error per broken conninfo, each at its value's line:column
         assert len(errors) == len(bad_variants), r.stderr
         for i, line in enumerate(errors):
-            assert line.startswith(f"{bad}:{4 + 5 * i}:15: error: libpq cannot parse this conninfo"), line
+            assert line.startswith(f"{bad}:{4 + 5 * i}:15: error: libpq "), line
 
 
 def daemon(sweeper, path, extra, env):
@@ -277,7 +281,7 @@ def test_running_daemon_never_shows_the_password(pg, scram_role, sweeper, journa
         assert_clean(text, "the journal")
     # the outputs searched did carry the failures (the search was not vacuous)
     assert "reload failed, keeping the running configuration" in text, text
-    assert text.count("libpq cannot parse this conninfo") >= len(broken_variants()), text
+    assert text.count("(not shown: it may hold a password)") >= len(broken_variants()), text
     assert "Connection refused" in text, text
     assert "password authentication failed" in text, text
     assert "unrecognized configuration parameter" in text, text

@@ -175,6 +175,10 @@ static const char *const secret_conninfos[] = {
         "postgresql://u@h/db?password=" MARKER "&" MARKER "=1",
         "postgresql://:" MARKER "@h/db",
         "postgres://u:" MARKER "@h1,h2:5433/db?sslmode=require",
+        "postgresql://u:" MARKER "@x@h/db",
+        "postgresql://u:pa/" MARKER "@h/db",
+        "postgresql://u:12/" MARKER "@h/db",
+        "host=h port=" MARKER,
         "postgresql://u:" MARKER "@h/db?options=-c%20password%3D" MARKER,
 };
 
@@ -212,7 +216,7 @@ static void test_conninfo_never_echoed(void) {
                         CHECK_AT(!strstr(d.lines[l], MARKER), __FILE__, __LINE__, "conninfo %zu leaks: %s", i,
                                  d.lines[l]);
                         /* every problem is placed at the conninfo's value */
-                        CHECK_AT(strncmp(d.lines[l], "t.yaml:3:15: error: libpq cannot parse this conninfo", 52) == 0,
+                        CHECK_AT(strncmp(d.lines[l], "t.yaml:3:15: error: libpq ", 26) == 0,
                                  __FILE__, __LINE__, "conninfo %zu: %s", i, d.lines[l]);
                 }
                 CHECK_AT(c || d.n_errors == 1, __FILE__, __LINE__, "conninfo %zu: neither loaded nor one error", i);
