@@ -1530,9 +1530,7 @@ static int read_bounded(int fd, size_t max, char **ret, size_t *ret_len) {
                         break;
                 len += (size_t) n;
         }
-        if (!buf)
-                buf = xmalloc(1);
-        buf[len] = '\0';
+        buf[len] = '\0';  /* the first pass through the loop allocated it */
         *ret = TAKE_PTR(buf);
         *ret_len = len;
         return 0;
