@@ -95,7 +95,8 @@ void config_free(struct config *c);
 
 /* Print the parsed configuration as YAML that loads back to the same
  * configuration: every key with its effective value, durations exact,
- * conninfo normalized with password values replaced by "***". */
+ * conninfo normalized with password values, and the values of the server
+ * settings in "options", replaced by "***". */
 void config_dump(const struct config *c, FILE *f);
 
 const char *limit_kind_to_string(enum limit_kind k);

@@ -1,6 +1,7 @@
 /* The YAML configuration, walked with a table of expected keys per mapping.
  * Every problem is reported as FILE:LINE:COLUMN and the walk goes on, so one
  * run shows all of them. */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -24,6 +25,11 @@
 #define CONFIG_MAX_RULES       256
 #define CONFIG_MAX_LIST        4096
 #define CONFIG_MAX_DIAGNOSTICS 1000
+/* The schema nests 7 deep at most (servers, a server, rules, a rule, exempt,
+ * users, an entry); the caps bound libyaml's loader, see shape_ok(). */
+#define CONFIG_MAX_DEPTH       32
+#define CONFIG_MAX_ANCHORS     1000
+#define CONFIG_MAX_ALIASES     10000
 /* Aliases let a small file name the same subtree many times ("billion
  * laughs"); every node visited and every 64 bytes copied cost one unit. */
 #ifndef CONFIG_MAX_WORK  /* the fuzz build lowers it to spend its time elsewhere */
@@ -382,57 +388,161 @@ static void parse_path(struct parser *p, const struct key *k, yaml_node_t *node,
         *(char **) dest = xstrdup(v);
 }
 
-/* Check a conninfo with libpq without ever echoing a password: libpq quotes
- * fragments of the string in its messages, so only fragments that stand in
- * key position ("frag=") are kept. */
-/* Is the fragment f (flen bytes) written in key position ("f=") in conninfo? */
-static bool fragment_is_key(const char *conninfo, const char *f, size_t flen) {
-        for (const char *c = conninfo; flen > 0 && (c = strstr(c, "=")); c++) {
-                const char *k = c;
-                while (k > conninfo && k[-1] == ' ')
-                        k--;
-                if ((size_t) (k - conninfo) >= flen && strncmp(k - flen, f, flen) == 0 &&
-                    (k - flen == conninfo || k[-(ptrdiff_t) flen - 1] == ' '))
+/* A conninfo may hold a password anywhere (a keyword written where a value
+ * was meant, a URI's user part, a quote that ends early), and libpq quotes
+ * fragments of the string in its parse errors. So nothing of the string, nor
+ * libpq's message, is ever shown: only what kind of problem it is and, for
+ * the keyword/value form, the byte where it starts. */
+static bool conninfo_is_uri(const char *s) {
+        return strncmp(s, "postgresql://", 13) == 0 || strncmp(s, "postgres://", 11) == 0;
+}
+
+/* Is name (len bytes) a keyword libpq knows? */
+static bool conninfo_keyword_known(const char *name, size_t len) {
+        PQconninfoOption *all = PQconninfoParse("", NULL);
+        bool found = len == 10 && strncmp(name, "requiressl", 10) == 0;  /* still accepted by libpq */
+
+        for (PQconninfoOption *o = all; o && o->keyword && !found; o++)
+                found = strlen(o->keyword) == len && strncmp(o->keyword, name, len) == 0;
+        PQconninfoFree(all);
+        return found;
+}
+
+/* Walk the keyword/value form the way libpq's conninfo_parse does; on the
+ * first problem, its byte offset and a description free of user bytes. */
+static bool conninfo_find_problem(const char *s, size_t *ret_offset, const char **ret_what) {
+        const char *c = s;
+
+        while (*c) {
+                const char *key, *key_end;
+
+                if (isspace((unsigned char) *c)) {
+                        c++;
+                        continue;
+                }
+                key = c;
+                while (*c && *c != '=' && !isspace((unsigned char) *c))
+                        c++;
+                key_end = c;
+                while (isspace((unsigned char) *c))
+                        c++;
+                if (*c != '=') {
+                        *ret_offset = (size_t) (key - s);
+                        *ret_what = "a keyword without \"=\" after it";
                         return true;
+                }
+                c++;
+                while (isspace((unsigned char) *c))
+                        c++;
+                if (*c == '\'') {
+                        const char *open = c++;
+                        for (;; c++) {
+                                if (!*c) {
+                                        *ret_offset = (size_t) (open - s);
+                                        *ret_what = "a quoted value without its closing quote";
+                                        return true;
+                                }
+                                if (*c == '\\' && c[1])
+                                        c++;
+                                else if (*c == '\'') {
+                                        c++;
+                                        break;
+                                }
+                        }
+                } else
+                        for (; *c && !isspace((unsigned char) *c); c++)
+                                if (*c == '\\' && c[1])
+                                        c++;
+                if (!conninfo_keyword_known(key, (size_t) (key_end - key))) {
+                        *ret_offset = (size_t) (key - s);
+                        *ret_what = "an unknown keyword";
+                        return true;
+                }
         }
         return false;
 }
 
-static void redact_conninfo_error(const char *conninfo, const char *msg, char *out, size_t len) {
-        size_t o = 0;
+/* libpq's English parse errors, told apart by their constant text only. */
+static const char *conninfo_uri_problem(const char *libpq_error) {
+        static const struct {
+                const char *libpq;
+                const char *ours;
+        } kinds[] = {
+                { "IPv6 host address may not be empty", "an empty IPv6 address" },
+                { "in IPv6 host address", "an IPv6 address without its closing \"]\"" },
+                { "unexpected character", "an unexpected character after the host (expected \":\" or \"/\")" },
+                { "extra key/value separator", "a query parameter with two \"=\"" },
+                { "missing key/value separator", "a query parameter without \"=\"" },
+                { "invalid URI query parameter", "an unknown query parameter" },
+                { "invalid connection option", "an unknown query parameter" },
+                { "invalid percent-encoded token", "an invalid %-escape" },
+                { "forbidden value %00", "a %00 escape" },
+                { "out of memory", "out of memory" },
+        };
 
-        for (const char *m = msg; *m && *m != '\n' && o + 1 < len; m++) {
-                const char *end = *m == '"' ? strchr(m + 1, '"') : NULL;
-                if (end) {
-                        size_t flen = (size_t) (end - m - 1);
-                        bool keep = (flen == 1 && m[1] == '=') || fragment_is_key(conninfo, m + 1, flen);
-                        int n = snprintf(out + o, len - o, "\"%.*s\"", keep ? (int) flen : 3, keep ? m + 1 : "...");
-                        o = n < 0 || (size_t) n >= len - o ? len - 1 : o + (size_t) n;
-                        m = end;
-                        continue;
-                }
-                out[o++] = *m;
+        for (size_t i = 0; libpq_error && i < ELEMENTSOF(kinds); i++)
+                if (strstr(libpq_error, kinds[i].libpq))
+                        return kinds[i].ours;
+        return NULL;
+}
+
+/* libpq parses a URI whose password holds a raw "@" or "/" without complaint,
+ * but into a host, port or database name made of pieces of the password,
+ * which its connection errors (and the server's) would then quote. */
+static const char *conninfo_misparsed(const char *s, const PQconninfoOption *opts) {
+        if (conninfo_is_uri(s)) {
+                const char *rest = strstr(s, "://") + 3;
+                size_t end = strcspn(rest, "?");
+                const char *slash = memchr(rest, '/', end);
+
+                if (slash && memchr(slash, '@', end - (size_t) (slash - rest)))
+                        return "an \"@\" after a \"/\" (write \"/\" in a password as %2F, \"@\" as %40)";
         }
-        out[o] = '\0';
+        for (const PQconninfoOption *o = opts; o->keyword; o++) {
+                if (!o->val)
+                        continue;
+                if (strcmp(o->keyword, "port") == 0 && o->val[strspn(o->val, "0123456789, \t\n\r\f\v")])
+                        return "the port is not a number";
+                if (strcmp(o->keyword, "host") == 0 && conninfo_is_uri(s) && strchr(o->val, '@'))
+                        return "the host contains \"@\" (write \"@\" in a password as %40)";
+        }
+        return NULL;
 }
 
 static void parse_conninfo(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
         const char *v = expect_scalar(p, k, node, "a libpq connection string");
         PQconninfoOption *opts;
+        const char *what;
         char *err = NULL;
+        size_t offset;
 
         if (!v)
                 return;
         opts = PQconninfoParse(v, &err);
-        if (!opts) {
-                char clean[512];
-                redact_conninfo_error(v, err ? err : "out of memory", clean, sizeof(clean));
-                error_at(p, node, "invalid conninfo: %s", clean);
-                PQfreemem(err);
+        if (opts) {
+                what = conninfo_misparsed(v, opts);
+                if (what)
+                        error_at(p, node, "libpq would misread this conninfo (not shown: it may hold a password): %s",
+                                 what);
+                else
+                        *(char **) dest = xstrdup(v);
+                PQconninfoFree(opts);
                 return;
         }
-        PQconninfoFree(opts);
-        *(char **) dest = xstrdup(v);
+        if (conninfo_is_uri(v)) {
+                what = conninfo_uri_problem(err);
+                if (what)
+                        error_at(p, node, "libpq cannot parse this conninfo (not shown: it may hold a password): "
+                                 "invalid URI: %s", what);
+                else
+                        error_at(p, node, "libpq cannot parse this conninfo (not shown: it may hold a password): "
+                                 "invalid URI");
+        } else if (conninfo_find_problem(v, &offset, &what))
+                error_at(p, node, "libpq cannot parse this conninfo (not shown: it may hold a password): "
+                         "%s at byte %zu of the conninfo", what, offset + 1);
+        else
+                error_at(p, node, "libpq cannot parse this conninfo (not shown: it may hold a password)");
+        PQfreemem(err);
 }
 
 /* Filter and exempt lists. An empty list is accepted here; the mapping that
@@ -1131,6 +1241,32 @@ static void dump_exempt(FILE *f, const char *indent, const char *inner, const st
         dump_filter(f, inner, flt);
 }
 
+static void dump_quoted_chars(FILE *m, const char *v, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                fprintf(m, v[i] == '\'' || v[i] == '\\' ? "\\%c" : "%c", v[i]);
+}
+
+/* "options" passes settings to the server, and a setting can be a credential
+ * ("-c app.token=..."): show each argument up to its "=", the value as ***. */
+static void dump_server_options(FILE *m, const char *v) {
+        while (*v) {
+                size_t n = 0;
+                const char *eq;
+
+                while (v[n] && !isspace((unsigned char) v[n]))
+                        n += v[n] == '\\' && v[n + 1] ? 2 : 1;
+                eq = memchr(v, '=', n);
+                if (eq) {
+                        dump_quoted_chars(m, v, (size_t) (eq - v) + 1);
+                        fputs("***", m);
+                } else
+                        dump_quoted_chars(m, v, n);
+                v += n;
+                for (; isspace((unsigned char) *v); v++)
+                        fputc(' ', m);
+        }
+}
+
 /* Options in libpq's order, values quoted; secrets (dispchar '*') as ***. */
 static void dump_conninfo(FILE *f, const char *conninfo) {
         PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
@@ -1149,9 +1285,10 @@ static void dump_conninfo(FILE *f, const char *conninfo) {
                 fprintf(m, "%s%s='", ftell(m) ? " " : "", o->keyword);
                 if (o->dispchar && strchr(o->dispchar, '*'))
                         fputs("***", m);
+                else if (strcmp(o->keyword, "options") == 0)
+                        dump_server_options(m, o->val);
                 else
-                        for (const char *v = o->val; *v; v++)
-                                fprintf(m, *v == '\'' || *v == '\\' ? "\\%c" : "%c", *v);
+                        dump_quoted_chars(m, o->val, strlen(o->val));
                 fputc('\'', m);
         }
         fclose(m);
@@ -1227,6 +1364,71 @@ static void report_yaml_error(struct parser *p, const yaml_parser_t *yp) {
                 report(p, true, pos, "YAML syntax: %s", yp->problem ? yp->problem : "error");
 }
 
+/* libyaml's loader takes time that grows with the square of the nesting
+ * depth (and of the number of anchors), and builds the whole document before
+ * we see any of it. So a first pass over the parser's events, which costs
+ * little and stops at the first excess, keeps every load short: a reload runs
+ * on the event loop. Syntax errors are left to the loader, which reports the
+ * same ones. */
+static bool shape_ok(struct parser *p, const char *buf, size_t len) {
+        yaml_parser_t yp;
+        yaml_event_t ev;
+        size_t depth = 0, anchors = 0, aliases = 0;
+        bool ok = true, done = false;
+
+        if (!yaml_parser_initialize(&yp)) {
+                fputs("out of memory\n", stderr);
+                abort();
+        }
+        yaml_parser_set_input_string(&yp, (const unsigned char *) buf, len);
+        while (ok && !done && yaml_parser_parse(&yp, &ev)) {
+                struct source_pos pos = { (unsigned) ev.start_mark.line + 1, (unsigned) ev.start_mark.column + 1 };
+                const yaml_char_t *anchor = NULL;
+
+                switch (ev.type) {
+                case YAML_SEQUENCE_START_EVENT:
+                case YAML_MAPPING_START_EVENT:
+                        anchor = ev.type == YAML_SEQUENCE_START_EVENT ? ev.data.sequence_start.anchor :
+                                                                        ev.data.mapping_start.anchor;
+                        if (++depth > CONFIG_MAX_DEPTH) {
+                                report(p, true, pos, "lists and mappings are nested more than %d deep here; "
+                                       "stopped reading", CONFIG_MAX_DEPTH);
+                                ok = false;
+                        }
+                        break;
+                case YAML_SEQUENCE_END_EVENT:
+                case YAML_MAPPING_END_EVENT:
+                        depth--;
+                        break;
+                case YAML_SCALAR_EVENT:
+                        anchor = ev.data.scalar.anchor;
+                        break;
+                case YAML_ALIAS_EVENT:
+                        if (++aliases > CONFIG_MAX_ALIASES) {
+                                report(p, true, pos, "more than %d aliases; stopped reading", CONFIG_MAX_ALIASES);
+                                ok = false;
+                        }
+                        break;
+                case YAML_STREAM_END_EVENT:
+                        done = true;
+                        break;
+                default:
+                        break;
+                }
+                if (anchor && ++anchors > CONFIG_MAX_ANCHORS) {
+                        report(p, true, pos, "more than %d anchors; stopped reading", CONFIG_MAX_ANCHORS);
+                        ok = false;
+                }
+                yaml_event_delete(&ev);
+        }
+        if (yp.error == YAML_MEMORY_ERROR) {
+                fputs("out of memory\n", stderr);
+                abort();
+        }
+        yaml_parser_delete(&yp);
+        return ok;
+}
+
 int config_load_buffer(const char *name, const char *buf, size_t len, struct config **ret, struct diagnostics *diag) {
         struct parser p = { .file = name, .diag = diag };
         yaml_parser_t yp;
@@ -1235,6 +1437,10 @@ int config_load_buffer(const char *name, const char *buf, size_t len, struct con
         int r = -EINVAL;
 
         *ret = NULL;
+        if (!shape_ok(&p, buf, len)) {
+                flush_diagnostics(&p);
+                return -EINVAL;
+        }
         if (!yaml_parser_initialize(&yp)) {
                 fputs("out of memory\n", stderr);
                 abort();
@@ -1285,6 +1491,52 @@ fail:
         return r;
 }
 
+static const char *file_type(mode_t mode) {
+        if (S_ISDIR(mode))
+                return "a directory";
+        if (S_ISFIFO(mode))
+                return "a FIFO";
+        if (S_ISCHR(mode))
+                return "a character device";
+        if (S_ISBLK(mode))
+                return "a block device";
+        if (S_ISSOCK(mode))
+                return "a socket";
+        return "not a regular file";
+}
+
+/* Read to EOF, not to st_size: files in /proc say 0. At most max + 1 bytes,
+ * so a file over the cap is seen as such. */
+static int read_bounded(int fd, size_t max, char **ret, size_t *ret_len) {
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0, size = 0;
+
+        for (;;) {
+                ssize_t n;
+
+                if (len == size) {
+                        if (size > max)
+                                break;
+                        size = size ? size * 2 : 64 * 1024;
+                        if (size > max + 1)
+                                size = max + 1;
+                        buf = xreallocarray(buf, size + 1, 1);
+                }
+                n = read(fd, buf + len, size - len);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return -errno;
+                if (n == 0)
+                        break;
+                len += (size_t) n;
+        }
+        buf[len] = '\0';  /* the first pass through the loop allocated it */
+        *ret = TAKE_PTR(buf);
+        *ret_len = len;
+        return 0;
+}
+
 int config_load(const char *path, struct config **ret, struct diagnostics *diag) {
         struct parser p = { .file = path, .diag = diag };
         _cleanup_free_ char *buf = NULL;
@@ -1293,30 +1545,32 @@ int config_load(const char *path, struct config **ret, struct diagnostics *diag)
         int fd, r;
 
         *ret = NULL;
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        /* O_NONBLOCK: opening a FIFO without a writer would wait forever */
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         if (fd < 0) {
                 r = -errno;
                 report(&p, true, (struct source_pos) { 0, 0 }, "cannot open: %s", strerror(-r));
                 flush_diagnostics(&p);
                 return r;
         }
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > CONFIG_MAX_BYTES) {
-                report(&p, true, (struct source_pos) { 0, 0 }, "not a regular file of at most %d bytes",
-                       CONFIG_MAX_BYTES);
-                close(fd);
-                flush_diagnostics(&p);
-                return -EINVAL;
-        }
-        buf = xmalloc((size_t) st.st_size + 1);
-        while (len < (size_t) st.st_size) {
-                ssize_t n = read(fd, buf + len, (size_t) st.st_size - len);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0)
-                        break;
-                len += (size_t) n;
+        if (fstat(fd, &st) < 0) {
+                r = -errno;
+                report(&p, true, (struct source_pos) { 0, 0 }, "cannot stat: %s", strerror(-r));
+        } else if (!S_ISREG(st.st_mode)) {
+                r = -EINVAL;
+                report(&p, true, (struct source_pos) { 0, 0 }, "is %s; the configuration must be a regular file",
+                       file_type(st.st_mode));
+        } else if ((r = read_bounded(fd, CONFIG_MAX_BYTES, &buf, &len)) < 0)
+                report(&p, true, (struct source_pos) { 0, 0 }, "cannot read: %s", strerror(-r));
+        else if (len > CONFIG_MAX_BYTES) {
+                r = -EINVAL;
+                report(&p, true, (struct source_pos) { 0, 0 }, "the file is larger than %d bytes (1 MiB), "
+                       "the most a configuration may have", CONFIG_MAX_BYTES);
         }
         close(fd);
-        buf[len] = '\0';
+        if (r < 0) {
+                flush_diagnostics(&p);
+                return r;
+        }
         return config_load_buffer(path, buf, len, ret, diag);
 }

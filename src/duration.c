@@ -37,7 +37,7 @@ static int space_error(const char *p, const char **ret_error) {
 
 int duration_parse(const char *s, int64_t *ret_ms, const char **ret_error) {
         int64_t total = 0;
-        const char *p = s;
+        const char *p = s, *first;
 
         if (!s || !*s) {
                 *ret_error = "empty duration; write a number with a unit, e.g. \"30s\"";
@@ -47,8 +47,11 @@ int duration_parse(const char *s, int64_t *ret_ms, const char **ret_error) {
                 *ret_error = "durations cannot be negative";
                 return -EINVAL;
         }
-        if (*p == '+')
-                p++;
+        if (*p == '+' && !*++p) {
+                *ret_error = "\"+\" alone is not a duration; write a number with a unit, e.g. \"30s\"";
+                return -EINVAL;
+        }
+        first = p;
 
         while (*p) {
                 int64_t n = 0;
@@ -75,7 +78,7 @@ int duration_parse(const char *s, int64_t *ret_ms, const char **ret_error) {
                         return -EINVAL;
                 }
                 if (*p == '\0') {
-                        *ret_error = p == s + strlen(s) && digits == s ?
+                        *ret_error = digits == first ?
                                 "a duration needs a unit (ms, s, m, h, d), e.g. \"30s\"" :
                                 "the last number in the duration has no unit (ms, s, m, h, d)";
                         return -EINVAL;

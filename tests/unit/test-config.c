@@ -1,5 +1,10 @@
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "macro.h"
@@ -128,7 +133,283 @@ static void test_sorted(void) {
         diagnostics_clear(&d);
 }
 
+
+#define MARKER "S3cr3tXYZ"
+
+/* Conninfo strings that hold MARKER as a password (or where a password would
+ * be), valid or not: no diagnostic and no dump may contain it. */
+static const char *const secret_conninfos[] = {
+        "password=" MARKER,
+        "host=db password=" MARKER " dbname=x",
+        "password='" MARKER " with spaces'",
+        "password='" MARKER "\\' quote'",
+        "password=" MARKER "\\\\backslash",
+        "password=\"" MARKER "\"",
+        "password=" MARKER " " MARKER "=1",
+        "password = " MARKER " " MARKER,
+        "password=" MARKER " x",
+        "password='" MARKER,
+        "password='" MARKER "\\'",
+        MARKER,
+        MARKER "=1 password=x",
+        "dbname=x password=" MARKER " password=" MARKER "2",
+        "options='-c password=" MARKER "' dbname=x",
+        "options='-c password=" MARKER "\\ more' password=" MARKER,
+        "options=-cpassword=" MARKER,
+        "sslpassword=" MARKER " dbname=x",
+        "postgresql://u:" MARKER "@h/db",
+        "postgresql://u:" MARKER "\"x@h/db",
+        "postgresql://u:" MARKER "\"@[::1/db",
+        "postgresql://u:pa\"" MARKER "@[::1/db",
+        "postgresql://u:" MARKER "@[::1/db",
+        "postgresql://u:" MARKER "@[]/db",
+        "postgresql://u:" MARKER "@h:5432x/db",
+        "postgresql://u:" MARKER "@h/db?x\"y=1",
+        "postgresql://u:" MARKER "@h/db?" MARKER "=1",
+        "postgresql://u:" MARKER "@h/db?password",
+        "postgresql://u:" MARKER "@h/db?a==b",
+        "postgresql://u:" MARKER "%zz@h/db",
+        "postgresql://u:" MARKER "%00@h/db",
+        "postgresql://u:%53%33cr3tXYZ@h/db",
+        "postgresql://u@h/db?password=" MARKER,
+        "postgresql://u@h/db?password=" MARKER "&" MARKER "=1",
+        "postgresql://:" MARKER "@h/db",
+        "postgres://u:" MARKER "@h1,h2:5433/db?sslmode=require",
+        "postgresql://u:" MARKER "@x@h/db",
+        "postgresql://u:pa/" MARKER "@h/db",
+        "postgresql://u:12/" MARKER "@h/db",
+        "host=h port=" MARKER,
+        "postgresql://u:" MARKER "@h/db?options=-c%20password%3D" MARKER,
+};
+
+/* dest receives the dump of c (or ""). */
+static char *dump_text(const struct config *c) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+
+        if (c)
+                config_dump(c, f);
+        fclose(f);
+        return text;
+}
+
+static void test_conninfo_never_echoed(void) {
+        for (size_t i = 0; i < ELEMENTSOF(secret_conninfos); i++) {
+                _cleanup_free_ char *text = NULL, *quoted = NULL, *dump = NULL;
+                struct diagnostics d;
+                struct config *c;
+                size_t n = 0;
+
+                /* YAML double-quoted, so every byte reaches libpq as written */
+                quoted = xmalloc(2 * strlen(secret_conninfos[i]) + 1);
+                for (const char *v = secret_conninfos[i]; *v; v++) {
+                        if (*v == '"' || *v == '\\')
+                                quoted[n++] = '\\';
+                        quoted[n++] = *v;
+                }
+                quoted[n] = '\0';
+                CHECK(asprintf(&text, "servers:\n  - name: a\n    conninfo: \"%s\"\n    rules: [{name: r, max_idle: 1h}]\n",
+                               quoted) > 0);
+                c = load(text, &d);
+                for (size_t l = 0; l < d.n_lines; l++) {
+                        CHECK_AT(!strstr(d.lines[l], MARKER), __FILE__, __LINE__, "conninfo %zu leaks: %s", i,
+                                 d.lines[l]);
+                        /* every problem is placed at the conninfo's value */
+                        CHECK_AT(strncmp(d.lines[l], "t.yaml:3:15: error: libpq ", 26) == 0,
+                                 __FILE__, __LINE__, "conninfo %zu: %s", i, d.lines[l]);
+                }
+                CHECK_AT(c || d.n_errors == 1, __FILE__, __LINE__, "conninfo %zu: neither loaded nor one error", i);
+                dump = dump_text(c);
+                CHECK_AT(!strstr(dump, MARKER), __FILE__, __LINE__, "conninfo %zu leaks into the dump:\n%s", i, dump);
+                config_free(c);
+                diagnostics_clear(&d);
+        }
+}
+
+/* Where the keyword/value form goes wrong is said by byte, not by quoting it. */
+static void test_conninfo_positions(void) {
+        static const struct {
+                const char *conninfo;
+                const char *what;
+        } cases[] = {
+                { "dbname=x " MARKER "=1", "an unknown keyword at byte 10 of the conninfo" },
+                { "dbname=x " MARKER, "a keyword without \\\"=\\\" after it at byte 10 of the conninfo" },
+                { "dbname=x password='" MARKER, "a quoted value without its closing quote at byte 19 of the conninfo" },
+                { "  requiressl=1 sslmode=disable bad=1", "an unknown keyword at byte 32 of the conninfo" },
+                { "postgresql://u:" MARKER "@[::1/db", "invalid URI: an IPv6 address without its closing \\\"]\\\"" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                _cleanup_free_ char *text = NULL;
+                struct diagnostics d;
+                struct config *c;
+
+                CHECK(asprintf(&text, "servers:\n  - name: a\n    conninfo: \"%s\"\n    rules: [{name: r, max_idle: 1h}]\n",
+                               cases[i].conninfo) > 0);
+                c = load(text, &d);
+                CHECK(c == NULL);
+                CHECK_INT(d.n_lines, 1, "lines");
+                if (d.n_lines == 1) {
+                        const char *colon = strrchr(d.lines[0], ')');
+                        char want[256];
+                        snprintf(want, sizeof(want), "): %s", cases[i].what);
+                        /* the fixture's escapes are YAML's: compare unescaped */
+                        for (char *w = want, *r = want;; r++) {
+                                if (*r == '\\')
+                                        r++;
+                                if (!(*w++ = *r))
+                                        break;
+                        }
+                        CHECK_AT(colon && strcmp(colon, want) == 0, __FILE__, __LINE__, "case %zu: got %s, want %s", i,
+                                 d.lines[0], want);
+                }
+                diagnostics_clear(&d);
+        }
+}
+
+static double now_sec(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}
+
+/* A file that only nests is refused at the first level too deep, in bounded
+ * time (libyaml's loader alone took minutes for 1 MiB). */
+static void test_deep_nesting(void) {
+        size_t n = 1024 * 1024 - 1;
+        _cleanup_free_ char *text = xmalloc(n + 1);
+        struct diagnostics d = {};
+        struct config *c = NULL;
+        double t;
+
+        for (const char *open = "[{"; *open; open++) {
+                memset(text, *open == '[' ? '[' : '{', n);
+                text[n] = '\0';
+                if (*open == '{')  /* {a: {a: {a: ... */
+                        for (size_t i = 0; i + 4 <= n; i += 4)
+                                memcpy(text + i, "{a: ", 4);
+                t = now_sec();
+                config_load_buffer("t.yaml", text, n, &c, &d);
+                t = now_sec() - t;
+                CHECK(c == NULL);
+                CHECK_INT(d.n_lines, 1, "lines");
+                if (d.n_lines == 1)
+                        CHECK_STR(d.lines[0], *open == '[' ? "t.yaml:1:33: error: lists and mappings are nested more "
+                                                             "than 32 deep here; stopped reading"
+                                                           : "t.yaml:1:129: error: lists and mappings are nested more "
+                                                             "than 32 deep here; stopped reading", "message");
+                CHECK_AT(t < 5.0, __FILE__, __LINE__, "1 MiB of nesting took %.1f s", t);
+                diagnostics_clear(&d);
+        }
+
+        /* the deepest file the cap allows still loads */
+        c = load("servers:\n  - name: a\n    conninfo: dbname=x\n    rules: [{name: r, max_idle: 1h}]\n"
+                 "x-deep: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n", &d);
+        CHECK(c != NULL);
+        CHECK_INT(d.n_lines, 0, "diagnostics at depth 32");
+        config_free(c);
+        diagnostics_clear(&d);
+}
+
+static void test_anchor_caps(void) {
+        _cleanup_free_ char *anchors = NULL, *aliases = NULL;
+        struct diagnostics d;
+        char *p;
+
+        /* 1001 anchors; libyaml checks each new one against all before it */
+        p = anchors = xmalloc(1001 * 16 + 64);
+        p += sprintf(p, "x-a: [");
+        for (int i = 0; i < 1001; i++)
+                p += sprintf(p, "%s&a%d 1", i ? "," : "", i);
+        sprintf(p, "]\n");
+        CHECK(load(anchors, &d) == NULL);
+        CHECK(d.n_lines == 1 && strstr(d.lines[0], "t.yaml:1:") && strstr(d.lines[0], "more than 1000 anchors"));
+        diagnostics_clear(&d);
+
+        /* 10001 aliases; each is looked up among all anchors */
+        p = aliases = xmalloc(10001 * 4 + 64);
+        p += sprintf(p, "x-a: &a 1\nx-b: [");
+        for (int i = 0; i < 10001; i++)
+                p += sprintf(p, "%s*a", i ? "," : "");
+        sprintf(p, "]\n");
+        CHECK(load(aliases, &d) == NULL);
+        CHECK(d.n_lines == 1 && strstr(d.lines[0], "t.yaml:2:") && strstr(d.lines[0], "more than 10000 aliases"));
+        diagnostics_clear(&d);
+}
+
+static void on_alarm(int sig) {
+        (void) sig;
+        fputs("config_load blocked (the FIFO hang is back)\n", stderr);
+        _exit(1);
+}
+
+static struct config *load_file(const char *path, struct diagnostics *d, int *ret) {
+        struct config *c = NULL;
+        *d = (struct diagnostics) {};
+        *ret = config_load(path, &c, d);
+        return c;
+}
+
+/* Only regular files are read, and opening one never waits. */
+static void test_file_types(void) {
+        char dir[] = "/tmp/test-config-XXXXXX", fifo[64];
+        struct diagnostics d;
+        int r;
+
+        signal(SIGALRM, on_alarm);
+        alarm(10);
+        CHECK(mkdtemp(dir) != NULL);
+        snprintf(fifo, sizeof(fifo), "%s/fifo", dir);
+        CHECK(mkfifo(fifo, 0600) == 0);
+        CHECK(load_file(fifo, &d, &r) == NULL);
+        CHECK_INT(r, -EINVAL, "FIFO");
+        CHECK(d.n_lines == 1 && strstr(d.lines[0], ": error: is a FIFO; the configuration must be a regular file"));
+        diagnostics_clear(&d);
+        CHECK(load_file(dir, &d, &r) == NULL);
+        CHECK(d.n_lines == 1 && strstr(d.lines[0], ": error: is a directory;"));
+        diagnostics_clear(&d);
+        CHECK(load_file("/dev/zero", &d, &r) == NULL);
+        CHECK(d.n_lines == 1 && strstr(d.lines[0], "/dev/zero: error: is a character device;"));
+        diagnostics_clear(&d);
+        unlink(fifo);
+        rmdir(dir);
+        alarm(0);
+}
+
+/* st_size is not the size: /proc says 0 for files with content. */
+static void test_read_to_eof(void) {
+        struct diagnostics d;
+        char path[] = "/tmp/test-config-XXXXXX";
+        int fd, r;
+        bool unknown_key = false;
+
+        CHECK(load_file("/proc/self/status", &d, &r) == NULL);
+        for (size_t i = 0; i < d.n_lines; i++) {
+                CHECK_AT(!strstr(d.lines[i], "empty"), __FILE__, __LINE__, "%s", d.lines[i]);
+                unknown_key = unknown_key || strstr(d.lines[i], "/proc/self/status:1:1: error: unknown key \"Name\"");
+        }
+        CHECK(unknown_key);
+        diagnostics_clear(&d);
+
+        /* a file over the cap is refused whole, without a parse */
+        fd = mkstemp(path);
+        CHECK(fd >= 0);
+        CHECK(ftruncate(fd, 1024 * 1024 + 1) == 0);
+        close(fd);
+        CHECK(load_file(path, &d, &r) == NULL);
+        CHECK(d.n_lines == 1 && strstr(d.lines[0], "error: the file is larger than 1048576 bytes"));
+        diagnostics_clear(&d);
+        unlink(path);
+}
+
 int main(void) {
+        test_conninfo_never_echoed();
+        test_conninfo_positions();
+        test_deep_nesting();
+        test_anchor_caps();
+        test_file_types();
+        test_read_to_eof();
         test_fields();
         test_alias_bomb();
         test_sorted();

@@ -40,6 +40,9 @@ static const struct {
         { "s", "expected a number" },
         { "1s ", "trailing space" },
         { "3651d", "too large" },
+        { "+", "\"+\" alone is not a duration" },
+        { "+30", "needs a unit" },
+        { "+-1s", "expected a number" },
         { "99999999999999999999s", "too large" },
 };
 
