@@ -13,6 +13,7 @@
 #include <systemd/sd-event.h>
 
 #include "build-config.h"
+#include "escape.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -111,6 +112,15 @@ static void write_metrics(struct manager *m, bool now) {
         m->metrics_failing = r < 0;
 }
 
+/* Append a server's name to a list for STATUS=, escaped: a newline in a
+ * name would start a new notify field. */
+static void status_append(char *list, size_t size, size_t *n, const char *name) {
+        _cleanup_free_ char *safe = escape_string(name);
+        size_t len = strlen(list);
+
+        snprintf(list + len, size - len, "%s%s", (*n)++ ? ", " : "", safe ? safe : "?");
+}
+
 /* STATUS= for systemctl status: what is wrong now, not what once was. */
 static void notify_status(struct manager *m) {
         char down[256] = "", unprivileged[256] = "";
@@ -120,15 +130,10 @@ static void notify_status(struct manager *m) {
                 struct server_state *s = m->servers[i];
                 if (server_is_up(s))
                         up++;
-                else if (s->ever_up || s->down) {
-                        size_t len = strlen(down);
-                        snprintf(down + len, sizeof(down) - len, "%s%s", n_down++ ? ", " : "", s->server->name);
-                }
-                if (s->privileges_warned) {
-                        size_t len = strlen(unprivileged);
-                        snprintf(unprivileged + len, sizeof(unprivileged) - len, "%s%s", n_unprivileged++ ? ", " : "",
-                                 s->server->name);
-                }
+                else if (s->ever_up || s->down)
+                        status_append(down, sizeof(down), &n_down, s->server->name);
+                if (s->privileges_warned)
+                        status_append(unprivileged, sizeof(unprivileged), &n_unprivileged, s->server->name);
         }
         sd_notifyf(0, "STATUS=%zu/%zu servers up, %" PRIu64 " session%s ended%s%s%s%s", up, m->n_servers,
                    m->sessions_ended, m->sessions_ended == 1 ? "" : "s", n_down ? "; down: " : "", down,
