@@ -66,7 +66,7 @@ int main(int argc, char **argv) {
         _cleanup_free_ char *text = config_text(rules, exempt);
         struct diagnostics diag = {};
         struct config *c = NULL;
-        struct snapshot snap = { .now = INT64_C(1000000) * 1000000, .next_crossing = TS_NULL };
+        struct snapshot snap = { .now = INT64_C(1000000) * 1000000 };
         char (*names)[32] = xcalloc((size_t) sessions, sizeof(*names));
         double compiled, plain;
 

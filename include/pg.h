@@ -39,15 +39,15 @@ struct pg_identity {
 int pg_identity_from_result(const PGresult *res, struct pg_identity *ret);
 void pg_identity_done(struct pg_identity *id);
 
-/* What a poll asks the server for. The server sends only the client
- * backends that are past the smallest limit any rule sets for their state
- * (or that are watched for escalation), plus one summary row with the
- * earliest moment one of the others crosses such a limit. The C policy then
- * judges those few rows exactly: the server filters, C decides. */
+/* What a poll asks the server for: the client backends that are past a
+ * limit, or will cross one that can act before the next poll comes (or
+ * that are watched for escalation). The C policy judges those few rows
+ * exactly and plans the next poll from the ones a rule can act on: the
+ * server filters, C decides. */
 struct snapshot_request {
         bool with_query;
         bool superusers;                     /* terminate_superusers: send them too */
-        int64_t min_limit_ms[_LIMIT_MAX];    /* 0: no rule sets this limit */
+        int64_t bound_ms[_LIMIT_MAX];        /* send rows at least this far into the limit; -1: no rule */
         const int32_t *pids;                 /* always send these (escalations) */
         size_t n_pids;
 };
@@ -57,8 +57,11 @@ struct snapshot_params {
         char *values[SNAPSHOT_PARAMS];
 };
 
-/* The smallest limit per kind over a server's rules. */
-void snapshot_request_limits(const struct server *srv, struct snapshot_request *req);
+/* The bounds per kind for a server whose next poll comes at most
+ * lookahead_ms later: a rule that cancels or terminates needs its sessions
+ * lookahead_ms before they cross (their deadline is planned), a log-only
+ * rule only once they have crossed. */
+void snapshot_request_limits(const struct server *srv, int64_t lookahead_ms, struct snapshot_request *req);
 void snapshot_params_build(const struct snapshot_request *req, struct snapshot_params *ret);
 void snapshot_params_free(struct snapshot_params *p);
 

@@ -41,8 +41,6 @@ struct snapshot_row {
 
 struct snapshot {
         int64_t now;                /* server clock when the snapshot was taken */
-        int64_t next_crossing;      /* the server's earliest crossing among the rows
-                                     * it did not send (TS_NULL: none) */
         struct snapshot_row *rows;
         size_t n_rows;
         char *strings;              /* one block holding every string of the rows */
@@ -100,6 +98,13 @@ struct policy_input {
         const struct session_id *dying;   /* terminated last cycle, still exiting: not judged again */
         size_t n_dying;
 };
+
+/* The longest a server may go without a poll, in ms: its interval, but
+ * never more than the smallest limit of a rule that cancels or terminates
+ * (shadow rules included, so a dry run polls as the real run would), so
+ * that a session that appears just after a poll is seen before it can
+ * cross; never less than min_interval. Log-only rules do not shorten it. */
+int64_t policy_poll_gap_ms(const struct server *srv, int64_t min_interval_ms);
 
 /* When did the clock of limit k start for this row? TS_NULL: the limit does
  * not apply to the session in its current state. */

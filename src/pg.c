@@ -12,49 +12,31 @@
  * clock at the start of this statement; elapsed times never use ours. */
 #define US(ts) "(extract(epoch FROM " ts ") * 1000000)::int8"
 
-/* $1 query text wanted, $2..$6 smallest limit (ms) per kind or NULL,
- * $7 pids always wanted, $8 superusers wanted. Rows: the candidates, then
- * one summary row (pid NULL) carrying the earliest future crossing among
- * the rest. Cheap on purpose: the per-backend work is a scan of
- * pg_stat_get_activity() and plain timestamp comparisons against bounds
- * computed once; names, conversions, joins and the query text (not
- * carried through the materialized scan: up to 1 kB a backend) happen only
- * for the few candidates. */
+/* $1 query text wanted, $2..$6 per kind: the smallest limit (ms) less the
+ * lookahead, or NULL when no rule sets that limit, $7 pids always wanted,
+ * $8 superusers wanted. Rows: the client backends past that bound, i.e. past
+ * a limit now or crossing one before the next poll can come; the C policy
+ * judges them exactly and plans the next poll from the ones a rule can
+ * really act on. One pass over pg_stat_get_activity() with plain timestamp
+ * comparisons; names, joins and conversions only for the rows it keeps. */
 const char pg_snapshot_sql[] =
-        "WITH t AS (SELECT now() AS now, "
-        "  now() - $2::int8 * interval '1 millisecond' AS idle_before, "
-        "  now() - $3::int8 * interval '1 millisecond' AS iit_before, "
-        "  now() - $4::int8 * interval '1 millisecond' AS active_before, "
-        "  now() - $5::int8 * interval '1 millisecond' AS xact_before, "
-        "  now() - $6::int8 * interval '1 millisecond' AS session_before), "
-        "s AS (SELECT a.pid, a.datid, a.usesysid, a.application_name, a.state, a.backend_start, "
-        "  a.state_change, a.query_start, a.xact_start, a.client_addr, a.client_port, "
-        "  ((a.state = 'idle' AND a.state_change <= t.idle_before) "
-        "   OR (a.state IN ('idle in transaction', 'idle in transaction (aborted)') AND a.state_change <= t.iit_before) "
-        "   OR (a.state IN ('active', 'fastpath function call') AND a.query_start <= t.active_before) "
-        "   OR a.xact_start <= t.xact_before OR a.backend_start <= t.session_before "
-        "   OR a.pid = ANY($7::int4[])) IS TRUE AS hit "
-        " FROM pg_stat_get_activity(NULL) a, t "
-        " WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()) "
-        "SELECT s.pid, true, coalesce(r.rolsuper, false), s.state, "
-        US("s.backend_start") ", " US("s.state_change") ", " US("s.query_start") ", " US("s.xact_start") ", "
-        "  r.rolname, d.datname, s.application_name, "
-        "  CASE WHEN s.client_port = -1 THEN 'local' ELSE host(s.client_addr) END, "
-        "  CASE WHEN $1::bool THEN (SELECT left(q.query, 1024) FROM pg_stat_get_activity(s.pid) q) END, "
-        US("t.now") ", NULL::int8 "
-        "FROM s CROSS JOIN t LEFT JOIN pg_roles r ON r.oid = s.usesysid LEFT JOIN pg_database d ON d.oid = s.datid "
-        "WHERE s.hit AND ($8::bool OR NOT coalesce(r.rolsuper, false)) "
-        "UNION ALL "
-        "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, " US("t.now") ", "
-        US("least("
-        "  min(s.state_change) FILTER (WHERE s.state = 'idle') + $2::int8 * interval '1 millisecond', "
-        "  min(s.state_change) FILTER (WHERE s.state IN ('idle in transaction', 'idle in transaction (aborted)')) "
-        "    + $3::int8 * interval '1 millisecond', "
-        "  min(s.query_start) FILTER (WHERE s.state IN ('active', 'fastpath function call')) "
-        "    + $4::int8 * interval '1 millisecond', "
-        "  min(s.xact_start) + $5::int8 * interval '1 millisecond', "
-        "  min(s.backend_start) + $6::int8 * interval '1 millisecond')") " "
-        "FROM t LEFT JOIN s ON NOT s.hit GROUP BY t.now";
+        "SELECT a.pid, true, coalesce(r.rolsuper, false), a.state, "
+        US("a.backend_start") ", " US("a.state_change") ", " US("a.query_start") ", " US("a.xact_start") ", "
+        "  r.rolname, d.datname, a.application_name, "
+        "  CASE WHEN a.client_port = -1 THEN 'local' ELSE host(a.client_addr) END, "
+        "  CASE WHEN $1::bool THEN left(a.query, 1024) END, " US("now()") " "
+        "FROM pg_stat_get_activity(NULL) a "
+        "LEFT JOIN pg_roles r ON r.oid = a.usesysid LEFT JOIN pg_database d ON d.oid = a.datid "
+        "WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() "
+        "  AND ((a.state = 'idle' AND a.state_change <= now() - $2::int8 * interval '1 millisecond') "
+        "   OR (a.state IN ('idle in transaction', 'idle in transaction (aborted)') "
+        "       AND a.state_change <= now() - $3::int8 * interval '1 millisecond') "
+        "   OR (a.state IN ('active', 'fastpath function call') "
+        "       AND a.query_start <= now() - $4::int8 * interval '1 millisecond') "
+        "   OR a.xact_start <= now() - $5::int8 * interval '1 millisecond' "
+        "   OR a.backend_start <= now() - $6::int8 * interval '1 millisecond' "
+        "   OR a.pid = ANY($7::int4[])) IS TRUE "
+        "  AND ($8::bool OR NOT coalesce(r.rolsuper, false))";
 
 /* Two clusters (other hosts, containers, pid namespaces) can have backends
  * with the same pid: own connections are told apart by cluster, pid and
@@ -96,7 +78,7 @@ const char pg_snapshot_name[] = "pgsweeper_snapshot";
 enum {
         COL_PID, COL_CLIENT_BACKEND, COL_SUPERUSER, COL_STATE,
         COL_BACKEND_START, COL_STATE_CHANGE, COL_QUERY_START, COL_XACT_START,
-        COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT_ADDR, COL_QUERY, COL_NOW, COL_NEXT_CROSSING,
+        COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT_ADDR, COL_QUERY, COL_NOW,
         _COL_MAX,
 };
 
@@ -150,7 +132,7 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
         static const int string_cols[] = { COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT_ADDR, COL_QUERY };
         int n = PQntuples(res);
         size_t bytes = 0, off = 0;
-        struct snapshot s = { .now = TS_NULL, .next_crossing = TS_NULL };
+        struct snapshot s = { .now = TS_NULL };
 
         *ret = (struct snapshot) {};
         if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != _COL_MAX)
@@ -172,11 +154,6 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
 
                 if (s.now == TS_NULL)
                         s.now = ts_value(res, i, COL_NOW);
-                if (PQgetisnull(res, i, COL_PID)) {
-                        /* the summary row */
-                        s.next_crossing = ts_value(res, i, COL_NEXT_CROSSING);
-                        continue;
-                }
                 if (parse_int64(PQgetvalue(res, i, COL_PID), &pid) < 0 || pid <= 0 || pid > INT32_MAX)
                         continue;
                 row->pid = (int32_t) pid;
@@ -206,13 +183,18 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
         return 0;
 }
 
-void snapshot_request_limits(const struct server *srv, struct snapshot_request *req) {
+void snapshot_request_limits(const struct server *srv, int64_t lookahead_ms, struct snapshot_request *req) {
         for (enum limit_kind k = 0; k < _LIMIT_MAX; k++) {
-                req->min_limit_ms[k] = 0;
+                req->bound_ms[k] = -1;
                 for (size_t i = 0; i < srv->n_rules; i++) {
-                        int64_t l = srv->rules[i].limit_ms[k];
-                        if (l > 0 && (req->min_limit_ms[k] == 0 || l < req->min_limit_ms[k]))
-                                req->min_limit_ms[k] = l;
+                        const struct rule *r = &srv->rules[i];
+                        int64_t b = r->limit_ms[k] - (r->action == ACTION_LOG ? 0 : lookahead_ms);
+                        if (r->limit_ms[k] <= 0)
+                                continue;
+                        if (b < 0)
+                                b = 0;
+                        if (req->bound_ms[k] < 0 || b < req->bound_ms[k])
+                                req->bound_ms[k] = b;
                 }
         }
         req->superusers = srv->terminate_superusers;
@@ -227,8 +209,8 @@ void snapshot_params_build(const struct snapshot_request *req, struct snapshot_p
         *ret = (struct snapshot_params) {};
         ret->values[0] = xstrdup(req->with_query ? "t" : "f");
         for (size_t i = 0; i < ELEMENTSOF(order); i++)
-                if (req->min_limit_ms[order[i]] > 0 &&
-                    asprintf(&ret->values[1 + i], "%" PRId64, req->min_limit_ms[order[i]]) < 0)
+                if (req->bound_ms[order[i]] >= 0 &&
+                    asprintf(&ret->values[1 + i], "%" PRId64, req->bound_ms[order[i]]) < 0)
                         ret->values[1 + i] = NULL;
         len += req->n_pids * 12;
         ret->values[6] = xmalloc(len);

@@ -41,6 +41,20 @@ void judgement_free(struct judgement *j) {
         *j = (struct judgement) { .next_deadline = INT64_MAX };
 }
 
+int64_t policy_poll_gap_ms(const struct server *srv, int64_t min_interval_ms) {
+        int64_t gap = srv->interval_ms;
+
+        for (size_t i = 0; i < srv->n_rules; i++) {
+                const struct rule *r = &srv->rules[i];
+                if (r->action == ACTION_LOG)
+                        continue;
+                for (enum limit_kind k = 0; k < _LIMIT_MAX; k++)
+                        if (r->limit_ms[k] > 0 && r->limit_ms[k] < gap)
+                                gap = r->limit_ms[k];
+        }
+        return gap < min_interval_ms ? min_interval_ms : gap;
+}
+
 int64_t limit_since(enum limit_kind k, const struct snapshot_row *row) {
         switch (k) {
         case LIMIT_IDLE:
@@ -209,8 +223,5 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                 signalling += signals(&out[i]);
                 out[kept++] = out[i];
         }
-        /* Sessions the server did not send cross no limit before this. */
-        if (snap->next_crossing != TS_NULL && snap->next_crossing < next)
-                next = snap->next_crossing;
         *ret = (struct judgement) { .decisions = out, .n_decisions = kept, .n_capped = capped, .next_deadline = next };
 }

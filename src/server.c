@@ -594,13 +594,16 @@ static bool log_cycle(struct server_state *s, const char *unknown_why) {
         return logged || j->n_capped > 0;
 }
 
+/* The next poll: when the first session a rule can act on crosses a limit,
+ * but no later than the gap (interval, or the smallest limit that acts, so
+ * a session that appears meanwhile is seen before it crosses) and never
+ * sooner than min_interval. */
 static void cycle_complete(struct server_state *s) {
         const struct judgement *j = &s->judgement;
-        uint64_t delay = (uint64_t) s->server->interval_ms * USEC_PER_MSEC;
+        uint64_t delay = (uint64_t) policy_poll_gap_ms(s->server, s->config->min_interval_ms) * USEC_PER_MSEC;
         uint64_t min_delay = (uint64_t) s->config->min_interval_ms * USEC_PER_MSEC;
         bool eventful = log_cycle(s, NULL) || s->fresh;
 
-        /* Wake when the first observed session crosses a limit, not one interval late. */
         if (j->next_deadline != INT64_MAX && s->snap.now != TS_NULL && j->next_deadline > s->snap.now &&
             (uint64_t) (j->next_deadline - s->snap.now) < delay)
                 delay = (uint64_t) (j->next_deadline - s->snap.now);
@@ -703,7 +706,7 @@ static void server_poll(struct server_state *s) {
 
         for (size_t i = 0; i < s->n_escalations; i++)
                 pids[req.n_pids++] = s->escalations[i].pid;
-        snapshot_request_limits(s->server, &req);
+        snapshot_request_limits(s->server, policy_poll_gap_ms(s->server, s->config->min_interval_ms), &req);
         snapshot_params_build(&req, &params);
         s->poll_started = clock_usec();
         send_statement(s, PHASE_POLLING, SEND_PREPARED, pg_snapshot_name, NULL, SNAPSHOT_PARAMS,

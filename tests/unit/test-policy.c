@@ -31,7 +31,7 @@ static struct rule rule_make(const char *name, enum limit_kind k, int64_t limit_
 static size_t judge(struct rule *rules, size_t n_rules, struct snapshot_row *rows, size_t n_rows, bool dry_run,
                     const struct session_id *own, size_t n_own, struct judgement *j) {
         struct server srv = { .name = (char *) "test", .rules = rules, .n_rules = n_rules };
-        struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = rows, .n_rows = n_rows };
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = n_rows };
         struct policy_input in = { .server = &srv, .dry_run = dry_run, .own = own, .n_own = n_own };
         policy_judge(&in, &snap, j);
         return j->n_decisions;
@@ -129,7 +129,7 @@ static void test_protections(void) {
                 struct server srv = { .name = (char *) "test", .rules = &r, .n_rules = 1 };
                 struct snapshot_row peers[3] = { row_base(5, STATE_IDLE, 60), row_base(6, STATE_IDLE, 60),
                                                  row_base(7, STATE_IDLE, 60) };
-                struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = peers, .n_rows = 3 };
+                struct snapshot snap = { .now = NOW, .rows = peers, .n_rows = 3 };
                 struct policy_input in = { .server = &srv, .own_role = "sweeper" };
                 peers[0].user = "sweeper";
                 peers[0].application = "pgsweeper";
@@ -147,7 +147,7 @@ static void test_protections(void) {
          * a new backend that reuses the pid is judged. */
         {
                 struct server srv = { .name = (char *) "test", .rules = &r, .n_rules = 1 };
-                struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = &rows[3], .n_rows = 1 };
+                struct snapshot snap = { .now = NOW, .rows = &rows[3], .n_rows = 1 };
                 struct session_id dying = { 4, rows[3].backend_start };
                 struct policy_input in = { .server = &srv, .dying = &dying, .n_dying = 1 };
                 policy_judge(&in, &snap, &j);
@@ -244,20 +244,6 @@ static void test_order_and_deadline(void) {
         CHECK_INT(j.next_deadline, INT64_MAX, "empty snapshot deadline");
         judgement_free(&j);
 
-        /* The server's summary of the rows it did not send counts too. */
-        {
-                struct server srv = { .name = (char *) "test", .rules = &r, .n_rules = 1 };
-                struct snapshot snap = { .now = NOW, .next_crossing = NOW + S(1), .rows = rows, .n_rows = 5 };
-                struct policy_input in = { .server = &srv };
-                rows[0].state_change = NOW - S(15);
-                policy_judge(&in, &snap, &j);
-                CHECK_INT(j.next_deadline, NOW + S(1), "server's earlier crossing wins");
-                judgement_free(&j);
-                snap.next_crossing = NOW + S(60);
-                policy_judge(&in, &snap, &j);
-                CHECK_INT(j.next_deadline, NOW + S(2), "own earlier deadline wins");
-                judgement_free(&j);
-        }
 }
 
 /* Filters, exempt blocks, protections and the cap, from real configuration text. */
@@ -346,7 +332,7 @@ static void test_filters_and_exempt(void) {
         for (size_t i = 0; i < ELEMENTSOF(table); i++) {
                 struct config *c = load(table[i].yaml);
                 struct snapshot_row row = row_base(42, STATE_IDLE, 60);
-                struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = &row, .n_rows = 1 };
+                struct snapshot snap = { .now = NOW, .rows = &row, .n_rows = 1 };
                 struct policy_input in;
                 struct judgement j;
                 char what[64];
@@ -378,7 +364,7 @@ static void test_cap(void) {
                 row_base(4, STATE_IDLE, 70), row_base(5, STATE_IDLE_IN_TRANSACTION, 99),
                 row_base(6, STATE_IDLE_IN_TRANSACTION, 98),
         };
-        struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = rows, .n_rows = 6 };
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = 6 };
         struct policy_input in;
         struct judgement j;
 
@@ -403,11 +389,49 @@ static void test_cap(void) {
         config_free(c);
 }
 
+/* How long a server may go without a poll. */
+static void test_poll_gap(void) {
+        struct config *c = load(PREAMBLE "    interval: 60s\n    rules:\n"
+                                "      - {name: idle, max_idle: 2s}\n"
+                                "      - {name: watch, max_idle_in_transaction: 500ms, action: log}\n"
+                                "      - {name: shadow, max_query_duration: 5s, dry_run: true, action: cancel}\n");
+        struct snapshot_row rows[2] = { row_base(1, STATE_IDLE, 1), row_base(2, STATE_IDLE, 1) };
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = 2 };
+        struct policy_input in;
+        struct judgement j;
+
+        if (!c)
+                return;
+        CHECK_INT(policy_poll_gap_ms(&c->servers[0], 100), 2000, "smallest acting limit, log-only rules aside");
+        CHECK_INT(policy_poll_gap_ms(&c->servers[0], 3000), 3000, "never under min_interval");
+        c->servers[0].rules[0].limit_ms[LIMIT_IDLE] = 0;
+        CHECK_INT(policy_poll_gap_ms(&c->servers[0], 100), 5000, "shadow rules count");
+        c->servers[0].rules[2].limit_ms[LIMIT_QUERY_DURATION] = 0;
+        CHECK_INT(policy_poll_gap_ms(&c->servers[0], 100), 60000, "no acting limit: the interval");
+        c->servers[0].rules[0].limit_ms[LIMIT_IDLE] = 2000;
+
+        /* Sessions no rule can act on plan no poll: a superuser, one exempt. */
+        rows[0].superuser = true;
+        rows[1].user = "postgres";
+        c->servers[0].global_exempt = &c->exempt;
+        c->exempt.users = (struct name_list) { .patterns = (char *[]) { (char *) "postgres" }, .n = 1, .given = true };
+        in = (struct policy_input) { .server = &c->servers[0] };
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.next_deadline, INT64_MAX, "protected and exempt sessions add no deadline");
+        judgement_free(&j);
+        c->exempt.users = (struct name_list) {};
+        rows[0].superuser = false;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.next_deadline, NOW - S(1) + S(2), "an actionable session does");
+        judgement_free(&j);
+        config_free(c);
+}
+
 static void test_escalation(void) {
         struct config *c = load(PREAMBLE "    rules:\n"
                                 "      - {name: slow, max_query_duration: 10s, action: cancel, escalate_after: 5s}\n");
         struct snapshot_row row = row_base(9, STATE_ACTIVE, 30);
-        struct snapshot snap = { .now = NOW, .next_crossing = TS_NULL, .rows = &row, .n_rows = 1 };
+        struct snapshot snap = { .now = NOW, .rows = &row, .n_rows = 1 };
         struct escalation e;
         struct policy_input in;
         struct judgement j;
@@ -466,5 +490,6 @@ int main(void) {
         test_filters_and_exempt();
         test_cap();
         test_escalation();
+        test_poll_gap();
         return unit_finish("test-policy");
 }
