@@ -1055,32 +1055,6 @@ static bool rule_shadows(const struct rule *a, size_t ia, const struct rule *b, 
                (!a->exempt.set || filter_equal(&a->exempt, &b->exempt));
 }
 
-static void warn_interval(struct parser *p, const struct config *c, const struct server *s, yaml_node_t *snode,
-                          yaml_node_t *root) {
-        const struct rule *min_rule = NULL;
-        enum limit_kind min_kind = 0;
-        yaml_node_t *at;
-        char a[DURATION_FORMAT_MAX], b[DURATION_FORMAT_MAX];
-
-        for (size_t j = 0; j < s->n_rules; j++)
-                for (enum limit_kind l = 0; l < _LIMIT_MAX; l++)
-                        if (s->rules[j].limit_ms[l] > 0 &&
-                            (!min_rule || s->rules[j].limit_ms[l] < min_rule->limit_ms[min_kind])) {
-                                min_rule = &s->rules[j];
-                                min_kind = l;
-                        }
-        if (!min_rule || !min_rule->name || s->interval_ms <= min_rule->limit_ms[min_kind])
-                return;
-        at = find_value(p, snode, "interval");
-        if (!at)
-                at = find_value(p, root, "interval");
-        report(p, false, at ? pos_of(at) : s->pos,
-               "server \"%s\" polls every %s, longer than its smallest limit (%s %s in rule \"%s\"); sessions that "
-               "start between polls can outlive that limit by up to the interval",
-               s->name, duration_format(s->interval_ms, a, sizeof(a)), limit_keys[min_kind],
-               duration_format(min_rule->limit_ms[min_kind], b, sizeof(b)), min_rule->name);
-}
-
 /* Warnings that need the whole file: they never fail the load. */
 static void cross_checks(struct parser *p, const struct config *c, yaml_node_t *root) {
         yaml_node_t *servers = find_value(p, root, "servers");
@@ -1100,7 +1074,6 @@ static void cross_checks(struct parser *p, const struct config *c, yaml_node_t *
 
                 if (!s->name)
                         continue;
-                warn_interval(p, c, s, snode, root);
                 for (size_t j = 0; rules && j < s->n_rules; j++)
                         for (size_t k = 0; k < s->n_rules; k++)
                                 if (k != j && s->rules[j].name && s->rules[k].name &&
