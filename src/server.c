@@ -173,11 +173,9 @@ static bool log_cycle(struct server_state *s, const char *unknown_why);
 
 /* libpq says "server closed the connection unexpectedly / This probably
  * means the server terminated abnormally..." for every restart, including
- * routine ones: say what happened first. */
-static const char *lost_what(const struct server_state *s, const char *what, const char *error) {
-        if (s->ever_up && strstr(error, "server closed the connection"))
-                return "server closed the connection";
-        return what;
+ * routine ones: the first words say what happened, libpq's text follows. */
+static bool closed_by_server(const char *error) {
+        return strstr(error, "server closed the connection") != NULL;
 }
 
 /* Something failed: log it once per change of state, close, retry later.
@@ -199,9 +197,11 @@ static void server_fail(struct server_state *s, const char *what, const char *er
                 s->abandoned_cluster = xstrdup(s->id.cluster);
         }
         if (!s->down) {
-                if (s->ever_up)
-                        log_event(LOG_ERR, MESSAGE_ID_SERVER_LOST, name(s), "connection lost: %s: %s",
-                                  lost_what(s, what, error), error);
+                if (s->ever_up && closed_by_server(error))
+                        log_event(LOG_ERR, MESSAGE_ID_SERVER_LOST, name(s),
+                                  "connection lost: server closed the connection (libpq: %s)", error);
+                else if (s->ever_up)
+                        log_event(LOG_ERR, MESSAGE_ID_SERVER_LOST, name(s), "connection lost (%s): %s", what, error);
                 else
                         log_event(LOG_ERR, MESSAGE_ID_SERVER_LOST, name(s), "could not connect: %s", error);
                 s->down = true;
@@ -397,15 +397,21 @@ static void on_setup_done(struct server_state *s, PGresult *res) {
                        on_prepare_done);
 }
 
+/* libpq's own reason, when it closed the socket with one. */
+static const char *no_socket_error(struct server_state *s) {
+        const char *e = PQerrorMessage(s->conn);
+        return e && *e ? e : "no socket";
+}
+
 static void connect_progress(struct server_state *s) {
         switch (PQconnectPoll(s->conn)) {
         case PGRES_POLLING_READING:
                 if (watch(s, EPOLLIN) < 0)
-                        server_fail(s, "connect", "no socket");
+                        server_fail(s, "connect", no_socket_error(s));
                 return;
         case PGRES_POLLING_WRITING:
                 if (watch(s, EPOLLOUT) < 0)
-                        server_fail(s, "connect", "no socket");
+                        server_fail(s, "connect", no_socket_error(s));
                 return;
         case PGRES_POLLING_OK:
                 s->backend_pid = PQbackendPID(s->conn);

@@ -1,8 +1,10 @@
 """A server that connects and then never answers a poll must neither delay
 the others nor keep the daemon from stopping."""
 
+import os
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -69,6 +71,9 @@ def test_server_restart_is_survived(pg, sweeper, mode):
     restored = [l for l in err.splitlines() if l.startswith("main: connection restored after ")]
     assert len(lost) == 1, f"lost should be logged once, not per attempt:\n{err}"
     assert len(restored) == 1, err
+    # what happened comes first; libpq's lines are joined, not "?"
+    assert lost[0].startswith("main: connection lost: server closed the connection (libpq: "), lost[0]
+    assert "?" not in lost[0], lost[0]
     assert not [l for l in err.splitlines() if "could not connect" in l], \
         f"reconnect attempts must not be logged one by one:\n{err}"
 
@@ -151,3 +156,36 @@ def test_connect_timeout_from_conninfo_is_honoured(pg, sweeper):
         assert 1.5 <= took < 8, f"connect_timeout=2 took {took:.1f}s (the default is 10 s)"
     finally:
         tarpit.close()
+
+
+def test_status_says_what_is_wrong_now(pg, sweeper, tmp_path):
+    """STATUS= names a server while it is down and forgets it once it is
+    back; "1 session", not "1 sessions"."""
+    from test_service import NotifySocket
+    notify = NotifySocket(tmp_path / "notify")
+    try:
+        conf = yaml_config([("main", pg.conninfo(user="pgsweeper", dbname="postgres"))], idle_rule("1s"),
+                           interval="300ms")
+        path = sweeper.write_config(conf)
+        proc = subprocess.Popen([str(sweeper.binary), "-c", str(path), "--log-target", "stderr"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, "NOTIFY_SOCKET": notify.path})
+        sweeper.procs.append(proc)
+        wait_until(pg.sweeper_polled, 10, what="pgsweeper connected and polled")
+        victim = pg.connect(application_name="one")
+        assert pg.wait_pid_gone(victim.info.backend_pid, timeout=10)
+
+        def status():
+            return [f["STATUS"] for _, f in notify.messages if "STATUS" in f][-1]
+        wait_until(lambda: "1 session ended" in status(), 5, what="STATUS with one session ended")
+        pg.restart("fast", down_for=2.0)
+        down_seen = [f["STATUS"] for _, f in notify.messages if "STATUS" in f]
+        wait_until(lambda: status().startswith("1/1 servers up"), 15, what="STATUS back to 1/1 up")
+        time.sleep(0.5)
+        last = status()
+        assert stop_process(proc) == 0
+    finally:
+        notify.close()
+    assert any("0/1 servers up" in st and "down: main" in st for st in down_seen), down_seen
+    assert "down" not in last and "error" not in last, last
+    assert "1 session ended" in last and "sessions ended" not in last, last
