@@ -6,8 +6,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct snapshot_row;
-
 /* An IP block. IPv4 is stored as its v4-mapped IPv6 form (::ffff:a.b.c.d,
  * prefix + 96), so 10.0.0.0/8 and ::ffff:10.0.0.0/104 are the same block and
  * an IPv4 client matches either spelling. Consequence: ::/0 matches every TCP
@@ -77,17 +75,6 @@ bool name_list_matches(const struct name_list *l, const char *s);
 /* Does client_addr ("local", a textual IP from PostgreSQL's host(), or ""
  * when unknown) fall in any entry? "" and unparsable text match nothing. */
 bool addr_list_matches(const struct addr_list *l, const char *client_addr);
-
-/* Rule filters: true when the row passes EVERY given key (AND across keys,
- * OR within one key's list). A filter with no key given passes every row; a
- * given empty list passes none. */
-bool filter_matches(const struct filter *f, const struct snapshot_row *row);
-
-/* Exempt blocks: true when the row matches ANY entry of ANY given key (OR
- * across keys and entries). An empty or absent block exempts nothing. Global,
- * server and rule blocks are additive: a session is exempt from a rule when
- * any of the three exempts it. */
-bool filter_exempts(const struct filter *exempt, const struct snapshot_row *row);
 
 /* Free what the filter owns and zero it. */
 void filter_done(struct filter *f);

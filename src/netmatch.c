@@ -7,7 +7,6 @@
 
 #include "macro.h"
 #include "netmatch.h"
-#include "policy.h"
 
 static const uint8_t v4_mapped_prefix[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 
@@ -253,25 +252,6 @@ bool addr_list_matches(const struct addr_list *l, const char *client_addr) {
                 if (netmask_contains(&l->masks[i], addr))
                         return true;
         return false;
-}
-
-bool filter_matches(const struct filter *f, const struct snapshot_row *row) {
-        if (f->users.given && !name_list_matches(&f->users, row->user))
-                return false;
-        if (f->databases.given && !name_list_matches(&f->databases, row->database))
-                return false;
-        if (f->applications.given && !name_list_matches(&f->applications, row->application))
-                return false;
-        if (f->client_addresses.given && !addr_list_matches(&f->client_addresses, row->client_addr))
-                return false;
-        return true;
-}
-
-bool filter_exempts(const struct filter *exempt, const struct snapshot_row *row) {
-        return name_list_matches(&exempt->users, row->user) ||
-               name_list_matches(&exempt->databases, row->database) ||
-               name_list_matches(&exempt->applications, row->application) ||
-               addr_list_matches(&exempt->client_addresses, row->client_addr);
 }
 
 static void name_list_done(struct name_list *l) {

@@ -107,6 +107,25 @@ static bool exempt_from_server(const struct server *srv, const struct snapshot_r
         return (srv->global_exempt && filter_exempts(srv->global_exempt, row)) || filter_exempts(&srv->exempt, row);
 }
 
+bool filter_matches(const struct filter *f, const struct snapshot_row *row) {
+        if (f->users.given && !name_list_matches(&f->users, row->user))
+                return false;
+        if (f->databases.given && !name_list_matches(&f->databases, row->database))
+                return false;
+        if (f->applications.given && !name_list_matches(&f->applications, row->application))
+                return false;
+        if (f->client_addresses.given && !addr_list_matches(&f->client_addresses, row->client_addr))
+                return false;
+        return true;
+}
+
+bool filter_exempts(const struct filter *exempt, const struct snapshot_row *row) {
+        return name_list_matches(&exempt->users, row->user) ||
+               name_list_matches(&exempt->databases, row->database) ||
+               name_list_matches(&exempt->applications, row->application) ||
+               addr_list_matches(&exempt->client_addresses, row->client_addr);
+}
+
 bool escalation_matches(const struct escalation *e, const struct snapshot_row *row) {
         return e->pid == row->pid && e->backend_start == row->backend_start && e->query_start == row->query_start &&
                (row->state == STATE_ACTIVE || row->state == STATE_FASTPATH);
