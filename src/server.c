@@ -375,8 +375,6 @@ static void on_prepare_done(struct server_state *s, PGresult *res) {
                 server_fail(s, "setup", result_error(s, res));
                 return;
         }
-        server_up(s);
-        check_privileges(s);
         if (end_abandoned(s))
                 return;
         s->phase = PHASE_READY;
@@ -393,6 +391,8 @@ static void on_setup_done(struct server_state *s, PGresult *res) {
                 server_fail(s, "setup", "unexpected result shape");
                 return;
         }
+        server_up(s);
+        check_privileges(s);
         send_statement(s, PHASE_SETUP, SEND_PREPARE, pg_snapshot_name, pg_snapshot_sql, SNAPSHOT_PARAMS, NULL,
                        on_prepare_done);
 }
