@@ -47,6 +47,7 @@ void pg_identity_done(struct pg_identity *id);
 struct snapshot_request {
         bool with_query;
         bool superusers;                     /* terminate_superusers: send them too */
+        bool every_session;                  /* --explain: send every client backend */
         int64_t min_limit_ms[_LIMIT_MAX];    /* 0: no rule sets this limit */
         const int32_t *pids;                 /* always send these (escalations) */
         size_t n_pids;
