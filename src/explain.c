@@ -266,7 +266,7 @@ static char *verdict_text(const char *server, const struct verdict *v) {
                 break;
         default:
                 r = v->reason == REASON_NO_LIMIT ?
-                            asprintf(&s, "none: no limit of rule %s applies to a session in this state", rule) :
+                            asprintf(&s, "none: rule %s sets no limit for this state", rule) :
                             asprintf(&s, "none: no rule matches");
         }
         return r < 0 ? xstrdup("") : s;
