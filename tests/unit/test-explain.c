@@ -46,10 +46,11 @@ static const char verdict_yaml[] =
         "    exempt:\n"
         "      applications: [server-x]\n"
         "    rules:\n"
+        /* listed first, yet never the deciding rule beside an enforcing one */
+        "      - {name: shadow, max_idle: 5s, dry_run: true, users: [app]}\n"
         "      - {name: fast, max_idle: 10s, users: [app], exempt: {applications: [rule-x]}}\n"
         "      - {name: slow, max_idle: 1h, action: cancel, users: [other]}\n"
         "      - {name: tx, max_idle_in_transaction: 1m, users: [tx]}\n"
-        "      - {name: shadow, max_idle: 5s, dry_run: true, users: [app]}\n"
         "      - {name: lone, max_idle: 1s, users: [lone], exempt: {applications: [rule-x]}}\n";
 
 static void test_every_kind(void) {
