@@ -61,8 +61,13 @@ struct decision {
 };
 
 /* What the judgement says of one session, and why: explain's rows are
- * renderings of these. A new kind of rule adds a limit kind or a reason,
- * never another path through the policy. */
+ * renderings of these, filled by the same loop that makes the decisions.
+ * A new kind of rule adds a limit kind (max_blocking, max_lock_wait,
+ * max_xmin_age: over and next as for the others), a reason (a rule skipped
+ * for the server's role, a protected lock root) or, where the why needs a
+ * number the row does not hold (the waiters behind a root), a field here
+ * set where judge_rule() sets the decision; never another path through the
+ * policy. */
 enum verdict_kind {
         VERDICT_NONE,               /* no rule applies */
         VERDICT_OVER,               /* breaks a rule now; rule: the deciding one */
