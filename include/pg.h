@@ -47,6 +47,7 @@ void pg_identity_done(struct pg_identity *id);
 struct snapshot_request {
         bool with_query;
         bool superusers;                     /* terminate_superusers: send them too */
+        bool every_session;                  /* --explain: send every client backend */
         int64_t bound_ms[_LIMIT_MAX];        /* send rows at least this far into the limit; -1: no rule */
         const int32_t *pids;                 /* always send these (escalations) */
         size_t n_pids;

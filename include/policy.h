@@ -58,12 +58,64 @@ struct decision {
         bool escalated;             /* terminate after a cancel the query ignored */
 };
 
+/* What the judgement says of one session, and why: explain's rows are
+ * renderings of these, filled by the same loop that makes the decisions.
+ * A new kind of rule adds a limit kind (max_blocking, max_lock_wait,
+ * max_xmin_age: over and next as for the others), a reason (a rule skipped
+ * for the server's role, a protected lock root) or, where the why needs a
+ * number the row does not hold (the waiters behind a root), a field here
+ * set where judge_rule() sets the decision; never another path through the
+ * policy. */
+enum verdict_kind {
+        VERDICT_NONE,               /* no rule applies */
+        VERDICT_OVER,               /* breaks a rule now; rule: the deciding one */
+        VERDICT_NEXT,               /* will reach a limit; rule: the earliest */
+        VERDICT_EXEMPT,
+        VERDICT_PROTECTED,
+        _VERDICT_MAX,
+};
+
+enum verdict_reason {
+        REASON_NO_RULE,             /* none: no rule's filters match */
+        REASON_NO_LIMIT,            /* none: rule matches, none of its limits applies in this state */
+        REASON_LIMIT,               /* over, next: limit */
+        REASON_ESCALATION,          /* over, next: a cancelled query still runs (escalate_after) */
+        REASON_EXEMPT_GLOBAL,       /* exempt: the global block */
+        REASON_EXEMPT_SERVER,       /* exempt: the server's block */
+        REASON_EXEMPT_RULE,         /* exempt: rule's own block */
+        REASON_NOT_CLIENT,          /* protected: not a client backend */
+        REASON_OWN_CONNECTION,      /* protected: this process's connection */
+        REASON_OWN_ROLE,            /* protected: another pgsweeper (own_role) */
+        REASON_SUPERUSER,           /* protected: superuser, terminate_superusers off */
+        REASON_DYING,               /* protected: terminated last cycle, still exiting */
+        _REASON_MAX,
+};
+
+struct verdict {
+        const struct snapshot_row *row;
+        enum verdict_kind kind;
+        enum verdict_reason reason;
+        const struct rule *rule;    /* see the kinds; REASON_EXEMPT_RULE and
+                                     * REASON_NO_LIMIT: that rule; else NULL */
+        const struct rule *exempt_rule;  /* over, next: the first matching rule
+                                          * whose own block exempts it, or NULL */
+        enum limit_kind limit;      /* over, next */
+        int64_t elapsed_ms;         /* over, next */
+        int64_t remaining_ms;       /* next: until the limit is reached */
+        enum action action;         /* over, next */
+        bool dry_run;
+        bool escalated;
+        bool capped;                /* over, beyond max_actions_per_cycle: waits a cycle */
+};
+
 struct judgement {
         struct decision *decisions; /* oldest offender first */
         size_t n_decisions;
         size_t n_capped;            /* signalling decisions left for the next cycle */
         int64_t next_deadline;      /* server clock (us) when the next observed
                                      * session crosses a limit; INT64_MAX: none */
+        struct verdict *verdicts;   /* with policy_input.verdicts: one per row, in
+                                     * row order; else NULL */
 };
 
 /* A query cancelled under a rule with escalate_after: if the same query
@@ -97,6 +149,7 @@ struct policy_input {
         size_t n_escalations;
         const struct session_id *dying;   /* terminated last cycle, still exiting: not judged again */
         size_t n_dying;
+        bool verdicts;              /* also say why of every row (judgement.verdicts) */
 };
 
 /* The longest a server may go without a poll, in ms: its interval, but
@@ -138,6 +191,10 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap,
 /* Does the escalation still describe this row's running query? */
 bool escalation_matches(const struct escalation *e, const struct snapshot_row *row);
 void judgement_free(struct judgement *j);
+
+const char *verdict_kind_to_string(enum verdict_kind k);
+/* Stable names of the reasons ("superuser", "exempt-global", ...). */
+const char *verdict_reason_to_string(enum verdict_reason r);
 
 const char *session_state_to_string(enum session_state s);
 enum session_state session_state_from_string(const char *s);

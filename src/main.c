@@ -8,6 +8,7 @@
 
 #include "build-config.h"
 #include "config.h"
+#include "explain.h"
 #include "log.h"
 #include "manager.h"
 
@@ -17,12 +18,16 @@
 static void usage(FILE *f) {
         fprintf(f,
                 "Usage: pgsweeper [OPTIONS]\n"
+                "       pgsweeper --explain [-c FILE] [--server NAME] [--json]\n"
                 "Cancel or terminate PostgreSQL sessions that break the configured rules.\n\n"
                 "  -c, --config FILE        configuration file (default %s)\n"
                 "      --check              validate the configuration and exit\n"
                 "      --dump               validate, print the parsed configuration and exit\n"
                 "      --once               run one cycle against every server and exit\n"
                 "      --dry-run            judge and log, but never cancel or terminate\n"
+                "      --explain            show what would happen to every session, and why\n"
+                "      --server NAME        with --explain: only this server\n"
+                "      --json               with --explain: one JSON array\n"
                 "      --log-target TARGET  auto, journal or stderr (default auto)\n"
                 "  -v, --verbose            log debug messages too\n"
                 "  -h, --help               show this help and exit\n"
@@ -32,7 +37,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-        enum { OPT_CHECK = 0x100, OPT_DUMP, OPT_ONCE, OPT_DRY_RUN, OPT_LOG_TARGET };
+        enum { OPT_CHECK = 0x100, OPT_DUMP, OPT_ONCE, OPT_DRY_RUN, OPT_LOG_TARGET, OPT_EXPLAIN, OPT_SERVER, OPT_JSON };
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
                 { "check", no_argument, NULL, OPT_CHECK },
@@ -40,6 +45,9 @@ int main(int argc, char **argv) {
                 { "once", no_argument, NULL, OPT_ONCE },
                 { "dry-run", no_argument, NULL, OPT_DRY_RUN },
                 { "log-target", required_argument, NULL, OPT_LOG_TARGET },
+                { "explain", no_argument, NULL, OPT_EXPLAIN },
+                { "server", required_argument, NULL, OPT_SERVER },
+                { "json", no_argument, NULL, OPT_JSON },
                 { "verbose", no_argument, NULL, 'v' },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, 'V' },
@@ -49,7 +57,8 @@ int main(int argc, char **argv) {
         enum log_target target = LOG_TARGET_AUTO;
         struct diagnostics diag = {};
         struct config *config = NULL;
-        bool check = false, dump = false;
+        struct explain_options explain_opts = {};
+        bool check = false, dump = false, explain = false;
         int verbose = 0, c, r;
 
         while ((c = getopt_long(argc, argv, "c:vhV", options, NULL)) >= 0) {
@@ -68,6 +77,15 @@ int main(int argc, char **argv) {
                         break;
                 case OPT_DRY_RUN:
                         opts.dry_run = true;
+                        break;
+                case OPT_EXPLAIN:
+                        explain = true;
+                        break;
+                case OPT_SERVER:
+                        explain_opts.server = optarg;
+                        break;
+                case OPT_JSON:
+                        explain_opts.json = true;
                         break;
                 case OPT_LOG_TARGET:
                         r = log_target_from_string(optarg);
@@ -97,6 +115,14 @@ int main(int argc, char **argv) {
                 usage(stderr);
                 return EXIT_USAGE;
         }
+        if (!explain && (explain_opts.json || explain_opts.server)) {
+                fprintf(stderr, "pgsweeper: %s needs --explain\n", explain_opts.json ? "--json" : "--server");
+                return EXIT_USAGE;
+        }
+        if (explain && (check || dump || opts.once)) {
+                fprintf(stderr, "pgsweeper: --explain cannot be combined with --check, --dump or --once\n");
+                return EXIT_USAGE;
+        }
 
         r = config_load(opts.config_path, &config, &diag);
         for (size_t i = 0; i < diag.n_lines; i++)
@@ -113,6 +139,14 @@ int main(int argc, char **argv) {
                 printf("configuration OK\n");
                 config_free(config);
                 return EXIT_SUCCESS;
+        }
+
+        if (explain) {
+                /* Never the journal: explain reports on stdout and stderr only. */
+                explain_opts.dry_run = opts.dry_run;
+                r = explain_run(config, &explain_opts, stdout);
+                config_free(config);
+                return r;
         }
 
         log_setup(target, verbose > 0 ? LOG_DEBUG : LOG_INFO);

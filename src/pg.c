@@ -219,6 +219,11 @@ void snapshot_params_build(const struct snapshot_request *req, struct snapshot_p
                 off += (size_t) snprintf(ret->values[6] + off, len - off, "%s%" PRId32, i ? "," : "", req->pids[i]);
         snprintf(ret->values[6] + off, len - off, "}");
         ret->values[7] = xstrdup(req->superusers ? "t" : "f");
+        /* A session-age bound of now() makes every backend a candidate. */
+        if (req->every_session) {
+                free(ret->values[5]);
+                ret->values[5] = xstrdup("0");
+        }
 }
 
 void snapshot_params_free(struct snapshot_params *p) {

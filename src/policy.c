@@ -30,6 +30,37 @@ enum session_state session_state_from_string(const char *s) {
         return STATE_UNKNOWN;
 }
 
+static const char *const verdict_names[_VERDICT_MAX] = {
+        [VERDICT_NONE] = "none",
+        [VERDICT_OVER] = "over",
+        [VERDICT_NEXT] = "next",
+        [VERDICT_EXEMPT] = "exempt",
+        [VERDICT_PROTECTED] = "protected",
+};
+
+static const char *const reason_names[_REASON_MAX] = {
+        [REASON_NO_RULE] = "no-rule",
+        [REASON_NO_LIMIT] = "no-limit",
+        [REASON_LIMIT] = "limit",
+        [REASON_ESCALATION] = "escalation",
+        [REASON_EXEMPT_GLOBAL] = "exempt-global",
+        [REASON_EXEMPT_SERVER] = "exempt-server",
+        [REASON_EXEMPT_RULE] = "exempt-rule",
+        [REASON_NOT_CLIENT] = "not-client",
+        [REASON_OWN_CONNECTION] = "own-connection",
+        [REASON_OWN_ROLE] = "own-role",
+        [REASON_SUPERUSER] = "superuser",
+        [REASON_DYING] = "dying",
+};
+
+const char *verdict_kind_to_string(enum verdict_kind k) {
+        return k < _VERDICT_MAX ? verdict_names[k] : "";
+}
+
+const char *verdict_reason_to_string(enum verdict_reason r) {
+        return r < _REASON_MAX ? reason_names[r] : "";
+}
+
 void snapshot_free(struct snapshot *s) {
         free(s->rows);
         free(s->strings);
@@ -38,6 +69,7 @@ void snapshot_free(struct snapshot *s) {
 
 void judgement_free(struct judgement *j) {
         free(j->decisions);
+        free(j->verdicts);
         *j = (struct judgement) { .next_deadline = INT64_MAX };
 }
 
@@ -78,12 +110,20 @@ int64_t limit_since(enum limit_kind k, const struct snapshot_row *row) {
  * across servers. Another pgsweeper is recognised by its login role, which
  * only someone holding pgsweeper's credentials can use, together with its
  * application_name; the name alone would be a free pass for anyone. */
-bool policy_is_own(const struct policy_input *in, const struct snapshot_row *row) {
+static bool own_connection(const struct policy_input *in, const struct snapshot_row *row) {
         for (size_t i = 0; i < in->n_own; i++)
                 if (in->own[i].pid == row->pid && in->own[i].backend_start == row->backend_start)
                         return true;
+        return false;
+}
+
+static bool own_role(const struct policy_input *in, const struct snapshot_row *row) {
         return in->own_role && strcmp(row->user, in->own_role) == 0 &&
                strncmp(row->application, "pgsweeper", strlen("pgsweeper")) == 0;
+}
+
+bool policy_is_own(const struct policy_input *in, const struct snapshot_row *row) {
+        return own_connection(in, row) || own_role(in, row);
 }
 
 static bool is_dying(const struct policy_input *in, const struct snapshot_row *row) {
@@ -96,15 +136,23 @@ static bool is_dying(const struct policy_input *in, const struct snapshot_row *r
 /* Built-in protection: never judged, whatever the rules say. A session
  * terminated last cycle that has not exited yet is not judged again (it
  * would be signalled and logged twice). */
-static bool protected_session(const struct policy_input *in, const struct snapshot_row *row) {
-        return !row->client_backend || (row->superuser && !in->server->terminate_superusers) ||
-               policy_is_own(in, row) || is_dying(in, row);
+static bool protected_session(const struct policy_input *in, const struct snapshot_row *row,
+                              enum verdict_reason *why) {
+        *why = !row->client_backend ? REASON_NOT_CLIENT :
+               own_connection(in, row) ? REASON_OWN_CONNECTION :
+               own_role(in, row) ? REASON_OWN_ROLE :
+               row->superuser && !in->server->terminate_superusers ? REASON_SUPERUSER :
+               is_dying(in, row) ? REASON_DYING : REASON_NO_RULE;
+        return *why != REASON_NO_RULE;
 }
 
 /* Exempt blocks are additive: global, then the server's, then the rule's.
  * The first two do not depend on the rule: checked once per session. */
-static bool exempt_from_server(const struct server *srv, const struct snapshot_row *row) {
-        return (srv->global_exempt && filter_exempts(srv->global_exempt, row)) || filter_exempts(&srv->exempt, row);
+static bool exempt_from_server(const struct server *srv, const struct snapshot_row *row,
+                               enum verdict_reason *why) {
+        *why = srv->global_exempt && filter_exempts(srv->global_exempt, row) ? REASON_EXEMPT_GLOBAL :
+               filter_exempts(&srv->exempt, row) ? REASON_EXEMPT_SERVER : REASON_NO_RULE;
+        return *why != REASON_NO_RULE;
 }
 
 bool filter_matches(const struct filter *f, const struct snapshot_row *row) {
@@ -163,17 +211,24 @@ static int decision_cmp(const void *a, const void *b) {
 }
 
 /* The decision of one rule for one row, if the row breaks it; updates *next
- * with the row's future crossings of this rule. */
+ * with the row's future crossings of this rule, and *soon (if not NULL) with
+ * what the earliest of them is. */
 static bool judge_rule(const struct policy_input *in, const struct snapshot *snap, const struct snapshot_row *row,
-                       const struct rule *rule, struct decision *ret, int64_t *next) {
+                       const struct rule *rule, struct decision *ret, int64_t *next, struct verdict *soon) {
         const struct escalation *e = find_escalation(in, row, rule);
         struct decision d = {};
 
         if (e) {
                 /* Cancelled already: wait for escalate_after, then terminate. */
                 if (snap->now < e->due) {
-                        if (e->due < *next)
+                        if (e->due < *next) {
                                 *next = e->due;
+                                if (soon)
+                                        *soon = (struct verdict) { row, VERDICT_NEXT, REASON_ESCALATION, rule, NULL,
+                                                LIMIT_QUERY_DURATION, (snap->now - row->query_start) / 1000,
+                                                (e->due - snap->now + 999) / 1000, ACTION_TERMINATE,
+                                                in->dry_run || rule->dry_run, true, false };
+                        }
                         return false;
                 }
                 *ret = (struct decision) { row, rule, LIMIT_QUERY_DURATION,
@@ -192,8 +247,13 @@ static bool judge_rule(const struct policy_input *in, const struct snapshot *sna
                         if (!d.rule || elapsed_ms - limit > d.elapsed_ms - rule->limit_ms[d.limit])
                                 d = (struct decision) { row, rule, k, elapsed_ms, rule->action,
                                                         in->dry_run || rule->dry_run, false };
-                } else if (since <= INT64_MAX - limit * 1000 && since + limit * 1000 < *next)
+                } else if (since <= INT64_MAX - limit * 1000 && since + limit * 1000 < *next) {
                         *next = since + limit * 1000;
+                        if (soon)
+                                *soon = (struct verdict) { row, VERDICT_NEXT, REASON_LIMIT, rule, NULL, k, elapsed_ms,
+                                                           limit - elapsed_ms, rule->action,
+                                                           in->dry_run || rule->dry_run, false, false };
+                }
         }
         if (!d.rule)
                 return false;
@@ -204,27 +264,66 @@ static bool judge_rule(const struct policy_input *in, const struct snapshot *sna
 void policy_judge(const struct policy_input *in, const struct snapshot *snap, struct judgement *ret) {
         const struct server *srv = in->server;
         struct decision *out = xcalloc(snap->n_rows + 1, sizeof(*out));
+        struct verdict *verdicts = in->verdicts ? xcalloc(snap->n_rows + 1, sizeof(*verdicts)) : NULL;
         size_t n = 0, kept = 0, signalling = 0, capped = 0;
         int64_t next = INT64_MAX;
 
         for (size_t i = 0; i < snap->n_rows; i++) {
                 const struct snapshot_row *row = &snap->rows[i];
                 struct decision best = {};
+                struct verdict v = { .row = row }, soon = {};
+                const struct rule *matched = NULL, *exempting = NULL;
+                int64_t row_next = INT64_MAX;
 
-                if (protected_session(in, row) || exempt_from_server(srv, row))
+                if (protected_session(in, row, &v.reason))
+                        v.kind = VERDICT_PROTECTED;
+                else if (exempt_from_server(srv, row, &v.reason))
+                        v.kind = VERDICT_EXEMPT;
+                if (v.kind != VERDICT_NONE) {
+                        if (verdicts)
+                                verdicts[i] = v;
                         continue;
+                }
 
                 for (size_t r = 0; r < srv->n_rules; r++) {
                         const struct rule *rule = &srv->rules[r];
                         struct decision d;
 
-                        if (!filter_matches(&rule->filter, row) || filter_exempts(&rule->exempt, row))
+                        if (!filter_matches(&rule->filter, row))
                                 continue;
-                        if (judge_rule(in, snap, row, rule, &d, &next) && (!best.rule || stronger(&d, &best)))
+                        if (filter_exempts(&rule->exempt, row)) {
+                                exempting = exempting ? exempting : rule;
+                                continue;
+                        }
+                        matched = matched ? matched : rule;
+                        if (judge_rule(in, snap, row, rule, &d, &row_next, verdicts ? &soon : NULL) &&
+                            (!best.rule || stronger(&d, &best)))
                                 best = d;
                 }
+                if (row_next < next)
+                        next = row_next;
                 if (best.rule)
                         out[n++] = best;
+                if (!verdicts)
+                        continue;
+
+                /* The verdict, strongest first: what happens now, what
+                 * happens next, why nothing happens. */
+                if (best.rule)
+                        v = (struct verdict) { row, VERDICT_OVER, best.escalated ? REASON_ESCALATION : REASON_LIMIT,
+                                               best.rule, NULL, best.limit, best.elapsed_ms, 0, best.action,
+                                               best.dry_run, best.escalated, false };
+                else if (soon.rule)
+                        v = soon;
+                else if (exempting)
+                        v = (struct verdict) { .row = row, .kind = VERDICT_EXEMPT, .reason = REASON_EXEMPT_RULE,
+                                               .rule = exempting };
+                else
+                        v = (struct verdict) { .row = row, .reason = matched ? REASON_NO_LIMIT : REASON_NO_RULE,
+                                               .rule = matched };
+                if (v.kind == VERDICT_OVER || v.kind == VERDICT_NEXT)
+                        v.exempt_rule = exempting;
+                verdicts[i] = v;
         }
 
         if (n > 1)
@@ -237,10 +336,13 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                 if (signals(&out[i]) && srv->max_actions_per_cycle > 0 &&
                     signalling >= srv->max_actions_per_cycle) {
                         capped++;
+                        if (verdicts)
+                                verdicts[out[i].row - snap->rows].capped = true;
                         continue;
                 }
                 signalling += signals(&out[i]);
                 out[kept++] = out[i];
         }
-        *ret = (struct judgement) { .decisions = out, .n_decisions = kept, .n_capped = capped, .next_deadline = next };
+        *ret = (struct judgement) { .decisions = out, .n_decisions = kept, .n_capped = capped, .next_deadline = next,
+                                    .verdicts = verdicts };
 }

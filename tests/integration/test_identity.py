@@ -127,12 +127,12 @@ def test_another_pgsweeper_is_left_alone_but_its_name_is_not_a_pass(pg, sweeper)
 
 
 def test_missing_pg_monitor_is_said_once_and_shown(pg, sweeper, tmp_path):
-    if not pg.admin_query("SELECT 1 FROM pg_roles WHERE rolname = 'weak'"):
-        pg._admin.execute("CREATE ROLE weak LOGIN")
+    if not pg.admin_query("SELECT 1 FROM pg_roles WHERE rolname = 'blind'"):
+        pg._admin.execute("CREATE ROLE blind LOGIN")
     metrics = tmp_path / "pgsweeper.prom"
     notify = NotifySocket(tmp_path / "notify")
     try:
-        conf = yaml_config([("main", pg.conninfo(user="weak"))], idle_rule("1s"), interval="200ms",
+        conf = yaml_config([("main", pg.conninfo(user="blind"))], idle_rule("1s"), interval="200ms",
                            top=f"metrics_file: {metrics}\n")
         path = sweeper.write_config(conf)
         proc = subprocess.Popen([str(sweeper.binary), "-c", str(path), "--log-target", "stderr"],
@@ -149,7 +149,7 @@ def test_missing_pg_monitor_is_said_once_and_shown(pg, sweeper, tmp_path):
     finally:
         notify.close()
     err = proc.stderr.read()
-    assert len(re.findall(r"^main: role weak lacks pg_monitor: .*GRANT pg_monitor TO weak;", err, re.M)) == 1, err
-    assert len(re.findall(r"^main: role weak lacks pg_signal_backend", err, re.M)) == 1, err
+    assert len(re.findall(r"^main: role blind lacks pg_monitor: .*GRANT pg_monitor TO blind;", err, re.M)) == 1, err
+    assert len(re.findall(r"^main: role blind lacks pg_signal_backend", err, re.M)) == 1, err
     assert metric_value(samples, "pgsweeper_server_privileges_ok", server="main") == 0, samples
     assert any("missing privileges: main" in s for s in statuses), statuses

@@ -1,0 +1,44 @@
+/* pgsweeper --explain: one snapshot of every client session of each server,
+ * judged by the daemon's own policy, printed as a table or as JSON. It never
+ * signals a backend and never writes to the journal or the metrics file. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "policy.h"
+
+struct explain_options {
+        const char *server;         /* only this server; NULL: every server */
+        bool json;
+        bool dry_run;               /* --dry-run: judge as a dry run would */
+};
+
+/* A server the configuration does not name: exit status 2. */
+#define EXPLAIN_UNKNOWN_SERVER 2
+
+/* Explain every selected server on out; errors go to stderr. Returns the
+ * exit status: 0, 1 when a server could not be explained (the others are
+ * still shown), EXPLAIN_UNKNOWN_SERVER. */
+int explain_run(const struct config *c, const struct explain_options *o, FILE *out);
+
+/* One session's verdict on a server, as explain shows it. */
+struct explain_row {
+        const char *server;
+        const struct verdict *v;
+};
+
+/* Rows in the order they are shown: over (furthest past its limit first),
+ * then next (least time left first), then exempt, protected, none. */
+void explain_sort(struct explain_row *rows, size_t n);
+/* The table, header first. */
+void explain_print_text(const struct explain_row *rows, size_t n, FILE *out);
+/* One JSON array. */
+void explain_print_json(const struct explain_row *rows, size_t n, FILE *out);
+
+/* s escaped (escape_string) and cut to at most width characters, the last
+ * one "…" when cut; never cut inside an escape. Newly allocated. */
+char *explain_cell(const char *s, size_t width);
+/* s escaped (escape_string), then quoted as a JSON string. Newly allocated. */
+char *explain_json_string(const char *s);

@@ -1,0 +1,410 @@
+/* pgsweeper --explain: what the daemon would do to every session, and why.
+ * The judgement is policy_judge()'s, verdicts included; this file only
+ * fetches the snapshot and renders the verdicts. */
+#include <errno.h>
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "duration.h"
+#include "escape.h"
+#include "explain.h"
+#include "log.h"
+#include "macro.h"
+#include "pg.h"
+
+#define CONNECT_TIMEOUT "10"        /* unless the conninfo sets connect_timeout */
+#define ELLIPSIS "\xe2\x80\xa6"     /* … */
+
+/* One server's snapshot and its judgement: the verdicts point into both. */
+struct explained {
+        struct snapshot snap;
+        struct judgement judgement;
+};
+
+static void explained_done(struct explained *e) {
+        judgement_free(&e->judgement);
+        snapshot_free(&e->snap);
+}
+
+static void PQfinishp(PGconn **c) {
+        if (*c)
+                PQfinish(*c);
+}
+
+static void PQclearp(PGresult **r) {
+        if (*r)
+                PQclear(*r);
+}
+
+static void explain_error(const struct server *srv, const char *what, const char *detail) {
+        _cleanup_free_ char *d = xstrdup(detail ? detail : ""), *name = escape_string(srv->name), *msg = NULL;
+
+        join_lines(d);
+        msg = escape_string(d);
+        fprintf(stderr, "pgsweeper: %s: %s%s%s\n", name, what, *msg ? ": " : "", msg);
+}
+
+/* Connect (blocking: a one-shot command), say who we are there, take one
+ * snapshot of every client backend and judge it. Only SELECTs are sent. */
+static int explain_server(const struct config *c, const struct server *srv, bool dry_run, struct explained *ret) {
+        /* Processed in order, later wins: our timeout before the user's
+         * conninfo, so the conninfo can change it; the application name as
+         * the daemon's, so a running daemon sees explain as a pgsweeper. */
+        const char *const keys[] = { "connect_timeout", "dbname", "fallback_application_name", NULL };
+        const char *const values[] = { CONNECT_TIMEOUT, srv->conninfo, "pgsweeper", NULL };
+        _cleanup_(PQfinishp) PGconn *conn = PQconnectdbParams(keys, values, 1);
+        _cleanup_(PQclearp) PGresult *setup = NULL, *res = NULL;
+        struct snapshot_request req = {};
+        struct snapshot_params params;
+        struct pg_identity id;
+        struct session_id self;
+        int r;
+
+        *ret = (struct explained) {};
+        if (!conn || PQstatus(conn) != CONNECTION_OK) {
+                explain_error(srv, "cannot connect", conn ? PQerrorMessage(conn) : strerror(ENOMEM));
+                return -ECONNREFUSED;
+        }
+        setup = PQexec(conn, pg_setup_sql);
+        if (pg_identity_from_result(setup, &id) < 0) {
+                explain_error(srv, "set-up failed", PQerrorMessage(conn));
+                return -EBADMSG;
+        }
+
+        snapshot_request_limits(srv, 0, &req);
+        req.superusers = true;      /* shown as protected unless terminate_superusers */
+        req.every_session = true;
+        snapshot_params_build(&req, &params);
+        res = PQexecParams(conn, pg_snapshot_sql, SNAPSHOT_PARAMS, NULL, (const char *const *) params.values, NULL,
+                           NULL, 0);
+        snapshot_params_free(&params);
+        r = snapshot_from_result(res, &ret->snap);
+        if (r < 0) {
+                explain_error(srv, "snapshot failed", PQerrorMessage(conn));
+                pg_identity_done(&id);
+                return r;
+        }
+
+        self = (struct session_id) { PQbackendPID(conn), id.backend_start };
+        policy_judge(&(struct policy_input) {
+                             .server = srv,
+                             .dry_run = dry_run || c->dry_run,
+                             .own = &self,
+                             .n_own = 1,
+                             .own_role = id.role,
+                             .verdicts = true,
+                     },
+                     &ret->snap, &ret->judgement);
+        pg_identity_done(&id);
+        return 0;
+}
+
+int explain_run(const struct config *c, const struct explain_options *o, FILE *out) {
+        _cleanup_free_ struct explained *ex = NULL;
+        _cleanup_free_ struct explain_row *rows = NULL;
+        size_t n_rows = 0, n_ex = 0;
+        bool failed = false;
+        int status;
+
+        if (o->server) {
+                bool found = false;
+                for (size_t i = 0; i < c->n_servers && !found; i++)
+                        found = strcmp(c->servers[i].name, o->server) == 0;
+                if (!found) {
+                        _cleanup_free_ char *name = escape_string(o->server);
+                        fprintf(stderr, "pgsweeper: --server \"%s\": no such server in %s\n", name, c->path);
+                        return EXPLAIN_UNKNOWN_SERVER;
+                }
+        }
+
+        ex = xcalloc(c->n_servers + 1, sizeof(*ex));
+        for (size_t i = 0; i < c->n_servers; i++) {
+                const struct server *srv = &c->servers[i];
+
+                if (o->server && strcmp(srv->name, o->server) != 0)
+                        continue;
+                if (explain_server(c, srv, o->dry_run, &ex[n_ex]) < 0) {
+                        failed = true;
+                        continue;
+                }
+                rows = xreallocarray(rows, n_rows + ex[n_ex].snap.n_rows + 1, sizeof(*rows));
+                for (size_t k = 0; k < ex[n_ex].snap.n_rows; k++) {
+                        const struct verdict *v = &ex[n_ex].judgement.verdicts[k];
+                        /* Only client backends are sessions to explain. */
+                        if (v->kind == VERDICT_PROTECTED && v->reason == REASON_NOT_CLIENT)
+                                continue;
+                        rows[n_rows++] = (struct explain_row) { srv->name, v };
+                }
+                n_ex++;
+        }
+
+        explain_sort(rows, n_rows);
+        if (o->json)
+                explain_print_json(rows, n_rows, out);
+        else
+                explain_print_text(rows, n_rows, out);
+        status = fflush(out) == 0 && !ferror(out) && !failed ? 0 : 1;
+        for (size_t i = 0; i < n_ex; i++)
+                explained_done(&ex[i]);
+        return status;
+}
+
+/* ---- order ---- */
+
+static int kind_rank(enum verdict_kind k) {
+        static const int rank[_VERDICT_MAX] = {
+                [VERDICT_OVER] = 0, [VERDICT_NEXT] = 1, [VERDICT_EXEMPT] = 2, [VERDICT_PROTECTED] = 3,
+                [VERDICT_NONE] = 4,
+        };
+        return k < _VERDICT_MAX ? rank[k] : _VERDICT_MAX;
+}
+
+static int64_t overdue_ms(const struct verdict *v) {
+        return v->elapsed_ms - v->rule->limit_ms[v->limit];
+}
+
+static int row_cmp(const void *a, const void *b) {
+        const struct explain_row *x = a, *y = b;
+        int c = kind_rank(x->v->kind) - kind_rank(y->v->kind);
+
+        if (c != 0)
+                return c;
+        if (x->v->kind == VERDICT_OVER && overdue_ms(x->v) != overdue_ms(y->v))
+                return overdue_ms(x->v) > overdue_ms(y->v) ? -1 : 1;
+        if (x->v->kind == VERDICT_NEXT && x->v->remaining_ms != y->v->remaining_ms)
+                return x->v->remaining_ms < y->v->remaining_ms ? -1 : 1;
+        c = strcmp(x->server, y->server);
+        if (c != 0)
+                return c;
+        return (x->v->row->pid > y->v->row->pid) - (x->v->row->pid < y->v->row->pid);
+}
+
+void explain_sort(struct explain_row *rows, size_t n) {
+        if (n > 1)
+                qsort(rows, n, sizeof(*rows), row_cmp);
+}
+
+/* ---- text ---- */
+
+/* Characters of escaped (hence valid UTF-8) text: bytes that do not continue a sequence. */
+static size_t text_width(const char *s) {
+        size_t n = 0;
+        for (; *s; s++)
+                n += ((unsigned char) *s & 0xc0) != 0x80;
+        return n;
+}
+
+/* Bytes of the unit at s of escape_bytes() output: one escape or one character. */
+static size_t unit_len(const char *s) {
+        unsigned char c = (unsigned char) *s;
+
+        if (c == '\\')
+                return s[1] == 'x' ? 4 : s[1] == 'u' ? 6 : 2;
+        return c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+}
+
+char *explain_cell(const char *s, size_t width) {
+        _cleanup_free_ char *esc = escape_string(s);
+        size_t used = 0, off = 0, len = strlen(esc);
+        char *out;
+
+        if (text_width(esc) <= width || width == 0)
+                return TAKE_PTR(esc);
+        /* Keep whole units while one character is left for the ellipsis. */
+        while (off < len) {
+                size_t u = unit_len(esc + off), w = esc[off] == '\\' ? u : 1;
+                if (used + w > width - 1)
+                        break;
+                used += w;
+                off += u;
+        }
+        out = xmalloc(off + sizeof(ELLIPSIS));
+        memcpy(out, esc, off);
+        memcpy(out + off, ELLIPSIS, sizeof(ELLIPSIS));
+        return out;
+}
+
+static const char *action_words(const struct verdict *v) {
+        return v->dry_run ? v->action == ACTION_LOG ? "log (dry-run)" :
+                            v->action == ACTION_CANCEL ? "cancel (dry-run)" : "terminate (dry-run)" :
+                            action_to_string(v->action);
+}
+
+/* The VERDICT column: "over idle-sessions: max_idle 30m -> terminate". */
+static char *verdict_text(const char *server, const struct verdict *v) {
+        _cleanup_free_ char *rule = v->rule ? escape_string(v->rule->name) : NULL, *srv = escape_string(server),
+                            *spared = v->exempt_rule ? escape_string(v->exempt_rule->name) : NULL;
+        char limit[DURATION_FORMAT_MAX], left[DURATION_FORMAT_MAX];
+        char *s = NULL;
+        int r = -1;
+
+        switch (v->kind) {
+        case VERDICT_OVER:
+        case VERDICT_NEXT:
+                duration_format(v->rule->limit_ms[v->limit], limit, sizeof(limit));
+                duration_format(v->remaining_ms, left, sizeof(left));
+                r = asprintf(&s, "%s %s: %s %s%s%s -> %s%s%s%s%s", verdict_kind_to_string(v->kind), rule,
+                             limit_kind_to_string(v->limit), limit, v->kind == VERDICT_NEXT ? " in " : "",
+                             v->kind == VERDICT_NEXT ? left : "", action_words(v),
+                             v->reason == REASON_ESCALATION ? " (escalation of a cancelled query)" : "",
+                             v->capped ? ", waits for the next cycle (max_actions_per_cycle)" : "",
+                             spared ? "; exempt from rule " : "", spared ? spared : "");
+                break;
+        case VERDICT_EXEMPT:
+                r = v->reason == REASON_EXEMPT_GLOBAL ? asprintf(&s, "exempt: global exempt block") :
+                    v->reason == REASON_EXEMPT_SERVER ? asprintf(&s, "exempt: exempt block of server %s", srv) :
+                                                        asprintf(&s, "exempt: exempt block of rule %s", rule);
+                break;
+        case VERDICT_PROTECTED:
+                r = asprintf(&s, "protected: %s",
+                             v->reason == REASON_SUPERUSER ? "superuser (terminate_superusers is off)" :
+                             v->reason == REASON_OWN_CONNECTION ? "own connection (this process)" :
+                             v->reason == REASON_OWN_ROLE ? "own connection (a pgsweeper logged in as its role)" :
+                             v->reason == REASON_DYING ? "terminated, still exiting" : "not a client backend");
+                break;
+        default:
+                r = v->reason == REASON_NO_LIMIT ?
+                            asprintf(&s, "none: rule %s sets no limit for this state", rule) :
+                            asprintf(&s, "none: no rule matches");
+        }
+        return r < 0 ? xstrdup("") : s;
+}
+
+enum { COL_SERVER, COL_PID, COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT, COL_STATE, COL_ELAPSED, COL_VERDICT,
+       _COLS };
+
+static const struct {
+        const char *title;
+        size_t max;                 /* 0: never cut */
+} columns[_COLS] = {
+        [COL_SERVER] = { "SERVER", 16 },
+        [COL_PID] = { "PID", 0 },
+        [COL_USER] = { "USER", 16 },
+        [COL_DATABASE] = { "DATABASE", 16 },
+        [COL_APPLICATION] = { "APPLICATION", 20 },
+        [COL_CLIENT] = { "CLIENT", 39 },  /* a full IPv6 address */
+        [COL_STATE] = { "STATE", 0 },
+        [COL_ELAPSED] = { "ELAPSED", 0 },
+        [COL_VERDICT] = { "VERDICT", 0 },
+};
+
+static void row_cells(const struct explain_row *row, char *cells[static _COLS]) {
+        const struct snapshot_row *r = row->v->row;
+        const char *state = session_state_to_string(r->state);
+        char elapsed[DURATION_FORMAT_MAX] = "-";
+
+        if (row->v->kind == VERDICT_OVER || row->v->kind == VERDICT_NEXT)
+                log_limit_comparison(row->v->elapsed_ms, row->v->rule->limit_ms[row->v->limit], elapsed);
+        cells[COL_SERVER] = explain_cell(row->server, columns[COL_SERVER].max);
+        if (asprintf(&cells[COL_PID], "%" PRId32, r->pid) < 0)
+                cells[COL_PID] = xstrdup("?");
+        cells[COL_USER] = explain_cell(*r->user ? r->user : "-", columns[COL_USER].max);
+        cells[COL_DATABASE] = explain_cell(*r->database ? r->database : "-", columns[COL_DATABASE].max);
+        cells[COL_APPLICATION] = explain_cell(*r->application ? r->application : "-", columns[COL_APPLICATION].max);
+        cells[COL_CLIENT] = explain_cell(*r->client_addr ? r->client_addr : "-", columns[COL_CLIENT].max);
+        cells[COL_STATE] = xstrdup(*state ? state : "-");
+        cells[COL_ELAPSED] = xstrdup(elapsed);
+        cells[COL_VERDICT] = verdict_text(row->server, row->v);
+}
+
+static void print_line(char *const cells[static _COLS], const size_t width[static _COLS], FILE *out) {
+        for (size_t c = 0; c < _COLS; c++) {
+                fputs(cells[c], out);
+                if (c + 1 < _COLS)
+                        fprintf(out, "%*s", (int) (width[c] - text_width(cells[c]) + 2), "");
+        }
+        fputc('\n', out);
+}
+
+void explain_print_text(const struct explain_row *rows, size_t n, FILE *out) {
+        char *(*cells)[_COLS] = xcalloc(n + 1, sizeof(*cells));
+        char *header[_COLS];
+        size_t width[_COLS];
+
+        for (size_t c = 0; c < _COLS; c++) {
+                header[c] = (char *) columns[c].title;
+                width[c] = strlen(columns[c].title);
+        }
+        for (size_t i = 0; i < n; i++) {
+                row_cells(&rows[i], cells[i]);
+                for (size_t c = 0; c < _COLS; c++)
+                        if (text_width(cells[i][c]) > width[c])
+                                width[c] = text_width(cells[i][c]);
+        }
+        print_line(header, width, out);
+        for (size_t i = 0; i < n; i++) {
+                print_line(cells[i], width, out);
+                for (size_t c = 0; c < _COLS; c++)
+                        free(cells[i][c]);
+        }
+        free(cells);
+}
+
+/* ---- JSON ---- */
+
+char *explain_json_string(const char *s) {
+        _cleanup_free_ char *esc = escape_string(s);
+        size_t len = strlen(esc);
+        /* escape_string leaves no control byte; quoting doubles \ and " at most */
+        char *out = xmalloc(len * 2 + 3), *o = out;
+
+        *o++ = '"';
+        for (const char *i = esc; *i; i++) {
+                if (*i == '"' || *i == '\\')
+                        *o++ = '\\';
+                *o++ = *i;
+        }
+        *o++ = '"';
+        *o = '\0';
+        return out;
+}
+
+static void json_key_string(FILE *out, const char *key, const char *value, bool comma) {
+        fprintf(out, "\"%s\": ", key);
+        if (value) {
+                _cleanup_free_ char *q = explain_json_string(value);
+                fputs(q, out);
+        } else
+                fputs("null", out);
+        if (comma)
+                fputs(", ", out);
+}
+
+static void json_key_int(FILE *out, const char *key, bool present, int64_t value) {
+        if (present)
+                fprintf(out, "\"%s\": %" PRId64 ", ", key, value);
+        else
+                fprintf(out, "\"%s\": null, ", key);
+}
+
+void explain_print_json(const struct explain_row *rows, size_t n, FILE *out) {
+        fputs("[", out);
+        for (size_t i = 0; i < n; i++) {
+                const struct verdict *v = rows[i].v;
+                const struct snapshot_row *r = v->row;
+                const char *state = session_state_to_string(r->state);
+                bool limited = v->kind == VERDICT_OVER || v->kind == VERDICT_NEXT;
+
+                fputs(i ? ",\n {" : "\n {", out);
+                json_key_string(out, "server", rows[i].server, true);
+                fprintf(out, "\"pid\": %" PRId32 ", ", r->pid);
+                json_key_string(out, "user", r->user, true);
+                json_key_string(out, "database", r->database, true);
+                json_key_string(out, "application", r->application, true);
+                json_key_string(out, "client_addr", *r->client_addr ? r->client_addr : NULL, true);
+                json_key_string(out, "state", *state ? state : NULL, true);
+                json_key_string(out, "verdict", verdict_kind_to_string(v->kind), true);
+                json_key_string(out, "rule", v->rule ? v->rule->name : NULL, true);
+                json_key_string(out, "limit", limited ? limit_kind_to_string(v->limit) : NULL, true);
+                json_key_int(out, "limit_ms", limited, limited ? v->rule->limit_ms[v->limit] : 0);
+                json_key_int(out, "elapsed_ms", limited, v->elapsed_ms);
+                json_key_int(out, "remaining_ms", v->kind == VERDICT_NEXT, v->remaining_ms);
+                json_key_string(out, "action", !limited ? NULL : v->dry_run ? "dry-run" : action_to_string(v->action),
+                                true);
+                json_key_string(out, "reason", verdict_reason_to_string(v->reason), false);
+                fputs("}", out);
+        }
+        fputs(n ? "\n]\n" : "]\n", out);
+}

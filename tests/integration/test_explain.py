@@ -1,0 +1,295 @@
+"""pgsweeper --explain (SPEC 12): one verdict per client session, from the
+daemon's own judgement, without a signal, a journal entry or a metrics file."""
+
+import contextlib
+import json
+import re
+import time
+import uuid
+
+import pytest
+
+from conftest import free_tcp_port, stop_process, wait_until
+from pgs_helpers import assert_connection_alive, events, parse_duration_ms
+
+KEYS = ["server", "pid", "user", "database", "application", "client_addr", "state", "verdict", "rule",
+        "limit", "limit_ms", "elapsed_ms", "remaining_ms", "action", "reason"]
+
+
+def server_block(name, conninfo, rules, extra=""):
+    return (f"  - name: {name}\n"
+            f"    conninfo: \"{conninfo}\"\n"
+            f"{extra}"
+            f"    rules:\n{rules}")
+
+
+def explain(sweeper, text, *args, expect=0):
+    r = sweeper.run_once(text, "--explain", *args)
+    assert r.returncode == expect, f"exit {r.returncode}, wanted {expect}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    return r
+
+
+def explain_json(sweeper, text, *args, expect=0):
+    r = explain(sweeper, text, "--json", *args, expect=expect)
+    rows = json.loads(r.stdout)
+    assert isinstance(rows, list)
+    for row in rows:
+        assert list(row) == KEYS, row
+    return rows, r
+
+
+def by_pid(rows, server="main"):
+    out = {}
+    for row in rows:
+        if row["server"] == server:
+            assert row["pid"] not in out, f"two rows for pid {row['pid']}"
+            out[row["pid"]] = row
+    return out
+
+
+@pytest.fixture
+def lonely_role(pg):
+    """A login role that no rule names."""
+    su = pg.connect(user="postgres", dbname="postgres")
+    su.execute("DO $$BEGIN CREATE ROLE lonely LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END$$")
+    su.close()
+    return "lonely"
+
+
+VERDICT_RULES = (
+    "      - name: idle-fast\n"
+    "        max_idle: 1s\n"
+    "        users: [app]\n"
+    "        exempt:\n"
+    "          applications: [exempt-rule]\n"
+    "      - name: idle-slow\n"
+    "        max_idle: 1h\n"
+    "        action: cancel\n"
+    "        users: [other]\n")
+
+
+def verdict_config(pg, tmp_path):
+    conninfo = pg.conninfo(user="pgsweeper", dbname="postgres")
+    return (f"metrics_file: {tmp_path / 'metrics.prom'}\n"
+            "exempt:\n"
+            "  applications: [exempt-global]\n"
+            "servers:\n"
+            + server_block("main", conninfo, VERDICT_RULES,
+                           "    exempt:\n      applications: [exempt-server]\n"))
+
+
+def test_every_verdict_and_nothing_touched(pg, sweeper, journal, tmp_path, lonely_role):
+    sessions = {
+        "over": pg.connect(user="app", application_name="over-me"),
+        "next": pg.connect(user="other", application_name="next-me"),
+        "superuser": pg.connect(user="postgres", dbname="postgres", application_name="super-me"),
+        "exempt-global": pg.connect(user="app", application_name="exempt-global"),
+        "exempt-server": pg.connect(user="app", application_name="exempt-server"),
+        "exempt-rule": pg.connect(user="app", application_name="exempt-rule"),
+        "none": pg.connect(user=lonely_role, dbname="postgres", application_name="none-me"),
+    }
+    pids = {k: c.info.backend_pid for k, c in sessions.items()}
+    # A running daemon, logged in as the role explain uses: its connection is
+    # pgsweeper's own. Its rule matches none of the sessions above.
+    daemon_cfg = ("servers:\n" + server_block("main", pg.conninfo(user="pgsweeper", dbname="postgres"),
+                                              "      - {name: nobody, max_idle: 1s, users: [no-such-user]}\n"))
+    daemon = sweeper.start_daemon(daemon_cfg, "--log-target", "stderr")
+    try:
+        wait_until(lambda: pg.sweeper_polled(), 15, what="the daemon's first poll")
+        daemon_pids = pg.backend_pids_alive(user="pgsweeper")
+        assert daemon_pids
+        time.sleep(1.2)                    # "over" passes its 1 s limit
+        cursor = journal.cursor()
+        cfg = verdict_config(pg, tmp_path)
+        rows, r = explain_json(sweeper, cfg)
+        text = explain(sweeper, cfg).stdout
+    finally:
+        stop_process(daemon)
+
+    got = by_pid(rows)
+    for kind, pid in pids.items():
+        assert pid in got, f"{kind} session {pid} missing from {rows}"
+
+    over = got[pids["over"]]
+    assert over["verdict"] == "over" and over["rule"] == "idle-fast" and over["limit"] == "max_idle"
+    assert over["limit_ms"] == 1000 and over["elapsed_ms"] >= 1000 and over["remaining_ms"] is None
+    assert over["action"] == "terminate" and over["reason"] == "limit"
+    assert (over["user"], over["database"], over["application"], over["client_addr"], over["state"]) == \
+        ("app", "appdb", "over-me", "local", "idle")
+
+    nxt = got[pids["next"]]
+    assert nxt["verdict"] == "next" and nxt["rule"] == "idle-slow" and nxt["limit"] == "max_idle"
+    assert nxt["limit_ms"] == 3600000 and nxt["action"] == "cancel" and nxt["reason"] == "limit"
+    assert 3600000 - 60000 < nxt["remaining_ms"] <= 3600000
+    assert nxt["elapsed_ms"] + nxt["remaining_ms"] == 3600000
+
+    def check_no_limit(row, verdict, reason, rule=None):
+        assert (row["verdict"], row["reason"], row["rule"]) == (verdict, reason, rule), row
+        for k in ("limit", "limit_ms", "elapsed_ms", "remaining_ms", "action"):
+            assert row[k] is None, (k, row)
+
+    check_no_limit(got[pids["superuser"]], "protected", "superuser")
+    check_no_limit(got[pids["exempt-global"]], "exempt", "exempt-global")
+    check_no_limit(got[pids["exempt-server"]], "exempt", "exempt-server")
+    check_no_limit(got[pids["exempt-rule"]], "exempt", "exempt-rule", "idle-fast")
+    check_no_limit(got[pids["none"]], "none", "no-rule")
+    daemon_rows = [got[p] for p in daemon_pids if p in got]
+    assert daemon_rows, f"the daemon's connection {daemon_pids} is not shown: {rows}"
+    for row in daemon_rows:
+        check_no_limit(row, "protected", "own-role")
+        assert row["application"].startswith("pgsweeper")
+
+    # the text form: header, over first, then next, durations as in the log lines
+    lines = text.splitlines()
+    assert lines[0].split() == ["SERVER", "PID", "USER", "DATABASE", "APPLICATION", "CLIENT", "STATE", "ELAPSED",
+                                "VERDICT"]
+    assert lines[1].split()[1] == str(pids["over"]), text
+    assert lines[2].split()[1] == str(pids["next"]), text
+    m = re.search(r"  idle +(\S+) +over idle-fast: max_idle 1s -> terminate$", lines[1])
+    assert m and parse_duration_ms(m.group(1)) >= 1000, lines[1]
+    assert re.search(r"  next idle-slow: max_idle 1h in (59m\d+s|1h) -> cancel$", lines[2]), lines[2]
+    # every column starts at the same place on every line
+    starts = [m.start() for m in re.finditer(r"(?<=  )\S", lines[0])]
+    for line in lines[1:]:
+        assert line.startswith("main  "), line
+        for s in starts:
+            assert line[s - 2:s] == "  " and line[s] != " ", (s, line)
+    for kind, words in (("superuser", "protected: superuser (terminate_superusers is off)"), ("exempt-global", "exempt: global exempt block"),
+                        ("exempt-server", "exempt: exempt block of server main"),
+                        ("exempt-rule", "exempt: exempt block of rule idle-fast"),
+                        ("none", "none: no rule matches")):
+        line = [l for l in lines if l.split()[1] == str(pids[kind])]
+        assert len(line) == 1 and line[0].endswith(words), (kind, line)
+
+    # nothing was touched, nothing was written
+    for kind, conn in sessions.items():
+        assert pg.pid_alive(pids[kind]), f"{kind} session ended"
+        assert_connection_alive(conn)
+    time.sleep(0.5)
+    entries = journal.entries(after_cursor=cursor)
+    touched = [e for e in entries if e.get("PGSWEEPER_PID") in {str(p) for p in pids.values()}]
+    assert touched == [], touched
+    assert not [e for e in entries if e.get("_PID") == str(r.pid)], "explain wrote to the journal"
+    assert not (tmp_path / "metrics.prom").exists(), "explain wrote the metrics file"
+
+
+def test_deciding_rule_is_the_daemons(pg, sweeper):
+    """Two rules judge one session: explain names the rule a real --once run
+    acts under. The first-listed rule is never the answer here."""
+    stronger_action = pg.connect(user="app", application_name="prec-a")
+    enforcing = pg.connect(user="other", application_name="prec-b")
+    rules = ("      - {name: a-cancel, max_idle: 1s, action: cancel, users: [app]}\n"
+             "      - {name: a-terminate, max_idle: 2s, action: terminate, users: [app]}\n"
+             "      - {name: b-shadow, max_idle: 1s, action: terminate, dry_run: true, users: [other]}\n"
+             "      - {name: b-log, max_idle: 2s, action: log, users: [other]}\n")
+    cfg = "servers:\n" + server_block("main", pg.conninfo(user="pgsweeper", dbname="postgres"), rules)
+    time.sleep(2.3)
+    rows, _ = explain_json(sweeper, cfg)
+    got = by_pid(rows)
+    a, b = stronger_action.info.backend_pid, enforcing.info.backend_pid
+    assert (got[a]["verdict"], got[a]["rule"], got[a]["action"]) == ("over", "a-terminate", "terminate"), got[a]
+    assert (got[b]["verdict"], got[b]["rule"], got[b]["action"]) == ("over", "b-log", "log"), got[b]
+
+    once = sweeper.run_once(cfg, "--once", "--log-target", "stderr")
+    assert once.returncode == 0, once.stderr
+    terminated = events(once.stderr, "terminated", "main")
+    logged = events(once.stderr, "log-only", "main")
+    assert terminated[a].group("rule") == got[a]["rule"], once.stderr
+    assert logged[b].group("rule") == got[b]["rule"], once.stderr
+    assert b not in terminated and a not in logged, once.stderr
+    assert pg.wait_pid_gone(a)
+
+
+# A role name with a newline, ESC, a C1 CSI (U+009B), an invalid byte, a
+# line separator (U+2028) and a backslash (as in test_logging.py). PostgreSQL
+# itself replaces such bytes in application_name, so they reach
+# pg_stat_activity through the role name, which explain prints the same way.
+HOSTILE = b"h\nE\x1b[31m\xc2\x9b\xff\xe2\x80\xa8\\z"
+HOSTILE_ESCAPED = "h\\x0aE\\x1b[31m\\xc2\\x9b\\xff\\u2028\\\\z"
+
+
+@pytest.fixture
+def hostile_session(pg):
+    plain = "hostile_" + uuid.uuid4().hex[:8]
+    su = pg.connect(user="postgres", dbname="postgres")
+    su.execute(f"CREATE ROLE {plain} LOGIN")
+    if not su.execute("SELECT 1 FROM pg_database WHERE datname = 'sqlascii'").fetchall():
+        su.execute("CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+                   "TEMPLATE template0")
+    long_app = "a-very-long-application-name-" + "x" * 20  # under NAMEDATALEN
+    conn = pg.connect(user=plain, dbname="appdb", application_name=long_app)
+    admin = pg.connect(user="postgres", dbname="sqlascii")
+    admin.execute(b'ALTER ROLE ' + plain.encode() + b' RENAME TO "' + HOSTILE + b'"')
+    try:
+        yield conn, long_app
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+        with contextlib.suppress(Exception):
+            admin.execute(b'DROP ROLE "' + HOSTILE + b'"')
+
+
+def test_hostile_names(pg, sweeper, hostile_session):
+    conn, long_app = hostile_session
+    pid = conn.info.backend_pid
+    rules = "      - {name: idle, max_idle: 1h}\n"
+    cfg = "servers:\n" + server_block("main", pg.conninfo(user="pgsweeper", dbname="postgres"), rules)
+
+    r = sweeper.run_once(cfg, "--explain", "--json")
+    assert r.returncode == 0, r.stderr
+    raw = r.stdout.encode()
+    rows = json.loads(raw.decode("utf-8", errors="strict"))
+    row = by_pid(rows)[pid]
+    assert row["user"] == HOSTILE_ESCAPED, row
+    assert row["application"] == long_app, "the full name stays in --json"
+    assert row["verdict"] == "next"
+
+    p = sweeper.run_once(cfg, "--explain")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    for i, ch in enumerate(out):
+        assert ch == "\n" or not (ord(ch) < 0x20 or 0x7f <= ord(ch) <= 0x9f or ch in "\u2028\u2029"), \
+            f"raw control {ch!r} at {i}: {out!r}"
+    line = [l for l in out.splitlines() if f"  {pid}  " in l]
+    assert len(line) == 1, out
+    # cut on whole escapes, the full value only in --json
+    assert "  h\\x0aE\\x1b[31m\u2026  " in line[0], line[0]
+    assert "  a-very-long-applica\u2026  " in line[0], line[0]
+
+
+def test_several_servers_one_down(pg, sweeper):
+    conn = pg.connect(user="app", application_name="multi")
+    pid = conn.info.backend_pid
+    conninfo = pg.conninfo(user="pgsweeper", dbname="postgres")
+    down = f"host=127.0.0.1 port={free_tcp_port()} dbname=postgres user=pgsweeper connect_timeout=2"
+    rules = "      - {name: idle, max_idle: 1h}\n"
+    cfg = ("servers:\n" + server_block("main", conninfo, rules) + server_block("mirror", conninfo, rules)
+           + server_block("down", down, rules))
+
+    rows, r = explain_json(sweeper, cfg, expect=1)
+    assert "down" in r.stderr and "cannot connect" in r.stderr, r.stderr
+    assert {row["server"] for row in rows} == {"main", "mirror"}
+    assert pid in by_pid(rows, "main") and pid in by_pid(rows, "mirror")
+    text = explain(sweeper, cfg, expect=1).stdout
+    assert any(l.startswith("main ") and f"  {pid}  " in l for l in text.splitlines()), text
+
+    rows, _ = explain_json(sweeper, cfg, "--server", "mirror")
+    assert rows and {row["server"] for row in rows} == {"mirror"}
+    assert pid in by_pid(rows, "mirror")
+    rows, r = explain_json(sweeper, cfg, "--server", "down", expect=1)
+    assert rows == []
+    r = explain(sweeper, cfg, "--server", "nowhere", expect=2)
+    assert "nowhere" in r.stderr
+    assert_connection_alive(conn)
+
+
+def test_command_line_errors(pg, sweeper):
+    cfg = "servers:\n" + server_block("main", pg.conninfo(user="pgsweeper", dbname="postgres"),
+                                      "      - {name: idle, max_idle: 1h}\n")
+    for args in (["--json"], ["--server", "main"], ["--explain", "--once"]):
+        r = sweeper.run_once(cfg, *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert r.stdout == "", (args, r.stdout)
+    r = sweeper.run_once("servers: [\n", "--explain", "--json")
+    assert r.returncode == 78, r.stderr
+    assert r.stdout == ""
