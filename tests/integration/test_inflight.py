@@ -178,3 +178,33 @@ def test_two_reloads_during_an_escalation(pg, sweeper, proxy_factory):
     # due 3 s after the cancel; polls every 200 ms, so at most a few hundred ms late
     waited = t_dead - t_cancel
     assert 2.9 <= waited < 4.0 * (1.5 if SLOW else 1), f"escalated {waited:.2f}s after the cancel"
+
+
+def test_shadow_memory_survives_two_reloads_around_an_action(pg, sweeper, proxy_factory):
+    """A shadow (log-only) decision is remembered so that it is logged once
+    per crossing. Made in a cycle whose action was in flight during a reload,
+    it used to point into the freed configuration: a second reload read it.
+    It must survive both reloads, and still be logged exactly once."""
+    proxy = proxy_factory(pg, mode="delay", seconds=0.6)
+    watched = pg.connect(application_name="watched")
+    pids = idle_victims(pg, 3)
+    rules = (idle_rule("1s") + "        applications: [victim-*]\n"
+             + "      - {name: watch, max_idle: 1s, action: log, applications: [watched]}\n")
+    conf = yaml_config([("main", proxy.conninfo())], rules, interval="200ms")
+    proc = sweeper.start_daemon(conf, "--log-target", "stderr")
+    path = sweeper.tmp_path / f"pgsweeper-{sweeper._n}.yaml"
+    assert proxy.triggered.wait(15), "pgsweeper never sent its action"
+    path.write_text(yaml_config([("main", proxy.conninfo())], rules + "      - {name: extra, max_idle: 1h}\n",
+                                interval="200ms"))
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.2)         # the action's answer arrived; several polls since
+    path.write_text(yaml_config([("main", proxy.conninfo())], rules + "      - {name: extra2, max_idle: 2h}\n",
+                                interval="200ms"))
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert proc.poll() is None, proc.stderr.read()
+    assert stop_process(proc) == 0
+    err = proc.stderr.read()
+    assert set(terminated(err)) == pids, err
+    logged = [l for l in err.splitlines() if l.startswith(f"main: log-only: pid {watched.info.backend_pid} ")]
+    assert len(logged) == 1, err
