@@ -69,6 +69,20 @@ def idle_rule(max_idle="2s", action="terminate", name="idle-sessions", extra="")
             f"        action: {action}\n{extra}")
 
 
+# A query that shrugs off every cancel: only a terminate ends it.
+ESCALATION_SQL = """
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    BEGIN
+      PERFORM pg_sleep(0.1);
+    EXCEPTION WHEN query_canceled THEN
+      NULL;   -- shrug off the cancel and keep going
+    END;
+  END LOOP;
+END $$"""
+
+
 class ActiveQuery:
     """Runs a long query on conn in a thread (the session stays 'active')."""
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import SLOW, stop_process, wait_until
-from pgs_helpers import ActiveQuery, idle_rule, yaml_config
+from pgs_helpers import ESCALATION_SQL, ActiveQuery, idle_rule, yaml_config
 from tcpproxy import TcpProxy
 
 # A fragment only pgsweeper's action statement carries.
@@ -127,19 +127,6 @@ def test_reload_that_drops_the_server_finishes_the_cycle(pg, sweeper, proxy_fact
     err = proc.stderr.read()
     assert "configuration reloaded" in err, err
     assert set(terminated(err)) == pids, err
-
-
-ESCALATION_SQL = """
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    BEGIN
-      PERFORM pg_sleep(0.1);
-    EXCEPTION WHEN query_canceled THEN
-      NULL;   -- shrug off the cancel and keep going
-    END;
-  END LOOP;
-END $$"""
 
 
 def test_two_reloads_during_an_escalation(pg, sweeper, proxy_factory):

@@ -8,7 +8,7 @@ import time
 import psycopg
 import pytest
 
-from pgs_helpers import ActiveQuery, assert_connection_alive, assert_connection_dead
+from pgs_helpers import ESCALATION_SQL, ActiveQuery, assert_connection_alive, assert_connection_dead
 
 ONCE = ("--once", "--log-target", "stderr")
 
@@ -60,19 +60,6 @@ def test_query_duration_cancel_keeps_the_connection(pg, sweeper):
     assert q.error.sqlstate == "57014"
     assert_connection_alive(conn)
     assert any(l.startswith(f"main: cancelled pid {q.pid} ") and "query running" in l for l in lines_for(err, q.pid)), err
-
-
-ESCALATION_SQL = """
-DO $$
-BEGIN
-  FOR i IN 1..600 LOOP
-    BEGIN
-      PERFORM pg_sleep(0.1);
-    EXCEPTION WHEN query_canceled THEN
-      NULL;   -- shrug off the cancel and keep going
-    END;
-  END LOOP;
-END $$"""
 
 
 def test_escalation_terminates_a_query_that_ignores_cancel(pg, sweeper):
