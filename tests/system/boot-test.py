@@ -22,6 +22,8 @@ a configuration with one enforcing rule, then check (each prints "ok:"):
             session); a broken file fails the reload, the same process keeps
             enforcing the old rules
  watchdog   SIGSTOP of the main process: "Watchdog timeout", a new main process
+ startlimit a broken file plus systemctl restart ends in the start limit; once
+            fixed, start is refused until systemctl reset-failed (pgsweeper(8))
  stop       systemctl stop exits 0 in under 2 s, status 0
  ipdeny     IPAddressDeny=any alone: the server over 127.0.0.1 stays down (the
             filter is really applied); plus IPAddressAllow=localhost: pgsweeper
@@ -469,6 +471,36 @@ def check_watchdog(ct):
     ct.run("systemctl", "daemon-reload")
 
 
+def check_start_limit(ct):
+    """What pgsweeper(8) says: a broken file plus systemctl restart fails, is
+    retried every RestartSec= into the start limit, and once the file is
+    fixed, start is refused until systemctl reset-failed."""
+    ct.write(CONFIG, "servers: [\n")
+    ct.run("systemctl", "reset-failed", "pgsweeper", check=False, quiet=True)
+    cursor = ct.cursor()
+    r = ct.run("systemctl", "restart", "pgsweeper", check=False)
+    check(r.returncode != 0, f"broken file: systemctl restart fails (exit {r.returncode})")
+    t0 = time.monotonic()
+
+    def limit_hit():
+        # systemd 252 keeps Result=exit-code here; the journal names the limit
+        return any(e.get("_PID") == "1" and e.get("UNIT") == "pgsweeper.service"
+                   and "Start request repeated too quickly" in e.get("MESSAGE", "")
+                   for e in ct.journal(cursor=cursor))
+    wait_for(limit_hit, 60, "'Start request repeated too quickly'", interval=1)
+    s = ct.show("ActiveState", "NRestarts")
+    check(s["ActiveState"] == "failed",
+          f"retried every RestartSec= into the start limit after {time.monotonic() - t0:.0f}s ({s})")
+    ct.write(CONFIG, config("idle-app", "4s"))
+    r = ct.run("systemctl", "start", "pgsweeper", check=False)
+    s = ct.show("ActiveState", "Result")
+    check(r.returncode != 0 and s["ActiveState"] != "active",
+          f"file fixed, but systemctl start is refused until reset-failed (exit {r.returncode}, {s})")
+    ct.run("systemctl", "reset-failed", "pgsweeper")
+    ct.run("systemctl", "start", "pgsweeper")
+    check(ct.show("ActiveState")["ActiveState"] == "active", "after systemctl reset-failed, start works")
+
+
 def check_stop(ct):
     restart(ct)
     t0 = time.monotonic()
@@ -550,8 +582,8 @@ def main():
         log(f"boot took {time.monotonic() - t0:.1f}s")
         check_install(ct)
         setup_database(ct)
-        for step in (check_start, check_enforce_and_journal, check_reload, check_watchdog, check_stop,
-                     check_ip_address_deny):
+        for step in (check_start, check_enforce_and_journal, check_reload, check_watchdog, check_start_limit,
+                     check_stop, check_ip_address_deny):
             log(f"== {step.__name__}")
             step(ct)
     except Skip as e:
