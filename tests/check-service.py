@@ -11,7 +11,9 @@ verify    systemd-analyze verify on the unit installed into a temp root (with
           the binary and the man pages, so ExecStart= and Documentation= are
           checked too): exit 0 and no output at all.
 install   meson install --destdir lays out every file, the installed config
-          passes --check with the installed binary, the man pages are roff.
+          is the safe default and passes --check with the installed binary,
+          the every-key file is an example under share/doc, the man pages
+          are roff.
 catalog   every MESSAGE_ID of include/message-ids.h has exactly one catalog
           entry with Subject/Defined-By/Support and a text, no entry is
           unknown, every @FIELD@ is a field pgsweeper logs, and the file loads
@@ -189,11 +191,15 @@ def cmd_install(src, build, meson):
         binary = dest + os.path.join(o["sbindir"], "pgsweeper")
         check(os.path.isfile(binary) and os.access(binary, os.X_OK), f"binary installed: {o['sbindir']}/pgsweeper")
         config = os.path.join(o["sysconfdir"], "pgsweeper", "pgsweeper.yaml")
-        with open(os.path.join(src, "conf", "pgsweeper.yaml"), "rb") as f:
+        with open(os.path.join(src, "conf", "pgsweeper-default.yaml"), "rb") as f:
             shipped = f.read()
         check(os.path.isfile(dest + config), f"default configuration installed: {config}")
         with open(dest + config, "rb") as f:
-            check(f.read() == shipped, "installed configuration is conf/pgsweeper.yaml")
+            check(f.read() == shipped, "installed configuration is the safe default conf/pgsweeper-default.yaml")
+        example = dest + os.path.join(o["prefix"], "share/doc/pgsweeper/examples/pgsweeper.yaml")
+        with open(os.path.join(src, "conf", "pgsweeper.yaml"), "rb") as a:
+            check(os.path.isfile(example) and open(example, "rb").read() == a.read(),
+                  "the every-key conf/pgsweeper.yaml is installed under share/doc/pgsweeper/examples")
         r = run([binary, "--check", "-c", dest + config])
         check(r.returncode == 0 and r.stdout == "configuration OK\n",
               f"installed binary accepts the installed configuration ({r.returncode}: {r.stdout}{r.stderr})")
@@ -225,7 +231,7 @@ def cmd_install(src, build, meson):
                 check(r.returncode == 0 and r.stderr.strip() == "" and name in r.stdout,
                       f"{name}.{section} renders at 80 columns without a troff warning {r.stderr.strip()!r}")
 
-        expected = {binary, dest + config, dest + unit, dest + catalog} | {
+        expected = {binary, dest + config, example, dest + unit, dest + catalog} | {
             dest + os.path.join(o["mandir"], "man" + sec, f"{n}.{sec}") for n, sec in pages}
         installed = {os.path.join(d, f) for d, _, fs in os.walk(dest) for f in fs}
         print("installed:", *sorted(p[len(dest):] for p in installed), sep="\n  ")

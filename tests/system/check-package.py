@@ -1,0 +1,132 @@
+#!/usr/bin/python3
+"""What the Debian package ships, read from the built .deb itself.
+
+    check-package.py SOURCE_DIR [DEB]
+
+DEB defaults to $PGSWEEPER_DEB; without either, tools/build-deb builds one
+into a temp dir. Checks:
+- the file list: binary, unit, catalog, both man pages, the examples file, the
+  configuration as the one conffile;
+- the installed /etc/pgsweeper/pgsweeper.yaml is conf/pgsweeper-default.yaml
+  and is safe, as the packaged binary itself reads it (--check, then --dump
+  parsed as YAML): one server, the local one over /run/postgresql, every rule
+  a shadow rule (dry_run: true), no metrics file or one under /run/pgsweeper;
+- /usr/share/doc/pgsweeper/examples/pgsweeper.yaml is conf/pgsweeper.yaml;
+- the package version is meson.build's project version and the binary's.
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+CONFIG = "/etc/pgsweeper/pgsweeper.yaml"
+
+
+class Failed(Exception):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Failed(what)
+    print("ok:", what)
+
+
+def run(cmd, **kw):
+    print("+", " ".join(cmd))
+    return subprocess.run(cmd, capture_output=True, text=True, **kw)
+
+
+def find_deb(src, tmp):
+    deb = sys.argv[2] if len(sys.argv) > 2 else os.environ.get("PGSWEEPER_DEB", "")
+    if deb:
+        return deb
+    r = subprocess.run(["bash", os.path.join(src, "tools", "build-deb"), tmp], stdout=subprocess.PIPE, text=True)
+    check(r.returncode == 0, "tools/build-deb built the package")
+    return r.stdout.strip().splitlines()[-1]
+
+
+def gunzip_text(path):
+    import gzip
+    with gzip.open(path, "rt") as f:
+        return f.read()
+
+
+def main():
+    src = sys.argv[1]
+    with tempfile.TemporaryDirectory(prefix="pgsweeper-deb.") as tmp:
+        deb = find_deb(src, os.path.join(tmp, "build"))
+        check(os.path.isfile(deb), f"package exists: {deb}")
+        arch = run(["dpkg-architecture", "-qDEB_HOST_ARCH"]).stdout.strip()
+        meson_version = re.search(r"version\s*:\s*'([^']+)'", open(os.path.join(src, "meson.build")).read()).group(1)
+        check(os.path.basename(deb) == f"pgsweeper_{meson_version}_{arch}.deb",
+              f"file name is pgsweeper_<meson version {meson_version}>_<{arch}>.deb: {os.path.basename(deb)}")
+        fields = run(["dpkg-deb", "-f", deb, "Package", "Version"]).stdout
+        check(f"Version: {meson_version}\n" in fields, f"package version is {meson_version}")
+
+        root = os.path.join(tmp, "root")
+        check(run(["dpkg-deb", "-x", deb, root]).returncode == 0, "dpkg-deb -x extracts it")
+        ctl = os.path.join(tmp, "control")
+        check(run(["dpkg-deb", "-e", deb, ctl]).returncode == 0, "dpkg-deb -e extracts the control files")
+        with open(os.path.join(ctl, "conffiles")) as f:
+            conffiles = f.read().split()
+        check(conffiles == [CONFIG], f"the one conffile is {CONFIG} ({conffiles})")
+        postinst = open(os.path.join(ctl, "postinst")).read()
+        check("deb-systemd-helper enable 'pgsweeper.service'" in postinst, "postinst enables the unit (dh_installsystemd)")
+
+        files = {os.path.join(d, f)[len(root):] for d, _, fs in os.walk(root) for f in fs}
+        print("files:", *sorted(files), sep="\n  ")
+        for path in ("/usr/sbin/pgsweeper", CONFIG, "/lib/systemd/system/pgsweeper.service",
+                     "/usr/lib/systemd/catalog/pgsweeper.catalog", "/usr/share/man/man8/pgsweeper.8.gz",
+                     "/usr/share/man/man5/pgsweeper.yaml.5.gz", "/usr/share/doc/pgsweeper/copyright"):
+            check(path in files, f"ships {path}")
+        examples = [p for p in files if p.startswith("/usr/share/doc/pgsweeper/examples/pgsweeper.yaml")]
+        check(len(examples) == 1, f"ships the every-key example under /usr/share/doc/pgsweeper/examples ({examples})")
+        example = root + examples[0]
+        text = gunzip_text(example) if example.endswith(".gz") else open(example).read()
+        check(text == open(os.path.join(src, "conf", "pgsweeper.yaml")).read(), "the example is conf/pgsweeper.yaml")
+        for page in ("man8/pgsweeper.8.gz", "man5/pgsweeper.yaml.5.gz"):
+            check(gunzip_text(root + "/usr/share/man/" + page).lstrip().startswith((".TH", ".\\\"", "'\\\"")),
+                  f"{page} is a roff page")
+
+        config = root + CONFIG
+        check(open(config).read() == open(os.path.join(src, "conf", "pgsweeper-default.yaml")).read(),
+              "the shipped configuration is conf/pgsweeper-default.yaml")
+        binary = root + "/usr/sbin/pgsweeper"
+        r = run([binary, "--version"])
+        check(r.returncode == 0 and r.stdout.split()[:2] == ["pgsweeper", meson_version],
+              f"the packaged binary runs and is version {meson_version} ({r.stdout.strip()})")
+        r = run([binary, "--check", "-c", config])
+        check(r.returncode == 0 and r.stdout == "configuration OK\n" and r.stderr == "",
+              f"the packaged binary accepts the shipped configuration without a warning ({r.stdout}{r.stderr})")
+        r = run([binary, "--dump", "-c", config])
+        check(r.returncode == 0, "--dump of the shipped configuration works")
+        print(r.stdout)
+        dump = yaml.safe_load(r.stdout)
+        servers = dump.get("servers") or []
+        check(len(servers) == 1, f"exactly one server ({[s.get('name') for s in servers]})")
+        conninfo = dict(re.findall(r"(\w+)='((?:[^'\\]|\\.)*)'", servers[0]["conninfo"]))
+        check(conninfo.get("host") == "/run/postgresql" and "hostaddr" not in conninfo and "service" not in conninfo
+              and "port" not in conninfo,
+              f"the server is the local one over /run/postgresql ({conninfo})")
+        rules = [(s["name"], r) for s in servers for r in s.get("rules") or []]
+        check(len(rules) >= 1, f"there are rules to shadow ({len(rules)})")
+        for server, rule in rules:
+            check(rule.get("dry_run") is True, f"{server}/{rule['name']}: dry_run: true (a shadow rule)")
+        metrics = dump.get("metrics_file")
+        check(metrics is None or (os.path.normpath(metrics).startswith("/run/pgsweeper/")),
+              f"no metrics file, or one under /run/pgsweeper ({metrics})")
+        unit = open(root + "/lib/systemd/system/pgsweeper.service").read()
+        check(f"\nExecStart=/usr/sbin/pgsweeper -c {CONFIG} " in unit,
+              "the packaged unit runs /usr/sbin/pgsweeper on the shipped configuration")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Failed as e:
+        print(f"FAIL: {e}", file=sys.stderr)
+        sys.exit(1)
