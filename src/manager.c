@@ -383,6 +383,7 @@ int manager_run(const struct manager_options *opts, struct config *config) {
                 log_event(LOG_INFO, MESSAGE_ID_STARTED, NULL, "pgsweeper %s started, servers: %zu%s", PACKAGE_VERSION,
                           m.n_servers, m.config->dry_run || opts->dry_run ? " (dry run)" : "");
                 sd_notify(0, "READY=1");
+                notify_status(&m);      /* "0/N servers up" until the first one answers */
         }
         r = sd_event_loop(m.event);
         if (r < 0)

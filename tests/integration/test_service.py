@@ -93,6 +93,8 @@ def test_notify_sequence_and_watchdog(pg, sweeper, tmp_path):
     assert int(reloading["MONOTONIC_USEC"]) > 0, reloading
     # STATUS= carries a live summary once the server was polled
     statuses = [f["STATUS"] for _, f in notify.messages if "STATUS" in f]
+    # one right at READY, before any server answered, then a live summary
+    assert statuses and statuses[0] == "0/1 servers up, 0 sessions ended", statuses
     assert any(s.startswith("1/1 servers up") for s in statuses), statuses
     # watchdog pings at least every half period (0.2 s) while running
     pings = [t for t, f in notify.messages if "WATCHDOG" in f]
