@@ -102,6 +102,7 @@ struct server_state {
         /* the cycle in flight */
         uint64_t poll_started;          /* CLOCK_MONOTONIC, read when the snapshot is sent */
         uint64_t poll_usec;             /* from sending the snapshot to the end of the judgement */
+        uint64_t snap_received;         /* CLOCK_MONOTONIC, when its answer was read */
         struct snapshot snap;
         struct judgement judgement;
         struct action_batch batch;

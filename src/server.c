@@ -603,18 +603,23 @@ static bool log_cycle(struct server_state *s, const char *unknown_why) {
 /* The next poll: when the first session a rule can act on crosses a limit,
  * but no later than the gap (interval, or the smallest limit that acts, so
  * a session that appears meanwhile is seen before it crosses) and never
- * sooner than min_interval. */
+ * sooner than min_interval after this one. The deadline is on the server's
+ * clock, whose now() was read somewhere between sending the snapshot and
+ * receiving it: counted from the receipt, the poll is never early (an early
+ * poll would find the session just short of its limit and the next one
+ * could only come min_interval later), and late by at most a round trip. */
 static void cycle_complete(struct server_state *s) {
         const struct judgement *j = &s->judgement;
-        uint64_t delay = (uint64_t) policy_poll_gap_ms(s->server, s->config->min_interval_ms) * USEC_PER_MSEC;
-        uint64_t min_delay = (uint64_t) s->config->min_interval_ms * USEC_PER_MSEC;
+        uint64_t at = s->poll_started +
+                      (uint64_t) policy_poll_gap_ms(s->server, s->config->min_interval_ms) * USEC_PER_MSEC;
+        uint64_t earliest = s->poll_started + (uint64_t) s->config->min_interval_ms * USEC_PER_MSEC;
         bool eventful = log_cycle(s, NULL) || s->fresh;
 
         if (j->next_deadline != INT64_MAX && s->snap.now != TS_NULL && j->next_deadline > s->snap.now &&
-            (uint64_t) (j->next_deadline - s->snap.now) < delay)
-                delay = (uint64_t) (j->next_deadline - s->snap.now);
-        if (delay < min_delay)
-                delay = min_delay;
+            s->snap_received + (uint64_t) (j->next_deadline - s->snap.now) < at)
+                at = s->snap_received + (uint64_t) (j->next_deadline - s->snap.now);
+        if (at < earliest)
+                at = earliest;
 
         cycle_reset(s);
         s->phase = PHASE_READY;
@@ -624,8 +629,8 @@ static void cycle_complete(struct server_state *s) {
         if (!wind_down(s) && !manager_options(s->manager)->once) {
                 /* New rules from a reload during the cycle apply at once. */
                 if (take_next_config(s))
-                        delay = 0;
-                schedule(s, s->poll_started + delay);
+                        at = s->poll_started;
+                schedule(s, at);
         }
         manager_cycle_done(s->manager, s, false, eventful);
 }
@@ -686,6 +691,7 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
                 server_fail(s, "snapshot", "unexpected result shape");
                 return;
         }
+        s->snap_received = loop_usec(s);
         in.n_own = manager_own_sessions(s->manager, s, &own);
         in.own = own;
         watch_earlier_actions(s);
