@@ -41,10 +41,12 @@ struct addr_list {
         bool given;
 };
 
-/* The filter keys of a rule, or an exempt block. */
+/* The filter keys of a rule, or an exempt block. queries match the
+ * session's query text (its first 1024 bytes), read only for candidates. */
 struct filter {
         struct name_list users, databases, applications;
         struct addr_list client_addresses;
+        struct name_list queries;
         bool set;                   /* at least one key given */
 };
 
@@ -88,6 +90,11 @@ bool filter_matches(const struct filter *f, const struct snapshot_row *row);
  * server and rule blocks are additive: a session is exempt from a rule when
  * any of the three exempts it. */
 bool filter_exempts(const struct filter *exempt, const struct snapshot_row *row);
+
+/* Query text globs (queries) need the text of the sessions they judge. */
+static inline bool filter_uses_query(const struct filter *f) {
+        return f->queries.given;
+}
 
 /* Free what the filter owns and zero it. */
 void filter_done(struct filter *f);

@@ -47,12 +47,13 @@ void pg_identity_done(struct pg_identity *id);
 struct snapshot_request {
         bool with_query;
         bool superusers;                     /* terminate_superusers: send them too */
+        bool lock_waiters;                   /* send every session waiting for a lock */
         int64_t bound_ms[_LIMIT_MAX];        /* send rows at least this far into the limit; -1: no rule */
         const int32_t *pids;                 /* always send these (escalations) */
         size_t n_pids;
 };
 
-#define SNAPSHOT_PARAMS 8
+#define SNAPSHOT_PARAMS 10
 struct snapshot_params {
         char *values[SNAPSHOT_PARAMS];
 };

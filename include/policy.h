@@ -32,15 +32,20 @@ struct snapshot_row {
         int64_t state_change;
         int64_t query_start;
         int64_t xact_start;
+        int64_t xmin_age;           /* greatest(age(backend_xmin), age(backend_xid)); -1: holds none */
+        bool lock_waiting;          /* wait_event_type = 'Lock' */
         const char *user;           /* never NULL: "" when NULL */
         const char *database;
         const char *application;
         const char *client_addr;    /* "local" for Unix sockets, "" when unknown */
-        const char *query;          /* NULL unless log_query */
+        const char *query;          /* NULL unless asked for (log_query, or a queries filter) */
 };
 
 struct snapshot {
         int64_t now;                /* server clock when the snapshot was taken */
+        bool role_known;            /* the statement said whether the server is in recovery */
+        bool in_recovery;           /* pg_is_in_recovery(): a standby */
+        size_t n_lock_waiting;      /* rows waiting for a heavyweight lock */
         struct snapshot_row *rows;
         size_t n_rows;
         char *strings;              /* one block holding every string of the rows */
@@ -56,6 +61,7 @@ struct decision {
         enum action action;
         bool dry_run;
         bool escalated;             /* terminate after a cancel the query ignored */
+        enum server_role server_role;  /* the server's role in that snapshot; ROLE_ANY: unknown */
 };
 
 struct judgement {
@@ -123,6 +129,11 @@ bool policy_is_own(const struct policy_input *in, const struct snapshot_row *row
  * and counted in n_capped. */
 void policy_judge(const struct policy_input *in, const struct snapshot *snap,
                   struct judgement *ret);
+
+/* Does the rule's role (primary, standby, any) match the server's in this snapshot? */
+bool rule_applies_to_role(const struct rule *rule, const struct snapshot *snap);
+/* Does any filter or exempt block of the server match query text? */
+bool policy_needs_query(const struct server *srv);
 
 /* Does the escalation still describe this row's running query? */
 bool escalation_matches(const struct escalation *e, const struct snapshot_row *row);

@@ -95,6 +95,10 @@ struct server_state {
         size_t n_ended;
         struct session_id *dying;
         size_t n_dying;
+        /* The server's role at the last poll that said it; ROLE_ANY: not seen
+         * yet. Kept across reconnects, so a node that comes back in the other
+         * role is one change. */
+        enum server_role role;
         /* Target roles a permission failure was already explained for. */
         char **denied_roles;
         size_t n_denied_roles;

@@ -39,6 +39,7 @@ static const char *const guard_columns[_LIMIT_MAX] = {
         [LIMIT_QUERY_DURATION] = "query_start",
         [LIMIT_TRANSACTION_AGE] = "xact_start",
         [LIMIT_SESSION_AGE] = "backend_start",
+        [LIMIT_XMIN_AGE] = "xact_start",
 };
 
 const char *limit_guard_column(enum limit_kind k) {

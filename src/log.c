@@ -71,8 +71,8 @@ bool log_to_journal(void) {
 /* Journal fields: a key and its value, raw (the value may hold any byte
  * but NUL: the native protocol carries newlines in a length-prefixed form). */
 struct fields {
-        const char *key[24];
-        char *value[24];
+        const char *key[32];
+        char *value[32];
         size_t n;
 };
 
@@ -500,6 +500,32 @@ void log_event(int priority, const char *message_id, const char *server, const c
         fields_free(&f);
 }
 
+void log_server_role(const char *server, enum server_role previous, enum server_role now) {
+        _cleanup_free_ char *raw = NULL, *line = NULL;
+        const char *what = now == ROLE_STANDBY ? "standby (in recovery)" : "primary";
+        struct fields f = {};
+        int priority = previous == ROLE_ANY ? LOG_INFO : LOG_NOTICE;
+
+        if (priority > max_priority)
+                return;
+        if ((previous == ROLE_ANY ? asprintf(&raw, "%s: server is a %s", server, what)
+                                  : asprintf(&raw, "%s: server role changed from %s to %s", server,
+                                             server_role_to_string(previous), what)) < 0)
+                return;
+        line = escape_string(raw);
+        field_add(&f, "MESSAGE", "%s", line);
+        field_add(&f, "PRIORITY", "%d", priority);
+        /* The first sighting is not a change: it has no MESSAGE_ID of its own. */
+        if (previous != ROLE_ANY) {
+                field_add(&f, "MESSAGE_ID", "%s", MESSAGE_ID_ROLE_CHANGED);
+                field_add(&f, "PGSWEEPER_PREVIOUS_ROLE", "%s", server_role_to_string(previous));
+        }
+        field_add(&f, "PGSWEEPER_SERVER", "%s", server);
+        field_add(&f, "PGSWEEPER_SERVER_ROLE", "%s", server_role_to_string(now));
+        emit(&f, line, priority <= LOG_NOTICE);
+        fields_free(&f);
+}
+
 /* How the elapsed time of a limit reads in a sentence. */
 static const char *limit_phrase(const struct decision *d) {
         switch (d->limit) {
@@ -509,6 +535,8 @@ static const char *limit_phrase(const struct decision *d) {
                 return "transaction open";
         case LIMIT_SESSION_AGE:
                 return "session open";
+        case LIMIT_XMIN_AGE:
+                return "holds xmin";
         default:
                 return session_state_to_string(d->row->state);
         }
@@ -591,8 +619,15 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
         default:
                 snprintf(what, sizeof(what), "failed to %s pid %" PRId32, verb, row->pid);
         }
-        op = log_limit_comparison(d->elapsed_ms, d->rule->limit_ms[d->limit], elapsed);
-        duration_format(d->rule->limit_ms[d->limit], limit, sizeof(limit));
+        if (limit_is_duration(d->limit)) {
+                op = log_limit_comparison(d->elapsed_ms, d->rule->limit_ms[d->limit], elapsed);
+                duration_format(d->rule->limit_ms[d->limit], limit, sizeof(limit));
+        } else {
+                /* an age in transactions: "holds xmin 312 transactions old > max_xmin_age 200" */
+                op = d->elapsed_ms == d->rule->limit_ms[d->limit] ? ">=" : ">";
+                snprintf(elapsed, sizeof(elapsed), "%" PRId64 " transactions old", d->elapsed_ms);
+                snprintf(limit, sizeof(limit), "%" PRId64, d->rule->limit_ms[d->limit]);
+        }
         if (asprintf(&raw, "%s: %s (user %s, db %s, app %s, %s): %s %s %s %s %s [rule %s]%s%s", server, what,
                      *row->user ? row->user : "-", *row->database ? row->database : "-",
                      *row->application ? row->application : "-", *row->client_addr ? row->client_addr : "-",
@@ -616,8 +651,15 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
         field_add(&f, "PGSWEEPER_CLIENT_ADDR", "%s", row->client_addr);
         field_add(&f, "PGSWEEPER_STATE", "%s", session_state_to_string(row->state));
         field_add(&f, "PGSWEEPER_LIMIT", "%s", limit_kind_to_string(d->limit));
-        field_add(&f, "PGSWEEPER_LIMIT_MS", "%" PRId64, d->rule->limit_ms[d->limit]);
-        field_add(&f, "PGSWEEPER_ELAPSED_MS", "%" PRId64, d->elapsed_ms);
+        if (limit_is_duration(d->limit)) {
+                field_add(&f, "PGSWEEPER_LIMIT_MS", "%" PRId64, d->rule->limit_ms[d->limit]);
+                field_add(&f, "PGSWEEPER_ELAPSED_MS", "%" PRId64, d->elapsed_ms);
+        } else {
+                field_add(&f, "PGSWEEPER_LIMIT_VALUE", "%" PRId64, d->rule->limit_ms[d->limit]);
+                field_add(&f, "PGSWEEPER_XMIN_AGE", "%" PRId64, d->elapsed_ms);
+        }
+        field_add(&f, "PGSWEEPER_SERVER_ROLE", "%s",
+                  d->server_role == ROLE_ANY ? "unknown" : server_role_to_string(d->server_role));
         if (d->escalated)
                 field_add(&f, "PGSWEEPER_ESCALATED", "1");
         if (row->query)

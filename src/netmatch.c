@@ -264,6 +264,8 @@ bool filter_matches(const struct filter *f, const struct snapshot_row *row) {
                 return false;
         if (f->client_addresses.given && !addr_list_matches(&f->client_addresses, row->client_addr))
                 return false;
+        if (f->queries.given && !(row->query && name_list_matches(&f->queries, row->query)))
+                return false;
         return true;
 }
 
@@ -271,7 +273,8 @@ bool filter_exempts(const struct filter *exempt, const struct snapshot_row *row)
         return name_list_matches(&exempt->users, row->user) ||
                name_list_matches(&exempt->databases, row->database) ||
                name_list_matches(&exempt->applications, row->application) ||
-               addr_list_matches(&exempt->client_addresses, row->client_addr);
+               addr_list_matches(&exempt->client_addresses, row->client_addr) ||
+               (row->query && name_list_matches(&exempt->queries, row->query));
 }
 
 static void name_list_done(struct name_list *l) {
@@ -287,6 +290,7 @@ void filter_done(struct filter *f) {
         name_list_done(&f->users);
         name_list_done(&f->databases);
         name_list_done(&f->applications);
+        name_list_done(&f->queries);
         free(f->client_addresses.masks);
         *f = (struct filter) {};
 }
@@ -310,11 +314,13 @@ bool filter_includes(const struct filter *wide, const struct filter *narrow) {
                (!wide->databases.given || name_list_equal(&wide->databases, &narrow->databases)) &&
                (!wide->applications.given || name_list_equal(&wide->applications, &narrow->applications)) &&
                (!wide->client_addresses.given ||
-                addr_list_equal(&wide->client_addresses, &narrow->client_addresses));
+                addr_list_equal(&wide->client_addresses, &narrow->client_addresses)) &&
+               (!wide->queries.given || name_list_equal(&wide->queries, &narrow->queries));
 }
 
 bool filter_equal(const struct filter *a, const struct filter *b) {
         return name_list_equal(&a->users, &b->users) && name_list_equal(&a->databases, &b->databases) &&
                name_list_equal(&a->applications, &b->applications) &&
-               addr_list_equal(&a->client_addresses, &b->client_addresses);
+               addr_list_equal(&a->client_addresses, &b->client_addresses) &&
+               name_list_equal(&a->queries, &b->queries);
 }

@@ -49,7 +49,7 @@ int64_t policy_poll_gap_ms(const struct server *srv, int64_t min_interval_ms) {
                 if (r->action == ACTION_LOG)
                         continue;
                 for (enum limit_kind k = 0; k < _LIMIT_MAX; k++)
-                        if (r->limit_ms[k] > 0 && r->limit_ms[k] < gap)
+                        if (limit_is_duration(k) && r->limit_ms[k] > 0 && r->limit_ms[k] < gap)
                                 gap = r->limit_ms[k];
         }
         return gap < min_interval_ms ? min_interval_ms : gap;
@@ -68,6 +68,8 @@ int64_t limit_since(enum limit_kind k, const struct snapshot_row *row) {
                 return row->xact_start;
         case LIMIT_SESSION_AGE:
                 return row->backend_start;
+        case LIMIT_XMIN_AGE:
+                return row->xmin_age >= 0 ? row->xact_start : TS_NULL;   /* not a clock: what the guard checks */
         default:
                 return TS_NULL;
         }
@@ -133,6 +135,23 @@ static bool stronger(const struct decision *a, const struct decision *b) {
         return a->action > b->action;
 }
 
+/* role: primary|standby applies only while the server is in that role; an
+ * unknown role (no answer) matches only role: any. */
+bool rule_applies_to_role(const struct rule *rule, const struct snapshot *snap) {
+        if (rule->role == ROLE_ANY)
+                return true;
+        return snap->role_known && snap->in_recovery == (rule->role == ROLE_STANDBY);
+}
+
+bool policy_needs_query(const struct server *srv) {
+        if ((srv->global_exempt && filter_uses_query(srv->global_exempt)) || filter_uses_query(&srv->exempt))
+                return true;
+        for (size_t i = 0; i < srv->n_rules; i++)
+                if (filter_uses_query(&srv->rules[i].filter) || filter_uses_query(&srv->rules[i].exempt))
+                        return true;
+        return false;
+}
+
 static int decision_cmp(const void *a, const void *b) {
         const struct decision *x = a, *y = b;
         /* The oldest offender first: furthest past its limit. */
@@ -159,20 +178,26 @@ static bool judge_rule(const struct policy_input *in, const struct snapshot *sna
                 }
                 *ret = (struct decision) { row, rule, LIMIT_QUERY_DURATION,
                                            snap->now >= row->query_start ? (snap->now - row->query_start) / 1000 : 0,
-                                           ACTION_TERMINATE, in->dry_run || rule->dry_run, true };
+                                           ACTION_TERMINATE, in->dry_run || rule->dry_run, true, ROLE_ANY };
                 return true;
         }
+        /* An age, not a time: checked at every poll, never planned. */
+        if (rule->limit_ms[LIMIT_XMIN_AGE] > 0 && row->xmin_age >= rule->limit_ms[LIMIT_XMIN_AGE])
+                d = (struct decision) { row, rule, LIMIT_XMIN_AGE, row->xmin_age, rule->action,
+                                        in->dry_run || rule->dry_run, false, ROLE_ANY };
         for (enum limit_kind k = 0; k < _LIMIT_MAX; k++) {
                 int64_t since = limit_since(k, row), elapsed_ms, limit = rule->limit_ms[k];
 
-                if (limit <= 0 || since == TS_NULL)
+                if (limit <= 0 || since == TS_NULL || !limit_is_duration(k))
                         continue;
                 elapsed_ms = snap->now >= since ? (snap->now - since) / 1000 : 0;
                 if (elapsed_ms >= limit) {
-                        /* Of several broken limits, name the one broken longest ago. */
-                        if (!d.rule || elapsed_ms - limit > d.elapsed_ms - rule->limit_ms[d.limit])
+                        /* Of several broken limits, name the one broken longest ago
+                         * (a broken time limit before an age: it says when). */
+                        if (!d.rule || d.limit == LIMIT_XMIN_AGE ||
+                            elapsed_ms - limit > d.elapsed_ms - rule->limit_ms[d.limit])
                                 d = (struct decision) { row, rule, k, elapsed_ms, rule->action,
-                                                        in->dry_run || rule->dry_run, false };
+                                                        in->dry_run || rule->dry_run, false, ROLE_ANY };
                 } else if (since <= INT64_MAX - limit * 1000 && since + limit * 1000 < *next)
                         *next = since + limit * 1000;
         }
@@ -199,7 +224,8 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                         const struct rule *rule = &srv->rules[r];
                         struct decision d;
 
-                        if (!filter_matches(&rule->filter, row) || filter_exempts(&rule->exempt, row))
+                        if (!rule_applies_to_role(rule, snap) || !filter_matches(&rule->filter, row) ||
+                            filter_exempts(&rule->exempt, row))
                                 continue;
                         if (judge_rule(in, snap, row, rule, &d, &next) && (!best.rule || stronger(&d, &best)))
                                 best = d;
@@ -208,6 +234,8 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                         out[n++] = best;
         }
 
+        for (size_t i = 0; i < n; i++)
+                out[i].server_role = !snap->role_known ? ROLE_ANY : snap->in_recovery ? ROLE_STANDBY : ROLE_PRIMARY;
         if (n > 1)
                 qsort(out, n, sizeof(*out), decision_cmp);
 

@@ -512,9 +512,17 @@ static bool role_denied_before(struct server_state *s, const char *role) {
 /* Log one decision: repeats of log-only and dry-run decisions are dropped
  * (returns false for those: nothing new happened), a permission failure is
  * explained once per target role, then debug. */
-static bool log_result(struct server_state *s, const struct decision *d, enum result r, struct reported *now,
+static bool log_result(struct server_state *s, const struct decision *judged, enum result r, struct reported *now,
                        size_t *n_now, const char *unknown_why) {
+        /* Query text read for a queries filter is logged only with log_query. */
+        struct snapshot_row row = *judged->row;
+        struct decision copy = *judged;
+        const struct decision *d = &copy;
         char hint[256];
+
+        if (!s->config->log_query)
+                row.query = NULL;
+        copy.row = &row;
 
         if (r == RESULT_LOGGED || r == RESULT_DRY_RUN) {
                 struct reported k = reported_key(d);
@@ -664,6 +672,20 @@ static void watch_earlier_actions(struct server_state *s) {
         s->n_ended = 0;
 }
 
+/* pg_is_in_recovery() as this poll saw it: a change is one entry. */
+static void track_role(struct server_state *s) {
+        enum server_role now;
+
+        if (!s->snap.role_known)
+                return;
+        now = s->snap.in_recovery ? ROLE_STANDBY : ROLE_PRIMARY;
+        metrics_set_in_recovery(manager_metrics(s->manager), name(s), s->snap.in_recovery);
+        if (now == s->role)
+                return;
+        log_server_role(name(s), s->role, now);
+        s->role = now;
+}
+
 static void on_snapshot_done(struct server_state *s, PGresult *res) {
         _cleanup_free_ struct session_id *own = NULL;
         struct policy_input in = {
@@ -680,6 +702,7 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
                 server_fail(s, "snapshot", "unexpected result shape");
                 return;
         }
+        track_role(s);
         in.n_own = manager_own_sessions(s->manager, s, &own);
         in.own = own;
         watch_earlier_actions(s);
@@ -701,7 +724,9 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
 
 static void server_poll(struct server_state *s) {
         _cleanup_free_ int32_t *pids = xcalloc(s->n_escalations + 1, sizeof(int32_t));
-        struct snapshot_request req = { .with_query = s->config->log_query, .pids = pids };
+        struct snapshot_request req = {
+                .with_query = s->config->log_query || policy_needs_query(s->server), .pids = pids,
+        };
         struct snapshot_params params;
 
         for (size_t i = 0; i < s->n_escalations; i++)

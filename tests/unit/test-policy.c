@@ -480,6 +480,79 @@ static void test_escalation(void) {
         config_free(c);
 }
 
+/* role: primary|standby against the snapshot's pg_is_in_recovery(). */
+static void test_role(void) {
+        struct rule rules[3] = {
+                rule_make("any", LIMIT_IDLE, 1000, ACTION_LOG),
+                rule_make("primary", LIMIT_IDLE, 1000, ACTION_CANCEL),
+                rule_make("standby", LIMIT_IDLE, 1000, ACTION_TERMINATE),
+        };
+        struct server srv = { .name = (char *) "test", .rules = rules, .n_rules = 3 };
+        struct snapshot_row row = row_base(7, STATE_IDLE, 60);
+        struct snapshot snap = { .now = NOW, .rows = &row, .n_rows = 1 };
+        struct policy_input in = { .server = &srv };
+        struct judgement j;
+
+        rules[1].role = ROLE_PRIMARY;
+        rules[2].role = ROLE_STANDBY;
+        snap.role_known = true;
+        snap.in_recovery = false;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 1, "primary");
+        CHECK_STR(j.decisions[0].rule->name, "primary", "primary rule decides on a primary");
+        CHECK_INT(j.decisions[0].server_role, ROLE_PRIMARY, "decision carries the role");
+        judgement_free(&j);
+
+        snap.in_recovery = true;
+        policy_judge(&in, &snap, &j);
+        CHECK_STR(j.decisions[0].rule->name, "standby", "standby rule decides on a standby");
+        CHECK_INT(j.decisions[0].server_role, ROLE_STANDBY, "decision carries the role");
+        judgement_free(&j);
+
+        /* no answer: only role-less rules */
+        snap.role_known = false;
+        policy_judge(&in, &snap, &j);
+        CHECK_STR(j.decisions[0].rule->name, "any", "unknown role: role: any only");
+        CHECK_INT(j.decisions[0].server_role, ROLE_ANY, "unknown role");
+        judgement_free(&j);
+}
+
+/* max_xmin_age: an age, judged at every poll, never a deadline. */
+static void test_xmin_age(void) {
+        struct rule r = rule_make("horizon", LIMIT_XMIN_AGE, 200, ACTION_TERMINATE);
+        struct snapshot_row rows[4] = {
+                row_base(1, STATE_IDLE_IN_TRANSACTION, 5), row_base(2, STATE_IDLE_IN_TRANSACTION, 5),
+                row_base(3, STATE_IDLE, 5), row_base(4, STATE_ACTIVE, 5),
+        };
+        struct judgement j;
+
+        rows[0].xmin_age = 312;
+        rows[1].xmin_age = 199;
+        rows[2].xmin_age = -1;      /* holds none */
+        rows[3].xmin_age = 200;     /* reaching it is enough */
+        CHECK_INT(judge(&r, 1, rows, 4, false, NULL, 0, &j), 2, "xmin ages");
+        CHECK_INT(j.decisions[0].row->pid, 1, "oldest horizon first");
+        CHECK_INT(j.decisions[0].limit, LIMIT_XMIN_AGE, "limit");
+        CHECK_INT(j.decisions[0].elapsed_ms, 312, "the age is reported");
+        CHECK_INT(j.decisions[1].row->pid, 4, "at the limit");
+        CHECK_INT(j.next_deadline, INT64_MAX, "ages plan no deadline");
+        CHECK_INT(limit_since(LIMIT_XMIN_AGE, &rows[0]), rows[0].xact_start, "guarded by xact_start");
+        judgement_free(&j);
+
+        /* a time limit of the same rule that is broken names the decision */
+        r.limit_ms[LIMIT_IDLE_IN_TRANSACTION] = 1000;
+        CHECK_INT(judge(&r, 1, rows, 1, false, NULL, 0, &j), 1, "both broken");
+        CHECK_INT(j.decisions[0].limit, LIMIT_IDLE_IN_TRANSACTION, "the time limit names it");
+        judgement_free(&j);
+
+        /* and an age never shortens the poll gap */
+        {
+                struct rule only = rule_make("h", LIMIT_XMIN_AGE, 5, ACTION_TERMINATE);
+                struct server srv = { .interval_ms = 10000, .rules = &only, .n_rules = 1 };
+                CHECK_INT(policy_poll_gap_ms(&srv, 100), 10000, "xmin age is no duration");
+        }
+}
+
 int main(void) {
         test_limits_by_state();
         test_session_age();
@@ -491,5 +564,7 @@ int main(void) {
         test_cap();
         test_escalation();
         test_poll_gap();
+        test_role();
+        test_xmin_age();
         return unit_finish("test-policy");
 }
