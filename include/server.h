@@ -99,6 +99,9 @@ struct server_state {
          * yet. Kept across reconnects, so a node that comes back in the other
          * role is one change. */
         enum server_role role;
+        /* Roots of lock chains that may not be signalled, already warned about. */
+        struct session_id *warned_roots;
+        size_t n_warned_roots;
         /* Target roles a permission failure was already explained for. */
         char **denied_roles;
         size_t n_denied_roles;

@@ -85,6 +85,8 @@ static const char *const limit_keys[_LIMIT_MAX] = {
         [LIMIT_QUERY_DURATION] = "max_query_duration",
         [LIMIT_TRANSACTION_AGE] = "max_transaction_age",
         [LIMIT_SESSION_AGE] = "max_session_age",
+        [LIMIT_BLOCKING] = "max_blocking",
+        [LIMIT_LOCK_WAIT] = "max_lock_wait",
         [LIMIT_XMIN_AGE] = "max_xmin_age",
 };
 
@@ -93,6 +95,16 @@ static const char *const role_names[_ROLE_MAX] = {
         [ROLE_PRIMARY] = "primary",
         [ROLE_STANDBY] = "standby",
 };
+
+int64_t rule_min_blocked(const struct rule *r, enum limit_kind k) {
+        if (r->min_blocked >= 0)
+                return r->min_blocked;
+        return k == LIMIT_BLOCKING ? 1 : 0;
+}
+
+bool rule_reads_locks(const struct rule *r) {
+        return r->limit_ms[LIMIT_BLOCKING] > 0 || r->limit_ms[LIMIT_LOCK_WAIT] > 0;
+}
 
 const char *server_role_to_string(enum server_role r) {
         return r < _ROLE_MAX ? role_names[r] : "?";
@@ -403,6 +415,33 @@ static void parse_xid_count(struct parser *p, const struct key *k, yaml_node_t *
         }
         if (n < 1 || over) {
                 error_at(p, node, "\"%s\" is out of range: %s is not from 1 to %" PRId64, k->name, v, XID_AGE_MAX);
+                return;
+        }
+        *(int64_t *) dest = n;
+}
+
+/* A count of sessions, 0 to CONFIG_MAX_SESSIONS. */
+#define CONFIG_MAX_SESSIONS 1000000
+static void parse_session_count(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        const char *v = expect_scalar(p, k, node, "a number of sessions");
+        int64_t n = 0;
+        const char *c;
+
+        if (!v)
+                return;
+        for (c = v; *c >= '0' && *c <= '9' && n <= CONFIG_MAX_SESSIONS; c++)
+                n = n * 10 + (*c - '0');
+        if (c == v || *c || node->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+                if (c != v && *c >= '0' && *c <= '9')
+                        error_at(p, node, "\"%s\" is out of range: %s is not from 0 to %d", k->name, v,
+                                 CONFIG_MAX_SESSIONS);
+                else
+                        error_at(p, node, "\"%s\" must be a whole number of sessions from 0 to %d, not \"%s\"",
+                                 k->name, CONFIG_MAX_SESSIONS, v);
+                return;
+        }
+        if (n > CONFIG_MAX_SESSIONS) {
+                error_at(p, node, "\"%s\" is out of range: %s is not from 0 to %d", k->name, v, CONFIG_MAX_SESSIONS);
                 return;
         }
         *(int64_t *) dest = n;
@@ -881,7 +920,10 @@ static const struct key rule_keys[] = {
         { "max_query_duration", parse_duration, offsetof(struct rule, limit_ms[LIMIT_QUERY_DURATION]), false },
         { "max_transaction_age", parse_duration, offsetof(struct rule, limit_ms[LIMIT_TRANSACTION_AGE]), false },
         { "max_session_age", parse_duration, offsetof(struct rule, limit_ms[LIMIT_SESSION_AGE]), false },
+        { "max_blocking", parse_duration, offsetof(struct rule, limit_ms[LIMIT_BLOCKING]), false },
+        { "max_lock_wait", parse_duration, offsetof(struct rule, limit_ms[LIMIT_LOCK_WAIT]), false },
         { "max_xmin_age", parse_xid_count, offsetof(struct rule, limit_ms[LIMIT_XMIN_AGE]), false },
+        KEY(struct rule, min_blocked, parse_session_count, false),
         KEY(struct rule, action, parse_action, false),
         { "escalate_after", parse_duration, offsetof(struct rule, escalate_after_ms), false },
         KEY(struct rule, dry_run, parse_bool, false),
@@ -924,7 +966,11 @@ static void rule_check(struct parser *p, void *item, yaml_node_t *node, yaml_nod
                 any = any || seen[key_index(&rule_table, limit_keys[l])];
         if (!any)
                 error_at(p, node, "%s has no limit; set at least one of max_idle, max_idle_in_transaction, "
-                         "max_query_duration, max_transaction_age, max_session_age, max_xmin_age", label);
+                         "max_query_duration, max_transaction_age, max_session_age, max_blocking, max_lock_wait, "
+                         "max_xmin_age", label);
+        if (seen[key_index(&rule_table, "min_blocked")] && !rule_reads_locks(r) && any)
+                error_at(p, seen[key_index(&rule_table, "min_blocked")],
+                         "\"min_blocked\" only works with \"max_blocking\" or \"max_lock_wait\"; %s has neither", label);
         if (r->escalate_after_ms > 0 && r->action != ACTION_CANCEL && action_valid(seen[key_index(&rule_table, "action")]))
                 error_at(p, seen[key_index(&rule_table, "escalate_after")],
                          "\"escalate_after\" only works with \"action: cancel\"; %s has action %s%s", label,
@@ -938,6 +984,7 @@ static void rule_check(struct parser *p, void *item, yaml_node_t *node, yaml_nod
 
 static void rule_init(void *item) {
         ((struct rule *) item)->action = ACTION_TERMINATE;
+        ((struct rule *) item)->min_blocked = -1;
 }
 
 static void parse_rules(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
@@ -1123,6 +1170,8 @@ static bool rule_shadows(const struct rule *a, size_t ia, const struct rule *b, 
                         continue;
                 b_has_limit = true;
                 if (a->limit_ms[l] == 0 || a->limit_ms[l] > b->limit_ms[l])
+                        return false;
+                if (limit_is_chain(l) && rule_min_blocked(a, l) > rule_min_blocked(b, l))
                         return false;
         }
         return b_has_limit && filter_includes(&a->filter, &b->filter) &&
@@ -1387,6 +1436,13 @@ void config_dump(const struct config *c, FILE *f) {
                                         fprintf(f, "        %s: ", limit_keys[l]);
                                         dump_duration(f, r->limit_ms[l]);
                                 }
+                        /* With both lock limits and no min_blocked, each has its own
+                         * default: no single value says that. */
+                        if (r->min_blocked >= 0 || (rule_reads_locks(r) &&
+                                                    !(r->limit_ms[LIMIT_BLOCKING] > 0 && r->limit_ms[LIMIT_LOCK_WAIT] > 0)))
+                                fprintf(f, "        min_blocked: %" PRId64 "\n",
+                                        rule_min_blocked(r, r->limit_ms[LIMIT_BLOCKING] > 0 ? LIMIT_BLOCKING
+                                                                                            : LIMIT_LOCK_WAIT));
                         fprintf(f, "        action: %s\n", action_names[r->action]);
                         if (r->escalate_after_ms > 0) {
                                 fputs("        escalate_after: ", f);

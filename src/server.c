@@ -370,7 +370,7 @@ static bool end_abandoned(struct server_state *s) {
         return true;
 }
 
-static void on_prepare_done(struct server_state *s, PGresult *res) {
+static void on_prepare_graph_done(struct server_state *s, PGresult *res) {
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
                 server_fail(s, "setup", result_error(s, res));
                 return;
@@ -382,6 +382,8 @@ static void on_prepare_done(struct server_state *s, PGresult *res) {
         s->phase = PHASE_READY;
         server_poll(s);
 }
+
+static void on_prepare_done(struct server_state *s, PGresult *res);
 
 /* Polls run a prepared statement: planned once per connection, not per poll. */
 static void on_setup_done(struct server_state *s, PGresult *res) {
@@ -395,6 +397,18 @@ static void on_setup_done(struct server_state *s, PGresult *res) {
         }
         send_statement(s, PHASE_SETUP, SEND_PREPARE, pg_snapshot_name, pg_snapshot_sql, SNAPSHOT_PARAMS, NULL,
                        on_prepare_done);
+}
+
+/* The lock graph statement is prepared with the snapshot, whatever the
+ * rules: a reload may add a lock rule. Its text depends on the version. */
+static void on_prepare_done(struct server_state *s, PGresult *res) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+                server_fail(s, "setup", result_error(s, res));
+                return;
+        }
+        send_statement(s, PHASE_SETUP, SEND_PREPARE, pg_lock_graph_name,
+                       PQserverVersion(s->conn) >= 140000 ? pg_lock_graph_sql : pg_lock_graph_sql_13,
+                       SNAPSHOT_PARAMS, NULL, on_prepare_graph_done);
 }
 
 static void connect_progress(struct server_state *s) {
@@ -686,7 +700,29 @@ static void track_role(struct server_state *s) {
         s->role = now;
 }
 
-static void on_snapshot_done(struct server_state *s, PGresult *res) {
+/* Chains whose root may not be signalled: each root said once, for as
+ * long as it stays one. */
+static void warn_protected_roots(struct server_state *s) {
+        const struct judgement *j = &s->judgement;
+        struct session_id *now = xcalloc(j->n_warnings + 1, sizeof(*now));
+
+        for (size_t i = 0; i < j->n_warnings; i++) {
+                struct session_id id = { j->warnings[i].pid, j->warnings[i].backend_start };
+                bool seen = false;
+
+                for (size_t k = 0; k < s->n_warned_roots && !seen; k++)
+                        seen = s->warned_roots[k].pid == id.pid && s->warned_roots[k].backend_start == id.backend_start;
+                if (!seen)
+                        log_chain_warning(name(s), &j->warnings[i]);
+                now[i] = id;
+        }
+        free(s->warned_roots);
+        s->warned_roots = now;
+        s->n_warned_roots = j->n_warnings;
+}
+
+/* Judge the snapshot (with its lock graph if one was read) and act. */
+static void judge_and_act(struct server_state *s) {
         _cleanup_free_ struct session_id *own = NULL;
         struct policy_input in = {
                 .server = s->server,
@@ -694,14 +730,6 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
                 .own_role = s->id.role,
         };
 
-        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-                server_fail(s, "snapshot", result_error(s, res));
-                return;
-        }
-        if (snapshot_from_result(res, &s->snap) < 0) {
-                server_fail(s, "snapshot", "unexpected result shape");
-                return;
-        }
         track_role(s);
         in.n_own = manager_own_sessions(s->manager, s, &own);
         in.own = own;
@@ -712,6 +740,7 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
         in.n_dying = s->n_dying;
         policy_judge(&in, &s->snap, &s->judgement);
         s->poll_usec = clock_usec() - s->poll_started;
+        warn_protected_roots(s);
 
         s->results = xcalloc(s->judgement.n_decisions + 1, sizeof(*s->results));
         if (enforce_prepare(&s->judgement, s->results, &s->batch) == 0) {
@@ -722,17 +751,61 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
                        (const char *const *) s->batch.params, on_action_done);
 }
 
-static void server_poll(struct server_state *s) {
+/* What this cycle asks the server for; both statements of a poll take it. */
+static void poll_params(struct server_state *s, struct snapshot_params *ret) {
         _cleanup_free_ int32_t *pids = xcalloc(s->n_escalations + 1, sizeof(int32_t));
         struct snapshot_request req = {
                 .with_query = s->config->log_query || policy_needs_query(s->server), .pids = pids,
+                .lock_waiters = policy_reads_locks(s->server),
         };
-        struct snapshot_params params;
 
         for (size_t i = 0; i < s->n_escalations; i++)
                 pids[req.n_pids++] = s->escalations[i].pid;
         snapshot_request_limits(s->server, policy_poll_gap_ms(s->server, s->config->min_interval_ms), &req);
-        snapshot_params_build(&req, &params);
+        snapshot_params_build(&req, ret);
+}
+
+static void on_graph_done(struct server_state *s, PGresult *res) {
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+                server_fail(s, "lock graph", result_error(s, res));
+                return;
+        }
+        snapshot_free(&s->snap);
+        if (snapshot_from_result(res, &s->snap) < 0) {
+                server_fail(s, "lock graph", "unexpected result shape");
+                return;
+        }
+        s->snap.has_graph = true;
+        judge_and_act(s);
+}
+
+static void on_snapshot_done(struct server_state *s, PGresult *res) {
+        struct snapshot_params params;
+
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+                server_fail(s, "snapshot", result_error(s, res));
+                return;
+        }
+        if (snapshot_from_result(res, &s->snap) < 0) {
+                server_fail(s, "snapshot", "unexpected result shape");
+                return;
+        }
+        /* The lock graph only for a server with a lock rule, and only when
+         * this poll saw a session waiting for a lock. */
+        if (s->snap.n_lock_waiting == 0 || !policy_reads_locks(s->server)) {
+                judge_and_act(s);
+                return;
+        }
+        poll_params(s, &params);
+        send_statement(s, PHASE_POLLING, SEND_PREPARED, pg_lock_graph_name, NULL, SNAPSHOT_PARAMS,
+                       (const char *const *) params.values, on_graph_done);
+        snapshot_params_free(&params);
+}
+
+static void server_poll(struct server_state *s) {
+        struct snapshot_params params;
+
+        poll_params(s, &params);
         s->poll_started = clock_usec();
         send_statement(s, PHASE_POLLING, SEND_PREPARED, pg_snapshot_name, NULL, SNAPSHOT_PARAMS,
                        (const char *const *) params.values, on_snapshot_done);
@@ -773,6 +846,7 @@ void server_free(struct server_state *s) {
         escalations_clear(s);
         free(s->ended);
         free(s->dying);
+        free(s->warned_roots);
         free(s->abandoned_cluster);
         for (size_t k = 0; k < s->n_denied_roles; k++)
                 free(s->denied_roles[k]);
