@@ -48,7 +48,7 @@
         "        AND a.query_start <= now() - $4::int8 * interval '1 millisecond') "                           \
         "    OR a.xact_start <= now() - $5::int8 * interval '1 millisecond' "                                  \
         "    OR a.backend_start <= now() - $6::int8 * interval '1 millisecond' "                               \
-        "    OR greatest(age(a.backend_xmin), age(a.backend_xid)) >= $10::int8 "                               \
+        "    OR ($10::int8 IS NOT NULL AND greatest(age(a.backend_xmin), age(a.backend_xid)) >= $10::int8) "    \
         "    OR a.pid = ANY($7::int4[])) IS TRUE "                                                             \
         "   AND ($8::bool OR NOT coalesce(r.rolsuper, false))) "                                               \
         "  OR ($9::bool AND a.wait_event_type = 'Lock')"
