@@ -745,6 +745,7 @@ def locks_bench(admin):
                 log(f"f. round {i + 1}: {key}")
                 runs[key].append(measure_per_poll(admin, cfg, f"w2-{key}", LOCK_SECONDS,
                                                   binary=baseline if key == "base" else None))
+                log(f"   {runs[key][-1]}")
         blocker = connect()
         blocker.execute("BEGIN")
         blocker.execute("UPDATE bench_lk SET v = v + 1 WHERE id = 1")
