@@ -209,3 +209,52 @@ def test_parallel_query_leader_is_judged(pg, sweeper, journal, table):
     acted = [x for x in entries if x.get("PGSWEEPER_RESULT")]
     assert len(acted) == 1 and acted[0]["PGSWEEPER_PID"] == str(q.pid), acted
     assert acted[0]["PGSWEEPER_BLOCKED"] == "1", acted
+
+
+def guarded(pg, limit, action, pid, state, bs, sc, qs):
+    import os
+    import subprocess
+    tool = os.environ.get("PGSWEEPER_GUARDED_ACTION")
+    if not tool:
+        pytest.skip("PGSWEEPER_GUARDED_ACTION not set")
+    out = subprocess.run([tool, pg.conninfo(user="pgsweeper", dbname="postgres"), limit, action, str(pid), state,
+                          str(bs), str(sc), str(qs), "null"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def times(pg, pid):
+    return pg.admin_query("SELECT (extract(epoch FROM backend_start) * 1000000)::int8, "
+                          "(extract(epoch FROM state_change) * 1000000)::int8, "
+                          "(extract(epoch FROM query_start) * 1000000)::int8 FROM pg_stat_activity WHERE pid = %s",
+                          (pid,))[0]
+
+
+def test_guards(pg, table):
+    """Root: same state and state_change; waiter: still waiting for a lock in
+    the same query (query_start)."""
+    blocker = idle_blocker(pg)
+    bpid = blocker.info.backend_pid
+    bs, sc, qs = times(pg, bpid)
+    blocker.execute("SELECT 1")                             # same transaction, new state_change
+    assert guarded(pg, "max_blocking", "terminate", bpid, "idle in transaction", bs, sc, qs) == "changed"
+    assert_connection_alive(blocker)
+
+    (w,) = start_waiters(pg, 1, "UPDATE lk SET v = v + 1 WHERE id = 1")
+    wbs, wsc, wqs = times(pg, w.pid)
+    assert guarded(pg, "max_lock_wait", "cancel", w.pid, "active", wbs, wsc, wqs - 1) == "changed"
+    blocker.rollback()                                      # the waiter gets its lock and finishes
+    w.thread.join(10)
+    assert w.error is None
+    assert guarded(pg, "max_lock_wait", "cancel", w.pid, "active", wbs, wsc, wqs) == "changed", \
+        "no longer waiting for a lock: not cancelled"
+    # and the positive case: waiting, same query
+    blocker.execute("UPDATE lk SET v = v + 1 WHERE id = 1")
+    (w2,) = start_waiters(pg, 1, "UPDATE lk SET v = v + 1 WHERE id = 1")
+    b2, s2, q2 = times(pg, w2.pid)
+    assert guarded(pg, "max_lock_wait", "cancel", w2.pid, "active", b2, s2, q2) == "cancelled"
+    w2.thread.join(10)
+    assert isinstance(w2.error, psycopg.errors.QueryCanceled), w2.error
+    bs, sc, qs = times(pg, bpid)
+    assert guarded(pg, "max_blocking", "terminate", bpid, "idle in transaction", bs, sc, qs) == "terminated"
+    assert pg.wait_pid_gone(bpid)
