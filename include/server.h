@@ -61,6 +61,7 @@ struct server_state {
         sd_event_source *timer;         /* next poll, or next connect attempt */
         sd_event_source *timeout;       /* the phase we wait in takes too long */
         result_fn on_result;            /* who gets the result of the statement in flight */
+        bool graph_prepared;            /* the lock graph statement, on this connection */
         PGresult *result;               /* last result of the statement in flight */
 
         /* Who we are on this server, read at connect. */

@@ -84,6 +84,7 @@ static void server_close(struct server_state *s) {
         s->conn = NULL;
         s->fd = -1;
         s->backend_pid = 0;
+        s->graph_prepared = false;
         pg_identity_done(&s->id);
         s->on_result = NULL;
         cycle_reset(s);
@@ -370,7 +371,7 @@ static bool end_abandoned(struct server_state *s) {
         return true;
 }
 
-static void on_prepare_graph_done(struct server_state *s, PGresult *res) {
+static void on_prepare_done(struct server_state *s, PGresult *res) {
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
                 server_fail(s, "setup", result_error(s, res));
                 return;
@@ -382,8 +383,6 @@ static void on_prepare_graph_done(struct server_state *s, PGresult *res) {
         s->phase = PHASE_READY;
         server_poll(s);
 }
-
-static void on_prepare_done(struct server_state *s, PGresult *res);
 
 /* Polls run a prepared statement: planned once per connection, not per poll. */
 static void on_setup_done(struct server_state *s, PGresult *res) {
@@ -397,18 +396,6 @@ static void on_setup_done(struct server_state *s, PGresult *res) {
         }
         send_statement(s, PHASE_SETUP, SEND_PREPARE, pg_snapshot_name, pg_snapshot_sql, SNAPSHOT_PARAMS, NULL,
                        on_prepare_done);
-}
-
-/* The lock graph statement is prepared with the snapshot, whatever the
- * rules: a reload may add a lock rule. Its text depends on the version. */
-static void on_prepare_done(struct server_state *s, PGresult *res) {
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-                server_fail(s, "setup", result_error(s, res));
-                return;
-        }
-        send_statement(s, PHASE_SETUP, SEND_PREPARE, pg_lock_graph_name,
-                       PQserverVersion(s->conn) >= 140000 ? pg_lock_graph_sql : pg_lock_graph_sql_13,
-                       SNAPSHOT_PARAMS, NULL, on_prepare_graph_done);
 }
 
 static void connect_progress(struct server_state *s) {
@@ -779,9 +766,25 @@ static void on_graph_done(struct server_state *s, PGresult *res) {
         judge_and_act(s);
 }
 
-static void on_snapshot_done(struct server_state *s, PGresult *res) {
+static void send_graph(struct server_state *s) {
         struct snapshot_params params;
 
+        poll_params(s, &params);
+        send_statement(s, PHASE_POLLING, SEND_PREPARED, pg_lock_graph_name, NULL, SNAPSHOT_PARAMS,
+                       (const char *const *) params.values, on_graph_done);
+        snapshot_params_free(&params);
+}
+
+static void on_graph_prepared(struct server_state *s, PGresult *res) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+                server_fail(s, "lock graph", result_error(s, res));
+                return;
+        }
+        s->graph_prepared = true;
+        send_graph(s);
+}
+
+static void on_snapshot_done(struct server_state *s, PGresult *res) {
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
                 server_fail(s, "snapshot", result_error(s, res));
                 return;
@@ -796,10 +799,15 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
                 judge_and_act(s);
                 return;
         }
-        poll_params(s, &params);
-        send_statement(s, PHASE_POLLING, SEND_PREPARED, pg_lock_graph_name, NULL, SNAPSHOT_PARAMS,
-                       (const char *const *) params.values, on_graph_done);
-        snapshot_params_free(&params);
+        /* Prepared once per connection, the first time it is needed; its
+         * text depends on the version (pg_locks.waitstart since 14). */
+        if (!s->graph_prepared) {
+                send_statement(s, PHASE_POLLING, SEND_PREPARE, pg_lock_graph_name,
+                               PQserverVersion(s->conn) >= 140000 ? pg_lock_graph_sql : pg_lock_graph_sql_13,
+                               SNAPSHOT_PARAMS, NULL, on_graph_prepared);
+                return;
+        }
+        send_graph(s);
 }
 
 static void server_poll(struct server_state *s) {
