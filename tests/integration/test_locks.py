@@ -258,3 +258,26 @@ def test_guards(pg, table):
     bs, sc, qs = times(pg, bpid)
     assert guarded(pg, "max_blocking", "terminate", bpid, "idle in transaction", bs, sc, qs) == "terminated"
     assert pg.wait_pid_gone(bpid)
+
+
+def test_wait_start_is_the_lock_wait_not_the_query(pg, sweeper, table):
+    """PostgreSQL 14+: the wait is timed from pg_locks.waitstart. A statement
+    that ran 2 s before it queued has waited well under max_lock_wait. On 13
+    the documented fallback (query_start) counts those 2 s too."""
+    version = int(pg.admin_query("SHOW server_version_num")[0][0])
+    blocker = idle_blocker(pg)
+    q = ActiveQuery(pg, pg.connect(application_name="late-waiter"),
+                    "DO $$ BEGIN PERFORM pg_sleep(2); UPDATE lk SET v = v + 1 WHERE id = 1; END $$")
+    wait_until(lambda: waiting(pg, q.pid), 10, what="the statement queued after its sleep")
+    time.sleep(0.3)
+    r = once(sweeper, config(pg, "      - {name: queue, max_lock_wait: 1500ms, action: cancel}\n"))
+    if version >= 140000:
+        assert f"pid {q.pid} " not in r.stderr, r.stderr
+        assert waiting(pg, q.pid)
+        blocker.rollback()
+        q.thread.join(10)
+        assert q.error is None, q.error
+    else:
+        assert f"cancelled pid {q.pid} " in r.stderr, r.stderr
+        q.thread.join(10)
+        blocker.rollback()
