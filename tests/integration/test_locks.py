@@ -281,3 +281,48 @@ def test_wait_start_is_the_lock_wait_not_the_query(pg, sweeper, table):
         assert f"cancelled pid {q.pid} " in r.stderr, r.stderr
         q.thread.join(10)
         blocker.rollback()
+
+
+@pytest.fixture
+def pg_prepared(pg_cluster):
+    """A second throw-away cluster with max_prepared_transactions > 0 (the
+    session cluster has none)."""
+    from conftest import PgCluster
+    c = PgCluster(pg_cluster.bindir)
+    try:
+        c.start()
+        with psycopg.connect(c.conninfo(), autocommit=True) as a:
+            a.execute("ALTER SYSTEM SET max_prepared_transactions = 4")
+        c.restart()
+        yield c
+    finally:
+        c.stop()
+
+
+def test_prepared_transaction_root_is_warned_never_signalled(pg_prepared, sweeper, journal):
+    pg = pg_prepared
+    c = pg.connect()
+    c.execute("CREATE TABLE lk (id int PRIMARY KEY, v int)")
+    c.execute("INSERT INTO lk VALUES (1, 0)")
+    prep = pg.connect(autocommit=False, application_name="two-phase")
+    prep.execute("UPDATE lk SET v = v + 1 WHERE id = 1")
+    prep.execute("PREPARE TRANSACTION 'pgsweeper-test'")
+    prep.commit()
+    writers = start_waiters(pg, 2, "UPDATE lk SET v = v + 1 WHERE id = 1")
+    assert {0} == {r[0] for w in writers[:1]
+                   for r in pg.admin_query("SELECT unnest(pg_blocking_pids(%s))", (w.pid,))}, "pid 0 expected"
+    time.sleep(1.1)
+    cursor = journal.cursor()
+    try:
+        r = once(sweeper, config(pg, "      - {name: lock-blockers, max_blocking: 1s}\n"), journal)
+        entries = journal.entries({"_PID": r.pid}, after_cursor=cursor)
+        warned = [x for x in entries if x.get("MESSAGE_ID") == CHAIN_PROTECTED]
+        assert len(warned) == 1, entries
+        assert warned[0]["PGSWEEPER_PID"] == "0" and warned[0]["PGSWEEPER_BLOCKED"] == "2", warned
+        assert "prepared transaction" in warned[0]["MESSAGE"], warned
+        assert not [x for x in entries if x.get("PGSWEEPER_RESULT")], "nothing may be signalled"
+        assert all(waiting(pg, w.pid) for w in writers)
+    finally:
+        c.execute("ROLLBACK PREPARED 'pgsweeper-test'")
+        for w in writers:
+            w.thread.join(10)
