@@ -666,5 +666,153 @@ def main():
           f"{r['cgd_full']['polls']} and {r['cgd_empty']['polls']} polls.")
 
 
+# --- f. lock chains, horizon, role: the cost of the wave-2 rules (issue 13) ---
+
+LOCK_ROUNDS = int(os.environ.get("BENCH_LOCK_ROUNDS", "3"))
+LOCK_SECONDS = float(os.environ.get("BENCH_LOCK_SECONDS", "8"))
+LOCK_WAITERS = int(os.environ.get("BENCH_LOCK_WAITERS", "100"))
+
+
+def write_wave2_config(name, with_new_rules):
+    """The cpu_bench rule (max_idle 1h, users [app], interval 100ms), and
+    optionally the new rules, set so that none acts: a lock-chain rule of
+    each kind, max_xmin_age, role: primary."""
+    path = os.path.join(WORK, name + ".yaml")
+    lines = ["interval: 100ms", "min_interval: 100ms", f"metrics_file: {os.path.join(WORK, name + '.prom')}",
+             "servers:", "  - name: bench", f'    conninfo: "{conninfo()}"', "    rules:",
+             "      - {name: idle, max_idle: 1h, users: [app]}"]
+    if with_new_rules:
+        lines += ["      - {name: blockers, max_blocking: 1h, users: [app], role: primary}",
+                  "      - {name: queue, max_lock_wait: 1h, min_blocked: 1, action: cancel, users: [app]}",
+                  "      - {name: horizon, max_xmin_age: 1_000_000_000, users: [app]}"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def measure_per_poll(admin, cfg, name, seconds, binary=None):
+    """CPU per poll (pgsweeper process + its backend, schedstat) over `seconds`."""
+    metrics = cfg[:-len(".yaml")] + ".prom"     # where write_wave2_config put it
+    if os.path.exists(metrics):
+        os.unlink(metrics)                  # the previous round's count
+    if binary:
+        err = open(os.path.join(WORK, name + ".stderr"), "w")
+        p = subprocess.Popen([binary, "-c", cfg, "--log-target", "stderr"], stdin=subprocess.DEVNULL,
+                             stdout=err, stderr=err)
+        children.append(p)
+    else:
+        p = start_sweeper(cfg, name)
+    try:
+        end = time.monotonic() + 20
+        while (read_polls(metrics) or 0) < 5 and time.monotonic() < end:
+            time.sleep(0.05)
+        backends = sweeper_backends(admin)
+        if len(backends) != 1:
+            raise RuntimeError(f"expected one pgsweeper backend, found {backends}")
+        be = backends[0]
+        polls0, sw0, be0 = read_polls(metrics), proc_cpu(p.pid), proc_cpu(be)
+        time.sleep(seconds)
+        polls1, sw1, be1 = read_polls(metrics), proc_cpu(p.pid), proc_cpu(be)
+    finally:
+        stop_sweeper(p)
+    n = polls1 - polls0
+    return {"polls": n, "client": (sw1 - sw0) / n, "backend": (be1 - be0) / n}
+
+
+def locks_bench(admin):
+    """Side by side in one run, 1000 idle sessions: (1) without the new
+    rules, (2) with them and no lock waiter (target: within 10% of 1), (3)
+    with them and LOCK_WAITERS sessions queued behind one idle-in-transaction
+    blocker. Rounds alternate 1 and 2 (the machine is shared); medians."""
+    conns = open_sessions(CPU_SESSIONS)
+    setup = connect()
+    setup.execute("DROP TABLE IF EXISTS bench_lk")
+    setup.execute("CREATE TABLE bench_lk (id int PRIMARY KEY, v int)")
+    setup.execute("INSERT INTO bench_lk VALUES (1, 0)")
+    plain, new = write_wave2_config("w2-plain", False), write_wave2_config("w2-new", True)
+    base = write_wave2_config("w2-base", False)
+    runs = {"plain": [], "new": [], "waiters": []}
+    # BENCH_BASELINE_BIN: an older pgsweeper (before these rules) measured with
+    # the plain configuration in the same rounds: the cost they add when unused.
+    baseline = os.environ.get("BENCH_BASELINE_BIN")
+    if baseline:
+        runs["base"] = []
+    try:
+        for i in range(LOCK_ROUNDS):
+            for key, cfg in (("base", base), ("plain", plain), ("new", new)):
+                if key not in runs:
+                    continue
+                log(f"f. round {i + 1}: {key}")
+                runs[key].append(measure_per_poll(admin, cfg, f"w2-{key}", LOCK_SECONDS,
+                                                  binary=baseline if key == "base" else None))
+                log(f"   {runs[key][-1]}")
+        blocker = connect()
+        blocker.execute("BEGIN")
+        blocker.execute("UPDATE bench_lk SET v = v + 1 WHERE id = 1")
+        threads = []
+        for c in conns[:LOCK_WAITERS]:
+            t = threading.Thread(target=lambda c=c: c.execute("UPDATE bench_lk SET v = v + 1 WHERE id = 1"),
+                                 daemon=True)
+            t.start()
+            threads.append(t)
+        n = wait_count(admin, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                       LOCK_WAITERS)
+        log(f"f. {n} sessions wait behind one blocker")
+        for i in range(LOCK_ROUNDS):
+            log(f"f. round {i + 1}: waiters")
+            runs["waiters"].append(measure_per_poll(admin, new, "w2-waiters", LOCK_SECONDS))
+        blocker.execute("ROLLBACK")
+        for t in threads:
+            t.join(10)
+        blocker.close()
+    finally:
+        close_all(conns)
+        setup.execute("DROP TABLE IF EXISTS bench_lk")
+        setup.close()
+
+    def med(key, field):
+        return statistics.median(x[field] for x in runs[key])
+    out = {k: {f: med(k, f) for f in ("client", "backend")} for k in runs}
+    for k in out:
+        out[k]["total"] = out[k]["client"] + out[k]["backend"]
+        out[k]["polls"] = sum(x["polls"] for x in runs[k])
+    return out
+
+
+def locks_main():
+    admin = connect(user="postgres", dbname="postgres")
+    server_version = admin.execute("SHOW server_version").fetchone()[0]
+    log(f"f. wave-2 rules: {CPU_SESSIONS} idle sessions, {LOCK_ROUNDS} rounds of {LOCK_SECONDS:g} s")
+    try:
+        r = locks_bench(admin)
+    finally:
+        for p in list(children):
+            stop_sweeper(p)
+    base = r["plain"]["total"]
+    print()
+    print(f"pgsweeper wave-2 rules: PostgreSQL {server_version}, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, {CPU_SESSIONS} idle sessions, interval 100ms")
+    print(f"{'CPU per poll (median of rounds)':<52}  {'process':>9}  {'backend':>9}  {'total':>9}  "
+          f"{'vs 1':>7}  target")
+    if "base" in r:
+        x = r["base"]
+        print(f"{'0. before these rules (BENCH_BASELINE_BIN), same config as 1':<52}  {ms(x['client']):>9}  "
+              f"{ms(x['backend']):>9}  {ms(x['total']):>9}  {(x['total'] / base - 1) * 100:+6.1f}%")
+    for key, label, target in (("plain", "1. without the new rules", ""),
+                               ("new", "2. with them, no lock waiter", "<= +10%"),
+                               ("waiters", f"3. with them, {LOCK_WAITERS} waiters behind one blocker", "")):
+        x = r[key]
+        ratio = x["total"] / base - 1
+        ver = verdict(ratio <= 0.10) if target else ""
+        print(f"{label:<52}  {ms(x['client']):>9}  {ms(x['backend']):>9}  {ms(x['total']):>9}  "
+              f"{ratio * 100:+6.1f}%  {target} {ver}")
+    print(f"polls measured (1/2/3): {r['plain']['polls']} / {r['new']['polls']} / {r['waiters']['polls']}; "
+          "pgsweeper process and its backend by /proc/PID/schedstat.")
+
+
 if __name__ == "__main__":
-    main()
+    # BENCH_ONLY=locks bench/run: only the wave-2 rules' figures (section f).
+    if os.environ.get("BENCH_ONLY") == "locks" or "--locks" in sys.argv[1:]:
+        locks_main()
+    else:
+        main()

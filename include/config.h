@@ -14,7 +14,33 @@ enum limit_kind {
         LIMIT_QUERY_DURATION,       /* state active, now - query_start */
         LIMIT_TRANSACTION_AGE,      /* any state, now - xact_start */
         LIMIT_SESSION_AGE,          /* now - backend_start */
+        LIMIT_BLOCKING,             /* root of a lock chain: now - the longest wait behind it */
+        LIMIT_LOCK_WAIT,            /* waiting for a heavyweight lock: now - its wait start */
+        LIMIT_XMIN_AGE,             /* a count of transactions, not a duration:
+                                     * greatest(age(backend_xmin), age(backend_xid)) */
         _LIMIT_MAX,
+};
+
+/* Is the limit a duration (ms) whose crossing can be planned in time? */
+static inline bool limit_is_duration(enum limit_kind k) {
+        return k != LIMIT_XMIN_AGE;
+}
+
+/* Is the limit's clock a timestamp of the session's own row (not the lock graph)? */
+static inline bool limit_from_row(enum limit_kind k) {
+        return k <= LIMIT_SESSION_AGE;
+}
+
+static inline bool limit_is_chain(enum limit_kind k) {
+        return k == LIMIT_BLOCKING || k == LIMIT_LOCK_WAIT;
+}
+
+/* The server's role a rule applies on (pg_is_in_recovery()). */
+enum server_role {
+        ROLE_ANY,
+        ROLE_PRIMARY,
+        ROLE_STANDBY,
+        _ROLE_MAX,
 };
 
 enum action {
@@ -34,10 +60,12 @@ struct source_pos {
  * exempt (global, server or rule block) and it reaches (>=) any set limit. */
 struct rule {
         char *name;
-        int64_t limit_ms[_LIMIT_MAX];  /* 0: limit not set */
+        int64_t limit_ms[_LIMIT_MAX];  /* 0: limit not set; ms, but a count for LIMIT_XMIN_AGE */
         enum action action;
         int64_t escalate_after_ms;     /* 0: none; only with ACTION_CANCEL */
         bool dry_run;                  /* shadow rule: judge and log, never signal */
+        enum server_role role;         /* skipped on a server in the other role */
+        int64_t min_blocked;           /* -1: default (1 with max_blocking, 0 with max_lock_wait) */
         struct filter filter;          /* users, databases, applications, client_addresses */
         struct filter exempt;          /* this rule's own exempt block */
         struct source_pos pos;
@@ -101,3 +129,8 @@ void config_dump(const struct config *c, FILE *f);
 
 const char *limit_kind_to_string(enum limit_kind k);
 const char *action_to_string(enum action a);
+const char *server_role_to_string(enum server_role r);
+/* How many sessions must wait behind a session for limit k of the rule to count. */
+int64_t rule_min_blocked(const struct rule *r, enum limit_kind k);
+/* Does the rule judge lock chains (max_blocking or max_lock_wait)? */
+bool rule_reads_locks(const struct rule *r);

@@ -33,6 +33,13 @@ void log_event(int priority, const char *message_id, const char *server, const c
 #define log_info(server, ...)    log_event(LOG_INFO, NULL, server, __VA_ARGS__)
 #define log_debug(server, ...)   log_event(LOG_DEBUG, NULL, server, __VA_ARGS__)
 
+/* The server's role as a poll saw it: previous ROLE_ANY is the first
+ * sighting (info); otherwise a change (notice, MESSAGE_ID_ROLE_CHANGED). */
+void log_server_role(const char *server, enum server_role previous, enum server_role now);
+
+/* A lock chain whose root may not be signalled (pid 0, a protected session). */
+void log_chain_warning(const char *server, const struct chain_warning *w);
+
 /* One decision and what came of it. priority < 0: the result's usual
  * priority; hint, if not NULL, is appended to the message (how to fix it). */
 void log_decision(const char *server, const struct decision *d, enum result r, int priority, const char *hint);

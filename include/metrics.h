@@ -19,6 +19,8 @@ void metrics_count_poll(struct metrics *m, const char *server, bool ok, uint64_t
 void metrics_set_up(struct metrics *m, const char *server, bool up);
 /* Does the role have pg_monitor and pg_signal_backend there? */
 void metrics_set_privileges(struct metrics *m, const char *server, bool ok);
+/* Was the server in recovery (a standby) at the last poll? */
+void metrics_set_in_recovery(struct metrics *m, const char *server, bool in_recovery);
 void metrics_count_reload(struct metrics *m, bool ok);
 /* Log entries that did not reach the journal and went to stderr instead. */
 void metrics_count_journal_dropped(uint64_t n);

@@ -39,10 +39,12 @@ struct addr_list {
         bool given;
 };
 
-/* The filter keys of a rule, or an exempt block. */
+/* The filter keys of a rule, or an exempt block. queries match the
+ * session's query text (its first 1024 bytes), read only for candidates. */
 struct filter {
         struct name_list users, databases, applications;
         struct addr_list client_addresses;
+        struct name_list queries;
         bool set;                   /* at least one key given */
 };
 
@@ -75,6 +77,11 @@ bool name_list_matches(const struct name_list *l, const char *s);
 /* Does client_addr ("local", a textual IP from PostgreSQL's host(), or ""
  * when unknown) fall in any entry? "" and unparsable text match nothing. */
 bool addr_list_matches(const struct addr_list *l, const char *client_addr);
+
+/* Query text globs (queries) need the text of the sessions they judge. */
+static inline bool filter_uses_query(const struct filter *f) {
+        return f->queries.given;
+}
 
 /* Free what the filter owns and zero it. */
 void filter_done(struct filter *f);

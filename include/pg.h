@@ -19,6 +19,12 @@ unsigned pg_connect_timeout_sec(const char *conninfo, unsigned fallback);
 extern const char pg_snapshot_sql[];
 extern const char pg_snapshot_name[];
 extern const char pg_action_sql[];
+/* The lock graph: the snapshot's rows and parameters, plus every lock
+ * waiter with its blockers and wait start, and every session waited for.
+ * pg_lock_graph_sql_13 for servers without pg_locks.waitstart (< 14). */
+extern const char pg_lock_graph_sql[];
+extern const char pg_lock_graph_sql_13[];
+extern const char pg_lock_graph_name[];
 
 /* Run once per connection: bounds our statements, forces the generic plan,
  * and says who we are there (see struct pg_identity). */
@@ -48,12 +54,13 @@ struct snapshot_request {
         bool with_query;
         bool superusers;                     /* terminate_superusers: send them too */
         bool every_session;                  /* --explain: send every client backend */
+        bool lock_waiters;                   /* send every session waiting for a lock */
         int64_t bound_ms[_LIMIT_MAX];        /* send rows at least this far into the limit; -1: no rule */
         const int32_t *pids;                 /* always send these (escalations) */
         size_t n_pids;
 };
 
-#define SNAPSHOT_PARAMS 8
+#define SNAPSHOT_PARAMS 10
 struct snapshot_params {
         char *values[SNAPSHOT_PARAMS];
 };

@@ -32,21 +32,55 @@ struct snapshot_row {
         int64_t state_change;
         int64_t query_start;
         int64_t xact_start;
+        int64_t xmin_age;           /* greatest(age(backend_xmin), age(backend_xid)); -1: holds none */
+        bool lock_waiting;          /* wait_event_type = 'Lock' */
+        /* From the lock graph (snapshot.has_graph), else TS_NULL and none:
+         * when its wait (or a parallel worker's) began, and the pids it
+         * waits for (pg_blocking_pids(), raw: duplicates and 0 possible). */
+        int64_t wait_start;
+        const int32_t *blockers;
+        size_t n_blockers;
         const char *user;           /* never NULL: "" when NULL */
         const char *database;
         const char *application;
         const char *client_addr;    /* "local" for Unix sockets, "" when unknown */
-        const char *query;          /* NULL unless log_query */
+        const char *query;          /* NULL unless asked for (log_query, or a queries filter) */
 };
 
 struct snapshot {
         int64_t now;                /* server clock when the snapshot was taken */
+        bool role_known;            /* the statement said whether the server is in recovery */
+        bool in_recovery;           /* pg_is_in_recovery(): a standby */
+        size_t n_lock_waiting;      /* rows waiting for a heavyweight lock */
+        bool has_graph;             /* read with the lock graph statement */
+        int32_t *blocker_pool;      /* every row's blockers */
         struct snapshot_row *rows;
         size_t n_rows;
         char *strings;              /* one block holding every string of the rows */
 };
 
 void snapshot_free(struct snapshot *s);
+
+/* A session's place in the lock graph of one snapshot. */
+struct lock_node {
+        bool waiter;                /* waits for a lock (wait_start set) */
+        bool root;                  /* others wait behind it and it waits for nobody */
+        size_t n_blocked;           /* distinct sessions waiting behind it, directly or through others */
+        int64_t oldest_wait;        /* wait_start of the longest of those waits; TS_NULL: none */
+};
+
+/* The chains of a snapshot: nodes[i] for rows[i], then one node per pid
+ * that sessions wait for but that has no row (pid 0, a prepared
+ * transaction; or a backend gone meanwhile), orphan_pids[k] for
+ * nodes[n_rows + k]. Cycles (a deadlock not yet broken) are walked once. */
+struct lock_graph {
+        struct lock_node *nodes;
+        int32_t *orphan_pids;
+        size_t n_orphans;
+};
+
+void lock_graph_build(const struct snapshot *snap, struct lock_graph *ret);
+void lock_graph_free(struct lock_graph *g);
 
 struct decision {
         const struct snapshot_row *row;
@@ -56,6 +90,20 @@ struct decision {
         enum action action;
         bool dry_run;
         bool escalated;             /* terminate after a cancel the query ignored */
+        enum server_role server_role;  /* the server's role in that snapshot; ROLE_ANY: unknown */
+        size_t blocked;             /* max_blocking, max_lock_wait: sessions waiting behind it */
+};
+
+/* A chain whose root may not be signalled (pid 0, or a protected session:
+ * section 3) although a max_blocking rule would end it. */
+struct chain_warning {
+        int32_t pid;
+        int64_t backend_start;      /* TS_NULL for pid 0 or a root without a row */
+        const struct snapshot_row *row;   /* NULL: no row */
+        const char *why;            /* "a prepared transaction", "a superuser", ... */
+        const struct rule *rule;
+        size_t blocked;
+        int64_t wait_ms;            /* the longest wait behind it */
 };
 
 /* What the judgement says of one session, and why: explain's rows are
@@ -116,6 +164,8 @@ struct judgement {
                                      * session crosses a limit; INT64_MAX: none */
         struct verdict *verdicts;   /* with policy_input.verdicts: one per row, in
                                      * row order; else NULL */
+        struct chain_warning *warnings;
+        size_t n_warnings;
 };
 
 /* A query cancelled under a rule with escalate_after: if the same query
@@ -187,6 +237,13 @@ bool policy_is_own(const struct policy_input *in, const struct snapshot_row *row
  * and counted in n_capped. */
 void policy_judge(const struct policy_input *in, const struct snapshot *snap,
                   struct judgement *ret);
+
+/* Does the rule's role (primary, standby, any) match the server's in this snapshot? */
+bool rule_applies_to_role(const struct rule *rule, const struct snapshot *snap);
+/* Does any rule of the server judge lock chains? */
+bool policy_reads_locks(const struct server *srv);
+/* Does any filter or exempt block of the server match query text? */
+bool policy_needs_query(const struct server *srv);
 
 /* Does the escalation still describe this row's running query? */
 bool escalation_matches(const struct escalation *e, const struct snapshot_row *row);

@@ -61,6 +61,7 @@ struct server_state {
         sd_event_source *timer;         /* next poll, or next connect attempt */
         sd_event_source *timeout;       /* the phase we wait in takes too long */
         result_fn on_result;            /* who gets the result of the statement in flight */
+        bool graph_prepared;            /* the lock graph statement, on this connection */
         PGresult *result;               /* last result of the statement in flight */
 
         /* Who we are on this server, read at connect. */
@@ -95,6 +96,13 @@ struct server_state {
         size_t n_ended;
         struct session_id *dying;
         size_t n_dying;
+        /* The server's role at the last poll that said it; ROLE_ANY: not seen
+         * yet. Kept across reconnects, so a node that comes back in the other
+         * role is one change. */
+        enum server_role role;
+        /* Roots of lock chains that may not be signalled, already warned about. */
+        struct session_id *warned_roots;
+        size_t n_warned_roots;
         /* Target roles a permission failure was already explained for. */
         char **denied_roles;
         size_t n_denied_roles;

@@ -37,7 +37,7 @@
 #endif
 #define NAME_MAX_LEN           63
 #define PATTERN_MAX_LEN        255
-#define MAX_KEYS               16
+#define MAX_KEYS               24
 #define DIAG_SLOTS             2048  /* > 2 * CONFIG_MAX_DIAGNOSTICS, power of two */
 
 struct parser {
@@ -85,7 +85,30 @@ static const char *const limit_keys[_LIMIT_MAX] = {
         [LIMIT_QUERY_DURATION] = "max_query_duration",
         [LIMIT_TRANSACTION_AGE] = "max_transaction_age",
         [LIMIT_SESSION_AGE] = "max_session_age",
+        [LIMIT_BLOCKING] = "max_blocking",
+        [LIMIT_LOCK_WAIT] = "max_lock_wait",
+        [LIMIT_XMIN_AGE] = "max_xmin_age",
 };
+
+static const char *const role_names[_ROLE_MAX] = {
+        [ROLE_ANY] = "any",
+        [ROLE_PRIMARY] = "primary",
+        [ROLE_STANDBY] = "standby",
+};
+
+int64_t rule_min_blocked(const struct rule *r, enum limit_kind k) {
+        if (r->min_blocked >= 0)
+                return r->min_blocked;
+        return k == LIMIT_BLOCKING ? 1 : 0;
+}
+
+bool rule_reads_locks(const struct rule *r) {
+        return r->limit_ms[LIMIT_BLOCKING] > 0 || r->limit_ms[LIMIT_LOCK_WAIT] > 0;
+}
+
+const char *server_role_to_string(enum server_role r) {
+        return r < _ROLE_MAX ? role_names[r] : "?";
+}
 
 static const char *const action_names[_ACTION_MAX] = {
         [ACTION_LOG] = "log",
@@ -342,6 +365,86 @@ static void parse_action(struct parser *p, const struct key *k, yaml_node_t *nod
                         return;
                 }
         error_at(p, node, "unknown action \"%s\"; expected terminate, cancel or log", v);
+}
+
+static void parse_role(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        const char *v = expect_scalar(p, k, node, "primary, standby or any");
+
+        if (!v)
+                return;
+        for (enum server_role r = 0; r < _ROLE_MAX; r++)
+                if (strcmp(v, role_names[r]) == 0) {
+                        *(enum server_role *) dest = r;
+                        return;
+                }
+        error_at(p, node, "unknown role \"%s\"; expected primary, standby or any", v);
+}
+
+/* A count of transactions: a positive whole number, "_" allowed between
+ * digits (50_000_000). Xids are 32 bits and age() is at most 2^31. */
+#define XID_AGE_MAX INT64_C(2147483647)
+static void parse_xid_count(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        const char *v = expect_scalar(p, k, node, "a number of transactions such as 50_000_000");
+        int64_t n = 0;
+        bool digit = false, over = false;
+        const char *c;
+
+        if (!v)
+                return;
+        for (c = v; *c; c++) {
+                if (*c >= '0' && *c <= '9') {
+                        n = n * 10 + (*c - '0');
+                        over = over || n > XID_AGE_MAX;
+                        if (over)
+                                n = XID_AGE_MAX + 1;
+                        digit = true;
+                } else if (*c == '_' && digit && c[1] >= '0' && c[1] <= '9')
+                        continue;
+                else
+                        break;
+        }
+        if (node->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+                error_at(p, node, "\"%s\" must be a plain number such as 50_000_000, not the quoted string \"%s\"",
+                         k->name, v);
+                return;
+        }
+        if (*c || !digit) {
+                error_at(p, node, "\"%s\" must be a whole number of transactions such as 50_000_000 (no unit, "
+                         "sign or fraction), not \"%s\"", k->name, v);
+                return;
+        }
+        if (n < 1 || over) {
+                error_at(p, node, "\"%s\" is out of range: %s is not from 1 to %" PRId64, k->name, v, XID_AGE_MAX);
+                return;
+        }
+        *(int64_t *) dest = n;
+}
+
+/* A count of sessions, 0 to CONFIG_MAX_SESSIONS. */
+#define CONFIG_MAX_SESSIONS 1000000
+static void parse_session_count(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        const char *v = expect_scalar(p, k, node, "a number of sessions");
+        int64_t n = 0;
+        const char *c;
+
+        if (!v)
+                return;
+        for (c = v; *c >= '0' && *c <= '9' && n <= CONFIG_MAX_SESSIONS; c++)
+                n = n * 10 + (*c - '0');
+        if (c == v || *c || node->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+                if (c != v && *c >= '0' && *c <= '9')
+                        error_at(p, node, "\"%s\" is out of range: %s is not from 0 to %d", k->name, v,
+                                 CONFIG_MAX_SESSIONS);
+                else
+                        error_at(p, node, "\"%s\" must be a whole number of sessions from 0 to %d, not \"%s\"",
+                                 k->name, CONFIG_MAX_SESSIONS, v);
+                return;
+        }
+        if (n > CONFIG_MAX_SESSIONS) {
+                error_at(p, node, "\"%s\" is out of range: %s is not from 0 to %d", k->name, v, CONFIG_MAX_SESSIONS);
+                return;
+        }
+        *(int64_t *) dest = n;
 }
 
 /* A decimal integer from 1 to CONFIG_MAX_ACTIONS. */
@@ -715,6 +818,7 @@ static const struct key exempt_keys[] = {
         KEY(struct filter, databases, parse_name_list, false),
         KEY(struct filter, applications, parse_name_list, false),
         KEY(struct filter, client_addresses, parse_addr_list, false),
+        KEY(struct filter, queries, parse_name_list, false),
 };
 static const struct table exempt_table = TABLE(0, "an exempt block", exempt_keys);
 
@@ -726,8 +830,10 @@ static bool list_given(const struct filter *f, size_t key) {
                 return f->databases.given;
         case 2:
                 return f->applications.given;
-        default:
+        case 3:
                 return f->client_addresses.given;
+        default:
+                return f->queries.given;
         }
 }
 
@@ -739,8 +845,10 @@ static bool list_empty(const struct filter *f, size_t key) {
                 return f->databases.given && f->databases.n == 0;
         case 2:
                 return f->applications.given && f->applications.n == 0;
-        default:
+        case 3:
                 return f->client_addresses.given && f->client_addresses.n == 0 && !f->client_addresses.local;
+        default:
+                return f->queries.given && f->queries.n == 0;
         }
 }
 
@@ -755,7 +863,7 @@ static void parse_exempt(struct parser *p, const struct key *k, yaml_node_t *nod
         struct filter *f = dest;
 
         if (node->type != YAML_MAPPING_NODE) {
-                error_at(p, node, "\"%s\" must be a mapping of users, databases, applications and client_addresses, "
+                error_at(p, node, "\"%s\" must be a mapping of users, databases, applications, client_addresses and queries, "
                          "not %s", k->name, kind_or_empty(node));
                 return;
         }
@@ -812,14 +920,20 @@ static const struct key rule_keys[] = {
         { "max_query_duration", parse_duration, offsetof(struct rule, limit_ms[LIMIT_QUERY_DURATION]), false },
         { "max_transaction_age", parse_duration, offsetof(struct rule, limit_ms[LIMIT_TRANSACTION_AGE]), false },
         { "max_session_age", parse_duration, offsetof(struct rule, limit_ms[LIMIT_SESSION_AGE]), false },
+        { "max_blocking", parse_duration, offsetof(struct rule, limit_ms[LIMIT_BLOCKING]), false },
+        { "max_lock_wait", parse_duration, offsetof(struct rule, limit_ms[LIMIT_LOCK_WAIT]), false },
+        { "max_xmin_age", parse_xid_count, offsetof(struct rule, limit_ms[LIMIT_XMIN_AGE]), false },
+        KEY(struct rule, min_blocked, parse_session_count, false),
         KEY(struct rule, action, parse_action, false),
         { "escalate_after", parse_duration, offsetof(struct rule, escalate_after_ms), false },
         KEY(struct rule, dry_run, parse_bool, false),
+        KEY(struct rule, role, parse_role, false),
         /* the filter keys, in exempt_keys' order: rule_check relies on it */
         { "users", parse_name_list, offsetof(struct rule, filter.users), false },
         { "databases", parse_name_list, offsetof(struct rule, filter.databases), false },
         { "applications", parse_name_list, offsetof(struct rule, filter.applications), false },
         { "client_addresses", parse_addr_list, offsetof(struct rule, filter.client_addresses), false },
+        { "queries", parse_name_list, offsetof(struct rule, filter.queries), false },
         KEY(struct rule, exempt, parse_exempt, false),
 };
 static const struct table rule_table = TABLE(1, "a rule", rule_keys);
@@ -852,7 +966,11 @@ static void rule_check(struct parser *p, void *item, yaml_node_t *node, yaml_nod
                 any = any || seen[key_index(&rule_table, limit_keys[l])];
         if (!any)
                 error_at(p, node, "%s has no limit; set at least one of max_idle, max_idle_in_transaction, "
-                         "max_query_duration, max_transaction_age, max_session_age", label);
+                         "max_query_duration, max_transaction_age, max_session_age, max_blocking, max_lock_wait, "
+                         "max_xmin_age", label);
+        if (seen[key_index(&rule_table, "min_blocked")] && !rule_reads_locks(r) && any)
+                error_at(p, seen[key_index(&rule_table, "min_blocked")],
+                         "\"min_blocked\" only works with \"max_blocking\" or \"max_lock_wait\"; %s has neither", label);
         if (r->escalate_after_ms > 0 && r->action != ACTION_CANCEL && action_valid(seen[key_index(&rule_table, "action")]))
                 error_at(p, seen[key_index(&rule_table, "escalate_after")],
                          "\"escalate_after\" only works with \"action: cancel\"; %s has action %s%s", label,
@@ -866,6 +984,7 @@ static void rule_check(struct parser *p, void *item, yaml_node_t *node, yaml_nod
 
 static void rule_init(void *item) {
         ((struct rule *) item)->action = ACTION_TERMINATE;
+        ((struct rule *) item)->min_blocked = -1;
 }
 
 static void parse_rules(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
@@ -1035,6 +1154,8 @@ static bool rule_shadows(const struct rule *a, size_t ia, const struct rule *b, 
         for (size_t i = 0; i < ELEMENTSOF(exempt_keys); i++)
                 if (list_empty(&b->filter, i))
                         return false;  /* warned about already: it never matches at all */
+        if (a->role != ROLE_ANY && a->role != b->role)
+                return false;  /* b applies in a role where a does not */
 
         if (a->dry_run != b->dry_run) {
                 if (a->dry_run)
@@ -1049,6 +1170,8 @@ static bool rule_shadows(const struct rule *a, size_t ia, const struct rule *b, 
                         continue;
                 b_has_limit = true;
                 if (a->limit_ms[l] == 0 || a->limit_ms[l] > b->limit_ms[l])
+                        return false;
+                if (limit_is_chain(l) && rule_min_blocked(a, l) > rule_min_blocked(b, l))
                         return false;
         }
         return b_has_limit && filter_includes(&a->filter, &b->filter) &&
@@ -1197,6 +1320,7 @@ static void dump_filter(FILE *f, const char *indent, const struct filter *flt) {
         dump_name_list(f, indent, "users", &flt->users);
         dump_name_list(f, indent, "databases", &flt->databases);
         dump_name_list(f, indent, "applications", &flt->applications);
+        dump_name_list(f, indent, "queries", &flt->queries);
         if (a->given) {
                 fprintf(f, "%sclient_addresses: [%s", indent, a->local ? "local" : "");
                 for (size_t i = 0; i < a->n; i++) {
@@ -1306,16 +1430,26 @@ void config_dump(const struct config *c, FILE *f) {
                         dump_string(f, r->name);
                         fputc('\n', f);
                         for (enum limit_kind l = 0; l < _LIMIT_MAX; l++)
-                                if (r->limit_ms[l] > 0) {
+                                if (r->limit_ms[l] > 0 && !limit_is_duration(l))
+                                        fprintf(f, "        %s: %" PRId64 "\n", limit_keys[l], r->limit_ms[l]);
+                                else if (r->limit_ms[l] > 0) {
                                         fprintf(f, "        %s: ", limit_keys[l]);
                                         dump_duration(f, r->limit_ms[l]);
                                 }
+                        /* With both lock limits and no min_blocked, each has its own
+                         * default: no single value says that. */
+                        if (r->min_blocked >= 0 || (rule_reads_locks(r) &&
+                                                    !(r->limit_ms[LIMIT_BLOCKING] > 0 && r->limit_ms[LIMIT_LOCK_WAIT] > 0)))
+                                fprintf(f, "        min_blocked: %" PRId64 "\n",
+                                        rule_min_blocked(r, r->limit_ms[LIMIT_BLOCKING] > 0 ? LIMIT_BLOCKING
+                                                                                            : LIMIT_LOCK_WAIT));
                         fprintf(f, "        action: %s\n", action_names[r->action]);
                         if (r->escalate_after_ms > 0) {
                                 fputs("        escalate_after: ", f);
                                 dump_duration(f, r->escalate_after_ms);
                         }
                         fprintf(f, "        dry_run: %s\n", r->dry_run ? "true" : "false");
+                        fprintf(f, "        role: %s\n", role_names[r->role]);
                         dump_filter(f, "        ", &r->filter);
                         dump_exempt(f, "        ", "          ", &r->exempt);
                 }

@@ -39,6 +39,9 @@ static const char *const guard_columns[_LIMIT_MAX] = {
         [LIMIT_QUERY_DURATION] = "query_start",
         [LIMIT_TRANSACTION_AGE] = "xact_start",
         [LIMIT_SESSION_AGE] = "backend_start",
+        [LIMIT_BLOCKING] = "state_change",
+        [LIMIT_LOCK_WAIT] = "lock_wait",      /* query_start, and still waiting for a lock */
+        [LIMIT_XMIN_AGE] = "xact_start",
 };
 
 const char *limit_guard_column(enum limit_kind k) {
@@ -67,8 +70,11 @@ const char pg_action_sql[] =
         "  OR (v.state IS NOT NULL AND a.state IS DISTINCT FROM v.state) "
         "  OR CASE v.guard WHEN 'state_change' THEN " US("a.state_change")
         "                  WHEN 'query_start' THEN " US("a.query_start")
+        "                  WHEN 'lock_wait' THEN " US("a.query_start")
         "                  WHEN 'xact_start' THEN " US("a.xact_start")
         "                  ELSE " US("a.backend_start") " END IS DISTINCT FROM v.since "
+        "  OR CASE WHEN v.guard = 'lock_wait' THEN NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) w "
+        "       WHERE coalesce(w.leader_pid, w.pid) = v.pid AND w.wait_event_type = 'Lock') ELSE false END "
         "  THEN 'changed' "
         "WHEN r.oid IS NULL THEN 'denied' "
         "WHEN r.rolsuper AND NOT coalesce((SELECT rolsuper FROM me), false) THEN 'denied' "
@@ -112,6 +118,7 @@ static const char *guard_state(const struct decision *d) {
         case LIMIT_IDLE:
         case LIMIT_IDLE_IN_TRANSACTION:
         case LIMIT_QUERY_DURATION:
+        case LIMIT_BLOCKING:
                 return session_state_to_string(d->row->state);
         default:
                 return NULL;

@@ -71,8 +71,8 @@ bool log_to_journal(void) {
 /* Journal fields: a key and its value, raw (the value may hold any byte
  * but NUL: the native protocol carries newlines in a length-prefixed form). */
 struct fields {
-        const char *key[24];
-        char *value[24];
+        const char *key[32];
+        char *value[32];
         size_t n;
 };
 
@@ -500,15 +500,89 @@ void log_event(int priority, const char *message_id, const char *server, const c
         fields_free(&f);
 }
 
+void log_server_role(const char *server, enum server_role previous, enum server_role now) {
+        _cleanup_free_ char *raw = NULL, *line = NULL;
+        const char *what = now == ROLE_STANDBY ? "standby (in recovery)" : "primary";
+        struct fields f = {};
+        int priority = previous == ROLE_ANY ? LOG_INFO : LOG_NOTICE;
+
+        if (priority > max_priority)
+                return;
+        if ((previous == ROLE_ANY ? asprintf(&raw, "%s: server is a %s", server, what)
+                                  : asprintf(&raw, "%s: server role changed from %s to %s", server,
+                                             server_role_to_string(previous), what)) < 0)
+                return;
+        line = escape_string(raw);
+        field_add(&f, "MESSAGE", "%s", line);
+        field_add(&f, "PRIORITY", "%d", priority);
+        /* The first sighting is not a change: it has no MESSAGE_ID of its own. */
+        if (previous != ROLE_ANY) {
+                field_add(&f, "MESSAGE_ID", "%s", MESSAGE_ID_ROLE_CHANGED);
+                field_add(&f, "PGSWEEPER_PREVIOUS_ROLE", "%s", server_role_to_string(previous));
+        }
+        field_add(&f, "PGSWEEPER_SERVER", "%s", server);
+        field_add(&f, "PGSWEEPER_SERVER_ROLE", "%s", server_role_to_string(now));
+        emit(&f, line, priority <= LOG_NOTICE);
+        fields_free(&f);
+}
+
+void log_chain_warning(const char *server, const struct chain_warning *w) {
+        const struct snapshot_row *row = w->row;
+        char wait[DURATION_FORMAT_MAX], limit[DURATION_FORMAT_MAX], who[512];
+        _cleanup_free_ char *raw = NULL, *line = NULL;
+        struct fields f = {};
+
+        if (LOG_WARNING > max_priority)
+                return;
+        duration_format(w->wait_ms, wait, sizeof(wait));
+        duration_format(w->rule->limit_ms[LIMIT_BLOCKING], limit, sizeof(limit));
+        if (row)
+                snprintf(who, sizeof(who), "pid %" PRId32 " (user %s, db %s, app %s, %s)", w->pid,
+                         *row->user ? row->user : "-", *row->database ? row->database : "-",
+                         *row->application ? row->application : "-", *row->client_addr ? row->client_addr : "-");
+        else
+                snprintf(who, sizeof(who), "pid %" PRId32, w->pid);
+        if (asprintf(&raw, "%s: lock chain root %s is %s and is never signalled: %zu session%s waiting behind it "
+                     "for %s > max_blocking %s [rule %s] (said once per root)", server, who, w->why, w->blocked,
+                     w->blocked == 1 ? "" : "s", wait, limit, w->rule->name) < 0)
+                return;
+        line = escape_string(raw);
+        field_add(&f, "MESSAGE", "%s", line);
+        field_add(&f, "PRIORITY", "%d", LOG_WARNING);
+        field_add(&f, "MESSAGE_ID", "%s", MESSAGE_ID_CHAIN_PROTECTED);
+        field_add(&f, "PGSWEEPER_SERVER", "%s", server);
+        field_add(&f, "PGSWEEPER_RULE", "%s", w->rule->name);
+        field_add(&f, "PGSWEEPER_PID", "%" PRId32, w->pid);
+        if (row) {
+                field_add(&f, "PGSWEEPER_USER", "%s", row->user);
+                field_add(&f, "PGSWEEPER_DATABASE", "%s", row->database);
+                field_add(&f, "PGSWEEPER_APPLICATION", "%s", row->application);
+        }
+        field_add(&f, "PGSWEEPER_LIMIT", "max_blocking");
+        field_add(&f, "PGSWEEPER_LIMIT_MS", "%" PRId64, w->rule->limit_ms[LIMIT_BLOCKING]);
+        field_add(&f, "PGSWEEPER_ELAPSED_MS", "%" PRId64, w->wait_ms);
+        field_add(&f, "PGSWEEPER_BLOCKED", "%zu", w->blocked);
+        field_add(&f, "PGSWEEPER_PROTECTED", "%s", w->why);
+        emit(&f, line, true);
+        fields_free(&f);
+}
+
 /* How the elapsed time of a limit reads in a sentence. */
-static const char *limit_phrase(const struct decision *d) {
+static const char *limit_phrase(const struct decision *d, char buf[static 64]) {
         switch (d->limit) {
+        case LIMIT_BLOCKING:
+                snprintf(buf, 64, "blocking %zu session%s for", d->blocked, d->blocked == 1 ? "" : "s");
+                return buf;
+        case LIMIT_LOCK_WAIT:
+                return "waiting for a lock";
         case LIMIT_QUERY_DURATION:
                 return "query running";
         case LIMIT_TRANSACTION_AGE:
                 return "transaction open";
         case LIMIT_SESSION_AGE:
                 return "session open";
+        case LIMIT_XMIN_AGE:
+                return "holds xmin";
         default:
                 return session_state_to_string(d->row->state);
         }
@@ -552,7 +626,7 @@ static const struct {
 void log_decision(const char *server, const struct decision *d, enum result r, int priority, const char *hint) {
         const struct snapshot_row *row = d->row;
         const char *verb = d->action == ACTION_CANCEL ? "cancel" : "terminate";
-        char elapsed[DURATION_FORMAT_MAX], limit[DURATION_FORMAT_MAX], what[96];
+        char elapsed[DURATION_FORMAT_MAX], limit[DURATION_FORMAT_MAX], what[96], phrase[64];
         _cleanup_free_ char *raw = NULL, *line = NULL;
         const char *op;
         struct fields f = {};
@@ -591,12 +665,19 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
         default:
                 snprintf(what, sizeof(what), "failed to %s pid %" PRId32, verb, row->pid);
         }
-        op = log_limit_comparison(d->elapsed_ms, d->rule->limit_ms[d->limit], elapsed);
-        duration_format(d->rule->limit_ms[d->limit], limit, sizeof(limit));
+        if (limit_is_duration(d->limit)) {
+                op = log_limit_comparison(d->elapsed_ms, d->rule->limit_ms[d->limit], elapsed);
+                duration_format(d->rule->limit_ms[d->limit], limit, sizeof(limit));
+        } else {
+                /* an age in transactions: "holds xmin 312 transactions old > max_xmin_age 200" */
+                op = d->elapsed_ms == d->rule->limit_ms[d->limit] ? ">=" : ">";
+                snprintf(elapsed, sizeof(elapsed), "%" PRId64 " transactions old", d->elapsed_ms);
+                snprintf(limit, sizeof(limit), "%" PRId64, d->rule->limit_ms[d->limit]);
+        }
         if (asprintf(&raw, "%s: %s (user %s, db %s, app %s, %s): %s %s %s %s %s [rule %s]%s%s", server, what,
                      *row->user ? row->user : "-", *row->database ? row->database : "-",
                      *row->application ? row->application : "-", *row->client_addr ? row->client_addr : "-",
-                     limit_phrase(d), elapsed, op, limit_kind_to_string(d->limit), limit, d->rule->name,
+                     limit_phrase(d, phrase), elapsed, op, limit_kind_to_string(d->limit), limit, d->rule->name,
                      hint ? "; " : "", hint ? hint : "") < 0)
                 return;
         line = escape_string(raw);
@@ -616,8 +697,17 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
         field_add(&f, "PGSWEEPER_CLIENT_ADDR", "%s", row->client_addr);
         field_add(&f, "PGSWEEPER_STATE", "%s", session_state_to_string(row->state));
         field_add(&f, "PGSWEEPER_LIMIT", "%s", limit_kind_to_string(d->limit));
-        field_add(&f, "PGSWEEPER_LIMIT_MS", "%" PRId64, d->rule->limit_ms[d->limit]);
-        field_add(&f, "PGSWEEPER_ELAPSED_MS", "%" PRId64, d->elapsed_ms);
+        if (limit_is_duration(d->limit)) {
+                field_add(&f, "PGSWEEPER_LIMIT_MS", "%" PRId64, d->rule->limit_ms[d->limit]);
+                field_add(&f, "PGSWEEPER_ELAPSED_MS", "%" PRId64, d->elapsed_ms);
+        } else {
+                field_add(&f, "PGSWEEPER_LIMIT_VALUE", "%" PRId64, d->rule->limit_ms[d->limit]);
+                field_add(&f, "PGSWEEPER_XMIN_AGE", "%" PRId64, d->elapsed_ms);
+        }
+        if (limit_is_chain(d->limit))
+                field_add(&f, "PGSWEEPER_BLOCKED", "%zu", d->blocked);
+        field_add(&f, "PGSWEEPER_SERVER_ROLE", "%s",
+                  d->server_role == ROLE_ANY ? "unknown" : server_role_to_string(d->server_role));
         if (d->escalated)
                 field_add(&f, "PGSWEEPER_ESCALATED", "1");
         if (row->query)

@@ -23,6 +23,7 @@ struct server_series {
         uint64_t last_poll_usec;
         bool up;
         int privileges_ok;          /* -1: not known yet */
+        int in_recovery;            /* -1: not known yet */
 };
 
 struct metrics {
@@ -64,7 +65,8 @@ static struct server_series *server_series(struct metrics *m, const char *server
                 if (strcmp(m->servers[i].server, server) == 0)
                         return &m->servers[i];
         m->servers = xreallocarray(m->servers, m->n_servers + 1, sizeof(*m->servers));
-        m->servers[m->n_servers] = (struct server_series) { .server = xstrdup(server), .privileges_ok = -1 };
+        m->servers[m->n_servers] = (struct server_series) { .server = xstrdup(server), .privileges_ok = -1,
+                                                            .in_recovery = -1 };
         return &m->servers[m->n_servers++];
 }
 
@@ -98,6 +100,10 @@ void metrics_set_up(struct metrics *m, const char *server, bool up) {
 
 void metrics_set_privileges(struct metrics *m, const char *server, bool ok) {
         server_series(m, server)->privileges_ok = ok;
+}
+
+void metrics_set_in_recovery(struct metrics *m, const char *server, bool in_recovery) {
+        server_series(m, server)->in_recovery = in_recovery;
 }
 
 void metrics_count_reload(struct metrics *m, bool ok) {
@@ -188,6 +194,16 @@ void metrics_format(const struct metrics *m, FILE *f) {
         server_family(f, m, "pgsweeper_last_poll_duration_seconds", "gauge",
                       "Wall time of the last successful poll, from sending the snapshot to the end of the "
                       "judgement (the action's round trip is not included).", duration_value);
+        header(f, "pgsweeper_server_in_recovery", "gauge",
+               "1 when the server was a standby (pg_is_in_recovery()) at the last poll, 0 when a primary; "
+               "absent before the first poll.");
+        for (size_t i = 0; i < m->n_servers; i++) {
+                if (m->servers[i].in_recovery < 0)
+                        continue;
+                fputs("pgsweeper_server_in_recovery{", f);
+                label(f, "server", m->servers[i].server, true);
+                fprintf(f, "} %d\n", m->servers[i].in_recovery);
+        }
         header(f, "pgsweeper_config_reloads_total", "counter", "Configuration reloads by result.");
         fprintf(f, "pgsweeper_config_reloads_total{result=\"ok\"} %" PRIu64 "\n", m->reloads_ok);
         fprintf(f, "pgsweeper_config_reloads_total{result=\"failed\"} %" PRIu64 "\n", m->reloads_failed);

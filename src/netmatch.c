@@ -267,6 +267,7 @@ void filter_done(struct filter *f) {
         name_list_done(&f->users);
         name_list_done(&f->databases);
         name_list_done(&f->applications);
+        name_list_done(&f->queries);
         free(f->client_addresses.masks);
         *f = (struct filter) {};
 }
@@ -290,11 +291,13 @@ bool filter_includes(const struct filter *wide, const struct filter *narrow) {
                (!wide->databases.given || name_list_equal(&wide->databases, &narrow->databases)) &&
                (!wide->applications.given || name_list_equal(&wide->applications, &narrow->applications)) &&
                (!wide->client_addresses.given ||
-                addr_list_equal(&wide->client_addresses, &narrow->client_addresses));
+                addr_list_equal(&wide->client_addresses, &narrow->client_addresses)) &&
+               (!wide->queries.given || name_list_equal(&wide->queries, &narrow->queries));
 }
 
 bool filter_equal(const struct filter *a, const struct filter *b) {
         return name_list_equal(&a->users, &b->users) && name_list_equal(&a->databases, &b->databases) &&
                name_list_equal(&a->applications, &b->applications) &&
-               addr_list_equal(&a->client_addresses, &b->client_addresses);
+               addr_list_equal(&a->client_addresses, &b->client_addresses) &&
+               name_list_equal(&a->queries, &b->queries);
 }

@@ -64,12 +64,14 @@ const char *verdict_reason_to_string(enum verdict_reason r) {
 void snapshot_free(struct snapshot *s) {
         free(s->rows);
         free(s->strings);
+        free(s->blocker_pool);
         *s = (struct snapshot) {};
 }
 
 void judgement_free(struct judgement *j) {
         free(j->decisions);
         free(j->verdicts);
+        free(j->warnings);
         *j = (struct judgement) { .next_deadline = INT64_MAX };
 }
 
@@ -81,7 +83,7 @@ int64_t policy_poll_gap_ms(const struct server *srv, int64_t min_interval_ms) {
                 if (r->action == ACTION_LOG)
                         continue;
                 for (enum limit_kind k = 0; k < _LIMIT_MAX; k++)
-                        if (r->limit_ms[k] > 0 && r->limit_ms[k] < gap)
+                        if (limit_is_duration(k) && r->limit_ms[k] > 0 && r->limit_ms[k] < gap)
                                 gap = r->limit_ms[k];
         }
         return gap < min_interval_ms ? min_interval_ms : gap;
@@ -100,9 +102,105 @@ int64_t limit_since(enum limit_kind k, const struct snapshot_row *row) {
                 return row->xact_start;
         case LIMIT_SESSION_AGE:
                 return row->backend_start;
+        case LIMIT_BLOCKING:
+                return row->state_change;   /* not the clock (the waits behind it are): what the guard checks */
+        case LIMIT_LOCK_WAIT:
+                return row->wait_start != TS_NULL ? row->query_start : TS_NULL;
+        case LIMIT_XMIN_AGE:
+                return row->xmin_age >= 0 ? row->xact_start : TS_NULL;   /* not a clock: what the guard checks */
         default:
                 return TS_NULL;
         }
+}
+
+struct pid_index {
+        int32_t pid;
+        size_t node;
+};
+
+static int pid_index_cmp(const void *a, const void *b) {
+        const struct pid_index *x = a, *y = b;
+        return x->pid < y->pid ? -1 : x->pid > y->pid;
+}
+
+static size_t node_of(const struct pid_index *idx, size_t n, int32_t pid) {
+        struct pid_index key = { pid, 0 };
+        const struct pid_index *hit = bsearch(&key, idx, n, sizeof(*idx), pid_index_cmp);
+        return hit ? hit->node : SIZE_MAX;
+}
+
+/* Every waiter walks up through the sessions it waits for, directly or
+ * through other waiters, and counts once behind each (a stamp per walk:
+ * duplicates and cycles are visited once). Rows with the same pid (a
+ * backend gone and its pid reused within one snapshot cannot happen; be
+ * safe) resolve to the first. */
+void lock_graph_build(const struct snapshot *snap, struct lock_graph *ret) {
+        size_t n = snap->n_rows, n_idx = 0, n_nodes, n_stack;
+        _cleanup_free_ struct pid_index *idx = xcalloc(n + 1, sizeof(*idx));
+        _cleanup_free_ size_t *stamp = NULL, *stack = NULL;
+        struct lock_graph g = {};
+
+        for (size_t i = 0; i < n; i++)
+                idx[n_idx++] = (struct pid_index) { snap->rows[i].pid, i };
+        qsort(idx, n_idx, sizeof(*idx), pid_index_cmp);
+        /* pids waited for without a row of their own */
+        for (size_t i = 0; i < n; i++)
+                for (size_t b = 0; b < snap->rows[i].n_blockers; b++) {
+                        int32_t pid = snap->rows[i].blockers[b];
+                        bool known = node_of(idx, n_idx, pid) != SIZE_MAX;
+                        for (size_t k = 0; k < g.n_orphans && !known; k++)
+                                known = g.orphan_pids[k] == pid;
+                        if (known)
+                                continue;
+                        g.orphan_pids = xreallocarray(g.orphan_pids, g.n_orphans + 1, sizeof(int32_t));
+                        g.orphan_pids[g.n_orphans++] = pid;
+                }
+        n_nodes = n + g.n_orphans;
+        g.nodes = xcalloc(n_nodes + 1, sizeof(*g.nodes));
+        stamp = xcalloc(n_nodes + 1, sizeof(*stamp));
+        stack = xcalloc(n_nodes + 1, sizeof(*stack));
+        for (size_t i = 0; i < n_nodes; i++)
+                g.nodes[i].oldest_wait = TS_NULL;
+
+        for (size_t w = 0; w < n; w++) {
+                const struct snapshot_row *waiter = &snap->rows[w];
+
+                if (waiter->wait_start == TS_NULL)
+                        continue;
+                g.nodes[w].waiter = true;
+                stamp[w] = w + 1;
+                stack[0] = w;
+                n_stack = 1;
+                while (n_stack > 0) {
+                        size_t v = stack[--n_stack];
+                        const struct snapshot_row *r = v < n ? &snap->rows[v] : NULL;
+
+                        for (size_t b = 0; r && b < r->n_blockers; b++) {
+                                size_t u = node_of(idx, n_idx, r->blockers[b]);
+
+                                if (u == SIZE_MAX)
+                                        for (size_t k = 0; k < g.n_orphans; k++)
+                                                if (g.orphan_pids[k] == r->blockers[b])
+                                                        u = n + k;
+                                if (u == SIZE_MAX || stamp[u] == w + 1)
+                                        continue;
+                                stamp[u] = w + 1;
+                                g.nodes[u].n_blocked++;
+                                if (g.nodes[u].oldest_wait == TS_NULL || waiter->wait_start < g.nodes[u].oldest_wait)
+                                        g.nodes[u].oldest_wait = waiter->wait_start;
+                                stack[n_stack++] = u;
+                        }
+                }
+        }
+        for (size_t i = 0; i < n_nodes; i++)
+                g.nodes[i].root = g.nodes[i].n_blocked > 0 && !g.nodes[i].waiter;
+        *ret = g;
+}
+
+void lock_graph_free(struct lock_graph *g) {
+        free(g->nodes);
+        free(g->orphan_pids);
+        *g = (struct lock_graph) {};
 }
 
 /* Own connections are recognised by (pid, backend_start) among this
@@ -164,6 +262,8 @@ bool filter_matches(const struct filter *f, const struct snapshot_row *row) {
                 return false;
         if (f->client_addresses.given && !addr_list_matches(&f->client_addresses, row->client_addr))
                 return false;
+        if (f->queries.given && !(row->query && name_list_matches(&f->queries, row->query)))
+                return false;
         return true;
 }
 
@@ -171,7 +271,8 @@ bool filter_exempts(const struct filter *exempt, const struct snapshot_row *row)
         return name_list_matches(&exempt->users, row->user) ||
                name_list_matches(&exempt->databases, row->database) ||
                name_list_matches(&exempt->applications, row->application) ||
-               addr_list_matches(&exempt->client_addresses, row->client_addr);
+               addr_list_matches(&exempt->client_addresses, row->client_addr) ||
+               (row->query && name_list_matches(&exempt->queries, row->query));
 }
 
 bool escalation_matches(const struct escalation *e, const struct snapshot_row *row) {
@@ -200,6 +301,30 @@ static bool stronger(const struct decision *a, const struct decision *b) {
         return a->action > b->action;
 }
 
+/* role: primary|standby applies only while the server is in that role; an
+ * unknown role (no answer) matches only role: any. */
+bool rule_applies_to_role(const struct rule *rule, const struct snapshot *snap) {
+        if (rule->role == ROLE_ANY)
+                return true;
+        return snap->role_known && snap->in_recovery == (rule->role == ROLE_STANDBY);
+}
+
+bool policy_reads_locks(const struct server *srv) {
+        for (size_t i = 0; i < srv->n_rules; i++)
+                if (rule_reads_locks(&srv->rules[i]))
+                        return true;
+        return false;
+}
+
+bool policy_needs_query(const struct server *srv) {
+        if ((srv->global_exempt && filter_uses_query(srv->global_exempt)) || filter_uses_query(&srv->exempt))
+                return true;
+        for (size_t i = 0; i < srv->n_rules; i++)
+                if (filter_uses_query(&srv->rules[i].filter) || filter_uses_query(&srv->rules[i].exempt))
+                        return true;
+        return false;
+}
+
 static int decision_cmp(const void *a, const void *b) {
         const struct decision *x = a, *y = b;
         /* The oldest offender first: furthest past its limit. */
@@ -213,8 +338,18 @@ static int decision_cmp(const void *a, const void *b) {
 /* The decision of one rule for one row, if the row breaks it; updates *next
  * with the row's future crossings of this rule, and *soon (if not NULL) with
  * what the earliest of them is. */
+/* The sessions behind a lock-chain node, for limit k; 0 when the limit
+ * does not apply to it (max_blocking: not a root; max_lock_wait: not waiting). */
+static int64_t node_count(const struct rule *rule, enum limit_kind k, const struct lock_node *node, size_t *ret) {
+        *ret = node->n_blocked;
+        if ((k == LIMIT_BLOCKING && !node->root) || (k == LIMIT_LOCK_WAIT && !node->waiter))
+                return -1;
+        return (int64_t) node->n_blocked;
+}
+
 static bool judge_rule(const struct policy_input *in, const struct snapshot *snap, const struct snapshot_row *row,
-                       const struct rule *rule, struct decision *ret, int64_t *next, struct verdict *soon) {
+                       const struct lock_node *node, const struct rule *rule, struct decision *ret, int64_t *next,
+                       struct verdict *soon) {
         const struct escalation *e = find_escalation(in, row, rule);
         struct decision d = {};
 
@@ -233,20 +368,35 @@ static bool judge_rule(const struct policy_input *in, const struct snapshot *sna
                 }
                 *ret = (struct decision) { row, rule, LIMIT_QUERY_DURATION,
                                            snap->now >= row->query_start ? (snap->now - row->query_start) / 1000 : 0,
-                                           ACTION_TERMINATE, in->dry_run || rule->dry_run, true };
+                                           ACTION_TERMINATE, in->dry_run || rule->dry_run, true, ROLE_ANY, 0 };
                 return true;
         }
+        /* An age, not a time: checked at every poll, never planned. */
+        if (rule->limit_ms[LIMIT_XMIN_AGE] > 0 && row->xmin_age >= rule->limit_ms[LIMIT_XMIN_AGE])
+                d = (struct decision) { row, rule, LIMIT_XMIN_AGE, row->xmin_age, rule->action,
+                                        in->dry_run || rule->dry_run, false, ROLE_ANY, 0 };
         for (enum limit_kind k = 0; k < _LIMIT_MAX; k++) {
-                int64_t since = limit_since(k, row), elapsed_ms, limit = rule->limit_ms[k];
+                int64_t since, elapsed_ms, limit = rule->limit_ms[k];
+                size_t blocked = 0;
 
-                if (limit <= 0 || since == TS_NULL)
+                if (limit <= 0 || !limit_is_duration(k))
+                        continue;
+                if (limit_from_row(k))
+                        since = limit_since(k, row);
+                else if (!node || node_count(rule, k, node, &blocked) < rule_min_blocked(rule, k))
+                        continue;
+                else
+                        since = k == LIMIT_BLOCKING ? (node->root ? node->oldest_wait : TS_NULL) : row->wait_start;
+                if (since == TS_NULL)
                         continue;
                 elapsed_ms = snap->now >= since ? (snap->now - since) / 1000 : 0;
                 if (elapsed_ms >= limit) {
-                        /* Of several broken limits, name the one broken longest ago. */
-                        if (!d.rule || elapsed_ms - limit > d.elapsed_ms - rule->limit_ms[d.limit])
+                        /* Of several broken limits, name the one broken longest ago
+                         * (a broken time limit before an age: it says when). */
+                        if (!d.rule || d.limit == LIMIT_XMIN_AGE ||
+                            elapsed_ms - limit > d.elapsed_ms - rule->limit_ms[d.limit])
                                 d = (struct decision) { row, rule, k, elapsed_ms, rule->action,
-                                                        in->dry_run || rule->dry_run, false };
+                                                        in->dry_run || rule->dry_run, false, ROLE_ANY, blocked };
                 } else if (since <= INT64_MAX - limit * 1000 && since + limit * 1000 < *next) {
                         *next = since + limit * 1000;
                         if (soon)
@@ -261,12 +411,68 @@ static bool judge_rule(const struct policy_input *in, const struct snapshot *sna
         return true;
 }
 
+/* Why a chain's root may not be signalled; NULL: it may. */
+static const char *root_protection(const struct policy_input *in, const struct snapshot_row *row, int32_t pid) {
+        enum verdict_reason why;
+
+        if (!row)
+                return pid == 0 ? "a prepared transaction" : NULL;
+        if (is_dying(in, row) || !protected_session(in, row, &why))
+                return NULL;
+        if (!row->client_backend)
+                return "not a client backend";
+        if (policy_is_own(in, row))
+                return "a pgsweeper connection";
+        return "a superuser's session";
+}
+
+/* Roots that a max_blocking rule would end but that may not be signalled:
+ * said, never acted on. */
+static void chain_warnings(const struct policy_input *in, const struct snapshot *snap, const struct lock_graph *g,
+                           struct judgement *j) {
+        const struct server *srv = in->server;
+        size_t n_nodes = snap->n_rows + g->n_orphans;
+
+        for (size_t i = 0; i < n_nodes; i++) {
+                const struct lock_node *node = &g->nodes[i];
+                const struct snapshot_row *row = i < snap->n_rows ? &snap->rows[i] : NULL;
+                int32_t pid = row ? row->pid : g->orphan_pids[i - snap->n_rows];
+                const char *why;
+                int64_t wait_ms;
+
+                if (!node->root || node->oldest_wait == TS_NULL || !(why = root_protection(in, row, pid)))
+                        continue;
+                if (row && exempt_from_server(srv, row, &(enum verdict_reason) { 0 }))
+                        continue;
+                wait_ms = snap->now >= node->oldest_wait ? (snap->now - node->oldest_wait) / 1000 : 0;
+                for (size_t r = 0; r < srv->n_rules; r++) {
+                        const struct rule *rule = &srv->rules[r];
+
+                        if (rule->limit_ms[LIMIT_BLOCKING] <= 0 || !rule_applies_to_role(rule, snap) ||
+                            (row && (!filter_matches(&rule->filter, row) || filter_exempts(&rule->exempt, row))) ||
+                            (int64_t) node->n_blocked < rule_min_blocked(rule, LIMIT_BLOCKING) ||
+                            wait_ms < rule->limit_ms[LIMIT_BLOCKING])
+                                continue;
+                        j->warnings = xreallocarray(j->warnings, j->n_warnings + 1, sizeof(*j->warnings));
+                        j->warnings[j->n_warnings++] = (struct chain_warning) {
+                                .pid = pid, .backend_start = row ? row->backend_start : TS_NULL, .row = row,
+                                .why = why, .rule = rule, .blocked = node->n_blocked, .wait_ms = wait_ms,
+                        };
+                        break;
+                }
+        }
+}
+
 void policy_judge(const struct policy_input *in, const struct snapshot *snap, struct judgement *ret) {
         const struct server *srv = in->server;
         struct decision *out = xcalloc(snap->n_rows + 1, sizeof(*out));
         struct verdict *verdicts = in->verdicts ? xcalloc(snap->n_rows + 1, sizeof(*verdicts)) : NULL;
         size_t n = 0, kept = 0, signalling = 0, capped = 0;
         int64_t next = INT64_MAX;
+        struct lock_graph graph = {};
+
+        if (snap->has_graph)
+                lock_graph_build(snap, &graph);
 
         for (size_t i = 0; i < snap->n_rows; i++) {
                 const struct snapshot_row *row = &snap->rows[i];
@@ -289,14 +495,15 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                         const struct rule *rule = &srv->rules[r];
                         struct decision d;
 
-                        if (!filter_matches(&rule->filter, row))
+                        if (!rule_applies_to_role(rule, snap) || !filter_matches(&rule->filter, row))
                                 continue;
                         if (filter_exempts(&rule->exempt, row)) {
                                 exempting = exempting ? exempting : rule;
                                 continue;
                         }
                         matched = matched ? matched : rule;
-                        if (judge_rule(in, snap, row, rule, &d, &row_next, verdicts ? &soon : NULL) &&
+                        if (judge_rule(in, snap, row, graph.nodes ? &graph.nodes[i] : NULL, rule, &d, &row_next,
+                                       verdicts ? &soon : NULL) &&
                             (!best.rule || stronger(&d, &best)))
                                 best = d;
                 }
@@ -326,6 +533,8 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                 verdicts[i] = v;
         }
 
+        for (size_t i = 0; i < n; i++)
+                out[i].server_role = !snap->role_known ? ROLE_ANY : snap->in_recovery ? ROLE_STANDBY : ROLE_PRIMARY;
         if (n > 1)
                 qsort(out, n, sizeof(*out), decision_cmp);
 
@@ -345,4 +554,7 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
         }
         *ret = (struct judgement) { .decisions = out, .n_decisions = kept, .n_capped = capped, .next_deadline = next,
                                     .verdicts = verdicts };
+        if (graph.nodes)
+                chain_warnings(in, snap, &graph, ret);
+        lock_graph_free(&graph);
 }

@@ -84,6 +84,7 @@ static void server_close(struct server_state *s) {
         s->conn = NULL;
         s->fd = -1;
         s->backend_pid = 0;
+        s->graph_prepared = false;
         pg_identity_done(&s->id);
         s->on_result = NULL;
         cycle_reset(s);
@@ -518,9 +519,17 @@ static bool role_denied_before(struct server_state *s, const char *role) {
 /* Log one decision: repeats of log-only and dry-run decisions are dropped
  * (returns false for those: nothing new happened), a permission failure is
  * explained once per target role, then debug. */
-static bool log_result(struct server_state *s, const struct decision *d, enum result r, struct reported *now,
+static bool log_result(struct server_state *s, const struct decision *judged, enum result r, struct reported *now,
                        size_t *n_now, const char *unknown_why) {
+        /* Query text read for a queries filter is logged only with log_query. */
+        struct snapshot_row row = *judged->row;
+        struct decision copy = *judged;
+        const struct decision *d = &copy;
         char hint[256];
+
+        if (!s->config->log_query)
+                row.query = NULL;
+        copy.row = &row;
 
         if (r == RESULT_LOGGED || r == RESULT_DRY_RUN) {
                 struct reported k = reported_key(d);
@@ -675,7 +684,43 @@ static void watch_earlier_actions(struct server_state *s) {
         s->n_ended = 0;
 }
 
-static void on_snapshot_done(struct server_state *s, PGresult *res) {
+/* pg_is_in_recovery() as this poll saw it: a change is one entry. */
+static void track_role(struct server_state *s) {
+        enum server_role now;
+
+        if (!s->snap.role_known)
+                return;
+        now = s->snap.in_recovery ? ROLE_STANDBY : ROLE_PRIMARY;
+        metrics_set_in_recovery(manager_metrics(s->manager), name(s), s->snap.in_recovery);
+        if (now == s->role)
+                return;
+        log_server_role(name(s), s->role, now);
+        s->role = now;
+}
+
+/* Chains whose root may not be signalled: each root said once, for as
+ * long as it stays one. */
+static void warn_protected_roots(struct server_state *s) {
+        const struct judgement *j = &s->judgement;
+        struct session_id *now = xcalloc(j->n_warnings + 1, sizeof(*now));
+
+        for (size_t i = 0; i < j->n_warnings; i++) {
+                struct session_id id = { j->warnings[i].pid, j->warnings[i].backend_start };
+                bool seen = false;
+
+                for (size_t k = 0; k < s->n_warned_roots && !seen; k++)
+                        seen = s->warned_roots[k].pid == id.pid && s->warned_roots[k].backend_start == id.backend_start;
+                if (!seen)
+                        log_chain_warning(name(s), &j->warnings[i]);
+                now[i] = id;
+        }
+        free(s->warned_roots);
+        s->warned_roots = now;
+        s->n_warned_roots = j->n_warnings;
+}
+
+/* Judge the snapshot (with its lock graph if one was read) and act. */
+static void judge_and_act(struct server_state *s) {
         _cleanup_free_ struct session_id *own = NULL;
         struct policy_input in = {
                 .server = s->server,
@@ -683,15 +728,7 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
                 .own_role = s->id.role,
         };
 
-        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-                server_fail(s, "snapshot", result_error(s, res));
-                return;
-        }
-        if (snapshot_from_result(res, &s->snap) < 0) {
-                server_fail(s, "snapshot", "unexpected result shape");
-                return;
-        }
-        s->snap_received = loop_usec(s);
+        track_role(s);
         in.n_own = manager_own_sessions(s->manager, s, &own);
         in.own = own;
         watch_earlier_actions(s);
@@ -701,6 +738,7 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
         in.n_dying = s->n_dying;
         policy_judge(&in, &s->snap, &s->judgement);
         s->poll_usec = clock_usec() - s->poll_started;
+        warn_protected_roots(s);
 
         s->results = xcalloc(s->judgement.n_decisions + 1, sizeof(*s->results));
         if (enforce_prepare(&s->judgement, s->results, &s->batch) == 0) {
@@ -711,15 +749,84 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
                        (const char *const *) s->batch.params, on_action_done);
 }
 
-static void server_poll(struct server_state *s) {
+/* What this cycle asks the server for; both statements of a poll take it. */
+static void poll_params(struct server_state *s, struct snapshot_params *ret) {
         _cleanup_free_ int32_t *pids = xcalloc(s->n_escalations + 1, sizeof(int32_t));
-        struct snapshot_request req = { .with_query = s->config->log_query, .pids = pids };
-        struct snapshot_params params;
+        struct snapshot_request req = {
+                .with_query = s->config->log_query || policy_needs_query(s->server), .pids = pids,
+                .lock_waiters = policy_reads_locks(s->server),
+        };
 
         for (size_t i = 0; i < s->n_escalations; i++)
                 pids[req.n_pids++] = s->escalations[i].pid;
         snapshot_request_limits(s->server, policy_poll_gap_ms(s->server, s->config->min_interval_ms), &req);
-        snapshot_params_build(&req, &params);
+        snapshot_params_build(&req, ret);
+}
+
+static void on_graph_done(struct server_state *s, PGresult *res) {
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+                server_fail(s, "lock graph", result_error(s, res));
+                return;
+        }
+        snapshot_free(&s->snap);
+        if (snapshot_from_result(res, &s->snap) < 0) {
+                server_fail(s, "lock graph", "unexpected result shape");
+                return;
+        }
+        s->snap_received = loop_usec(s);
+        s->snap.has_graph = true;
+        judge_and_act(s);
+}
+
+static void send_graph(struct server_state *s) {
+        struct snapshot_params params;
+
+        poll_params(s, &params);
+        send_statement(s, PHASE_POLLING, SEND_PREPARED, pg_lock_graph_name, NULL, SNAPSHOT_PARAMS,
+                       (const char *const *) params.values, on_graph_done);
+        snapshot_params_free(&params);
+}
+
+static void on_graph_prepared(struct server_state *s, PGresult *res) {
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+                server_fail(s, "lock graph", result_error(s, res));
+                return;
+        }
+        s->graph_prepared = true;
+        send_graph(s);
+}
+
+static void on_snapshot_done(struct server_state *s, PGresult *res) {
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+                server_fail(s, "snapshot", result_error(s, res));
+                return;
+        }
+        if (snapshot_from_result(res, &s->snap) < 0) {
+                server_fail(s, "snapshot", "unexpected result shape");
+                return;
+        }
+        s->snap_received = loop_usec(s);
+        /* The lock graph only for a server with a lock rule, and only when
+         * this poll saw a session waiting for a lock. */
+        if (s->snap.n_lock_waiting == 0 || !policy_reads_locks(s->server)) {
+                judge_and_act(s);
+                return;
+        }
+        /* Prepared once per connection, the first time it is needed; its
+         * text depends on the version (pg_locks.waitstart since 14). */
+        if (!s->graph_prepared) {
+                send_statement(s, PHASE_POLLING, SEND_PREPARE, pg_lock_graph_name,
+                               PQserverVersion(s->conn) >= 140000 ? pg_lock_graph_sql : pg_lock_graph_sql_13,
+                               SNAPSHOT_PARAMS, NULL, on_graph_prepared);
+                return;
+        }
+        send_graph(s);
+}
+
+static void server_poll(struct server_state *s) {
+        struct snapshot_params params;
+
+        poll_params(s, &params);
         s->poll_started = clock_usec();
         send_statement(s, PHASE_POLLING, SEND_PREPARED, pg_snapshot_name, NULL, SNAPSHOT_PARAMS,
                        (const char *const *) params.values, on_snapshot_done);
@@ -760,6 +867,7 @@ void server_free(struct server_state *s) {
         escalations_clear(s);
         free(s->ended);
         free(s->dying);
+        free(s->warned_roots);
         free(s->abandoned_cluster);
         for (size_t k = 0; k < s->n_denied_roles; k++)
                 free(s->denied_roles[k]);

@@ -480,6 +480,254 @@ static void test_escalation(void) {
         config_free(c);
 }
 
+/* role: primary|standby against the snapshot's pg_is_in_recovery(). */
+static void test_role(void) {
+        struct rule rules[3] = {
+                rule_make("any", LIMIT_IDLE, 1000, ACTION_LOG),
+                rule_make("primary", LIMIT_IDLE, 1000, ACTION_CANCEL),
+                rule_make("standby", LIMIT_IDLE, 1000, ACTION_TERMINATE),
+        };
+        struct server srv = { .name = (char *) "test", .rules = rules, .n_rules = 3 };
+        struct snapshot_row row = row_base(7, STATE_IDLE, 60);
+        struct snapshot snap = { .now = NOW, .rows = &row, .n_rows = 1 };
+        struct policy_input in = { .server = &srv };
+        struct judgement j;
+
+        rules[1].role = ROLE_PRIMARY;
+        rules[2].role = ROLE_STANDBY;
+        snap.role_known = true;
+        snap.in_recovery = false;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 1, "primary");
+        CHECK_STR(j.decisions[0].rule->name, "primary", "primary rule decides on a primary");
+        CHECK_INT(j.decisions[0].server_role, ROLE_PRIMARY, "decision carries the role");
+        judgement_free(&j);
+
+        snap.in_recovery = true;
+        policy_judge(&in, &snap, &j);
+        CHECK_STR(j.decisions[0].rule->name, "standby", "standby rule decides on a standby");
+        CHECK_INT(j.decisions[0].server_role, ROLE_STANDBY, "decision carries the role");
+        judgement_free(&j);
+
+        /* no answer: only role-less rules */
+        snap.role_known = false;
+        policy_judge(&in, &snap, &j);
+        CHECK_STR(j.decisions[0].rule->name, "any", "unknown role: role: any only");
+        CHECK_INT(j.decisions[0].server_role, ROLE_ANY, "unknown role");
+        judgement_free(&j);
+}
+
+/* max_xmin_age: an age, judged at every poll, never a deadline. */
+static void test_xmin_age(void) {
+        struct rule r = rule_make("horizon", LIMIT_XMIN_AGE, 200, ACTION_TERMINATE);
+        struct snapshot_row rows[4] = {
+                row_base(1, STATE_IDLE_IN_TRANSACTION, 5), row_base(2, STATE_IDLE_IN_TRANSACTION, 5),
+                row_base(3, STATE_IDLE, 5), row_base(4, STATE_ACTIVE, 5),
+        };
+        struct judgement j;
+
+        rows[0].xmin_age = 312;
+        rows[1].xmin_age = 199;
+        rows[2].xmin_age = -1;      /* holds none */
+        rows[3].xmin_age = 200;     /* reaching it is enough */
+        CHECK_INT(judge(&r, 1, rows, 4, false, NULL, 0, &j), 2, "xmin ages");
+        CHECK_INT(j.decisions[0].row->pid, 1, "oldest horizon first");
+        CHECK_INT(j.decisions[0].limit, LIMIT_XMIN_AGE, "limit");
+        CHECK_INT(j.decisions[0].elapsed_ms, 312, "the age is reported");
+        CHECK_INT(j.decisions[1].row->pid, 4, "at the limit");
+        CHECK_INT(j.next_deadline, INT64_MAX, "ages plan no deadline");
+        CHECK_INT(limit_since(LIMIT_XMIN_AGE, &rows[0]), rows[0].xact_start, "guarded by xact_start");
+        judgement_free(&j);
+
+        /* a time limit of the same rule that is broken names the decision */
+        r.limit_ms[LIMIT_IDLE_IN_TRANSACTION] = 1000;
+        CHECK_INT(judge(&r, 1, rows, 1, false, NULL, 0, &j), 1, "both broken");
+        CHECK_INT(j.decisions[0].limit, LIMIT_IDLE_IN_TRANSACTION, "the time limit names it");
+        judgement_free(&j);
+
+        /* and an age never shortens the poll gap */
+        {
+                struct rule only = rule_make("h", LIMIT_XMIN_AGE, 5, ACTION_TERMINATE);
+                struct server srv = { .interval_ms = 10000, .rules = &only, .n_rules = 1 };
+                CHECK_INT(policy_poll_gap_ms(&srv, 100), 10000, "xmin age is no duration");
+        }
+}
+
+/* A waiter: pid waits since `since` seconds ago for the listed pids. */
+static struct snapshot_row waiter(int32_t pid, int64_t since_s, const int32_t *blockers, size_t n) {
+        struct snapshot_row r = row_base(pid, STATE_ACTIVE, since_s);
+        r.wait_start = NOW - S(since_s);
+        r.lock_waiting = true;
+        r.blockers = blockers;
+        r.n_blockers = n;
+        return r;
+}
+
+static struct snapshot_row holder(int32_t pid, enum session_state st) {
+        struct snapshot_row r = row_base(pid, st, 100);
+        r.wait_start = TS_NULL;
+        return r;
+}
+
+static const struct lock_node *node_for(const struct lock_graph *g, const struct snapshot *snap, int32_t pid) {
+        for (size_t i = 0; i < snap->n_rows; i++)
+                if (snap->rows[i].pid == pid)
+                        return &g->nodes[i];
+        for (size_t k = 0; k < g->n_orphans; k++)
+                if (g->orphan_pids[k] == pid)
+                        return &g->nodes[snap->n_rows + k];
+        return NULL;
+}
+
+/* The chain walk on hand-made graphs. */
+static void test_lock_graph(void) {
+        /* 10 <- 11 <- 12, 13 <- 11 (a queue behind an idle blocker), with
+         * duplicates as pg_blocking_pids gives for parallel groups */
+        static const int32_t b11[] = { 10, 10, 10 }, b12[] = { 11 }, b13[] = { 11, 10 };
+        struct snapshot_row rows[] = {
+                holder(10, STATE_IDLE_IN_TRANSACTION), waiter(11, 30, b11, 3), waiter(12, 20, b12, 1),
+                waiter(13, 10, b13, 2), holder(14, STATE_IDLE),
+        };
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = ELEMENTSOF(rows), .has_graph = true };
+        struct lock_graph g;
+        const struct lock_node *n;
+
+        lock_graph_build(&snap, &g);
+        n = node_for(&g, &snap, 10);
+        CHECK(n->root && !n->waiter);
+        CHECK_INT(n->n_blocked, 3, "transitive count, duplicates once");
+        CHECK_INT(n->oldest_wait, NOW - S(30), "longest wait behind the root");
+        n = node_for(&g, &snap, 11);
+        CHECK(!n->root && n->waiter);
+        CHECK_INT(n->n_blocked, 2, "waiters behind a waiter");
+        CHECK_INT(n->oldest_wait, NOW - S(20), "longest wait behind it");
+        n = node_for(&g, &snap, 12);
+        CHECK(!n->root && n->n_blocked == 0);
+        n = node_for(&g, &snap, 14);
+        CHECK(!n->root && !n->waiter && n->n_blocked == 0);
+        CHECK_INT(g.n_orphans, 0, "every pid has a row");
+        lock_graph_free(&g);
+
+        /* a cycle (a deadlock before the detector breaks it): walked once, no root */
+        {
+                static const int32_t c1[] = { 2 }, c2[] = { 3 }, c3[] = { 1 };
+                struct snapshot_row cyc[] = { waiter(1, 5, c1, 1), waiter(2, 5, c2, 1), waiter(3, 5, c3, 1) };
+                struct snapshot cs = { .now = NOW, .rows = cyc, .n_rows = 3, .has_graph = true };
+
+                lock_graph_build(&cs, &g);
+                for (size_t i = 0; i < 3; i++) {
+                        CHECK(!g.nodes[i].root);
+                        CHECK_INT(g.nodes[i].n_blocked, 2, "each of a 3-cycle has the two others behind it");
+                }
+                lock_graph_free(&g);
+        }
+
+        /* pid 0 (a prepared transaction) and a pid without a row are orphan roots */
+        {
+                static const int32_t p1[] = { 0 }, p2[] = { 1, 0 }, p3[] = { 99 };
+                struct snapshot_row pr[] = { waiter(1, 8, p1, 1), waiter(2, 4, p2, 2), waiter(3, 2, p3, 1) };
+                struct snapshot ps = { .now = NOW, .rows = pr, .n_rows = 3, .has_graph = true };
+
+                lock_graph_build(&ps, &g);
+                CHECK_INT(g.n_orphans, 2, "pid 0 and pid 99");
+                n = node_for(&g, &ps, 0);
+                CHECK(n && n->root);
+                CHECK_INT(n->n_blocked, 2, "both waiters behind pid 0, the second once");
+                CHECK_INT(n->oldest_wait, NOW - S(8), "oldest");
+                n = node_for(&g, &ps, 99);
+                CHECK(n && n->root && n->n_blocked == 1);
+                lock_graph_free(&g);
+        }
+
+        /* a waiter listing itself (must not count itself) */
+        {
+                static const int32_t self[] = { 5, 6 };
+                struct snapshot_row sr[] = { waiter(5, 3, self, 2), holder(6, STATE_ACTIVE) };
+                struct snapshot ss = { .now = NOW, .rows = sr, .n_rows = 2, .has_graph = true };
+
+                lock_graph_build(&ss, &g);
+                CHECK_INT(g.nodes[0].n_blocked, 0, "not behind itself");
+                CHECK(g.nodes[1].root && g.nodes[1].n_blocked == 1);
+                lock_graph_free(&g);
+        }
+}
+
+/* max_blocking judges roots only, max_lock_wait waiters, min_blocked counts;
+ * protected roots are warnings. */
+static void test_lock_rules(void) {
+        static const int32_t b11[] = { 10 }, b12[] = { 11 }, b13[] = { 11 }, b21[] = { 0 };
+        struct snapshot_row rows[] = {
+                holder(10, STATE_IDLE_IN_TRANSACTION), waiter(11, 30, b11, 1), waiter(12, 20, b12, 1),
+                waiter(13, 10, b13, 1), waiter(21, 50, b21, 1),
+        };
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = ELEMENTSOF(rows), .has_graph = true };
+        struct rule r = rule_make("chain", LIMIT_BLOCKING, 25000, ACTION_TERMINATE);
+        struct server srv = { .name = (char *) "test", .rules = &r, .n_rules = 1 };
+        struct policy_input in = { .server = &srv };
+        struct judgement j;
+
+        r.min_blocked = -1;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 1, "the root only");
+        CHECK_INT(j.decisions[0].row->pid, 10, "root judged");
+        CHECK_INT(j.decisions[0].limit, LIMIT_BLOCKING, "limit");
+        CHECK_INT(j.decisions[0].blocked, 3, "blocked");
+        CHECK_INT(j.decisions[0].elapsed_ms, 30000, "longest wait behind it");
+        CHECK_INT(j.n_warnings, 1, "pid 0 root");
+        CHECK_INT(j.warnings[0].pid, 0, "pid 0 warned");
+        CHECK_STR(j.warnings[0].why, "a prepared transaction", "why");
+        CHECK_INT(j.warnings[0].blocked, 1, "one behind pid 0");
+        judgement_free(&j);
+
+        /* not reached yet: a deadline at the longest wait + the limit */
+        r.limit_ms[LIMIT_BLOCKING] = 60000;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 0, "not yet");
+        CHECK_INT(j.next_deadline, NOW - S(30) + S(60), "deadline: the root's longest wait + the limit (pid 0 sets none)");
+        judgement_free(&j);
+
+        /* min_blocked above the queue */
+        r.limit_ms[LIMIT_BLOCKING] = 1000;
+        r.min_blocked = 4;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 0, "min_blocked 4 > 3");
+        CHECK_INT(j.n_warnings, 0, "nor warned");
+        judgement_free(&j);
+
+        /* a superuser root is warned, not judged */
+        r.min_blocked = -1;
+        rows[0].superuser = true;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 0, "superuser root not judged");
+        CHECK_INT(j.n_warnings, 2, "superuser and pid 0");
+        CHECK_INT(j.warnings[0].pid, 10, "superuser root warned");
+        CHECK_STR(j.warnings[0].why, "a superuser's session", "why");
+        judgement_free(&j);
+        rows[0].superuser = false;
+
+        /* max_lock_wait with min_blocked 1: the waiter with others behind it */
+        r = rule_make("queue", LIMIT_LOCK_WAIT, 5000, ACTION_CANCEL);
+        r.min_blocked = 1;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 1, "only 11 has waiters behind it");
+        CHECK_INT(j.decisions[0].row->pid, 11, "the queued statement");
+        CHECK_INT(j.decisions[0].blocked, 2, "two behind it");
+        CHECK_INT(j.decisions[0].elapsed_ms, 30000, "its own wait");
+        judgement_free(&j);
+
+        /* default min_blocked 0: every waiter past the limit */
+        r.min_blocked = -1;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 4, "11, 12, 13, 21");
+        judgement_free(&j);
+
+        /* without the graph (no waiter seen), lock rules judge nothing */
+        snap.has_graph = false;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 0, "no graph");
+        judgement_free(&j);
+}
+
 int main(void) {
         test_limits_by_state();
         test_session_age();
@@ -491,5 +739,9 @@ int main(void) {
         test_cap();
         test_escalation();
         test_poll_gap();
+        test_role();
+        test_xmin_age();
+        test_lock_graph();
+        test_lock_rules();
         return unit_finish("test-policy");
 }
