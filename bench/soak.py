@@ -22,6 +22,7 @@ Acceptance (printed, exit status 1 when one fails):
     sample after SOAK_WARMUP s, 1 min, end).
 """
 import collections
+import concurrent.futures
 import json
 import os
 import re
@@ -38,6 +39,7 @@ BIN = os.environ["PGSWEEPER_BIN"]
 PGHOST = os.environ["PGHOST"]
 PGPORT = os.environ["PGPORT"]
 WORK = os.environ["SOAK_WORK"]
+OUT = os.environ.get("SOAK_OUT", WORK)     # samples and stderr kept here
 LABEL = os.environ.get("SOAK_LABEL", "soak")
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 SERVERS = int(os.environ.get("SOAK_SERVERS", "20"))
@@ -115,6 +117,11 @@ def ended_by_server(conn):
     return "closed" if not data else "other"
 
 
+def open_session(application_name):
+    return psycopg.connect(host=PGHOST, port=PGPORT, user="app", dbname="appdb", autocommit=True,
+                           application_name=application_name)
+
+
 def main():
     cfg = os.path.join(WORK, LABEL + ".yaml")
     write_config(cfg, 0)
@@ -134,6 +141,7 @@ def main():
     admin.close()   # the driver keeps no idle superuser session around
     log(f"pgsweeper pid {p.pid}: {SERVERS} entries connected; soaking for {SECONDS:g} s")
 
+    pool = concurrent.futures.ThreadPoolExecutor(4)
     live = {}                    # fd -> (conn, pid, opened_at)
     opened = collections.Counter()
     ended = collections.Counter()
@@ -164,12 +172,12 @@ def main():
     while (now := time.monotonic()) < t0 + SECONDS:
         if now >= next_batch:
             max_lag = max(max_lag, now - next_batch)
-            for k in range(BATCH):
-                # Each session belongs to one entry (its application_name):
-                # entries on one cluster with the same rule would all signal
-                # a dying backend that is still listed.
-                c = psycopg.connect(host=PGHOST, port=PGPORT, user="app", dbname="appdb", autocommit=True,
-                                    application_name=f"client{(n_batches * BATCH + k) % SERVERS:02d}")
+            # Each session belongs to one entry (its application_name):
+            # entries on one cluster with the same rule would all signal a
+            # dying backend that is still listed. Connects run 4 at a time so
+            # that a slow fork on a loaded machine does not hold back the rate.
+            names = [f"client{(n_batches * BATCH + k) % SERVERS:02d}" for k in range(BATCH)]
+            for c in pool.map(open_session, names):
                 pid = c.info.backend_pid
                 opened[pid] += 1
                 live[c.fileno()] = (c, pid, time.monotonic())
@@ -232,7 +240,7 @@ def main():
     after = [m for t, m in samples if t >= WARMUP]
     res = {
         "label": LABEL, "seconds": round(soak_wall, 1), "pgsweeper_exit": rc,
-        "batches": n_batches, "max_batch_lag_s": round(max_lag, 2),
+        "batches": n_batches, "batches_due": int(SECONDS // EVERY) + (SECONDS % EVERY > 0), "max_batch_lag_s": round(max_lag, 2),
         "opened": n_open, "ended_by_server": n_end, "ended_sqlstates": by_sqlstate,
         "journal_terminated": n_term,
         "journal_pids_equal_opened": terminated == opened,
@@ -250,8 +258,15 @@ def main():
         "fds": {"start": first["fds"], "1min": at60["fds"], "end": last["fds"],
                 "min": min(m["fds"] for m in after), "max": max(m["fds"] for m in after)},
     }
-    with open(os.path.join(WORK, LABEL + ".samples.json"), "w") as f:
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, LABEL + ".samples.json"), "w") as f:
         json.dump(samples, f)
+    with open(os.path.join(OUT, LABEL + ".stderr"), "w") as f:
+        f.write(stderr_text)
+    res["rss_kib_by_minute"] = {f"{round(t / 60)}": m["VmRSS"] for t, m in samples
+                                if abs(t - 60 * round(t / 60)) < SAMPLE_EVERY / 2 and t >= 55}
+    res["rss_anon_kib_by_minute"] = {f"{round(t / 60)}": m["RssAnon"] for t, m in samples
+                                     if abs(t - 60 * round(t / 60)) < SAMPLE_EVERY / 2 and t >= 55}
     print(json.dumps(res, indent=1))
     if san:
         print(f"{LABEL}: sanitizer report:\n" + "\n".join(san[:40]))
