@@ -437,6 +437,7 @@ def latency_quiet(variant, seed):
            "polls": (polls1 - polls0) if polls1 is not None else None, "seconds": run_s}
     if lat:
         res.update(median=statistics.median(lat), p95=pct(lat, 95), max=max(lat), min=min(lat))
+    res["sessions"] = sorted((base[pid], gone[pid]) for pid in gone if pid in base)
     if state_change:
         off = [ready[p_] - state_change[p_] for p_ in state_change]
         res.update(ready_offset_median=statistics.median(off), ready_offset_max=max(off))
@@ -731,7 +732,7 @@ def main():
         for variant in ("silent", "admin"):
             wait_no_app()
             r["quiet_" + variant] = latency_quiet(variant, seed=12)
-            log(f"   {r['quiet_' + variant]}")
+            log(f"   { {k: v for k, v in r['quiet_' + variant].items() if k != 'sessions'} }")
         admin = connect(user="postgres", dbname="postgres")
 
         conns = []
