@@ -400,29 +400,47 @@ def latency_quiet(variant, seed):
         while (read_polls(metrics) or 0) < 1 and time.monotonic() < end and p.poll() is None:
             time.sleep(0.005)
         polls0, t0 = read_polls(metrics) or 0, time.monotonic()
-        i = 0
-        deadline = t0 + QUIET_SPREAD + QUIET_LIMIT_S + 65   # past the 60 s interval: a miss shows
-        while time.monotonic() < deadline and (i < len(offsets) or live):
-            if i < len(offsets) and time.monotonic() >= t0 + offsets[i]:
-                c = connect()
-                ready_t = time.time()
-                pid = c.info.backend_pid
-                conns.append(c)
-                ready[pid] = ready_t
-                if admin is not None:
-                    row = admin.execute("SELECT extract(epoch FROM state_change)::float8 FROM pg_stat_activity "
-                                        "WHERE pid = %s AND state = 'idle'", (pid,)).fetchone()
-                    if row:
-                        state_change[pid] = row[0]
+        lock, stop = threading.Lock(), threading.Event()
+
+        def watcher():
+            # Its own thread: a connect() that blocks on a loaded machine
+            # must not delay the moment a session's end is seen.
+            while not stop.is_set():
+                with lock:
+                    fds = list(live)
+                if not fds:
+                    time.sleep(0.002)
+                    continue
+                r, _, _ = select.select(fds, [], [], 0.01)
+                t = time.time()
+                with lock:
+                    for fd in r:
+                        gone[live.pop(fd)] = t
+
+        w = threading.Thread(target=watcher, daemon=True)
+        w.start()
+        for off in offsets:
+            time.sleep(max(0.0, t0 + off - time.monotonic()))
+            c = connect()
+            ready_t = time.time()
+            pid = c.info.backend_pid
+            conns.append(c)
+            ready[pid] = ready_t
+            with lock:
                 live[c.fileno()] = pid
-                i += 1
-                continue
-            wait = (t0 + offsets[i] - time.monotonic()) if i < len(offsets) else 0.05
-            r, _, _ = select.select(list(live), [], [], max(0.0, min(wait, 0.05))) if live \
-                else (time.sleep(max(0.0, min(wait, 0.05))) or ([], [], []))
-            t = time.time()
-            for fd in r:
-                gone[live.pop(fd)] = t
+            if admin is not None:
+                row = admin.execute("SELECT extract(epoch FROM state_change)::float8 FROM pg_stat_activity "
+                                    "WHERE pid = %s AND state = 'idle'", (pid,)).fetchone()
+                if row:
+                    state_change[pid] = row[0]
+        deadline = t0 + QUIET_SPREAD + QUIET_LIMIT_S + 65   # past the 60 s interval: a miss shows
+        while time.monotonic() < deadline:
+            with lock:
+                if not live:
+                    break
+            time.sleep(0.02)
+        stop.set()
+        w.join()
         run_s = time.monotonic() - t0
         polls1 = next_metrics_write(metrics, 3) if metrics else None
     finally:
