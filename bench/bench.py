@@ -24,7 +24,10 @@ import sys
 import threading
 import time
 
-import psycopg
+# psycopg 3.1 waits with select(), which fails on fds >= 1024: the bench
+# holds 3000+ connections. epoll has no such limit.
+os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_epoll")
+import psycopg  # noqa: E402
 
 BIN = os.environ["PGSWEEPER_BIN"]
 PGHOST = os.environ["PGHOST"]
@@ -43,6 +46,12 @@ CPU_SECONDS = float(os.environ.get("BENCH_CPU_SECONDS", "20"))
 PSQL_RUNS = int(os.environ.get("BENCH_PSQL_RUNS", "100"))
 VICTIMS = int(os.environ.get("BENCH_VICTIMS", "500"))
 MANY_SERVERS = int(os.environ.get("BENCH_SERVERS", "200"))
+QUIET_SESSIONS = int(os.environ.get("BENCH_QUIET_SESSIONS", "20"))
+QUIET_SPREAD = float(os.environ.get("BENCH_QUIET_SPREAD", "10"))  # s over which sessions open
+COST_POINTS = [int(x) for x in os.environ.get("BENCH_COST_POINTS", "0,1000,3000").split(",")]
+COST_SECONDS = float(os.environ.get("BENCH_COST_SECONDS", "10"))
+QUIET_LIMIT_S = 2.0
+BARE_SCAN_SQL = "SELECT count(*) FROM pg_stat_get_activity(NULL)"
 
 LIMIT_S = 3.0
 CRON_EVERY = 5.0
@@ -88,6 +97,12 @@ def wait_count(admin, sql, want, timeout=30.0):
         if n == want or time.monotonic() > end:
             return n
         time.sleep(0.02)
+
+
+def wait_no_app(timeout=30.0):
+    """Wait until no app session is left (over a short-lived connection)."""
+    with connect(user="postgres", dbname="postgres") as a:
+        wait_count(a, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'", 0, timeout)
 
 
 def app_count(admin):
@@ -235,6 +250,21 @@ def read_polls(path):
     return None
 
 
+def next_metrics_write(path, timeout=10.0):
+    """Wait for the metrics file to be rewritten (pgsweeper rewrites it right
+    after a poll, at most once a second when nothing changes) and return its
+    polls count then: CPU read at that moment lines up with a poll boundary."""
+    def stamp():
+        try:
+            return os.stat(path).st_mtime_ns
+        except OSError:
+            return None
+    m0, end = stamp(), time.monotonic() + timeout
+    while stamp() == m0 and time.monotonic() < end:
+        time.sleep(0.002)
+    return read_polls(path)
+
+
 def psql(sql, user="postgres"):
     subprocess.run([os.path.join(PG_BINDIR, "psql"), "-X", "-q", "-h", PGHOST, "-p", PGPORT,
                     "-U", user, "-d", "postgres", "-c", sql],
@@ -339,6 +369,191 @@ def latency_run(admin, method, seed):
             with open(errfile) as f:
                 log("pgsweeper stderr (tail): " + "".join(f.readlines()[-5:]))
     return res
+
+
+# --- a2. latency past the limit, quiet server ------------------------------------
+
+def latency_quiet(variant, seed):
+    """Issue 12: pgsweeper (interval 60s, max_idle 2s) is started on a quiet
+    server (no client session but the bench's, none of them of role app) and
+    the sessions are opened only after its first poll, at random moments over
+    QUIET_SPREAD s. The caller holds no connection during the run.
+
+    variant "silent": the bench sends nothing to the server while pgsweeper
+    runs, it only opens the app sessions and watches their sockets; a
+    session's idle start is the client's clock when its connection is ready
+    (the backend becomes idle as it sends ReadyForQuery, just before).
+    variant "admin": like a., a superuser connection reads state_change from
+    pg_stat_activity after each connect (a busy superuser session, which no
+    rule can act on: it must not change when pgsweeper polls); the offset
+    between the two idle starts is reported."""
+    admin = connect(user="postgres", dbname="postgres") if variant == "admin" else None
+    rng = random.Random(seed)
+    offsets = sorted(rng.uniform(0, QUIET_SPREAD) for _ in range(QUIET_SESSIONS))
+    metrics = metrics_path("quiet-" + variant)
+    cfg = write_config("quiet-" + variant, interval="60s", rules=[("idle", f"{QUIET_LIMIT_S:g}s")],
+                       metrics=metrics)
+    p = start_sweeper(cfg, "quiet-" + variant)
+    live, ready, state_change, gone, conns = {}, {}, {}, {}, []
+    try:
+        end = time.monotonic() + 20
+        while (read_polls(metrics) or 0) < 1 and time.monotonic() < end and p.poll() is None:
+            time.sleep(0.005)
+        polls0, t0 = read_polls(metrics) or 0, time.monotonic()
+        lock, stop = threading.Lock(), threading.Event()
+
+        def watcher():
+            # Its own thread: a connect() that blocks on a loaded machine
+            # must not delay the moment a session's end is seen.
+            while not stop.is_set():
+                with lock:
+                    fds = list(live)
+                if not fds:
+                    time.sleep(0.002)
+                    continue
+                r, _, _ = select.select(fds, [], [], 0.01)
+                t = time.time()
+                with lock:
+                    for fd in r:
+                        gone[live.pop(fd)] = t
+
+        w = threading.Thread(target=watcher, daemon=True)
+        w.start()
+        for off in offsets:
+            time.sleep(max(0.0, t0 + off - time.monotonic()))
+            c = connect()
+            ready_t = time.time()
+            pid = c.info.backend_pid
+            conns.append(c)
+            ready[pid] = ready_t
+            with lock:
+                live[c.fileno()] = pid
+            if admin is not None:
+                row = admin.execute("SELECT extract(epoch FROM state_change)::float8 FROM pg_stat_activity "
+                                    "WHERE pid = %s AND state = 'idle'", (pid,)).fetchone()
+                if row:
+                    state_change[pid] = row[0]
+        deadline = t0 + QUIET_SPREAD + QUIET_LIMIT_S + 65   # past the 60 s interval: a miss shows
+        while time.monotonic() < deadline:
+            with lock:
+                if not live:
+                    break
+            time.sleep(0.02)
+        stop.set()
+        w.join()
+        run_s = time.monotonic() - t0
+        polls1 = next_metrics_write(metrics, 3) if metrics else None
+    finally:
+        stop_sweeper(p)
+        close_all(conns)
+        if admin is not None:
+            admin.close()
+    base = state_change if variant == "admin" else ready
+    lat = [gone[pid] - (base[pid] + QUIET_LIMIT_S) for pid in gone if pid in base]
+    res = {"variant": variant, "n": len(lat), "missing": QUIET_SESSIONS - len(lat),
+           "terminated_lines": count_lines(p.errfile, ": terminated pid"),
+           "polls": (polls1 - polls0) if polls1 is not None else None, "seconds": run_s}
+    if lat:
+        res.update(median=statistics.median(lat), p95=pct(lat, 95), max=max(lat), min=min(lat))
+    res["sessions"] = sorted((base[pid], gone[pid]) for pid in gone if pid in base)
+    if state_change:
+        off = [ready[p_] - state_change[p_] for p_ in state_change]
+        res.update(ready_offset_median=statistics.median(off), ready_offset_max=max(off))
+    return res
+
+
+def sweeper_cost(admin, seconds):
+    """pgsweeper at interval 100ms, rule max_idle 1h (nothing to do): CPU of
+    its process and of its backend per poll, over `seconds`, the window
+    opened and closed right after a metrics file rewrite (so the polls
+    counted line up with the CPU read)."""
+    metrics = metrics_path("cost")
+    cfg = write_config("cost", interval="100ms", rules=[("idle", "1h")], metrics=metrics)
+    p = start_sweeper(cfg, "cost")
+    try:
+        end = time.monotonic() + 20
+        while (read_polls(metrics) or 0) < 5 and time.monotonic() < end:
+            time.sleep(0.05)
+        end = time.monotonic() + 10
+        while not (backends := sweeper_backends(admin)) and time.monotonic() < end and p.poll() is None:
+            time.sleep(0.05)
+        if len(backends) != 1:
+            raise RuntimeError(f"expected one pgsweeper backend, found {backends}")
+        be = backends[0]
+        polls0 = next_metrics_write(metrics)
+        t0, sw0, be0 = time.monotonic(), proc_cpu(p.pid), proc_cpu(be)
+        time.sleep(max(0.0, seconds - 1.0))
+        polls1 = next_metrics_write(metrics)
+        t1, sw1, be1 = time.monotonic(), proc_cpu(p.pid), proc_cpu(be)
+    finally:
+        stop_sweeper(p)
+    polls = polls1 - polls0
+    return {"polls": polls, "seconds": t1 - t0, "client": (sw1 - sw0) / polls, "backend": (be1 - be0) / polls}
+
+
+def bare_scan_cost(runs, spacing):
+    """Backend CPU of the bare scan, BARE_SCAN_SQL, as a prepared statement
+    (like pgsweeper's snapshot) on one pgsweeper-role connection, one run
+    every `spacing` s (0: back to back)."""
+    with psycopg.connect(host=PGHOST, port=PGPORT, user="pgsweeper", dbname="postgres",
+                         autocommit=True) as c:
+        be = c.info.backend_pid
+        for _ in range(5):
+            c.execute(BARE_SCAN_SQL, prepare=True).fetchall()
+        b0, t0 = proc_cpu(be), time.monotonic()
+        for k in range(runs):
+            c.execute(BARE_SCAN_SQL, prepare=True).fetchall()
+            if spacing:
+                time.sleep(max(0.0, t0 + (k + 1) * spacing - time.monotonic()))
+        return (proc_cpu(be) - b0) / runs
+
+
+def snapshot_sql():
+    """pgsweeper's snapshot statement, pg_snapshot_sql of src/pg.c, as the
+    server receives it (C string literals joined, the US() macro expanded)."""
+    import re
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "pg.c")) as f:
+        src = f.read()
+    body = src[src.index("const char pg_snapshot_sql[] ="):]
+    body = body[body.index("=") + 1:body.index(";\n")]
+    body = re.sub(r'US\(("[^"]*")\)', lambda m: '"(extract(epoch FROM " ' + m.group(1) + ' ") * 1000000)::int8"', body)
+    return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', body))
+
+
+# The parameters pgsweeper sends for one rule max_idle 1h at a 100 ms gap:
+# no query text, idle bound 1h - 100ms, no other limit, no pids, no superusers.
+SNAPSHOT_PARAMS = (False, 3600000 - 100, None, None, None, None, [], False)
+
+
+def snapshot_cost(runs, spacing):
+    """Backend CPU of pgsweeper's own statement run by the bench the way
+    pgsweeper runs it (prepared, plan_cache_mode = force_generic_plan), one
+    run every `spacing` s: tells the statement from the client's way of
+    sending it."""
+    sql = snapshot_sql().replace("$", "%") .replace("%1", "%s").replace("%2", "%s").replace("%3", "%s") \
+        .replace("%4", "%s").replace("%5", "%s").replace("%6", "%s").replace("%7", "%s").replace("%8", "%s")
+    with psycopg.connect(host=PGHOST, port=PGPORT, user="pgsweeper", dbname="postgres",
+                         autocommit=True) as c:
+        c.execute("SET plan_cache_mode = force_generic_plan")
+        be = c.info.backend_pid
+        for _ in range(5):
+            c.execute(sql, SNAPSHOT_PARAMS, prepare=True).fetchall()
+        b0, t0 = proc_cpu(be), time.monotonic()
+        for k in range(runs):
+            c.execute(sql, SNAPSHOT_PARAMS, prepare=True).fetchall()
+            if spacing:
+                time.sleep(max(0.0, t0 + (k + 1) * spacing - time.monotonic()))
+        return (proc_cpu(be) - b0) / runs
+
+
+def cost_point(admin, n):
+    """One row of the cost table at n idle app sessions (already open)."""
+    sw = sweeper_cost(admin, COST_SECONDS)
+    runs = max(20, int(COST_SECONDS / 0.1))
+    return {"sessions": n, "sweeper": sw,
+            "bare_spaced": bare_scan_cost(runs, 0.1),
+            "bare_b2b": bare_scan_cost(runs, 0),
+            "stmt_spaced": snapshot_cost(runs, 0.1)}
 
 
 # --- b. CPU per poll with 1000 idle sessions ------------------------------------
@@ -529,17 +744,35 @@ def main():
             r["lat_" + method] = latency_run(admin, method, seed=7)
             log(f"   {r['lat_' + method]}")
 
-        log(f"b. opening {CPU_SESSIONS} idle sessions")
-        conns = open_sessions(CPU_SESSIONS)
-        log(f"b. CPU per poll: pgsweeper for {CPU_SECONDS:g} s, then {PSQL_RUNS} psql runs")
-        r["cpu"] = cpu_bench(admin)
-        log(f"   {r['cpu']}")
+        log(f"a2. latency on a quiet server: {QUIET_SESSIONS} sessions after the first poll, "
+            f"interval 60s, max_idle {QUIET_LIMIT_S:g}s")
+        admin.close()       # the bench holds no connection of its own during a2
+        for variant in ("silent", "admin"):
+            wait_no_app()
+            r["quiet_" + variant] = latency_quiet(variant, seed=12)
+            log(f"   { {k: v for k, v in r['quiet_' + variant].items() if k != 'sessions'} }")
+        admin = connect(user="postgres", dbname="postgres")
 
-        log(f"e. callgrind: pgsweeper --once, {len(conns)} sessions")
-        r["cg_full"] = callgrind_once("cg-full")
-        log(f"   {r['cg_full']}")
-        r["cgd_full"] = callgrind_daemon("cgd-full", 6)
-        log(f"   {r['cgd_full']}")
+        conns = []
+        r["cost"] = []
+        for n in sorted(set(COST_POINTS) | {CPU_SESSIONS}):
+            if n > len(conns):
+                log(f"opening idle sessions: {len(conns)} -> {n}")
+                conns += open_sessions(n - len(conns))
+            wait_count(admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'", n)
+            if n in COST_POINTS:
+                log(f"cost per poll at {n} sessions: pgsweeper {COST_SECONDS:g} s, bare scan")
+                r["cost"].append(cost_point(admin, n))
+                log(f"   {r['cost'][-1]}")
+            if n == CPU_SESSIONS:
+                log(f"b. CPU per poll: pgsweeper for {CPU_SECONDS:g} s, then {PSQL_RUNS} psql runs")
+                r["cpu"] = cpu_bench(admin)
+                log(f"   {r['cpu']}")
+                log(f"e. callgrind: pgsweeper --once, {len(conns)} sessions")
+                r["cg_full"] = callgrind_once("cg-full")
+                log(f"   {r['cg_full']}")
+                r["cgd_full"] = callgrind_daemon("cgd-full", 6)
+                log(f"   {r['cgd_full']}")
 
         log(f"c. {VICTIMS} victims")
         close_all(conns[VICTIMS:])
@@ -581,6 +814,48 @@ def main():
         else:
             rows.append((f"   {label}", v, "", ""))
 
+    def quiet_val(x):
+        v = f"{x['median']:.3f} / {x['p95']:.3f} / {x['max']:.3f} s" if x["n"] else "none ended"
+        return v + (f" ({x['missing']} not ended)" if x["missing"] else "")
+    qs, qa = r["quiet_silent"], r["quiet_admin"]
+    rows += [
+        (f"a2. quiet server, {QUIET_SESSIONS} sessions after 1st poll, interval 60s, max_idle 2s, "
+         "med/p95/max: bench silent", quiet_val(qs), "med <= 0.01 s, p95 <= 0.1 s",
+         verdict(qs["n"] and not qs["missing"] and qs["median"] <= 0.01 and qs["p95"] <= 0.1)),
+        ("    same, a superuser connection queries after each connect", quiet_val(qa),
+         "med <= 0.01 s, p95 <= 0.1 s",
+         verdict(qa["n"] and not qa["missing"] and qa["median"] <= 0.01 and qa["p95"] <= 0.1)),
+        ("    polls during the runs (silent / superuser busy)",
+         f"{qs['polls']} in {qs['seconds']:.1f} s / {qa['polls']} in {qa['seconds']:.1f} s", "", ""),
+    ]
+
+    cost = r["cost"]
+    for x in cost:
+        sw_ = x["sweeper"]
+        tot = sw_["client"] + sw_["backend"]
+        at_cpu = x["sessions"] == CPU_SESSIONS
+        rows += [
+            (f"f. cost/poll, {x['sessions']} idle: pgsweeper process + backend",
+             f"{ms(sw_['client'])} + {ms(sw_['backend'])} = {ms(tot)}", "", ""),
+            ("   bare scan backend, prepared, 100 ms apart / back to back",
+             f"{ms(x['bare_spaced'])} / {ms(x['bare_b2b'])}", "", ""),
+            ("   ref: pgsweeper's statement run by the bench, backend, 100 ms apart", ms(x["stmt_spaced"]), "", ""),
+            ("   ratio pgsweeper total / bare scan (100 ms apart)", f"{tot / x['bare_spaced']:.2f}",
+             "<= 2.00" if at_cpu else "", verdict(tot <= 2 * x["bare_spaced"]) if at_cpu else ""),
+        ]
+    if len(cost) >= 2:
+        a, b = cost[0], cost[-1]
+        dn = b["sessions"] - a["sessions"]
+
+        def slope(f):
+            return (f(b) - f(a)) / dn * 1e6
+        rows += [
+            (f"   slope {a['sessions']}->{b['sessions']} sessions, per session: pgsweeper process / backend",
+             f"{slope(lambda x: x['sweeper']['client']):.3f} / {slope(lambda x: x['sweeper']['backend']):.3f} us", "", ""),
+            ("   slope per session: bare scan (100 ms apart / back to back)",
+             f"{slope(lambda x: x['bare_spaced']):.3f} / {slope(lambda x: x['bare_b2b']):.3f} us", "", ""),
+        ]
+
     c = r["cpu"]
     sw, ps = c["sweeper"], c["psql"]
     sw_total = sw["client"] + sw["backend"]
@@ -619,6 +894,12 @@ def main():
          f"{rn['hwm_kib'] / 1024:.2f} MiB", "<= 12 MiB", verdict(rn["hwm_kib"] <= 12 * 1024)),
     ]
 
+    for x, lim in ((r1, 1.4), (rn, 5.0)):
+        m = x["mem"]
+        rows.append((f"g. RssAnon, {x['servers']} server(s) (RSS / PSS beside)",
+                     f"{m['RssAnon'] / 1024:.2f} MiB (RSS {m['VmRSS'] / 1024:.2f}, PSS {m['Pss'] / 1024:.2f})",
+                     f"<= {lim:g} MiB", verdict(m["RssAnon"] <= lim * 1024)))
+
     full, empty = r["cg_full"]["ir"], r["cg_empty"]["ir"]
 
     def per_poll(d, once):
@@ -655,6 +936,18 @@ def main():
           f"(1/{CLK_TCK} s ticks) of the postmaster + live children + reaped children (cutime), minus the "
           f"idle noise ({c['noise'] * 1000:.1f} ms/s) measured before. ref rows: {PSQL_RUNS * 3} runs of the "
           "statement on one pgsweeper-role connection, unnamed statements, backend schedstat.")
+    print(f" a2. {QUIET_SESSIONS} sessions at random moments over {QUIET_SPREAD:g} s, all opened after pgsweeper's "
+          "first poll (metrics_file polls_total >= 1); the bench holds no other connection. Latency = client "
+          "socket readable - (idle start + 2 s); idle start: silent = client clock when the connection is ready; "
+          "superuser = state_change read by a postgres connection right after each connect (client ready - "
+          f"state_change: median {qa.get('ready_offset_median', float('nan')) * 1000:.2f} ms, "
+          f"max {qa.get('ready_offset_max', float('nan')) * 1000:.2f} ms). Terminated lines: "
+          f"{qs['terminated_lines']} / {qa['terminated_lines']}.")
+    print(f" f. pgsweeper at interval 100ms, rule max_idle 1h, {COST_SECONDS:g} s window opened and closed at a "
+          "metrics_file rewrite (polls: " + ", ".join(f"{x['sweeper']['polls']} at {x['sessions']}" for x in cost)
+          + f"); bare scan = '{BARE_SCAN_SQL}' prepared, on a pgsweeper-role connection, "
+          f"{max(20, int(COST_SECONDS / 0.1))} runs 100 ms apart and as many back to back; CPU from "
+          "/proc/PID/schedstat.")
     print(f" c. statements seen in the server log for role pgsweeper: {'; '.join(v['statements'])}")
     for x in (r1, rn):
         m = x["mem"]
