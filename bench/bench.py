@@ -1103,9 +1103,20 @@ def locks_main():
           "pgsweeper process and its backend by /proc/PID/schedstat.")
 
 
+def quiet_main():
+    """BENCH_ONLY=quiet: only scenario a2 (latency on a quiet server)."""
+    for variant in ("silent", "admin"):
+        wait_no_app()
+        x = latency_quiet(variant, seed=12)
+        print(f"a2 {variant}: " + str({k: v for k, v in x.items() if k != "sessions"}))
+
+
 if __name__ == "__main__":
-    # BENCH_ONLY=locks bench/run: only the wave-2 rules' figures (section f).
+    # BENCH_ONLY=locks bench/run: only the wave-2 rules' figures (section f);
+    # BENCH_ONLY=quiet: only the quiet-server latency (a2).
     if os.environ.get("BENCH_ONLY") == "locks" or "--locks" in sys.argv[1:]:
         locks_main()
+    elif os.environ.get("BENCH_ONLY") == "quiet":
+        quiet_main()
     else:
         main()
