@@ -128,8 +128,11 @@ void config_free(struct config *c);
 void config_dump(const struct config *c, FILE *f);
 
 const char *limit_kind_to_string(enum limit_kind k);
+int limit_kind_from_string(const char *s);
 const char *action_to_string(enum action a);
+int action_from_string(const char *s);
 const char *server_role_to_string(enum server_role r);
+int server_role_from_string(const char *s);
 /* How many sessions must wait behind a session for limit k of the rule to count. */
 int64_t rule_min_blocked(const struct rule *r, enum limit_kind k);
 /* Does the rule judge lock chains (max_blocking or max_lock_wait)? */

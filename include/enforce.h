@@ -19,7 +19,7 @@ enum result {
 };
 
 const char *result_to_string(enum result r);
-enum result result_from_string(const char *s);
+int result_from_string(const char *s);
 
 /* The timestamp that identifies "the same session in the same state" for a limit. */
 const char *limit_guard_column(enum limit_kind k);

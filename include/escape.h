@@ -4,6 +4,12 @@
 #pragma once
 
 #include <stddef.h>
+#include <stdint.h>
+
+/* The one UTF-8 decoder: the length of the valid UTF-8 sequence at s (n
+ * bytes available) with its code point in *cp, or 0 when there is none
+ * (truncated, overlong, a surrogate, above U+10FFFF). */
+size_t utf8_decode(const char *s, size_t n, uint32_t *cp);
 
 /* A newly allocated copy of s[0..n) that is one printable line:
  *   - valid printable UTF-8 is kept as it is (é, 日本);

@@ -1,8 +1,10 @@
 /* Small helpers shared by every module. */
 #pragma once
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
 #define _printf_(a, b) __attribute__((format(printf, a, b)))
@@ -21,6 +23,25 @@ static inline void fclosep(FILE **f) {
                 fclose(*f);
 }
 #define _cleanup_fclose_ _cleanup_(fclosep)
+
+/* The names of an enum's values, after systemd's DEFINE_STRING_TABLE_LOOKUP,
+ * one fallback for all: NAME_to_string(v) is the name, "?" for a value the
+ * table does not name (never NULL, so always printable); NAME_from_string(s)
+ * is the value, or -EINVAL for NULL or a name not in the table. */
+#define DEFINE_STRING_TABLE_TO_STRING(name, type, table)                                \
+        const char *name##_to_string(type v) {                                          \
+                return (size_t) v < ELEMENTSOF(table) && table[v] ? table[v] : "?";     \
+        }
+#define DEFINE_STRING_TABLE_FROM_STRING(name, table)                                    \
+        int name##_from_string(const char *s) {                                         \
+                for (size_t i = 0; s && i < ELEMENTSOF(table); i++)                     \
+                        if (table[i] && strcmp(table[i], s) == 0)                       \
+                                return (int) i;                                         \
+                return -EINVAL;                                                         \
+        }
+#define DEFINE_STRING_TABLE_LOOKUP(name, type, table)                                   \
+        DEFINE_STRING_TABLE_TO_STRING(name, type, table)                                \
+        DEFINE_STRING_TABLE_FROM_STRING(name, table)
 
 /* Hand ownership out of a _cleanup_ variable. */
 #define TAKE_PTR(p)                             \

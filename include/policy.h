@@ -186,6 +186,14 @@ struct session_id {
         int64_t backend_start;
 };
 
+static inline bool session_id_equal(struct session_id a, struct session_id b) {
+        return a.pid == b.pid && a.backend_start == b.backend_start;
+}
+
+static inline struct session_id session_id_of(const struct snapshot_row *row) {
+        return (struct session_id) { row->pid, row->backend_start };
+}
+
 struct policy_input {
         const struct server *server;
         bool dry_run;               /* global or command line */
@@ -250,8 +258,16 @@ bool escalation_matches(const struct escalation *e, const struct snapshot_row *r
 void judgement_free(struct judgement *j);
 
 const char *verdict_kind_to_string(enum verdict_kind k);
+int verdict_kind_from_string(const char *s);
 /* Stable names of the reasons ("superuser", "exempt-global", ...). */
 const char *verdict_reason_to_string(enum verdict_reason r);
+int verdict_reason_from_string(const char *s);
 
 const char *session_state_to_string(enum session_state s);
-enum session_state session_state_from_string(const char *s);
+int session_state_from_string(const char *s);
+/* pg_stat_activity.state as a value; NULL or a state this build does not
+ * know (a newer server's) is STATE_UNKNOWN. */
+static inline enum session_state session_state_parse(const char *s) {
+        int r = session_state_from_string(s);
+        return r < 0 ? STATE_UNKNOWN : (enum session_state) r;
+}

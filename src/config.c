@@ -17,6 +17,7 @@
 #include <yaml.h>
 
 #include "config.h"
+#include "escape.h"
 #include "duration.h"
 #include "macro.h"
 
@@ -106,9 +107,7 @@ bool rule_reads_locks(const struct rule *r) {
         return r->limit_ms[LIMIT_BLOCKING] > 0 || r->limit_ms[LIMIT_LOCK_WAIT] > 0;
 }
 
-const char *server_role_to_string(enum server_role r) {
-        return r < _ROLE_MAX ? role_names[r] : "?";
-}
+DEFINE_STRING_TABLE_LOOKUP(server_role, enum server_role, role_names)
 
 static const char *const action_names[_ACTION_MAX] = {
         [ACTION_LOG] = "log",
@@ -116,13 +115,8 @@ static const char *const action_names[_ACTION_MAX] = {
         [ACTION_TERMINATE] = "terminate",
 };
 
-const char *limit_kind_to_string(enum limit_kind k) {
-        return k < _LIMIT_MAX ? limit_keys[k] : "?";
-}
-
-const char *action_to_string(enum action a) {
-        return a < _ACTION_MAX ? action_names[a] : "?";
-}
+DEFINE_STRING_TABLE_LOOKUP(limit_kind, enum limit_kind, limit_keys)
+DEFINE_STRING_TABLE_LOOKUP(action, enum action, action_names)
 
 static struct source_pos pos_of(const yaml_node_t *node) {
         return (struct source_pos) { node->start_mark.line + 1, node->start_mark.column + 1 };
@@ -357,26 +351,30 @@ static void parse_duration(struct parser *p, const struct key *k, yaml_node_t *n
 static void parse_action(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
         const char *v = expect_scalar(p, k, node, "terminate, cancel or log");
 
+        int a;
+
         if (!v)
                 return;
-        for (enum action a = 0; a < _ACTION_MAX; a++)
-                if (strcmp(v, action_names[a]) == 0) {
-                        *(enum action *) dest = a;
-                        return;
-                }
+        a = action_from_string(v);
+        if (a >= 0) {
+                *(enum action *) dest = (enum action) a;
+                return;
+        }
         error_at(p, node, "unknown action \"%s\"; expected terminate, cancel or log", v);
 }
 
 static void parse_role(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
         const char *v = expect_scalar(p, k, node, "primary, standby or any");
 
+        int r;
+
         if (!v)
                 return;
-        for (enum server_role r = 0; r < _ROLE_MAX; r++)
-                if (strcmp(v, role_names[r]) == 0) {
-                        *(enum server_role *) dest = r;
-                        return;
-                }
+        r = server_role_from_string(v);
+        if (r >= 0) {
+                *(enum server_role *) dest = (enum server_role) r;
+                return;
+        }
         error_at(p, node, "unknown role \"%s\"; expected primary, standby or any", v);
 }
 
@@ -1254,43 +1252,22 @@ static bool yaml_printable(uint32_t cp) {
                (cp >= 0xe000 && cp <= 0xfffd && cp != 0xfeff) || (cp >= 0x10000 && cp <= 0x10ffff);
 }
 
-/* Decode one UTF-8 sequence (libyaml validated it); returns its length. */
-static size_t utf8_decode(const unsigned char *c, uint32_t *cp) {
-        if (c[0] < 0x80) {
-                *cp = c[0];
-                return 1;
-        }
-        if ((c[0] & 0xe0) == 0xc0 && c[1]) {
-                *cp = (uint32_t) (c[0] & 0x1f) << 6 | (c[1] & 0x3f);
-                return 2;
-        }
-        if ((c[0] & 0xf0) == 0xe0 && c[1] && c[2]) {
-                *cp = (uint32_t) (c[0] & 0x0f) << 12 | (uint32_t) (c[1] & 0x3f) << 6 | (c[2] & 0x3f);
-                return 3;
-        }
-        if ((c[0] & 0xf8) == 0xf0 && c[1] && c[2] && c[3]) {
-                *cp = (uint32_t) (c[0] & 0x07) << 18 | (uint32_t) (c[1] & 0x3f) << 12 | (uint32_t) (c[2] & 0x3f) << 6 |
-                      (c[3] & 0x3f);
-                return 4;
-        }
-        *cp = 0xfffd + 1;  /* not UTF-8: escape the byte */
-        return 1;
-}
-
 /* A YAML double-quoted scalar that reads back byte for byte. */
 static void dump_string(FILE *f, const char *s) {
         const unsigned char *c = (const unsigned char *) s;
+        const char *end = s + strlen(s);
 
         fputc('"', f);
         while (*c) {
-                uint32_t cp;
-                size_t n = utf8_decode(c, &cp);
+                uint32_t cp = 0;
+                size_t n = utf8_decode((const char *) c, (size_t) (end - (const char *) c), &cp);
 
                 if (*c == '"' || *c == '\\')
                         fprintf(f, "\\%c", *c);
-                else if (cp > 0x10ffff || (n == 1 && cp > 0x7f))
-                        fprintf(f, "\\x%02x", *c);
-                else if (yaml_printable(cp))
+                else if (n == 0) {
+                        fprintf(f, "\\x%02x", *c);  /* not UTF-8: escape the byte */
+                        n = 1;
+                } else if (yaml_printable(cp))
                         fwrite(c, 1, n, f);
                 else if (cp <= 0xff)
                         fprintf(f, "\\x%02x", (unsigned) cp);

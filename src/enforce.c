@@ -22,16 +22,7 @@ static const char *const result_names[_RESULT_MAX] = {
         [RESULT_UNKNOWN] = "unknown",
 };
 
-const char *result_to_string(enum result r) {
-        return r < _RESULT_MAX ? result_names[r] : "?";
-}
-
-enum result result_from_string(const char *s) {
-        for (enum result r = 0; r < _RESULT_MAX; r++)
-                if (strcmp(s, result_names[r]) == 0)
-                        return r;
-        return RESULT_FAILED;
-}
+DEFINE_STRING_TABLE_LOOKUP(result, enum result, result_names)
 
 static const char *const guard_columns[_LIMIT_MAX] = {
         [LIMIT_IDLE] = "state_change",
@@ -167,10 +158,12 @@ int enforce_read_result(const struct action_batch *b, const PGresult *res, enum 
                 return -EBADMSG;
         for (int row = 0; row < PQntuples(res); row++) {
                 int64_t ord;
+                int r;
                 /* ord is 1-based over the batch, in the order sent */
                 if (parse_int64(PQgetvalue(res, row, 0), &ord) < 0 || ord < 1 || (size_t) ord > b->n)
                         continue;
-                results[b->index[ord - 1]] = result_from_string(PQgetvalue(res, row, 1));
+                r = result_from_string(PQgetvalue(res, row, 1));
+                results[b->index[ord - 1]] = r < 0 ? RESULT_FAILED : (enum result) r;
         }
         return 0;
 }

@@ -5,15 +5,20 @@
 #include "escape.h"
 #include "macro.h"
 
-/* Length of the valid UTF-8 sequence at s (n bytes available), 0 if none.
- * The ranges are those of RFC 3629's table: no overlong forms, no
+/* The ranges are those of RFC 3629's table: no overlong forms, no
  * surrogates, nothing above U+10FFFF. */
-static size_t utf8_sequence(const unsigned char *s, size_t n) {
+size_t utf8_decode(const char *p, size_t n, uint32_t *ret_cp) {
+        const unsigned char *s = (const unsigned char *) p;
         unsigned char lo = 0x80, hi = 0xbf;
         size_t len;
+        uint32_t cp;
 
-        if (s[0] < 0x80)
+        if (n == 0)
+                return 0;
+        if (s[0] < 0x80) {
+                *ret_cp = s[0];
                 return 1;
+        }
         if (s[0] >= 0xc2 && s[0] <= 0xdf)
                 len = 2;
         else if (s[0] >= 0xe0 && s[0] <= 0xef) {
@@ -32,9 +37,13 @@ static size_t utf8_sequence(const unsigned char *s, size_t n) {
                 return 0;
         if (n < len || s[1] < lo || s[1] > hi)
                 return 0;
-        for (size_t i = 2; i < len; i++)
+        cp = s[0] & (0x7f >> len);
+        for (size_t i = 1; i < len; i++) {
                 if (s[i] < 0x80 || s[i] > 0xbf)
                         return 0;
+                cp = cp << 6 | (s[i] & 0x3f);
+        }
+        *ret_cp = cp;
         return len;
 }
 
@@ -54,7 +63,8 @@ char *escape_bytes(const char *s, size_t n) {
         char *out = xmalloc(n * 4 + 1), *o = out;
 
         for (size_t i = 0; i < n;) {
-                size_t len = utf8_sequence(u + i, n - i);
+                uint32_t cp;
+                size_t len = utf8_decode(s + i, n - i, &cp);
 
                 if (len == 0 || (len == 1 && (u[i] < 0x20 || u[i] == 0x7f)) || (len == 2 && u[i] == 0xc2 && u[i + 1] < 0xa0)) {
                         /* invalid, C0/DEL, or C1 (U+0080..U+009F is C2 80..C2 9F) */

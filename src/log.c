@@ -32,12 +32,7 @@ static const char *const target_names[_LOG_TARGET_MAX] = {
         [LOG_TARGET_STDERR] = "stderr",
 };
 
-int log_target_from_string(const char *s) {
-        for (int i = 0; i < _LOG_TARGET_MAX; i++)
-                if (strcmp(s, target_names[i]) == 0)
-                        return i;
-        return -EINVAL;
-}
+DEFINE_STRING_TABLE_FROM_STRING(log_target, target_names)
 
 /* Is stderr the journal's stream (systemd sets JOURNAL_STREAM=dev:ino)? */
 static bool stderr_is_journal(void) {

@@ -246,8 +246,7 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
                 row->client_backend = !PQgetisnull(res, i, COL_CLIENT_BACKEND) &&
                                       PQgetvalue(res, i, COL_CLIENT_BACKEND)[0] == 't';
                 row->superuser = PQgetvalue(res, i, COL_SUPERUSER)[0] != 'f';
-                row->state = PQgetisnull(res, i, COL_STATE) ? STATE_UNKNOWN :
-                                                              session_state_from_string(PQgetvalue(res, i, COL_STATE));
+                row->state = session_state_parse(PQgetisnull(res, i, COL_STATE) ? NULL : PQgetvalue(res, i, COL_STATE));
                 row->backend_start = ts_value(res, i, COL_BACKEND_START);
                 row->state_change = ts_value(res, i, COL_STATE_CHANGE);
                 row->query_start = ts_value(res, i, COL_QUERY_START);

@@ -17,18 +17,7 @@ static const char *const state_names[_STATE_MAX] = {
         [STATE_DISABLED] = "disabled",
 };
 
-const char *session_state_to_string(enum session_state s) {
-        return s < _STATE_MAX ? state_names[s] : "";
-}
-
-enum session_state session_state_from_string(const char *s) {
-        if (!s)
-                return STATE_UNKNOWN;
-        for (enum session_state i = 1; i < _STATE_MAX; i++)
-                if (strcmp(s, state_names[i]) == 0)
-                        return i;
-        return STATE_UNKNOWN;
-}
+DEFINE_STRING_TABLE_LOOKUP(session_state, enum session_state, state_names)
 
 static const char *const verdict_names[_VERDICT_MAX] = {
         [VERDICT_NONE] = "none",
@@ -53,13 +42,8 @@ static const char *const reason_names[_REASON_MAX] = {
         [REASON_DYING] = "dying",
 };
 
-const char *verdict_kind_to_string(enum verdict_kind k) {
-        return k < _VERDICT_MAX ? verdict_names[k] : "";
-}
-
-const char *verdict_reason_to_string(enum verdict_reason r) {
-        return r < _REASON_MAX ? reason_names[r] : "";
-}
+DEFINE_STRING_TABLE_LOOKUP(verdict_kind, enum verdict_kind, verdict_names)
+DEFINE_STRING_TABLE_LOOKUP(verdict_reason, enum verdict_reason, reason_names)
 
 void snapshot_free(struct snapshot *s) {
         free(s->rows);
@@ -210,7 +194,7 @@ void lock_graph_free(struct lock_graph *g) {
  * application_name; the name alone would be a free pass for anyone. */
 static bool own_connection(const struct policy_input *in, const struct snapshot_row *row) {
         for (size_t i = 0; i < in->n_own; i++)
-                if (in->own[i].pid == row->pid && in->own[i].backend_start == row->backend_start)
+                if (session_id_equal(in->own[i], session_id_of(row)))
                         return true;
         return false;
 }
@@ -226,7 +210,7 @@ bool policy_is_own(const struct policy_input *in, const struct snapshot_row *row
 
 static bool is_dying(const struct policy_input *in, const struct snapshot_row *row) {
         for (size_t i = 0; i < in->n_dying; i++)
-                if (in->dying[i].pid == row->pid && in->dying[i].backend_start == row->backend_start)
+                if (session_id_equal(in->dying[i], session_id_of(row)))
                         return true;
         return false;
 }

@@ -587,7 +587,7 @@ static bool log_cycle(struct server_state *s, const char *unknown_why) {
                 if (r == RESULT_TERMINATED || r == RESULT_CANCELLED)
                         ended++;
                 if (r == RESULT_TERMINATED)
-                        s->ended[s->n_ended++] = (struct session_id) { d->row->pid, d->row->backend_start };
+                        s->ended[s->n_ended++] = session_id_of(d->row);
                 if (r == RESULT_CANCELLED && rule_escalates(d->rule) && !d->escalated) {
                         s->escalations = xreallocarray(s->escalations, s->n_escalations + 1, sizeof(*s->escalations));
                         s->escalations[s->n_escalations++] = (struct escalation) {
@@ -673,7 +673,7 @@ static void watch_earlier_actions(struct server_state *s) {
         for (size_t i = 0; i < s->n_ended; i++)
                 for (size_t r = 0; r < s->snap.n_rows; r++) {
                         const struct snapshot_row *row = &s->snap.rows[r];
-                        if (row->pid == s->ended[i].pid && row->backend_start == s->ended[i].backend_start) {
+                        if (session_id_equal(s->ended[i], session_id_of(row))) {
                                 log_warning(name(s), "pid %" PRId32 " is still there after it was "
                                             "terminated (state %s); it may be stuck in an uninterruptible wait",
                                             row->pid, session_state_to_string(row->state));
@@ -709,7 +709,7 @@ static void warn_protected_roots(struct server_state *s) {
                 bool seen = false;
 
                 for (size_t k = 0; k < s->n_warned_roots && !seen; k++)
-                        seen = s->warned_roots[k].pid == id.pid && s->warned_roots[k].backend_start == id.backend_start;
+                        seen = session_id_equal(s->warned_roots[k], id);
                 if (!seen)
                         log_chain_warning(name(s), &j->warnings[i]);
                 now[i] = id;

@@ -44,7 +44,7 @@ int main(int argc, char **argv) {
                 return 2;
         row.pid = (int32_t) pid;
         row.client_backend = true;
-        row.state = session_state_from_string(argv[5]);
+        row.state = session_state_parse(argv[5]);
         row.backend_start = ts_arg(argv[6]);
         row.state_change = ts_arg(argv[7]);
         row.query_start = ts_arg(argv[8]);
