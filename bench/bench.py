@@ -509,10 +509,10 @@ def bare_scan_cost(runs, spacing):
 
 
 def snapshot_sql():
-    """pgsweeper's snapshot statement, pg_snapshot_sql of src/pg.c, as the
+    """pgsweeper's snapshot statement, pg_snapshot_sql of src/sql.c, as the
     server receives it (C string literals joined, the US() macro expanded)."""
     import re
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "pg.c")) as f:
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "sql.c")) as f:
         src = f.read()
     body = src[src.index("const char pg_snapshot_sql[] ="):]
     body = body[body.index("=") + 1:body.index(";\n")]

@@ -56,3 +56,4 @@ void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
 void *xreallocarray(void *p, size_t n, size_t size);
 char *xstrdup(const char *s);
+char *xasprintf(const char *fmt, ...) _printf_(1, 2);

@@ -154,6 +154,7 @@ struct verdict {
         bool dry_run;
         bool escalated;
         bool capped;                /* over, beyond max_actions_per_cycle: waits a cycle */
+        size_t blocked;             /* over, next under max_blocking or max_lock_wait: sessions waiting behind it */
 };
 
 struct judgement {
@@ -209,13 +210,6 @@ struct policy_input {
         size_t n_dying;
         bool verdicts;              /* also say why of every row (judgement.verdicts) */
 };
-
-/* The longest a server may go without a poll, in ms: its interval, but
- * never more than the smallest limit of a rule that cancels or terminates
- * (shadow rules included, so a dry run polls as the real run would), so
- * that a session that appears just after a poll is seen before it can
- * cross; never less than min_interval. Log-only rules do not shorten it. */
-int64_t policy_poll_gap_ms(const struct server *srv, int64_t min_interval_ms);
 
 /* When did the clock of limit k start for this row? TS_NULL: the limit does
  * not apply to the session in its current state. */

@@ -12,7 +12,10 @@
 #include "config.h"
 #include "enforce.h"
 #include "manager.h"
-#include "pg.h"
+#include "pgconn.h"
+#include "plan.h"
+#include "snapshot.h"
+#include "sql.h"
 #include "policy.h"
 
 struct manager;

@@ -8,7 +8,8 @@
 
 #include "enforce.h"
 #include "macro.h"
-#include "pg.h"
+#include "snapshot.h"
+#include "sql.h"
 
 static const char *const result_names[_RESULT_MAX] = {
         [RESULT_TERMINATED] = "terminated",
@@ -38,43 +39,6 @@ static const char *const guard_columns[_LIMIT_MAX] = {
 const char *limit_guard_column(enum limit_kind k) {
         return k < _LIMIT_MAX ? guard_columns[k] : "backend_start";
 }
-
-#define US(ts) "(extract(epoch FROM " ts ") * 1000000)::int8"
-
-/* $1 pids, $2 backend_start, $3 guard column name, $4 its value, $5 state
- * (NULL: any), $6 action. Permission is checked before signalling because
- * pg_terminate_backend() raises an error, not false, when it is missing,
- * and one error would abort the whole batch. The checks mirror
- * pg_signal_backend(): superuser targets need a superuser; others need the
- * privileges of the target role or of pg_signal_backend. Once permitted,
- * the functions return false only when the pid is no longer a backend (it
- * exited after this statement's view of pg_stat_activity was taken) or
- * kill() failed, which for a backend we just saw means the same: gone. */
-const char pg_action_sql[] =
-        "WITH v AS (SELECT * FROM unnest($1::int4[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[]) "
-        "             WITH ORDINALITY AS v(pid, backend_start, guard, since, state, action, ord)), "
-        "me AS (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
-        "SELECT v.ord, CASE "
-        "WHEN a.pid IS NULL THEN 'gone' "
-        "WHEN a.backend_type IS DISTINCT FROM 'client backend' "
-        "  OR " US("a.backend_start") " IS DISTINCT FROM v.backend_start "
-        "  OR (v.state IS NOT NULL AND a.state IS DISTINCT FROM v.state) "
-        "  OR CASE v.guard WHEN 'state_change' THEN " US("a.state_change")
-        "                  WHEN 'query_start' THEN " US("a.query_start")
-        "                  WHEN 'lock_wait' THEN " US("a.query_start")
-        "                  WHEN 'xact_start' THEN " US("a.xact_start")
-        "                  ELSE " US("a.backend_start") " END IS DISTINCT FROM v.since "
-        "  OR CASE WHEN v.guard = 'lock_wait' THEN NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) w "
-        "       WHERE coalesce(w.leader_pid, w.pid) = v.pid AND w.wait_event_type = 'Lock') ELSE false END "
-        "  THEN 'changed' "
-        "WHEN r.oid IS NULL THEN 'denied' "
-        "WHEN r.rolsuper AND NOT coalesce((SELECT rolsuper FROM me), false) THEN 'denied' "
-        "WHEN NOT (pg_has_role(r.oid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE')) THEN 'denied' "
-        "WHEN v.action = 'terminate' THEN CASE WHEN pg_terminate_backend(v.pid) THEN 'terminated' ELSE 'gone' END "
-        "WHEN v.action = 'cancel' THEN CASE WHEN pg_cancel_backend(v.pid) THEN 'cancelled' ELSE 'gone' END "
-        "ELSE 'failed' END "
-        "FROM v LEFT JOIN pg_stat_activity a ON a.pid = v.pid "
-        "LEFT JOIN pg_roles r ON r.oid = a.usesysid";
 
 /* Text array literal builder: {a,b,NULL,...}. Values are digits, guard
  * column names, state names or action names: quoted for the spaces in

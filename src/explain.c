@@ -12,7 +12,9 @@
 #include "explain.h"
 #include "log.h"
 #include "macro.h"
-#include "pg.h"
+#include "plan.h"
+#include "snapshot.h"
+#include "sql.h"
 
 #define CONNECT_TIMEOUT "10"        /* unless the conninfo sets connect_timeout */
 #define ELLIPSIS "\xe2\x80\xa6"     /* … */
@@ -55,9 +57,8 @@ static int explain_server(const struct config *c, const struct server *srv, bool
         const char *const keys[] = { "connect_timeout", "dbname", "fallback_application_name", NULL };
         const char *const values[] = { CONNECT_TIMEOUT, srv->conninfo, "pgsweeper", NULL };
         _cleanup_(PQfinishp) PGconn *conn = PQconnectdbParams(keys, values, 1);
-        _cleanup_(PQclearp) PGresult *setup = NULL, *res = NULL;
-        struct snapshot_request req = {};
-        struct snapshot_params params;
+        _cleanup_(PQclearp) PGresult *setup = NULL;
+        struct snapshot_request req;
         struct pg_identity id;
         struct session_id self;
         int r;
@@ -73,14 +74,11 @@ static int explain_server(const struct config *c, const struct server *srv, bool
                 return -EBADMSG;
         }
 
-        snapshot_request_limits(srv, 0, &req);
-        req.superusers = true;      /* shown as protected unless terminate_superusers */
-        req.every_session = true;
-        snapshot_params_build(&req, &params);
-        res = PQexecParams(conn, pg_snapshot_sql, SNAPSHOT_PARAMS, NULL, (const char *const *) params.values, NULL,
-                           NULL, 0);
-        snapshot_params_free(&params);
-        r = snapshot_from_result(res, &ret->snap);
+        /* The daemon's own read: the same statements and parsing, the lock
+         * graph included when a rule needs it. */
+        plan_explain_request(c, srv, &req);
+        r = snapshot_fetch(conn, srv, &req, &ret->snap);
+        snapshot_request_done(&req);
         if (r < 0) {
                 explain_error(srv, "snapshot failed", PQerrorMessage(conn));
                 pg_identity_done(&id);
@@ -236,7 +234,7 @@ static const char *action_words(const struct verdict *v) {
 static char *verdict_text(const char *server, const struct verdict *v) {
         _cleanup_free_ char *rule = v->rule ? escape_string(v->rule->name) : NULL, *srv = escape_string(server),
                             *spared = v->exempt_rule ? escape_string(v->exempt_rule->name) : NULL;
-        char limit[DURATION_FORMAT_MAX], left[DURATION_FORMAT_MAX];
+        char limit[DURATION_FORMAT_MAX], left[DURATION_FORMAT_MAX], waiting[64] = "";
         char *s = NULL;
         int r = -1;
 
@@ -245,8 +243,10 @@ static char *verdict_text(const char *server, const struct verdict *v) {
         case VERDICT_NEXT:
                 duration_format(v->rule->limit_ms[v->limit], limit, sizeof(limit));
                 duration_format(v->remaining_ms, left, sizeof(left));
-                r = asprintf(&s, "%s %s: %s %s%s%s -> %s%s%s%s%s", verdict_kind_to_string(v->kind), rule,
-                             limit_kind_to_string(v->limit), limit, v->kind == VERDICT_NEXT ? " in " : "",
+                if (limit_is_chain(v->limit))
+                        snprintf(waiting, sizeof(waiting), " (%zu waiting behind it)", v->blocked);
+                r = asprintf(&s, "%s %s: %s %s%s%s%s -> %s%s%s%s%s", verdict_kind_to_string(v->kind), rule,
+                             limit_kind_to_string(v->limit), limit, waiting, v->kind == VERDICT_NEXT ? " in " : "",
                              v->kind == VERDICT_NEXT ? left : "", action_words(v),
                              v->reason == REASON_ESCALATION ? " (escalation of a cancelled query)" : "",
                              v->capped ? ", waits for the next cycle (max_actions_per_cycle)" : "",
@@ -403,8 +403,11 @@ void explain_print_json(const struct explain_row *rows, size_t n, FILE *out) {
                 json_key_int(out, "remaining_ms", v->kind == VERDICT_NEXT, v->remaining_ms);
                 json_key_string(out, "action", !limited ? NULL : v->dry_run ? "dry-run" : action_to_string(v->action),
                                 true);
-                json_key_string(out, "reason", verdict_reason_to_string(v->reason), false);
-                fputs("}", out);
+                json_key_string(out, "reason", verdict_reason_to_string(v->reason), true);
+                if (limited && limit_is_chain(v->limit))
+                        fprintf(out, "\"blocked\": %zu}", v->blocked);
+                else
+                        fputs("\"blocked\": null}", out);
         }
         fputs(n ? "\n]\n" : "]\n", out);
 }

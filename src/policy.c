@@ -59,20 +59,6 @@ void judgement_free(struct judgement *j) {
         *j = (struct judgement) { .next_deadline = INT64_MAX };
 }
 
-int64_t policy_poll_gap_ms(const struct server *srv, int64_t min_interval_ms) {
-        int64_t gap = srv->interval_ms;
-
-        for (size_t i = 0; i < srv->n_rules; i++) {
-                const struct rule *r = &srv->rules[i];
-                if (r->action == ACTION_LOG)
-                        continue;
-                for (enum limit_kind k = 0; k < _LIMIT_MAX; k++)
-                        if (limit_is_duration(k) && r->limit_ms[k] > 0 && r->limit_ms[k] < gap)
-                                gap = r->limit_ms[k];
-        }
-        return gap < min_interval_ms ? min_interval_ms : gap;
-}
-
 int64_t limit_since(enum limit_kind k, const struct snapshot_row *row) {
         switch (k) {
         case LIMIT_IDLE:
@@ -346,7 +332,7 @@ static bool judge_rule(const struct policy_input *in, const struct snapshot *sna
                                         *soon = (struct verdict) { row, VERDICT_NEXT, REASON_ESCALATION, rule, NULL,
                                                 LIMIT_QUERY_DURATION, (snap->now - row->query_start) / 1000,
                                                 (e->due - snap->now + 999) / 1000, ACTION_TERMINATE,
-                                                in->dry_run || rule->dry_run, true, false };
+                                                in->dry_run || rule->dry_run, true, false, 0 };
                         }
                         return false;
                 }
@@ -386,7 +372,7 @@ static bool judge_rule(const struct policy_input *in, const struct snapshot *sna
                         if (soon)
                                 *soon = (struct verdict) { row, VERDICT_NEXT, REASON_LIMIT, rule, NULL, k, elapsed_ms,
                                                            limit - elapsed_ms, rule->action,
-                                                           in->dry_run || rule->dry_run, false, false };
+                                                           in->dry_run || rule->dry_run, false, false, blocked };
                 }
         }
         if (!d.rule)
@@ -503,7 +489,7 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                 if (best.rule)
                         v = (struct verdict) { row, VERDICT_OVER, best.escalated ? REASON_ESCALATION : REASON_LIMIT,
                                                best.rule, NULL, best.limit, best.elapsed_ms, 0, best.action,
-                                               best.dry_run, best.escalated, false };
+                                               best.dry_run, best.escalated, false, best.blocked };
                 else if (soon.rule)
                         v = soon;
                 else if (exempting)

@@ -609,26 +609,13 @@ static bool log_cycle(struct server_state *s, const char *unknown_why) {
         return logged || j->n_capped > 0;
 }
 
-/* The next poll: when the first session a rule can act on crosses a limit,
- * but no later than the gap (interval, or the smallest limit that acts, so
- * a session that appears meanwhile is seen before it crosses) and never
- * sooner than min_interval after this one. The deadline is on the server's
- * clock, whose now() was read somewhere between sending the snapshot and
- * receiving it: counted from the receipt, the poll is never early (an early
- * poll would find the session just short of its limit and the next one
- * could only come min_interval later), and late by at most a round trip. */
+/* The cycle is over: log it and plan the next (plan_next_poll). */
 static void cycle_complete(struct server_state *s) {
-        const struct judgement *j = &s->judgement;
-        uint64_t at = s->poll_started +
-                      (uint64_t) policy_poll_gap_ms(s->server, s->config->min_interval_ms) * USEC_PER_MSEC;
-        uint64_t earliest = s->poll_started + (uint64_t) s->config->min_interval_ms * USEC_PER_MSEC;
+        uint64_t at = plan_next_poll(s->config, s->server, &(struct plan_cycle) {
+                .poll_started = s->poll_started, .snap_received = s->snap_received,
+                .snap_now = s->snap.now, .next_deadline = s->judgement.next_deadline,
+        });
         bool eventful = log_cycle(s, NULL) || s->fresh;
-
-        if (j->next_deadline != INT64_MAX && s->snap.now != TS_NULL && j->next_deadline > s->snap.now &&
-            s->snap_received + (uint64_t) (j->next_deadline - s->snap.now) < at)
-                at = s->snap_received + (uint64_t) (j->next_deadline - s->snap.now);
-        if (at < earliest)
-                at = earliest;
 
         cycle_reset(s);
         s->phase = PHASE_READY;
@@ -751,16 +738,11 @@ static void judge_and_act(struct server_state *s) {
 
 /* What this cycle asks the server for; both statements of a poll take it. */
 static void poll_params(struct server_state *s, struct snapshot_params *ret) {
-        _cleanup_free_ int32_t *pids = xcalloc(s->n_escalations + 1, sizeof(int32_t));
-        struct snapshot_request req = {
-                .with_query = s->config->log_query || policy_needs_query(s->server), .pids = pids,
-                .lock_waiters = policy_reads_locks(s->server),
-        };
+        struct snapshot_request req;
 
-        for (size_t i = 0; i < s->n_escalations; i++)
-                pids[req.n_pids++] = s->escalations[i].pid;
-        snapshot_request_limits(s->server, policy_poll_gap_ms(s->server, s->config->min_interval_ms), &req);
+        plan_poll_request(s->config, s->server, s->escalations, s->n_escalations, &req);
         snapshot_params_build(&req, ret);
+        snapshot_request_done(&req);
 }
 
 static void on_graph_done(struct server_state *s, PGresult *res) {
@@ -808,7 +790,7 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
         s->snap_received = loop_usec(s);
         /* The lock graph only for a server with a lock rule, and only when
          * this poll saw a session waiting for a lock. */
-        if (s->snap.n_lock_waiting == 0 || !policy_reads_locks(s->server)) {
+        if (!plan_wants_graph(s->server, &s->snap)) {
                 judge_and_act(s);
                 return;
         }
@@ -816,7 +798,7 @@ static void on_snapshot_done(struct server_state *s, PGresult *res) {
          * text depends on the version (pg_locks.waitstart since 14). */
         if (!s->graph_prepared) {
                 send_statement(s, PHASE_POLLING, SEND_PREPARE, pg_lock_graph_name,
-                               PQserverVersion(s->conn) >= 140000 ? pg_lock_graph_sql : pg_lock_graph_sql_13,
+                               pg_lock_graph_sql_for(PQserverVersion(s->conn)),
                                SNAPSHOT_PARAMS, NULL, on_graph_prepared);
                 return;
         }

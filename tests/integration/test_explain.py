@@ -13,7 +13,7 @@ from conftest import free_tcp_port, stop_process, wait_until
 from pgs_helpers import assert_connection_alive, events, parse_duration_ms
 
 KEYS = ["server", "pid", "user", "database", "application", "client_addr", "state", "verdict", "rule",
-        "limit", "limit_ms", "elapsed_ms", "remaining_ms", "action", "reason"]
+        "limit", "limit_ms", "elapsed_ms", "remaining_ms", "action", "reason", "blocked"]
 
 
 def server_block(name, conninfo, rules, extra=""):
@@ -293,3 +293,67 @@ def test_command_line_errors(pg, sweeper):
     r = sweeper.run_once("servers: [\n", "--explain", "--json")
     assert r.returncode == 78, r.stderr
     assert r.stdout == ""
+
+
+# Lock chains (issue 17): explain reads the server as the daemon does, lock
+# graph included, so a max_blocking root and a max_lock_wait waiter get their
+# verdicts with the number of sessions waiting behind them. Before, explain
+# took its own snapshot without the graph and showed both as "none".
+from test_locks import idle_blocker, start_waiters, table  # noqa: E402,F401  (table: a fixture)
+
+LOCK_RULES = ("      - {name: lock-blockers, max_blocking: %s, users: [app], applications: [blocker]}\n"
+              "      - {name: lock-queue, max_lock_wait: %s, action: cancel, applications: [\"writer-*\"]}\n")
+
+
+def lock_config(pg, blocking, lock_wait):
+    return "servers:\n" + server_block("main", pg.conninfo(user="pgsweeper", dbname="postgres"),
+                                       LOCK_RULES % (blocking, lock_wait))
+
+
+def test_lock_chain_verdicts_over(pg, sweeper, table):
+    blocker = idle_blocker(pg)
+    bpid = blocker.info.backend_pid
+    writers = start_waiters(pg, 2, "UPDATE lk SET v = v + 1 WHERE id = 1")
+    time.sleep(1.1)
+    cfg = lock_config(pg, "1s", "1s")
+    rows, _ = explain_json(sweeper, cfg)
+    got = by_pid(rows)
+    root = got[bpid]
+    assert root["verdict"] == "over" and root["rule"] == "lock-blockers", root
+    assert root["limit"] == "max_blocking" and root["limit_ms"] == 1000, root
+    assert root["action"] == "terminate" and root["blocked"] == 2, root
+    assert root["elapsed_ms"] >= 1000, root
+    for w in writers:
+        row = got[w.pid]
+        assert row["verdict"] == "over" and row["rule"] == "lock-queue", row
+        assert row["limit"] == "max_lock_wait" and row["action"] == "cancel", row
+        assert isinstance(row["blocked"], int) and 1000 <= row["elapsed_ms"] < 60000, row
+    # the one who waits longest has the other behind it; the last has nobody
+    assert sorted(got[w.pid]["blocked"] for w in writers) == [0, 1], [got[w.pid] for w in writers]
+    text = explain(sweeper, cfg).stdout
+    line = [l for l in text.splitlines() if f"  {bpid}  " in l]
+    assert len(line) == 1, text
+    assert "over lock-blockers: max_blocking 1s (2 waiting behind it) -> terminate" in line[0], line
+    # explain signalled nothing
+    assert pg.pid_alive(bpid) and all(pg.pid_alive(w.pid) and not w.done.is_set() for w in writers)
+    blocker.rollback()
+    for w in writers:
+        w.thread.join(10)
+        assert w.done.is_set() and w.error is None, w.error
+
+
+def test_lock_chain_verdicts_next(pg, sweeper, table):
+    blocker = idle_blocker(pg)
+    bpid = blocker.info.backend_pid
+    writers = start_waiters(pg, 1, "UPDATE lk SET v = v + 1 WHERE id = 1")
+    rows, _ = explain_json(sweeper, lock_config(pg, "1h", "2h"))
+    got = by_pid(rows)
+    root, waiter = got[bpid], got[writers[0].pid]
+    assert root["verdict"] == "next" and root["limit"] == "max_blocking" and root["blocked"] == 1, root
+    assert 3500000 < root["remaining_ms"] <= 3600000, root
+    assert waiter["verdict"] == "next" and waiter["limit"] == "max_lock_wait" and waiter["blocked"] == 0, waiter
+    assert 7100000 < waiter["remaining_ms"] <= 7200000, waiter
+    # a session outside the chain has no waiter count
+    assert all(r["blocked"] is None for p, r in got.items() if p not in (bpid, writers[0].pid)), rows
+    blocker.rollback()
+    writers[0].thread.join(10)

@@ -11,7 +11,8 @@
 
 #include "enforce.h"
 #include "macro.h"
-#include "pg.h"
+#include "snapshot.h"
+#include "sql.h"
 
 static int64_t ts_arg(const char *s) {
         int64_t v;

@@ -1,6 +1,7 @@
 /* The policy table: session x rules x time -> decision and next deadline. */
 #include <stdlib.h>
 
+#include "plan.h"
 #include "policy.h"
 #include "macro.h"
 #include "unit.h"
@@ -402,12 +403,12 @@ static void test_poll_gap(void) {
 
         if (!c)
                 return;
-        CHECK_INT(policy_poll_gap_ms(&c->servers[0], 100), 2000, "smallest acting limit, log-only rules aside");
-        CHECK_INT(policy_poll_gap_ms(&c->servers[0], 3000), 3000, "never under min_interval");
+        CHECK_INT(plan_gap_ms(&c->servers[0], 100), 2000, "smallest acting limit, log-only rules aside");
+        CHECK_INT(plan_gap_ms(&c->servers[0], 3000), 3000, "never under min_interval");
         c->servers[0].rules[0].limit_ms[LIMIT_IDLE] = 0;
-        CHECK_INT(policy_poll_gap_ms(&c->servers[0], 100), 5000, "shadow rules count");
+        CHECK_INT(plan_gap_ms(&c->servers[0], 100), 5000, "shadow rules count");
         c->servers[0].rules[2].limit_ms[LIMIT_QUERY_DURATION] = 0;
-        CHECK_INT(policy_poll_gap_ms(&c->servers[0], 100), 60000, "no acting limit: the interval");
+        CHECK_INT(plan_gap_ms(&c->servers[0], 100), 60000, "no acting limit: the interval");
         c->servers[0].rules[0].limit_ms[LIMIT_IDLE] = 2000;
 
         /* Sessions no rule can act on plan no poll: a superuser, one exempt. */
@@ -549,7 +550,7 @@ static void test_xmin_age(void) {
         {
                 struct rule only = rule_make("h", LIMIT_XMIN_AGE, 5, ACTION_TERMINATE);
                 struct server srv = { .interval_ms = 10000, .rules = &only, .n_rules = 1 };
-                CHECK_INT(policy_poll_gap_ms(&srv, 100), 10000, "xmin age is no duration");
+                CHECK_INT(plan_gap_ms(&srv, 100), 10000, "xmin age is no duration");
         }
 }
 

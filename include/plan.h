@@ -1,0 +1,50 @@
+/* Planning one server's polls: what a snapshot asks the server for, whether
+ * the lock graph is worth reading, and when the next poll comes. Pure: the
+ * clocks come in as arguments. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "policy.h"
+#include "snapshot.h"
+
+/* The longest a server may go without a poll, in ms: its interval, but
+ * never more than the smallest limit of a rule that cancels or terminates
+ * (shadow rules included, so a dry run polls as the real run would), so
+ * that a session that appears just after a poll is seen before it can
+ * cross; never less than min_interval. Log-only rules do not shorten it. */
+int64_t plan_gap_ms(const struct server *srv, int64_t min_interval_ms);
+
+/* What a daemon (or --once) poll asks for: the rows that are past a limit,
+ * or cross one that acts within one gap (a log-only rule: once crossed),
+ * the pids of the escalations being watched, lock waiters when a rule
+ * judges lock chains, query text when a filter or log_query needs it. */
+void plan_poll_request(const struct config *c, const struct server *srv, const struct escalation *escalations,
+                       size_t n_escalations, struct snapshot_request *ret);
+
+/* What --explain asks for: every client backend (superusers too, shown as
+ * protected), with no lookahead; the rest as a poll. */
+void plan_explain_request(const struct config *c, const struct server *srv, struct snapshot_request *ret);
+
+/* After the snapshot: read the lock graph too? Only for a server with a
+ * lock rule, and only when the snapshot saw a session waiting for a lock. */
+bool plan_wants_graph(const struct server *srv, const struct snapshot *snap);
+
+/* When one cycle's poll went, came back and what it found. */
+struct plan_cycle {
+        uint64_t poll_started;      /* CLOCK_MONOTONIC usec, when the snapshot was sent */
+        uint64_t snap_received;     /* CLOCK_MONOTONIC usec, when its answer was read */
+        int64_t snap_now;           /* the server's now() in the snapshot; TS_NULL: none */
+        int64_t next_deadline;      /* judgement's next crossing on the server's clock; INT64_MAX: none */
+};
+
+/* The next poll, CLOCK_MONOTONIC usec: when the first session a rule can
+ * act on crosses a limit, but no later than one gap after this poll and
+ * never sooner than min_interval after it. The deadline is counted from the
+ * snapshot's receipt: the server read now() somewhere between sending and
+ * receiving, so the poll is never early on the server's clock (an early poll
+ * would find the session just short of its limit and the next could only
+ * come min_interval later) and late by at most a round trip. */
+uint64_t plan_next_poll(const struct config *c, const struct server *srv, const struct plan_cycle *p);

@@ -1,0 +1,60 @@
+/* The snapshot statement's two sides: what a poll asks for, as its
+ * parameters, and its result as a struct snapshot (policy.h). */
+#pragma once
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "policy.h"
+#include "sql.h"
+
+/* Who we are on a server, from pg_setup_sql. */
+struct pg_identity {
+        int64_t backend_start;
+        char *cluster;              /* postmaster start time and port: tells clusters apart */
+        char *role;                 /* current_user */
+        bool can_see_all;           /* has the privileges of pg_read_all_stats (pg_monitor) */
+        bool can_signal_all;        /* has the privileges of pg_signal_backend */
+};
+
+/* Read a result of pg_setup_sql. -EBADMSG on a wrong shape. */
+int pg_identity_from_result(const PGresult *res, struct pg_identity *ret);
+void pg_identity_done(struct pg_identity *id);
+
+/* What a snapshot asks the server for (plan.c decides it): the client
+ * backends that are past a limit, or will cross one that can act before
+ * the next poll comes (or that are watched for escalation). The C policy
+ * judges those few rows exactly: the server filters, C decides. */
+struct snapshot_request {
+        bool with_query;
+        bool superusers;                     /* send superusers' sessions too */
+        bool every_session;                  /* --explain: send every client backend */
+        bool lock_waiters;                   /* send every session waiting for a lock */
+        int64_t bound_ms[_LIMIT_MAX];        /* send rows at least this far into the limit; -1: no rule */
+        int32_t *pids;                       /* always send these (escalations); owned */
+        size_t n_pids;
+};
+
+void snapshot_request_done(struct snapshot_request *r);
+
+struct snapshot_params {
+        char *values[SNAPSHOT_PARAMS];
+};
+
+void snapshot_params_build(const struct snapshot_request *req, struct snapshot_params *ret);
+void snapshot_params_free(struct snapshot_params *p);
+
+/* Turn a result of pg_snapshot_sql (or pg_lock_graph_sql) into a snapshot.
+ * -EBADMSG when the shape is wrong. */
+int snapshot_from_result(const PGresult *res, struct snapshot *ret);
+
+/* The same read as the daemon's, blocking, for the one-shot commands: the
+ * snapshot, then the lock graph when plan_wants_graph() says so, on a
+ * connection that ran pg_setup_sql. Negative errno on failure (the
+ * connection's error message says why). */
+int snapshot_fetch(PGconn *conn, const struct server *srv, const struct snapshot_request *req, struct snapshot *ret);
+
+/* PostgreSQL timestamps travel as int8 microseconds since the Unix epoch. */
+int parse_int64(const char *s, int64_t *ret);

@@ -1,0 +1,219 @@
+/* The snapshot statement's two sides: a request turned into its
+ * parameters, and its result turned into a struct snapshot. The daemon, --once
+ * and --explain all read a server through here. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "macro.h"
+#include "plan.h"
+#include "snapshot.h"
+#include "sql.h"
+
+int pg_identity_from_result(const PGresult *res, struct pg_identity *ret) {
+        *ret = (struct pg_identity) {};
+        if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != 7 || PQntuples(res) != 1 ||
+            parse_int64(PQgetvalue(res, 0, 2), &ret->backend_start) < 0)
+                return -EBADMSG;
+        ret->cluster = xstrdup(PQgetvalue(res, 0, 3));
+        ret->role = xstrdup(PQgetvalue(res, 0, 4));
+        ret->can_see_all = PQgetvalue(res, 0, 5)[0] == 't';
+        ret->can_signal_all = PQgetvalue(res, 0, 6)[0] == 't';
+        return 0;
+}
+
+void pg_identity_done(struct pg_identity *id) {
+        free(id->cluster);
+        free(id->role);
+        *id = (struct pg_identity) {};
+}
+
+/* The columns of pg_snapshot_sql and pg_lock_graph_sql, in order. */
+enum {
+        COL_PID, COL_CLIENT_BACKEND, COL_SUPERUSER, COL_STATE,
+        COL_BACKEND_START, COL_STATE_CHANGE, COL_QUERY_START, COL_XACT_START,
+        COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT_ADDR, COL_QUERY, COL_NOW,
+        COL_XMIN_AGE, COL_LOCK_WAIT, COL_IN_RECOVERY, COL_BLOCKERS, COL_WAIT_START,
+        _COL_MAX,
+};
+
+int parse_int64(const char *s, int64_t *ret) {
+        char *end;
+        long long v;
+
+        errno = 0;
+        v = strtoll(s, &end, 10);
+        if (errno || end == s || *end)
+                return -EINVAL;
+        *ret = v;
+        return 0;
+}
+
+static int64_t ts_value(const PGresult *res, int row, int col) {
+        int64_t v;
+        if (PQgetisnull(res, row, col) || parse_int64(PQgetvalue(res, row, col), &v) < 0)
+                return TS_NULL;
+        return v;
+}
+
+/* "{1,2,0}" -> pids appended to *pool; returns how many. Junk is skipped. */
+static size_t parse_pid_array(const char *s, int32_t **pool, size_t *n_pool) {
+        size_t n = 0;
+
+        while (*s) {
+                char *end;
+                long v;
+
+                if (*s < '0' || *s > '9') {
+                        s++;
+                        continue;
+                }
+                errno = 0;
+                v = strtol(s, &end, 10);
+                s = end;
+                if (errno || v < 0 || v > INT32_MAX)
+                        continue;
+                *pool = xreallocarray(*pool, *n_pool + 1, sizeof(int32_t));
+                (*pool)[(*n_pool)++] = (int32_t) v;
+                n++;
+        }
+        return n;
+}
+
+int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
+        static const int string_cols[] = { COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT_ADDR, COL_QUERY };
+        int n = PQntuples(res);
+        size_t bytes = 0, off = 0, n_pool = 0;
+        _cleanup_free_ size_t *first_blocker = NULL;
+        int32_t *pool = NULL;
+        struct snapshot s = { .now = TS_NULL };
+
+        *ret = (struct snapshot) {};
+        if (PQresultStatus(res) != PGRES_TUPLES_OK || PQnfields(res) != _COL_MAX)
+                return -EBADMSG;
+
+        /* All strings of the snapshot live in one block owned by it. */
+        for (int i = 0; i < n; i++)
+                for (size_t c = 0; c < ELEMENTSOF(string_cols); c++)
+                        bytes += (size_t) PQgetlength(res, i, string_cols[c]) + 1;
+        s.strings = xmalloc(bytes + 1);
+        s.rows = xcalloc(n > 0 ? (size_t) n : 1, sizeof(*s.rows));
+        first_blocker = xcalloc(n > 0 ? (size_t) n : 1, sizeof(*first_blocker));
+
+        for (int i = 0; i < n; i++) {
+                struct snapshot_row *row = &s.rows[s.n_rows];
+                const char **dest[ELEMENTSOF(string_cols)] = {
+                        &row->user, &row->database, &row->application, &row->client_addr, &row->query,
+                };
+                int64_t pid;
+
+                if (s.now == TS_NULL) {
+                        s.now = ts_value(res, i, COL_NOW);
+                        s.role_known = !PQgetisnull(res, i, COL_IN_RECOVERY);
+                        s.in_recovery = PQgetvalue(res, i, COL_IN_RECOVERY)[0] == 't';
+                }
+                if (parse_int64(PQgetvalue(res, i, COL_PID), &pid) < 0 || pid <= 0 || pid > INT32_MAX)
+                        continue;
+                row->pid = (int32_t) pid;
+                row->client_backend = !PQgetisnull(res, i, COL_CLIENT_BACKEND) &&
+                                      PQgetvalue(res, i, COL_CLIENT_BACKEND)[0] == 't';
+                row->superuser = PQgetvalue(res, i, COL_SUPERUSER)[0] != 'f';
+                row->state = session_state_parse(PQgetisnull(res, i, COL_STATE) ? NULL : PQgetvalue(res, i, COL_STATE));
+                row->backend_start = ts_value(res, i, COL_BACKEND_START);
+                row->state_change = ts_value(res, i, COL_STATE_CHANGE);
+                row->query_start = ts_value(res, i, COL_QUERY_START);
+                row->xact_start = ts_value(res, i, COL_XACT_START);
+                row->xmin_age = ts_value(res, i, COL_XMIN_AGE);
+                if (row->xmin_age == TS_NULL)
+                        row->xmin_age = -1;
+                row->lock_waiting = PQgetvalue(res, i, COL_LOCK_WAIT)[0] == 't';
+                s.n_lock_waiting += row->lock_waiting;
+                row->wait_start = ts_value(res, i, COL_WAIT_START);
+                if (!PQgetisnull(res, i, COL_BLOCKERS)) {
+                        first_blocker[s.n_rows] = n_pool;   /* the pool may still move */
+                        row->n_blockers = parse_pid_array(PQgetvalue(res, i, COL_BLOCKERS), &pool, &n_pool);
+                }
+                for (size_t c = 0; c < ELEMENTSOF(string_cols); c++) {
+                        size_t len = (size_t) PQgetlength(res, i, string_cols[c]);
+                        if (string_cols[c] == COL_QUERY && PQgetisnull(res, i, COL_QUERY)) {
+                                *dest[c] = NULL;
+                                continue;
+                        }
+                        memcpy(s.strings + off, PQgetvalue(res, i, string_cols[c]), len);
+                        s.strings[off + len] = '\0';
+                        *dest[c] = s.strings + off;
+                        off += len + 1;
+                }
+                s.n_rows++;
+        }
+        for (size_t i = 0; i < s.n_rows; i++)
+                s.rows[i].blockers = s.rows[i].n_blockers ? pool + first_blocker[i] : NULL;
+        s.blocker_pool = pool;
+        *ret = s;
+        return 0;
+}
+
+
+
+void snapshot_params_build(const struct snapshot_request *req, struct snapshot_params *ret) {
+        static const enum limit_kind order[] = {
+                LIMIT_IDLE, LIMIT_IDLE_IN_TRANSACTION, LIMIT_QUERY_DURATION, LIMIT_TRANSACTION_AGE, LIMIT_SESSION_AGE,
+        };
+        size_t len = 3, off;
+
+        *ret = (struct snapshot_params) {};
+        ret->values[0] = xstrdup(req->with_query ? "t" : "f");
+        for (size_t i = 0; i < ELEMENTSOF(order); i++)
+                if (req->bound_ms[order[i]] >= 0)
+                        ret->values[1 + i] = xasprintf("%" PRId64, req->bound_ms[order[i]]);
+        len += req->n_pids * 12;
+        ret->values[6] = xmalloc(len);
+        off = (size_t) snprintf(ret->values[6], len, "{");
+        for (size_t i = 0; i < req->n_pids; i++)
+                off += (size_t) snprintf(ret->values[6] + off, len - off, "%s%" PRId32, i ? "," : "", req->pids[i]);
+        snprintf(ret->values[6] + off, len - off, "}");
+        ret->values[7] = xstrdup(req->superusers ? "t" : "f");
+        ret->values[8] = xstrdup(req->lock_waiters ? "t" : "f");
+        if (req->bound_ms[LIMIT_XMIN_AGE] >= 0)
+                ret->values[9] = xasprintf("%" PRId64, req->bound_ms[LIMIT_XMIN_AGE]);
+        /* A session-age bound of now() makes every backend a candidate. */
+        if (req->every_session) {
+                free(ret->values[5]);
+                ret->values[5] = xstrdup("0");
+        }
+}
+
+void snapshot_params_free(struct snapshot_params *p) {
+        for (size_t i = 0; i < SNAPSHOT_PARAMS; i++)
+                free(p->values[i]);
+        *p = (struct snapshot_params) {};
+}
+
+void snapshot_request_done(struct snapshot_request *r) {
+        free(r->pids);
+        *r = (struct snapshot_request) {};
+}
+
+static int fetch(PGconn *conn, const char *sql, const struct snapshot_params *p, struct snapshot *ret) {
+        PGresult *res = PQexecParams(conn, sql, SNAPSHOT_PARAMS, NULL, (const char *const *) p->values, NULL, NULL, 0);
+        int r = snapshot_from_result(res, ret);
+
+        PQclear(res);
+        return r;
+}
+
+int snapshot_fetch(PGconn *conn, const struct server *srv, const struct snapshot_request *req, struct snapshot *ret) {
+        struct snapshot_params params;
+        int r;
+
+        snapshot_params_build(req, &params);
+        r = fetch(conn, pg_snapshot_sql, &params, ret);
+        if (r >= 0 && plan_wants_graph(srv, ret)) {
+                snapshot_free(ret);
+                r = fetch(conn, pg_lock_graph_sql_for(PQserverVersion(conn)), &params, ret);
+                ret->has_graph = r >= 0;
+        }
+        snapshot_params_free(&params);
+        return r;
+}

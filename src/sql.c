@@ -1,0 +1,148 @@
+/* Every statement pgsweeper sends, as constant text: nothing from a
+ * configuration or a session row is ever pasted into SQL; values travel as
+ * $n parameters. */
+#include "sql.h"
+
+/* Timestamps as int8 microseconds since the Unix epoch: exact (extract()
+ * returns numeric since PG 14) and trivial to parse. now() is the server's
+ * clock at the start of this statement; elapsed times never use ours. */
+#define US(ts) "(extract(epoch FROM " ts ") * 1000000)::int8"
+
+/* $1 query text wanted, $2..$6 per kind: the smallest limit (ms) less the
+ * lookahead, or NULL when no rule sets that limit, $7 pids always wanted,
+ * $8 superusers wanted, $9 lock waiters wanted (a rule judges lock chains),
+ * $10 the smallest max_xmin_age (NULL: none). Rows: the client backends past
+ * that bound, i.e. past a limit now or crossing one before the next poll can
+ * come, those whose xid horizon is that old (ages cannot be planned: checked
+ * every poll), and with $9 every backend waiting for a heavyweight lock (they
+ * say whether the lock graph is worth reading); the C policy judges them
+ * exactly and plans the next poll from the ones a rule can really act on. One
+ * pass over pg_stat_get_activity() with plain comparisons; names, joins and
+ * conversions only for the rows it keeps. The outer one-row join carries
+ * now() and pg_is_in_recovery() even when no session is sent (its session
+ * columns are then NULL). */
+#define SNAPSHOT_SELECT(graph_cols)                                                                        \
+        "SELECT c.pid, c.client, c.super, c.state, c.bs, c.sc, c.qs, c.xs, c.rolname, c.datname, c.app, c.addr, " \
+        "  c.query, " US("now()") ", c.xmin_age, c.lock_wait, pg_is_in_recovery(), " graph_cols " "            \
+        "FROM (SELECT 1) g LEFT JOIN ("                                                                       \
+        "SELECT a.pid, a.backend_type = 'client backend' AS client, coalesce(r.rolsuper, false) AS super, a.state, " \
+        US("a.backend_start") " AS bs, " US("a.state_change") " AS sc, " US("a.query_start") " AS qs, "        \
+        US("a.xact_start") " AS xs, "                                                                         \
+        "  r.rolname, d.datname, a.application_name AS app, "                                                 \
+        "  CASE WHEN a.client_port = -1 THEN 'local' ELSE host(a.client_addr) END AS addr, "                   \
+        "  CASE WHEN $1::bool THEN left(a.query, 1024) END AS query, "                                         \
+        "  greatest(age(a.backend_xmin), age(a.backend_xid)) AS xmin_age, "                                    \
+        "  coalesce(a.wait_event_type = 'Lock', false) AS lock_wait "
+
+#define SNAPSHOT_WHERE                                                                                        \
+        "WHERE a.pid <> pg_backend_pid() AND ("                                                               \
+        "  (a.backend_type = 'client backend' "                                                               \
+        "   AND ((a.state = 'idle' AND a.state_change <= now() - $2::int8 * interval '1 millisecond') "        \
+        "    OR (a.state IN ('idle in transaction', 'idle in transaction (aborted)') "                         \
+        "        AND a.state_change <= now() - $3::int8 * interval '1 millisecond') "                          \
+        "    OR (a.state IN ('active', 'fastpath function call') "                                             \
+        "        AND a.query_start <= now() - $4::int8 * interval '1 millisecond') "                           \
+        "    OR a.xact_start <= now() - $5::int8 * interval '1 millisecond' "                                  \
+        "    OR a.backend_start <= now() - $6::int8 * interval '1 millisecond' "                               \
+        "    OR ($10::int8 IS NOT NULL AND greatest(age(a.backend_xmin), age(a.backend_xid)) >= $10::int8) "    \
+        "    OR a.pid = ANY($7::int4[])) IS TRUE "                                                             \
+        "   AND ($8::bool OR NOT coalesce(r.rolsuper, false))) "                                               \
+        "  OR ($9::bool AND a.wait_event_type = 'Lock')"
+
+const char pg_snapshot_sql[] =
+        SNAPSHOT_SELECT("NULL::int4[], NULL::int8")
+        "FROM pg_stat_get_activity(NULL) a "
+        "LEFT JOIN pg_roles r ON r.oid = a.usesysid LEFT JOIN pg_database d ON d.oid = a.datid "
+        SNAPSHOT_WHERE ")"
+        ") c ON true";
+
+/* The lock graph, read only when a poll of a server with max_blocking or
+ * max_lock_wait saw a session waiting for a lock: the same rows as the
+ * snapshot (same parameters), plus every waiter and every session it waits
+ * for, each waiter with its blockers (pg_blocking_pids(); a parallel
+ * worker's wait counts as its leader's) and when its wait began. Blockers
+ * are raw: duplicates and pid 0 (a prepared transaction) are the policy's
+ * to handle. */
+#define LOCK_GRAPH_SQL(waitstart_cte, waitstart_join, waitstart)                                                               \
+        "WITH w AS MATERIALIZED (SELECT coalesce(a.leader_pid, a.pid) AS pid, a.pid AS waiter, "                \
+        "                               pg_blocking_pids(a.pid) AS blockers, a.query_start "                    \
+        "          FROM pg_stat_get_activity(NULL) a "                                                          \
+        "          WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid()), "                           \
+        waitstart_cte                                                                                          \
+        "lg AS (SELECT w.pid, array_agg(b.b) FILTER (WHERE b.b IS NOT NULL) AS blockers, "                      \
+        "              coalesce(min(" waitstart "), now()) AS wait_start "                                      \
+        "       FROM w " waitstart_join " LEFT JOIN LATERAL unnest(w.blockers) b(b) ON true GROUP BY w.pid), "  \
+        "ids AS (SELECT pid FROM lg UNION SELECT unnest(blockers) FROM lg) "                                    \
+        SNAPSHOT_SELECT("c.blockers, c.wait_start")                                                            \
+        ", lg.blockers, " US("lg.wait_start") " AS wait_start "                                                 \
+        "FROM pg_stat_get_activity(NULL) a "                                                                   \
+        "LEFT JOIN pg_roles r ON r.oid = a.usesysid LEFT JOIN pg_database d ON d.oid = a.datid "               \
+        "LEFT JOIN lg ON lg.pid = a.pid "                                                                      \
+        SNAPSHOT_WHERE " OR a.pid IN (SELECT pid FROM ids))"                                                   \
+        ") c ON true"
+
+/* pg_locks.waitstart exists from PostgreSQL 14; before, the waiter's
+ * query_start stands in (the wait began at or after it). */
+const char pg_lock_graph_sql[] = LOCK_GRAPH_SQL(
+        "ls AS (SELECT l.pid, min(l.waitstart) AS waitstart FROM pg_locks l WHERE NOT l.granted GROUP BY l.pid), ",
+        "LEFT JOIN ls ON ls.pid = w.waiter", "ls.waitstart");
+const char pg_lock_graph_sql_13[] = LOCK_GRAPH_SQL("", "", "w.query_start");
+const char pg_lock_graph_name[] = "pgsweeper_lock_graph";
+
+/* Two clusters (other hosts, containers, pid namespaces) can have backends
+ * with the same pid: own connections are told apart by cluster, pid and
+ * backend_start. The cluster is named by its postmaster's start time (us)
+ * and port, readable by any role. */
+const char pg_setup_sql[] =
+        "SELECT set_config('statement_timeout', '5s', false), "
+        "set_config('plan_cache_mode', 'force_generic_plan', false), "
+        US("(SELECT backend_start FROM pg_stat_get_activity(pg_backend_pid()))") ", "
+        US("pg_postmaster_start_time()") "::text || ':' || current_setting('port'), "
+        "current_user, pg_has_role('pg_read_all_stats', 'USAGE'), pg_has_role('pg_signal_backend', 'USAGE')";
+
+const char pg_end_abandoned_sql[] =
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_stat_get_activity($1::int4) a "
+        "                         WHERE " US("a.backend_start") " = $2::int8) "
+        "       THEN pg_terminate_backend($1::int4) ELSE false END";
+
+/* Name of the snapshot statement, prepared once per connection. */
+const char pg_snapshot_name[] = "pgsweeper_snapshot";
+
+/* $1 pids, $2 backend_start, $3 guard column name, $4 its value, $5 state
+ * (NULL: any), $6 action. Permission is checked before signalling because
+ * pg_terminate_backend() raises an error, not false, when it is missing,
+ * and one error would abort the whole batch. The checks mirror
+ * pg_signal_backend(): superuser targets need a superuser; others need the
+ * privileges of the target role or of pg_signal_backend. Once permitted,
+ * the functions return false only when the pid is no longer a backend (it
+ * exited after this statement's view of pg_stat_activity was taken) or
+ * kill() failed, which for a backend we just saw means the same: gone. */
+const char pg_action_sql[] =
+        "WITH v AS (SELECT * FROM unnest($1::int4[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::text[]) "
+        "             WITH ORDINALITY AS v(pid, backend_start, guard, since, state, action, ord)), "
+        "me AS (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
+        "SELECT v.ord, CASE "
+        "WHEN a.pid IS NULL THEN 'gone' "
+        "WHEN a.backend_type IS DISTINCT FROM 'client backend' "
+        "  OR " US("a.backend_start") " IS DISTINCT FROM v.backend_start "
+        "  OR (v.state IS NOT NULL AND a.state IS DISTINCT FROM v.state) "
+        "  OR CASE v.guard WHEN 'state_change' THEN " US("a.state_change")
+        "                  WHEN 'query_start' THEN " US("a.query_start")
+        "                  WHEN 'lock_wait' THEN " US("a.query_start")
+        "                  WHEN 'xact_start' THEN " US("a.xact_start")
+        "                  ELSE " US("a.backend_start") " END IS DISTINCT FROM v.since "
+        "  OR CASE WHEN v.guard = 'lock_wait' THEN NOT EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) w "
+        "       WHERE coalesce(w.leader_pid, w.pid) = v.pid AND w.wait_event_type = 'Lock') ELSE false END "
+        "  THEN 'changed' "
+        "WHEN r.oid IS NULL THEN 'denied' "
+        "WHEN r.rolsuper AND NOT coalesce((SELECT rolsuper FROM me), false) THEN 'denied' "
+        "WHEN NOT (pg_has_role(r.oid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE')) THEN 'denied' "
+        "WHEN v.action = 'terminate' THEN CASE WHEN pg_terminate_backend(v.pid) THEN 'terminated' ELSE 'gone' END "
+        "WHEN v.action = 'cancel' THEN CASE WHEN pg_cancel_backend(v.pid) THEN 'cancelled' ELSE 'gone' END "
+        "ELSE 'failed' END "
+        "FROM v LEFT JOIN pg_stat_activity a ON a.pid = v.pid "
+        "LEFT JOIN pg_roles r ON r.oid = a.usesysid";
+
+const char *pg_lock_graph_sql_for(int server_version) {
+        return server_version >= 140000 ? pg_lock_graph_sql : pg_lock_graph_sql_13;
+}
