@@ -1,8 +1,9 @@
 /* The daemon: one sd-event loop, one thread. The manager owns the
  * configurations (the running one, and retired ones a cycle in flight still
  * runs under), the servers (server.c), the signals, sd_notify and the
- * metrics file. This is the only module with mutable state that outlives a
- * call, with server.c. */
+ * metrics file, and the registry of our own backends that the servers
+ * share. Servers are opaque here: each is created with its settings, read
+ * through server_status(), and hands each finished cycle up as a report. */
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -19,6 +20,7 @@
 #include "manager.h"
 #include "message-ids.h"
 #include "metrics.h"
+#include "registry.h"
 #include "server.h"
 
 #define USEC_PER_MSEC           UINT64_C(1000)
@@ -46,6 +48,7 @@ struct manager {
         bool stopping;
         uint64_t sessions_ended;
         struct metrics *metrics;
+        struct registry *registry;      /* our backends, per cluster: every server's peer */
         uint64_t metrics_written;       /* monotonic time of the last write */
         bool metrics_failing;           /* a write failure was logged */
 };
@@ -56,39 +59,11 @@ static uint64_t now_usec(struct manager *m) {
         return t;
 }
 
-struct metrics *manager_metrics(struct manager *m) {
-        return m->metrics;
-}
-
-const struct manager_options *manager_options(struct manager *m) {
-        return m->opts;
-}
-
-void manager_count_ended(struct manager *m, uint64_t n) {
-        m->sessions_ended += n;
-}
-
 /* Every server, kept or draining, for the walks that need all of them. */
 #define FOREACH_SERVER(m, s, i)                                                                           \
         for (size_t i = 0; i < (m)->n_servers + (m)->n_draining; i++)                                     \
                 for (struct server_state *s = i < (m)->n_servers ? (m)->servers[i] : (m)->draining[i - (m)->n_servers]; \
                      s; s = NULL)
-
-size_t manager_own_sessions(struct manager *m, const struct server_state *s, struct session_id **ret) {
-        struct session_id *own = xcalloc(2 * (m->n_servers + m->n_draining) + 1, sizeof(*own));
-        size_t n = 0;
-
-        if (s->id.cluster)
-                FOREACH_SERVER(m, t, i) {
-                        if (t->conn && t->backend_pid > 0 && t->id.cluster && strcmp(t->id.cluster, s->id.cluster) == 0)
-                                own[n++] = (struct session_id) { t->backend_pid, t->id.backend_start };
-                        if (t->abandoned.pid > 0 && t->abandoned_cluster &&
-                            strcmp(t->abandoned_cluster, s->id.cluster) == 0)
-                                own[n++] = t->abandoned;
-                }
-        *ret = own;
-        return n;
-}
 
 /* After a cycle that acted, failed or changed a server's state, and at
  * reload and exit, the file is written at once; a quiet cycle only refreshes
@@ -127,13 +102,13 @@ static void notify_status(struct manager *m) {
         size_t up = 0, n_down = 0, n_unprivileged = 0;
 
         for (size_t i = 0; i < m->n_servers; i++) {
-                struct server_state *s = m->servers[i];
-                if (server_is_up(s))
+                struct server_status st = server_status(m->servers[i]);
+                if (st.up)
                         up++;
-                else if (s->ever_up || s->down)
-                        status_append(down, sizeof(down), &n_down, s->server->name);
-                if (s->privileges_warned)
-                        status_append(unprivileged, sizeof(unprivileged), &n_unprivileged, s->server->name);
+                else if (st.down)
+                        status_append(down, sizeof(down), &n_down, st.name);
+                if (st.unprivileged)
+                        status_append(unprivileged, sizeof(unprivileged), &n_unprivileged, st.name);
         }
         sd_notifyf(0, "STATUS=%zu/%zu servers up, %" PRIu64 " session%s ended%s%s%s%s", up, m->n_servers,
                    m->sessions_ended, m->sessions_ended == 1 ? "" : "s", n_down ? "; down: " : "", down,
@@ -158,7 +133,7 @@ static void release_retired(struct manager *m) {
 
 static bool all_finished(struct manager *m) {
         FOREACH_SERVER(m, s, i)
-                if (!s->finished)
+                if (!server_status(s).finished)
                         return false;
         return true;
 }
@@ -167,18 +142,26 @@ static void check_once_done(struct manager *m) {
         bool failed = false;
 
         for (size_t i = 0; i < m->n_servers; i++) {
-                if (!m->servers[i]->cycle_done)
+                struct server_status st = server_status(m->servers[i]);
+                if (!st.cycle_done)
                         return;
-                failed = failed || m->servers[i]->cycle_failed;
+                failed = failed || st.cycle_failed;
         }
         sd_event_exit(m->event, failed ? 1 : 0);
 }
 
-void manager_cycle_done(struct manager *m, struct server_state *s, bool failed, bool eventful) {
-        metrics_count_poll(m->metrics, s->server->name, !failed, s->poll_usec);
-        metrics_set_up(m->metrics, s->server->name, !failed);
-        write_metrics(m, failed || eventful);
-        if (s->finished && s->retiring)
+/* A server finished a cycle (failed: the server is down). */
+static void on_server_report(struct server_state *s, const struct server_report *r, void *userdata) {
+        struct manager *m = userdata;
+        const char *name = server_status(s).name;
+
+        m->sessions_ended += r->ended;
+        metrics_count_poll(m->metrics, name, !r->failed, r->poll_usec);
+        metrics_set_up(m->metrics, name, !r->failed);
+        write_metrics(m, r->failed || r->eventful);
+        /* A finished server that is still listed is a stopping one; a
+         * draining (retired) one is freed, outside its own callback. */
+        if (r->finished && m->n_draining > 0)
                 sd_event_source_set_enabled(m->reap, SD_EVENT_ONESHOT);
         if (m->stopping && all_finished(m)) {
                 sd_event_exit(m->event, 0);
@@ -195,7 +178,7 @@ static int on_reap(sd_event_source *source, void *userdata) {
         size_t kept = 0;
 
         for (size_t i = 0; i < m->n_draining; i++)
-                if (m->draining[i]->finished)
+                if (server_status(m->draining[i]).finished)
                         server_free(m->draining[i]);
                 else
                         m->draining[kept++] = m->draining[i];
@@ -215,12 +198,20 @@ static size_t count_rules(const struct config *c) {
  * it has in flight is answered and logged. */
 static void retire(struct manager *m, struct server_state *s) {
         server_retire(s);
-        if (s->finished) {
+        if (server_status(s).finished) {
                 server_free(s);
                 return;
         }
         m->draining = xreallocarray(m->draining, m->n_draining + 1, sizeof(*m->draining));
         m->draining[m->n_draining++] = s;
+}
+
+static struct server_state *new_server(struct manager *m, const struct config *c, const struct server *srv) {
+        struct server_settings settings = {
+                .dry_run = m->opts->dry_run, .once = m->opts->once, .metrics = m->metrics,
+                .registry = m->registry, .report = on_server_report, .userdata = m,
+        };
+        return server_new(m->event, &settings, c, srv);
 }
 
 /* Swap in a new configuration. Servers whose name and conninfo did not
@@ -237,9 +228,10 @@ static int apply_config(struct manager *m, struct config *c) {
 
                 for (size_t k = 0; k < m->n_servers && !next[i]; k++) {
                         struct server_state *s = m->servers[k];
-                        if (!s || strcmp(s->server->name, srv->name) != 0)
+                        const struct server *was = s ? server_status(s).server : NULL;
+                        if (!s || strcmp(was->name, srv->name) != 0)
                                 continue;
-                        if (strcmp(s->server->conninfo, srv->conninfo) != 0) {
+                        if (strcmp(was->conninfo, srv->conninfo) != 0) {
                                 conninfo_changed = true;
                                 continue;
                         }
@@ -252,7 +244,7 @@ static int apply_config(struct manager *m, struct config *c) {
                 }
                 changed += conninfo_changed;
                 added += !conninfo_changed;
-                next[i] = server_new(m, m->event, c, srv);
+                next[i] = new_server(m, c, srv);
                 if (!next[i])
                         return -ENOMEM;
         }
@@ -260,7 +252,7 @@ static int apply_config(struct manager *m, struct config *c) {
                 if (m->servers[k]) {
                         bool still_named = false;
                         for (size_t i = 0; i < c->n_servers; i++)
-                                still_named = still_named || strcmp(c->servers[i].name, m->servers[k]->server->name) == 0;
+                                still_named = still_named || strcmp(c->servers[i].name, server_status(m->servers[k]).name) == 0;
                         removed += !still_named;
                         retire(m, TAKE_PTR(m->servers[k]));
                 }
@@ -343,13 +335,13 @@ static int servers_start(struct manager *m) {
         m->n_servers = m->config->n_servers;
         m->servers = xcalloc(m->n_servers, sizeof(*m->servers));
         for (size_t i = 0; i < m->n_servers; i++)
-                if (!(m->servers[i] = server_new(m, m->event, m->config, &m->config->servers[i])))
+                if (!(m->servers[i] = new_server(m, m->config, &m->config->servers[i])))
                         return -ENOMEM;
         return 0;
 }
 
 int manager_run(const struct manager_options *opts, struct config *config) {
-        struct manager m = { .opts = opts, .config = config, .metrics = metrics_new() };
+        struct manager m = { .opts = opts, .config = config, .metrics = metrics_new(), .registry = registry_new() };
         sigset_t mask;
         int r;
 
@@ -396,6 +388,7 @@ out:
         free(m.retired);
         config_free(m.config);
         metrics_free(m.metrics);
+        registry_free(m.registry);
         sd_event_source_disable_unref(m.reap);
         sd_event_source_disable_unref(m.stop_timer);
         log_flush_at_exit(LOG_EXIT_FLUSH_USEC);  /* last: entries logged while stopping too */

@@ -1,0 +1,65 @@
+/* What one server remembers from one cycle to the next. Rules are named,
+ * never pointed at: memories outlive the configuration a reload frees. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "policy.h"
+
+/* What makes a decision "the same one as last poll": same session, same
+ * crossing of the same rule. */
+struct reported {
+        struct session_id id;
+        int64_t since;
+        char *rule;
+};
+
+struct memory {
+        /* Log-only and dry-run decisions repeat every poll while the session
+         * stays over its limit: each is logged once, when first seen. */
+        struct reported *reported;
+        size_t n_reported;
+        /* Queries cancelled under a rule with escalate_after, watched until due. */
+        struct escalation *escalations;
+        size_t n_escalations;
+        /* Sessions terminated last cycle: still there at the next poll is worth
+         * a warning, and they are not judged again that cycle (dying). */
+        struct session_id *ended;
+        size_t n_ended;
+        struct session_id *dying;
+        size_t n_dying;
+        /* Roots of lock chains that may not be signalled, already warned about. */
+        struct session_id *warned_roots;
+        size_t n_warned_roots;
+        /* Target roles a permission failure was already explained for. */
+        char **denied_roles;
+        size_t n_denied_roles;
+};
+
+void memory_done(struct memory *m);
+
+/* The server runs under another configuration: memories of rules that are
+ * gone (or no longer escalate) are dropped, the others carry over by name. */
+void memory_switch(struct memory *m, const struct server *srv);
+
+/* Before judging snap: forget escalations whose query is over, and warn
+ * about (and hold back from judgement: dying) sessions terminated last
+ * cycle that are still there. */
+void memory_before_judge(struct memory *m, const char *server, const struct snapshot *snap);
+
+/* Chains whose root may not be signalled: each root said once, for as long
+ * as it stays one. */
+void memory_warn_roots(struct memory *m, const char *server, const struct judgement *j);
+
+/* Was this log-only or dry-run decision logged at the last cycle? */
+bool memory_reported_before(const struct memory *m, const struct reported *k);
+/* Was a permission failure on this target role explained before? Records it. */
+bool memory_role_denied_before(struct memory *m, const char *role);
+
+/* Does the rule escalate (cancel, then terminate after escalate_after)? */
+static inline bool rule_escalates(const struct rule *r) {
+        return r && r->action == ACTION_CANCEL && r->escalate_after_ms > 0;
+}

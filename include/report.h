@@ -1,0 +1,31 @@
+/* A finished cycle: each decision logged with its result (once, for
+ * repeats of log-only and dry-run ones), counted in the metrics, and what
+ * the next cycles need remembered. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "enforce.h"
+#include "memory.h"
+#include "metrics.h"
+#include "policy.h"
+
+struct cycle {
+        const char *server;             /* the server's name, for the log */
+        const struct config *config;
+        const struct server *srv;
+        const char *own_role;           /* our role there, for the permission hint; NULL: unknown */
+        int64_t snap_now;               /* the snapshot's now(): escalations fall due from it */
+        const struct judgement *judgement;
+        const enum result *results;     /* one per decision */
+        const char *unknown_why;        /* why results are RESULT_UNKNOWN, for the entries */
+};
+
+struct cycle_outcome {
+        bool logged;                    /* something new was logged (or a cap was hit) */
+        uint64_t ended;                 /* sessions terminated or cancelled */
+};
+
+struct cycle_outcome report_cycle(struct memory *m, struct metrics *metrics, const struct cycle *c);

@@ -1,0 +1,117 @@
+/* What one server remembers from one cycle to the next; see memory.h. */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "macro.h"
+#include "memory.h"
+
+static void reported_free(struct reported *r, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                free(r[i].rule);
+        free(r);
+}
+
+void memory_done(struct memory *m) {
+        reported_free(m->reported, m->n_reported);
+        for (size_t i = 0; i < m->n_escalations; i++)
+                free(m->escalations[i].rule);
+        free(m->escalations);
+        free(m->ended);
+        free(m->dying);
+        free(m->warned_roots);
+        for (size_t k = 0; k < m->n_denied_roles; k++)
+                free(m->denied_roles[k]);
+        free(m->denied_roles);
+        *m = (struct memory) {};
+}
+
+static const struct rule *rule_named(const struct server *srv, const char *rule) {
+        for (size_t i = 0; i < srv->n_rules; i++)
+                if (strcmp(srv->rules[i].name, rule) == 0)
+                        return &srv->rules[i];
+        return NULL;
+}
+
+void memory_switch(struct memory *m, const struct server *srv) {
+        size_t kept = 0;
+
+        for (size_t i = 0; i < m->n_reported; i++)
+                if (rule_named(srv, m->reported[i].rule))
+                        m->reported[kept++] = m->reported[i];
+                else
+                        free(m->reported[i].rule);
+        m->n_reported = kept;
+        kept = 0;
+        for (size_t i = 0; i < m->n_escalations; i++)
+                if (rule_escalates(rule_named(srv, m->escalations[i].rule)))
+                        m->escalations[kept++] = m->escalations[i];
+                else
+                        free(m->escalations[i].rule);
+        m->n_escalations = kept;
+}
+
+void memory_before_judge(struct memory *m, const char *server, const struct snapshot *snap) {
+        size_t kept = 0;
+
+        for (size_t i = 0; i < m->n_escalations; i++) {
+                bool running = false;
+                for (size_t r = 0; r < snap->n_rows && !running; r++)
+                        running = escalation_matches(&m->escalations[i], &snap->rows[r]);
+                if (running)
+                        m->escalations[kept++] = m->escalations[i];
+                else
+                        free(m->escalations[i].rule);
+        }
+        m->n_escalations = kept;
+
+        m->n_dying = 0;
+        for (size_t i = 0; i < m->n_ended; i++)
+                for (size_t r = 0; r < snap->n_rows; r++) {
+                        const struct snapshot_row *row = &snap->rows[r];
+                        if (session_id_equal(m->ended[i], session_id_of(row))) {
+                                log_warning(server, "pid %" PRId32 " is still there after it was "
+                                            "terminated (state %s); it may be stuck in an uninterruptible wait",
+                                            row->pid, session_state_to_string(row->state));
+                                m->dying[m->n_dying++] = m->ended[i];
+                                break;
+                        }
+                }
+        m->n_ended = 0;
+}
+
+void memory_warn_roots(struct memory *m, const char *server, const struct judgement *j) {
+        struct session_id *now = xcalloc(j->n_warnings + 1, sizeof(*now));
+
+        for (size_t i = 0; i < j->n_warnings; i++) {
+                struct session_id id = { j->warnings[i].pid, j->warnings[i].backend_start };
+                bool seen = false;
+
+                for (size_t k = 0; k < m->n_warned_roots && !seen; k++)
+                        seen = session_id_equal(m->warned_roots[k], id);
+                if (!seen)
+                        log_chain_warning(server, &j->warnings[i]);
+                now[i] = id;
+        }
+        free(m->warned_roots);
+        m->warned_roots = now;
+        m->n_warned_roots = j->n_warnings;
+}
+
+bool memory_reported_before(const struct memory *m, const struct reported *k) {
+        for (size_t i = 0; i < m->n_reported; i++)
+                if (session_id_equal(m->reported[i].id, k->id) && m->reported[i].since == k->since &&
+                    strcmp(m->reported[i].rule, k->rule) == 0)
+                        return true;
+        return false;
+}
+
+bool memory_role_denied_before(struct memory *m, const char *role) {
+        for (size_t i = 0; i < m->n_denied_roles; i++)
+                if (strcmp(m->denied_roles[i], role) == 0)
+                        return true;
+        m->denied_roles = xreallocarray(m->denied_roles, m->n_denied_roles + 1, sizeof(char *));
+        m->denied_roles[m->n_denied_roles++] = xstrdup(role);
+        return false;
+}
