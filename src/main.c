@@ -36,7 +36,20 @@ static void usage(FILE *f) {
                 DEFAULT_CONFIG_PATH);
 }
 
-int main(int argc, char **argv) {
+/* What the command line asks for. */
+struct cli {
+        struct manager_options opts;
+        struct explain_options explain_opts;
+        enum log_target target;
+        bool check, dump, explain;
+        int verbose;
+};
+
+#define CLI_CONTINUE (-1)
+
+/* Parse argv into cli. CLI_CONTINUE, or the exit status (--help, --version,
+ * a usage error). */
+static int parse_args(int argc, char *argv[], struct cli *cli) {
         enum { OPT_CHECK = 0x100, OPT_DUMP, OPT_ONCE, OPT_DRY_RUN, OPT_LOG_TARGET, OPT_EXPLAIN, OPT_SERVER, OPT_JSON };
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
@@ -53,39 +66,34 @@ int main(int argc, char **argv) {
                 { "version", no_argument, NULL, 'V' },
                 {},
         };
-        struct manager_options opts = { .config_path = DEFAULT_CONFIG_PATH };
-        enum log_target target = LOG_TARGET_AUTO;
-        struct diagnostics diag = {};
-        struct config *config = NULL;
-        struct explain_options explain_opts = {};
-        bool check = false, dump = false, explain = false;
-        int verbose = 0, c, r;
+        int c, r;
 
+        *cli = (struct cli) { .opts.config_path = DEFAULT_CONFIG_PATH, .target = LOG_TARGET_AUTO };
         while ((c = getopt_long(argc, argv, "c:vhV", options, NULL)) >= 0) {
                 switch (c) {
                 case 'c':
-                        opts.config_path = optarg;
+                        cli->opts.config_path = optarg;
                         break;
                 case OPT_CHECK:
-                        check = true;
+                        cli->check = true;
                         break;
                 case OPT_DUMP:
-                        dump = true;
+                        cli->dump = true;
                         break;
                 case OPT_ONCE:
-                        opts.once = true;
+                        cli->opts.once = true;
                         break;
                 case OPT_DRY_RUN:
-                        opts.dry_run = true;
+                        cli->opts.dry_run = true;
                         break;
                 case OPT_EXPLAIN:
-                        explain = true;
+                        cli->explain = true;
                         break;
                 case OPT_SERVER:
-                        explain_opts.server = optarg;
+                        cli->explain_opts.server = optarg;
                         break;
                 case OPT_JSON:
-                        explain_opts.json = true;
+                        cli->explain_opts.json = true;
                         break;
                 case OPT_LOG_TARGET:
                         r = log_target_from_string(optarg);
@@ -94,10 +102,10 @@ int main(int argc, char **argv) {
                                         optarg);
                                 return EXIT_USAGE;
                         }
-                        target = (enum log_target) r;
+                        cli->target = (enum log_target) r;
                         break;
                 case 'v':
-                        verbose++;
+                        cli->verbose++;
                         break;
                 case 'h':
                         usage(stdout);
@@ -115,40 +123,48 @@ int main(int argc, char **argv) {
                 usage(stderr);
                 return EXIT_USAGE;
         }
-        if (!explain && (explain_opts.json || explain_opts.server)) {
-                fprintf(stderr, "pgsweeper: %s needs --explain\n", explain_opts.json ? "--json" : "--server");
+        if (!cli->explain && (cli->explain_opts.json || cli->explain_opts.server)) {
+                fprintf(stderr, "pgsweeper: %s needs --explain\n", cli->explain_opts.json ? "--json" : "--server");
                 return EXIT_USAGE;
         }
-        if (explain && (check || dump || opts.once)) {
+        if (cli->explain && (cli->check || cli->dump || cli->opts.once)) {
                 fprintf(stderr, "pgsweeper: --explain cannot be combined with --check, --dump or --once\n");
                 return EXIT_USAGE;
         }
+        return CLI_CONTINUE;
+}
 
-        r = config_load(opts.config_path, &config, &diag);
+int main(int argc, char *argv[]) {
+        struct diagnostics diag = {};
+        struct config *config = NULL;
+        struct cli cli;
+        int r = parse_args(argc, argv, &cli);
+
+        if (r != CLI_CONTINUE)
+                return r;
+        r = config_load(cli.opts.config_path, &config, &diag);
         for (size_t i = 0; i < diag.n_lines; i++)
                 fprintf(stderr, "%s\n", diag.lines[i]);
         diagnostics_clear(&diag);
         if (r < 0)
                 return EXIT_CONFIG;
-        if (dump) {
+        if (cli.dump) {
                 config_dump(config, stdout);
                 config_free(config);
                 return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
         }
-        if (check) {
+        if (cli.check) {
                 printf("configuration OK\n");
                 config_free(config);
                 return EXIT_SUCCESS;
         }
-
-        if (explain) {
+        if (cli.explain) {
                 /* Never the journal: explain reports on stdout and stderr only. */
-                explain_opts.dry_run = opts.dry_run;
-                r = explain_run(config, &explain_opts, stdout);
+                cli.explain_opts.dry_run = cli.opts.dry_run;
+                r = explain_run(config, &cli.explain_opts, stdout);
                 config_free(config);
                 return r;
         }
-
-        log_setup(target, verbose > 0 ? LOG_DEBUG : LOG_INFO);
-        return manager_run(&opts, config);
+        log_setup(cli.target, cli.verbose > 0 ? LOG_DEBUG : LOG_INFO);
+        return manager_run(&cli.opts, config);
 }

@@ -275,6 +275,14 @@ static void send_statement(struct server_state *s, enum phase phase, enum send_k
                 server_fail(s, "send", pgconn_error(s->pg));
 }
 
+/* A statement did not succeed: the cycle fails, in the server's words. */
+static bool result_failed(struct server_state *s, const PGresult *res, ExecStatusType want, const char *what) {
+        if (PQresultStatus(res) == want)
+                return false;
+        server_fail(s, what, pgconn_result_error(s->pg, res));
+        return true;
+}
+
 static void server_up(struct server_state *s) {
         PGconn *conn = pgconn_pq(s->pg);
 
@@ -325,10 +333,8 @@ static void on_abandoned_done(void *userdata, PGresult *res) {
         const char *cluster;
         struct session_id gone = registry_abandoned(s->own, &cluster);
 
-        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-                server_fail(s, "setup", pgconn_result_error(s->pg, res));
+        if (result_failed(s, res, PGRES_TUPLES_OK, "setup"))
                 return;
-        }
         if (PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't')
                 log_event(LOG_NOTICE, MESSAGE_ID_ABANDONED, name(s),
                           "terminated pid %" PRId32 ", pgsweeper's own backend of a connection it gave up on",
@@ -363,10 +369,8 @@ static bool end_abandoned(struct server_state *s) {
 
 static void on_prepare_done(void *userdata, PGresult *res) {
         struct server_state *s = userdata;
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-                server_fail(s, "setup", pgconn_result_error(s->pg, res));
+        if (result_failed(s, res, PGRES_COMMAND_OK, "setup"))
                 return;
-        }
         if (end_abandoned(s))
                 return;
         s->phase = PHASE_READY;
@@ -376,10 +380,8 @@ static void on_prepare_done(void *userdata, PGresult *res) {
 /* Polls run a prepared statement: planned once per connection, not per poll. */
 static void on_setup_done(void *userdata, PGresult *res) {
         struct server_state *s = userdata;
-        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-                server_fail(s, "setup", pgconn_result_error(s->pg, res));
+        if (result_failed(s, res, PGRES_TUPLES_OK, "setup"))
                 return;
-        }
         if (pg_identity_from_result(res, &s->id) < 0) {
                 server_fail(s, "setup", "unexpected result shape");
                 return;
@@ -493,10 +495,8 @@ static void poll_params(struct server_state *s, struct snapshot_params *ret) {
 
 static void on_graph_done(void *userdata, PGresult *res) {
         struct server_state *s = userdata;
-        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-                server_fail(s, "lock graph", pgconn_result_error(s->pg, res));
+        if (result_failed(s, res, PGRES_TUPLES_OK, "lock graph"))
                 return;
-        }
         snapshot_free(&s->snap);
         if (snapshot_from_result(res, &s->snap) < 0) {
                 server_fail(s, "lock graph", "unexpected result shape");
@@ -518,20 +518,16 @@ static void send_graph(struct server_state *s) {
 
 static void on_graph_prepared(void *userdata, PGresult *res) {
         struct server_state *s = userdata;
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-                server_fail(s, "lock graph", pgconn_result_error(s->pg, res));
+        if (result_failed(s, res, PGRES_COMMAND_OK, "lock graph"))
                 return;
-        }
         s->graph_prepared = true;
         send_graph(s);
 }
 
 static void on_snapshot_done(void *userdata, PGresult *res) {
         struct server_state *s = userdata;
-        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-                server_fail(s, "snapshot", pgconn_result_error(s->pg, res));
+        if (result_failed(s, res, PGRES_TUPLES_OK, "snapshot"))
                 return;
-        }
         if (snapshot_from_result(res, &s->snap) < 0) {
                 server_fail(s, "snapshot", "unexpected result shape");
                 return;
