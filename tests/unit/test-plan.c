@@ -11,16 +11,7 @@
 #define NOW (INT64_C(1700000000) * 1000000)
 
 static struct config *load(const char *yaml) {
-        struct diagnostics diag = {};
-        struct config *c = NULL;
-        int r = config_load_buffer("plan-test.yaml", yaml, strlen(yaml), &c, &diag);
-
-        for (size_t i = 0; i < diag.n_lines; i++)
-                if (r < 0)
-                        fprintf(stderr, "%s\n", diag.lines[i]);
-        diagnostics_clear(&diag);
-        CHECK_AT(r == 0 && c, __FILE__, __LINE__, "config did not load:\n%s", yaml);
-        return c;
+        return unit_config("plan-test.yaml", yaml);
 }
 
 #define SERVER "servers:\n  - name: s\n    conninfo: \"dbname=x\"\n    interval: 10s\n    rules:\n"

@@ -249,16 +249,7 @@ static void test_order_and_deadline(void) {
 
 /* Filters, exempt blocks, protections and the cap, from real configuration text. */
 static struct config *load(const char *yaml) {
-        struct diagnostics diag = {};
-        struct config *c = NULL;
-        int r = config_load_buffer("policy-test.yaml", yaml, strlen(yaml), &c, &diag);
-
-        for (size_t i = 0; i < diag.n_lines; i++)
-                if (r < 0)
-                        fprintf(stderr, "%s\n", diag.lines[i]);
-        diagnostics_clear(&diag);
-        CHECK_AT(r == 0 && c, __FILE__, __LINE__, "config did not load:\n%s", yaml);
-        return c;
+        return unit_config("policy-test.yaml", yaml);
 }
 
 #define PREAMBLE "servers:\n  - name: s\n    conninfo: \"dbname=x\"\n"

@@ -14,13 +14,7 @@
 #define NOW S(1000000)
 
 static struct config *load(const char *yaml) {
-        struct diagnostics diag = {};
-        struct config *c = NULL;
-        int r = config_load_buffer("report-test.yaml", yaml, strlen(yaml), &c, &diag);
-
-        diagnostics_clear(&diag);
-        CHECK_AT(r == 0 && c, __FILE__, __LINE__, "config did not load:\n%s", yaml);
-        return c;
+        return unit_config("report-test.yaml", yaml);
 }
 
 static struct snapshot_row row(int32_t pid, enum session_state state, int64_t age_s) {

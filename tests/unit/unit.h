@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "config.h"
+
 static int unit_checks, unit_failures;
 
 #define CHECK_AT(cond, file, line, ...)                                         \
@@ -31,4 +33,19 @@ static int unit_checks, unit_failures;
 static inline int unit_finish(const char *name) {
         printf("%s: %d checks, %d failed\n", name, unit_checks, unit_failures);
         return unit_failures ? 1 : 0;
+}
+
+/* A configuration from YAML text, or NULL after a failed check that shows
+ * the diagnostics. */
+static inline struct config *unit_config(const char *name, const char *yaml) {
+        struct diagnostics diag = {};
+        struct config *c = NULL;
+        int r = config_load_buffer(name, yaml, strlen(yaml), &c, &diag);
+
+        for (size_t i = 0; i < diag.n_lines; i++)
+                if (r < 0)
+                        fprintf(stderr, "%s\n", diag.lines[i]);
+        diagnostics_clear(&diag);
+        CHECK_AT(r == 0 && c, __FILE__, __LINE__, "config did not load:\n%s", yaml);
+        return c;
 }
