@@ -4,10 +4,12 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <syslog.h>
-#include <systemd/sd-event.h>
 
 #include "duration.h"
 #include "enforce.h"
+/* The journal queue's log_attach_event(), log_flush_at_exit() and
+ * log_queued() reach their callers through this header. */
+#include "journal.h"
 #include "macro.h"
 #include "policy.h"
 
@@ -43,16 +45,6 @@ void log_chain_warning(const char *server, const struct chain_warning *w);
 /* One decision and what came of it. priority < 0: the result's usual
  * priority; hint, if not NULL, is appended to the message (how to fix it). */
 void log_decision(const char *server, const struct decision *d, enum result r, int priority, const char *hint);
-
-/* Journal entries the socket does not take at once wait in a bounded queue
- * that the event loop flushes: attach it once the loop exists. */
-int log_attach_event(sd_event *e);
-/* At exit: detach from the loop, try to send what is queued for at most
- * budget_usec, then write the rest to stderr (counted as dropped). */
-void log_flush_at_exit(uint64_t budget_usec);
-/* Entries waiting for the journal. */
-size_t log_queued(void);
-#define LOG_EXIT_FLUSH_USEC (250 * 1000)
 
 /* How a decision line compares elapsed time and limit: returns ">", ">="
  * (elapsed equals the limit, which is reached at >=) or "<", and writes the

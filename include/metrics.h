@@ -22,8 +22,9 @@ void metrics_set_privileges(struct metrics *m, const char *server, bool ok);
 /* Was the server in recovery (a standby) at the last poll? */
 void metrics_set_in_recovery(struct metrics *m, const char *server, bool in_recovery);
 void metrics_count_reload(struct metrics *m, bool ok);
-/* Log entries that did not reach the journal and went to stderr instead. */
-void metrics_count_journal_dropped(uint64_t n);
+/* Log entries that did not reach the journal and went to stderr instead
+ * (journal_dropped_total()): the owner sets it before writing. */
+void metrics_set_journal_dropped(struct metrics *m, uint64_t n);
 
 /* The exposition text. */
 void metrics_format(const struct metrics *m, FILE *f);

@@ -32,15 +32,8 @@ struct metrics {
         struct server_series *servers;
         size_t n_servers;
         uint64_t reloads_ok, reloads_failed;
+        uint64_t journal_dropped;
 };
-
-/* Process-wide, not per struct metrics: the log module counts it, and it has
- * no manager to ask for one. */
-static uint64_t journal_dropped;
-
-void metrics_count_journal_dropped(uint64_t n) {
-        journal_dropped += n;
-}
 
 struct metrics *metrics_new(void) {
         return xcalloc(1, sizeof(struct metrics));
@@ -111,6 +104,10 @@ void metrics_count_reload(struct metrics *m, bool ok) {
                 m->reloads_ok++;
         else
                 m->reloads_failed++;
+}
+
+void metrics_set_journal_dropped(struct metrics *m, uint64_t n) {
+        m->journal_dropped = n;
 }
 
 /* A label value: backslash, double quote and newline escaped. */
@@ -209,7 +206,7 @@ void metrics_format(const struct metrics *m, FILE *f) {
         fprintf(f, "pgsweeper_config_reloads_total{result=\"failed\"} %" PRIu64 "\n", m->reloads_failed);
         header(f, "pgsweeper_journal_dropped_total", "counter",
                "Log entries the journal did not take in time (its queue was full, or at exit): written to stderr.");
-        fprintf(f, "pgsweeper_journal_dropped_total %" PRIu64 "\n", journal_dropped);
+        fprintf(f, "pgsweeper_journal_dropped_total %" PRIu64 "\n", m->journal_dropped);
 }
 
 int metrics_write(const struct metrics *m, const char *path) {

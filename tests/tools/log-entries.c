@@ -13,6 +13,7 @@
 #include <string.h>
 #include <systemd/sd-event.h>
 
+#include "journal.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -80,6 +81,7 @@ int main(int argc, char **argv) {
         log_flush_at_exit(LOG_EXIT_FLUSH_USEC);
         sd_event_unref(e);
         m = metrics_new();
+        metrics_set_journal_dropped(m, journal_dropped_total());
         metrics_format(m, stdout);
         metrics_free(m);
         return 0;
