@@ -15,6 +15,7 @@
 
 #include "build-config.h"
 #include "escape.h"
+#include "journal.h"
 #include "log.h"
 #include "macro.h"
 #include "manager.h"
@@ -78,6 +79,7 @@ static void write_metrics(struct manager *m, bool now) {
         if (!now && !m->metrics_failing && t - m->metrics_written < METRICS_QUIET_USEC)
                 return;
         m->metrics_written = t;
+        metrics_set_journal_dropped(m->metrics, journal_dropped_total());
         r = metrics_write(m->metrics, m->config->metrics_file);
         if (r < 0 && !m->metrics_failing)
                 log_warning(NULL, "cannot write metrics to %s: %s (logged once until it works again)",
