@@ -820,21 +820,6 @@ static const struct key exempt_keys[] = {
 };
 static const struct table exempt_table = TABLE(0, "an exempt block", exempt_keys);
 
-static bool list_given(const struct filter *f, size_t key) {
-        switch (key) {
-        case 0:
-                return f->users.given;
-        case 1:
-                return f->databases.given;
-        case 2:
-                return f->applications.given;
-        case 3:
-                return f->client_addresses.given;
-        default:
-                return f->queries.given;
-        }
-}
-
 static bool list_empty(const struct filter *f, size_t key) {
         switch (key) {
         case 0:
@@ -848,12 +833,6 @@ static bool list_empty(const struct filter *f, size_t key) {
         default:
                 return f->queries.given && f->queries.n == 0;
         }
-}
-
-static void filter_finish(struct filter *f) {
-        f->set = false;
-        for (size_t i = 0; i < ELEMENTSOF(exempt_keys); i++)
-                f->set = f->set || list_given(f, i);
 }
 
 static void parse_exempt(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
