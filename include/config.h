@@ -6,7 +6,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "netmatch.h"
+#include "filter.h"
 
 enum limit_kind {
         LIMIT_IDLE,                 /* state idle, now - state_change */

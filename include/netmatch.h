@@ -1,5 +1,6 @@
-/* Session filters: fnmatch globs for names, CIDR blocks and "local" for
- * client addresses. Pure: no I/O, no allocation while matching. */
+/* The matching primitives of session filters (filter.h): fnmatch globs for
+ * names, CIDR blocks and "local" for client addresses. Pure: no I/O, no
+ * allocation while matching. */
 #pragma once
 
 #include <stdbool.h>
@@ -39,15 +40,6 @@ struct addr_list {
         bool given;
 };
 
-/* The filter keys of a rule, or an exempt block. queries match the
- * session's query text (its first 1024 bytes), read only for candidates. */
-struct filter {
-        struct name_list users, databases, applications;
-        struct addr_list client_addresses;
-        struct name_list queries;
-        bool set;                   /* at least one key given */
-};
-
 /* Parse an IP address ("10.0.0.1", "::1", "::ffff:10.0.0.1") into its
  * 16-byte form (IPv4 v4-mapped). Returns 0 or -EINVAL. */
 int ip_parse(const char *s, uint8_t ret[16]);
@@ -71,25 +63,12 @@ int glob_check(const char *pattern, const char **ret_error);
 /* Index the list for matching; call once, after the last pattern is added. */
 void name_list_compile(struct name_list *l);
 
+/* Free what the list owns and zero it. */
+void name_list_done(struct name_list *l);
+
 /* Does s match any pattern of the list? */
 bool name_list_matches(const struct name_list *l, const char *s);
 
 /* Does client_addr ("local", a textual IP from PostgreSQL's host(), or ""
  * when unknown) fall in any entry? "" and unparsable text match nothing. */
 bool addr_list_matches(const struct addr_list *l, const char *client_addr);
-
-/* Query text globs (queries) need the text of the sessions they judge. */
-static inline bool filter_uses_query(const struct filter *f) {
-        return f->queries.given;
-}
-
-/* Free what the filter owns and zero it. */
-void filter_done(struct filter *f);
-
-/* Same lists in the same order. */
-bool filter_equal(const struct filter *a, const struct filter *b);
-
-/* Structurally, does every row that passes narrow also pass wide? True when
- * each key of wide is absent or written identically in narrow. Conservative:
- * false does not mean some row passes narrow only. */
-bool filter_includes(const struct filter *wide, const struct filter *narrow);

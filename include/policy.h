@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "filter.h"
 
 #define TS_NULL INT64_MIN  /* a NULL timestamp in a snapshot row */
 
@@ -214,17 +215,6 @@ struct policy_input {
 /* When did the clock of limit k start for this row? TS_NULL: the limit does
  * not apply to the session in its current state. */
 int64_t limit_since(enum limit_kind k, const struct snapshot_row *row);
-
-/* Rule filters: true when the row passes EVERY given key (AND across keys,
- * OR within one key's list). A filter with no key given passes every row; a
- * given empty list passes none. */
-bool filter_matches(const struct filter *f, const struct snapshot_row *row);
-
-/* Exempt blocks: true when the row matches ANY entry of ANY given key (OR
- * across keys and entries). An empty or absent block exempts nothing. Global,
- * server and rule blocks are additive: a session is exempt from a rule when
- * any of the three exempts it. */
-bool filter_exempts(const struct filter *exempt, const struct snapshot_row *row);
 
 /* Is the row one of pgsweeper's own connections (this process, or another
  * pgsweeper logged in as the same role)? */

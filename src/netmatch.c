@@ -254,50 +254,11 @@ bool addr_list_matches(const struct addr_list *l, const char *client_addr) {
         return false;
 }
 
-static void name_list_done(struct name_list *l) {
+void name_list_done(struct name_list *l) {
         for (size_t i = 0; i < l->n; i++)
                 free(l->patterns[i]);
         free(l->patterns);
         free(l->slots);
         free(l->globs);
         *l = (struct name_list) {};
-}
-
-void filter_done(struct filter *f) {
-        name_list_done(&f->users);
-        name_list_done(&f->databases);
-        name_list_done(&f->applications);
-        name_list_done(&f->queries);
-        free(f->client_addresses.masks);
-        *f = (struct filter) {};
-}
-
-static bool name_list_equal(const struct name_list *a, const struct name_list *b) {
-        if (a->given != b->given || a->n != b->n)
-                return false;
-        for (size_t i = 0; i < a->n; i++)
-                if (strcmp(a->patterns[i], b->patterns[i]) != 0)
-                        return false;
-        return true;
-}
-
-static bool addr_list_equal(const struct addr_list *x, const struct addr_list *y) {
-        return x->given == y->given && x->local == y->local && x->n == y->n &&
-               (x->n == 0 || memcmp(x->masks, y->masks, x->n * sizeof(*x->masks)) == 0);
-}
-
-bool filter_includes(const struct filter *wide, const struct filter *narrow) {
-        return (!wide->users.given || name_list_equal(&wide->users, &narrow->users)) &&
-               (!wide->databases.given || name_list_equal(&wide->databases, &narrow->databases)) &&
-               (!wide->applications.given || name_list_equal(&wide->applications, &narrow->applications)) &&
-               (!wide->client_addresses.given ||
-                addr_list_equal(&wide->client_addresses, &narrow->client_addresses)) &&
-               (!wide->queries.given || name_list_equal(&wide->queries, &narrow->queries));
-}
-
-bool filter_equal(const struct filter *a, const struct filter *b) {
-        return name_list_equal(&a->users, &b->users) && name_list_equal(&a->databases, &b->databases) &&
-               name_list_equal(&a->applications, &b->applications) &&
-               addr_list_equal(&a->client_addresses, &b->client_addresses) &&
-               name_list_equal(&a->queries, &b->queries);
 }

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "filter.h"
 #include "macro.h"
 #include "netmatch.h"
 #include "policy.h"
@@ -221,28 +222,6 @@ static bool exempt_from_server(const struct server *srv, const struct snapshot_r
         *why = srv->global_exempt && filter_exempts(srv->global_exempt, row) ? REASON_EXEMPT_GLOBAL :
                filter_exempts(&srv->exempt, row) ? REASON_EXEMPT_SERVER : REASON_NO_RULE;
         return *why != REASON_NO_RULE;
-}
-
-bool filter_matches(const struct filter *f, const struct snapshot_row *row) {
-        if (f->users.given && !name_list_matches(&f->users, row->user))
-                return false;
-        if (f->databases.given && !name_list_matches(&f->databases, row->database))
-                return false;
-        if (f->applications.given && !name_list_matches(&f->applications, row->application))
-                return false;
-        if (f->client_addresses.given && !addr_list_matches(&f->client_addresses, row->client_addr))
-                return false;
-        if (f->queries.given && !(row->query && name_list_matches(&f->queries, row->query)))
-                return false;
-        return true;
-}
-
-bool filter_exempts(const struct filter *exempt, const struct snapshot_row *row) {
-        return name_list_matches(&exempt->users, row->user) ||
-               name_list_matches(&exempt->databases, row->database) ||
-               name_list_matches(&exempt->applications, row->application) ||
-               addr_list_matches(&exempt->client_addresses, row->client_addr) ||
-               (row->query && name_list_matches(&exempt->queries, row->query));
 }
 
 bool escalation_matches(const struct escalation *e, const struct snapshot_row *row) {

@@ -1,36 +1,26 @@
 /* The YAML configuration, walked with a table of expected keys per mapping.
  * Every problem is reported as FILE:LINE:COLUMN and the walk goes on, so one
  * run shows all of them. */
-#include <ctype.h>
-#include <errno.h>
 #include <inttypes.h>
-#include <limits.h>
-#include <fcntl.h>
 #include <libpq-fe.h>
-#include <stdarg.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <yaml.h>
 
+#include "config-internal.h"
 #include "config.h"
-#include "escape.h"
+#include "conninfo.h"
 #include "duration.h"
+#include "filter.h"
 #include "macro.h"
+#include "netmatch.h"
 
-#define CONFIG_MAX_BYTES       (1024 * 1024)
 #define CONFIG_MAX_SERVERS     4096
 #define CONFIG_MAX_RULES       256
 #define CONFIG_MAX_LIST        4096
-#define CONFIG_MAX_DIAGNOSTICS 1000
-/* The schema nests 7 deep at most (servers, a server, rules, a rule, exempt,
- * users, an entry); the caps bound libyaml's loader, see shape_ok(). */
-#define CONFIG_MAX_DEPTH       32
-#define CONFIG_MAX_ANCHORS     1000
-#define CONFIG_MAX_ALIASES     10000
 /* Aliases let a small file name the same subtree many times ("billion
  * laughs"); every node visited and every 64 bytes copied cost one unit. */
 #ifndef CONFIG_MAX_WORK  /* the fuzz build lowers it to spend its time elsewhere */
@@ -39,29 +29,6 @@
 #define NAME_MAX_LEN           63
 #define PATTERN_MAX_LEN        255
 #define MAX_KEYS               24
-#define DIAG_SLOTS             2048  /* > 2 * CONFIG_MAX_DIAGNOSTICS, power of two */
-
-struct parser {
-        const char *file;
-        yaml_document_t doc;
-        struct diagnostics *diag;
-        /* unsorted diagnostics with their position, sorted into diag at the end */
-        struct pending {
-                unsigned line, column, seq;
-                bool error;
-                char *text;
-        } *pending;
-        size_t n_pending;
-        /* a node reached through several aliases reports its problems once */
-        uint32_t slots[DIAG_SLOTS];
-        bool failed;
-        bool truncated;
-        size_t work;
-        bool over_budget;
-        /* per node, a bit per table where it was reported as an unknown key:
-         * the suggestions are costly and an alias repeats them */
-        uint8_t *unknown_key_reported;
-};
 
 struct key;
 typedef void (*parse_fn)(struct parser *p, const struct key *k, yaml_node_t *node, void *dest);
@@ -118,100 +85,6 @@ static const char *const action_names[_ACTION_MAX] = {
 DEFINE_STRING_TABLE_LOOKUP(limit_kind, enum limit_kind, limit_keys)
 DEFINE_STRING_TABLE_LOOKUP(action, enum action, action_names)
 
-static struct source_pos pos_of(const yaml_node_t *node) {
-        return (struct source_pos) { node->start_mark.line + 1, node->start_mark.column + 1 };
-}
-
-static uint32_t text_hash(const char *s) {
-        uint32_t h = 2166136261u;
-        for (; *s; s++)
-                h = (h ^ (uint8_t) *s) * 16777619u;
-        return h;
-}
-
-/* Keep line unless the same text was already reported. Takes ownership. */
-static void add_pending(struct parser *p, bool error, struct source_pos pos, char *line) {
-        uint32_t slot = text_hash(line) & (DIAG_SLOTS - 1);
-
-        for (; p->slots[slot]; slot = (slot + 1) & (DIAG_SLOTS - 1))
-                if (strcmp(p->pending[p->slots[slot] - 1].text, line) == 0) {
-                        free(line);
-                        return;
-                }
-        if (p->n_pending >= CONFIG_MAX_DIAGNOSTICS) {
-                p->truncated = true;
-                free(line);
-                return;
-        }
-        p->pending = xreallocarray(p->pending, p->n_pending + 1, sizeof(*p->pending));
-        p->pending[p->n_pending] = (struct pending) {
-                .line = pos.line, .column = pos.column, .seq = (unsigned) p->n_pending,
-                .error = error, .text = line,
-        };
-        p->slots[slot] = (uint32_t) ++p->n_pending;
-}
-
-static void report(struct parser *p, bool error, struct source_pos pos, const char *fmt, ...) _printf_(4, 5);
-static void report(struct parser *p, bool error, struct source_pos pos, const char *fmt, ...) {
-        _cleanup_free_ char *msg = NULL;
-        va_list ap;
-        char *line;
-
-        va_start(ap, fmt);
-        if (vasprintf(&msg, fmt, ap) < 0)
-                msg = NULL;
-        va_end(ap);
-        if ((pos.line > 0 ? asprintf(&line, "%s:%u:%u: %s: %s", p->file, pos.line, pos.column,
-                                     error ? "error" : "warning", msg ? msg : "out of memory")
-                          : asprintf(&line, "%s: %s: %s", p->file, error ? "error" : "warning",
-                                     msg ? msg : "out of memory")) < 0) {
-                fputs("out of memory\n", stderr);
-                abort();
-        }
-        p->failed = p->failed || error;
-        add_pending(p, error, pos, line);
-}
-
-#define error_at(p, node, ...)   report(p, true, pos_of(node), __VA_ARGS__)
-#define warning_at(p, node, ...) report(p, false, pos_of(node), __VA_ARGS__)
-
-static int pending_cmp(const void *a, const void *b) {
-        const struct pending *x = a, *y = b;
-        if (x->line != y->line)
-                return x->line < y->line ? -1 : 1;
-        if (x->column != y->column)
-                return x->column < y->column ? -1 : 1;
-        return x->seq < y->seq ? -1 : x->seq > y->seq;
-}
-
-static void flush_diagnostics(struct parser *p) {
-        struct diagnostics *d = p->diag;
-
-        if (p->n_pending > 1)
-                qsort(p->pending, p->n_pending, sizeof(*p->pending), pending_cmp);
-        d->lines = xreallocarray(d->lines, d->n_lines + p->n_pending + 1, sizeof(char *));
-        for (size_t i = 0; i < p->n_pending; i++) {
-                d->lines[d->n_lines++] = p->pending[i].text;
-                if (p->pending[i].error)
-                        d->n_errors++;
-                else
-                        d->n_warnings++;
-        }
-        if (p->truncated && asprintf(&d->lines[d->n_lines], "%s: note: stopped reporting after %d problems",
-                                     p->file, CONFIG_MAX_DIAGNOSTICS) >= 0)
-                d->n_lines++;
-        free(p->pending);
-        p->pending = NULL;
-        p->n_pending = 0;
-}
-
-void diagnostics_clear(struct diagnostics *d) {
-        for (size_t i = 0; i < d->n_lines; i++)
-                free(d->lines[i]);
-        free(d->lines);
-        *d = (struct diagnostics) {};
-}
-
 /* Charge cost to the walk; false (reported once) when the budget is spent. */
 static bool spend(struct parser *p, const yaml_node_t *node, size_t cost) {
         if (p->over_budget)
@@ -248,14 +121,6 @@ static bool scalar_is_null(const yaml_node_t *node) {
 
 static const char *kind_or_empty(const yaml_node_t *node) {
         return scalar_is_null(node) ? "empty" : node_kind(node);
-}
-
-static size_t sequence_length(const yaml_node_t *node) {
-        return (size_t) (node->data.sequence.items.top - node->data.sequence.items.start);
-}
-
-static yaml_node_t *sequence_item(struct parser *p, const yaml_node_t *node, size_t i) {
-        return yaml_document_get_node(&p->doc, node->data.sequence.items.start[i]);
 }
 
 /* The text of a scalar without NUL bytes, or NULL when it is not one (not reported). */
@@ -489,127 +354,6 @@ static void parse_path(struct parser *p, const struct key *k, yaml_node_t *node,
         *(char **) dest = xstrdup(v);
 }
 
-/* A conninfo may hold a password anywhere (a keyword written where a value
- * was meant, a URI's user part, a quote that ends early), and libpq quotes
- * fragments of the string in its parse errors. So nothing of the string, nor
- * libpq's message, is ever shown: only what kind of problem it is and, for
- * the keyword/value form, the byte where it starts. */
-static bool conninfo_is_uri(const char *s) {
-        return strncmp(s, "postgresql://", 13) == 0 || strncmp(s, "postgres://", 11) == 0;
-}
-
-/* Is name (len bytes) a keyword libpq knows? */
-static bool conninfo_keyword_known(const char *name, size_t len) {
-        PQconninfoOption *all = PQconninfoParse("", NULL);
-        bool found = len == 10 && strncmp(name, "requiressl", 10) == 0;  /* still accepted by libpq */
-
-        for (PQconninfoOption *o = all; o && o->keyword && !found; o++)
-                found = strlen(o->keyword) == len && strncmp(o->keyword, name, len) == 0;
-        PQconninfoFree(all);
-        return found;
-}
-
-/* Walk the keyword/value form the way libpq's conninfo_parse does; on the
- * first problem, its byte offset and a description free of user bytes. */
-static bool conninfo_find_problem(const char *s, size_t *ret_offset, const char **ret_what) {
-        const char *c = s;
-
-        while (*c) {
-                const char *key, *key_end;
-
-                if (isspace((unsigned char) *c)) {
-                        c++;
-                        continue;
-                }
-                key = c;
-                while (*c && *c != '=' && !isspace((unsigned char) *c))
-                        c++;
-                key_end = c;
-                while (isspace((unsigned char) *c))
-                        c++;
-                if (*c != '=') {
-                        *ret_offset = (size_t) (key - s);
-                        *ret_what = "a keyword without \"=\" after it";
-                        return true;
-                }
-                c++;
-                while (isspace((unsigned char) *c))
-                        c++;
-                if (*c == '\'') {
-                        const char *open = c++;
-                        for (;; c++) {
-                                if (!*c) {
-                                        *ret_offset = (size_t) (open - s);
-                                        *ret_what = "a quoted value without its closing quote";
-                                        return true;
-                                }
-                                if (*c == '\\' && c[1])
-                                        c++;
-                                else if (*c == '\'') {
-                                        c++;
-                                        break;
-                                }
-                        }
-                } else
-                        for (; *c && !isspace((unsigned char) *c); c++)
-                                if (*c == '\\' && c[1])
-                                        c++;
-                if (!conninfo_keyword_known(key, (size_t) (key_end - key))) {
-                        *ret_offset = (size_t) (key - s);
-                        *ret_what = "an unknown keyword";
-                        return true;
-                }
-        }
-        return false;
-}
-
-/* libpq's English parse errors, told apart by their constant text only. */
-static const char *conninfo_uri_problem(const char *libpq_error) {
-        static const struct {
-                const char *libpq;
-                const char *ours;
-        } kinds[] = {
-                { "IPv6 host address may not be empty", "an empty IPv6 address" },
-                { "in IPv6 host address", "an IPv6 address without its closing \"]\"" },
-                { "unexpected character", "an unexpected character after the host (expected \":\" or \"/\")" },
-                { "extra key/value separator", "a query parameter with two \"=\"" },
-                { "missing key/value separator", "a query parameter without \"=\"" },
-                { "invalid URI query parameter", "an unknown query parameter" },
-                { "invalid connection option", "an unknown query parameter" },
-                { "invalid percent-encoded token", "an invalid %-escape" },
-                { "forbidden value %00", "a %00 escape" },
-                { "out of memory", "out of memory" },
-        };
-
-        for (size_t i = 0; libpq_error && i < ELEMENTSOF(kinds); i++)
-                if (strstr(libpq_error, kinds[i].libpq))
-                        return kinds[i].ours;
-        return NULL;
-}
-
-/* libpq parses a URI whose password holds a raw "@" or "/" without complaint,
- * but into a host, port or database name made of pieces of the password,
- * which its connection errors (and the server's) would then quote. */
-static const char *conninfo_misparsed(const char *s, const PQconninfoOption *opts) {
-        if (conninfo_is_uri(s)) {
-                const char *rest = strstr(s, "://") + 3;
-                size_t end = strcspn(rest, "?");
-                const char *slash = memchr(rest, '/', end);
-
-                if (slash && memchr(slash, '@', end - (size_t) (slash - rest)))
-                        return "an \"@\" after a \"/\" (write \"/\" in a password as %2F, \"@\" as %40)";
-        }
-        for (const PQconninfoOption *o = opts; o->keyword; o++) {
-                if (!o->val)
-                        continue;
-                if (strcmp(o->keyword, "port") == 0 && o->val[strspn(o->val, "0123456789, \t\n\r\f\v")])
-                        return "the port is not a number";
-                if (strcmp(o->keyword, "host") == 0 && conninfo_is_uri(s) && strchr(o->val, '@'))
-                        return "the host contains \"@\" (write \"@\" in a password as %40)";
-        }
-        return NULL;
-}
-
 static void parse_conninfo(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
         const char *v = expect_scalar(p, k, node, "a libpq connection string");
         PQconninfoOption *opts;
@@ -820,21 +564,6 @@ static const struct key exempt_keys[] = {
 };
 static const struct table exempt_table = TABLE(0, "an exempt block", exempt_keys);
 
-static bool list_given(const struct filter *f, size_t key) {
-        switch (key) {
-        case 0:
-                return f->users.given;
-        case 1:
-                return f->databases.given;
-        case 2:
-                return f->applications.given;
-        case 3:
-                return f->client_addresses.given;
-        default:
-                return f->queries.given;
-        }
-}
-
 static bool list_empty(const struct filter *f, size_t key) {
         switch (key) {
         case 0:
@@ -850,10 +579,11 @@ static bool list_empty(const struct filter *f, size_t key) {
         }
 }
 
-static void filter_finish(struct filter *f) {
-        f->set = false;
+bool config_filter_never_matches(const struct filter *f) {
         for (size_t i = 0; i < ELEMENTSOF(exempt_keys); i++)
-                f->set = f->set || list_given(f, i);
+                if (list_empty(f, i))
+                        return true;
+        return false;
 }
 
 static void parse_exempt(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
@@ -1033,11 +763,13 @@ static void parse_servers(struct parser *p, const struct key *k, yaml_node_t *no
                         if (!c->servers[j].name || strcmp(c->servers[j].name, c->servers[i].name) != 0)
                                 continue;
                         if (sequence_item(p, node, i) == sequence_item(p, node, j))
-                                report(p, true, c->servers[i].pos, "server \"%s\" is listed twice in \"servers\" at "
-                                       "line %u (the same alias used twice)", c->servers[i].name, pos_of(node).line);
+                                config_report(p, true, c->servers[i].pos, "server \"%s\" is listed twice in "
+                                              "\"servers\" at line %u (the same alias used twice)",
+                                              c->servers[i].name, pos_of(node).line);
                         else
-                                report(p, true, c->servers[i].pos, "duplicate server name \"%s\" (first at line %u)",
-                                       c->servers[i].name, c->servers[j].pos.line);
+                                config_report(p, true, c->servers[i].pos,
+                                              "duplicate server name \"%s\" (first at line %u)",
+                                              c->servers[i].name, c->servers[j].pos.line);
                         break;
                 }
 }
@@ -1114,18 +846,6 @@ static const char *key_suggestion(const char *name, const struct table *t) {
         return best;
 }
 
-/* The value node of key name in a mapping, or NULL. */
-static yaml_node_t *find_value(struct parser *p, yaml_node_t *map, const char *name) {
-        if (!map || map->type != YAML_MAPPING_NODE)
-                return NULL;
-        for (yaml_node_pair_t *pair = map->data.mapping.pairs.start; pair < map->data.mapping.pairs.top; pair++) {
-                yaml_node_t *k = yaml_document_get_node(&p->doc, pair->key);
-                if (k && k->type == YAML_SCALAR_NODE && strcmp((const char *) k->data.scalar.value, name) == 0)
-                        return yaml_document_get_node(&p->doc, pair->value);
-        }
-        return NULL;
-}
-
 static void finish(struct config *c) {
         if (c->interval_ms == 0)
                 c->interval_ms = CONFIG_DEFAULT_INTERVAL_MS;
@@ -1143,69 +863,9 @@ static void finish(struct config *c) {
         }
 }
 
-/* Does rule a act on every session that rule b would act on, and win? The
- * policy picks enforcing over dry-run, then the stronger action, then the
- * earlier rule. */
-static bool rule_shadows(const struct rule *a, size_t ia, const struct rule *b, size_t ib) {
-        bool b_has_limit = false;
-
-        for (size_t i = 0; i < ELEMENTSOF(exempt_keys); i++)
-                if (list_empty(&b->filter, i))
-                        return false;  /* warned about already: it never matches at all */
-        if (a->role != ROLE_ANY && a->role != b->role)
-                return false;  /* b applies in a role where a does not */
-
-        if (a->dry_run != b->dry_run) {
-                if (a->dry_run)
-                        return false;
-        } else if (a->action != b->action) {
-                if (a->action < b->action)
-                        return false;
-        } else if (ia > ib)
-                return false;
-        for (enum limit_kind l = 0; l < _LIMIT_MAX; l++) {
-                if (b->limit_ms[l] == 0)
-                        continue;
-                b_has_limit = true;
-                if (a->limit_ms[l] == 0 || a->limit_ms[l] > b->limit_ms[l])
-                        return false;
-                if (limit_is_chain(l) && rule_min_blocked(a, l) > rule_min_blocked(b, l))
-                        return false;
-        }
-        return b_has_limit && filter_includes(&a->filter, &b->filter) &&
-               (!a->exempt.set || filter_equal(&a->exempt, &b->exempt));
-}
-
-/* Warnings that need the whole file: they never fail the load. */
-static void cross_checks(struct parser *p, const struct config *c, yaml_node_t *root) {
-        yaml_node_t *servers = find_value(p, root, "servers");
-        char a[DURATION_FORMAT_MAX], b[DURATION_FORMAT_MAX];
-
-        if (c->min_interval_ms > c->interval_ms && find_value(p, root, "min_interval"))
-                warning_at(p, find_value(p, root, "min_interval"),
-                           "\"min_interval\" (%s) is longer than \"interval\" (%s); polls happen at most every %s",
-                           duration_format(c->min_interval_ms, a, sizeof(a)),
-                           duration_format(c->interval_ms, b, sizeof(b)), a);
-        if (!servers || servers->type != YAML_SEQUENCE_NODE || p->over_budget)
-                return;
-        for (size_t i = 0; i < c->n_servers && i < sequence_length(servers); i++) {
-                const struct server *s = &c->servers[i];
-                yaml_node_t *snode = sequence_item(p, servers, i);
-                yaml_node_t *rules = find_value(p, snode, "rules");
-
-                if (!s->name)
-                        continue;
-                for (size_t j = 0; rules && j < s->n_rules; j++)
-                        for (size_t k = 0; k < s->n_rules; k++)
-                                if (k != j && s->rules[j].name && s->rules[k].name &&
-                                    rule_shadows(&s->rules[k], k, &s->rules[j], j)) {
-                                        report(p, false, s->rules[j].pos,
-                                               "rule \"%s\" never acts in server \"%s\": rule \"%s\" (line %u) "
-                                               "catches every session it would and takes precedence",
-                                               s->rules[j].name, s->name, s->rules[k].name, s->rules[k].pos.line);
-                                        break;
-                                }
-        }
+void config_walk(struct parser *p, yaml_node_t *root, struct config *c) {
+        walk_mapping(p, root, &top_table, c, NULL);
+        finish(c);
 }
 
 void config_free(struct config *c) {
@@ -1228,433 +888,4 @@ void config_free(struct config *c) {
         free(c->metrics_file);
         free(c->path);
         free(c);
-}
-
-/* Exact and loadable again: "1h30m", "1m0s5ms" never; "1m5ms". */
-static void dump_duration(FILE *f, int64_t ms) {
-        static const struct {
-                const char *suffix;
-                int64_t ms;
-        } parts[] = { { "d", 86400000 }, { "h", 3600000 }, { "m", 60000 }, { "s", 1000 }, { "ms", 1 } };
-
-        for (size_t i = 0; i < ELEMENTSOF(parts); i++)
-                if (ms >= parts[i].ms) {
-                        fprintf(f, "%" PRId64 "%s", ms / parts[i].ms, parts[i].suffix);
-                        ms %= parts[i].ms;
-                }
-        fputc('\n', f);
-}
-
-/* Code points libyaml accepts unescaped in a double-quoted scalar without
- * folding them: YAML 1.1's printable set minus line breaks and the BOM. */
-static bool yaml_printable(uint32_t cp) {
-        return (cp >= 0x20 && cp <= 0x7e) || (cp >= 0xa0 && cp <= 0xd7ff && cp != 0x2028 && cp != 0x2029) ||
-               (cp >= 0xe000 && cp <= 0xfffd && cp != 0xfeff) || (cp >= 0x10000 && cp <= 0x10ffff);
-}
-
-/* A YAML double-quoted scalar that reads back byte for byte. */
-static void dump_string(FILE *f, const char *s) {
-        const unsigned char *c = (const unsigned char *) s;
-        const char *end = s + strlen(s);
-
-        fputc('"', f);
-        while (*c) {
-                uint32_t cp = 0;
-                size_t n = utf8_decode((const char *) c, (size_t) (end - (const char *) c), &cp);
-
-                if (*c == '"' || *c == '\\')
-                        fprintf(f, "\\%c", *c);
-                else if (n == 0) {
-                        fprintf(f, "\\x%02x", *c);  /* not UTF-8: escape the byte */
-                        n = 1;
-                } else if (yaml_printable(cp))
-                        fwrite(c, 1, n, f);
-                else if (cp <= 0xff)
-                        fprintf(f, "\\x%02x", (unsigned) cp);
-                else if (cp <= 0xffff)
-                        fprintf(f, "\\u%04x", (unsigned) cp);
-                else
-                        fprintf(f, "\\U%08x", (unsigned) cp);
-                c += n;
-        }
-        fputc('"', f);
-}
-
-static void dump_name_list(FILE *f, const char *indent, const char *key, const struct name_list *l) {
-        if (!l->given)
-                return;
-        fprintf(f, "%s%s: [", indent, key);
-        for (size_t i = 0; i < l->n; i++) {
-                fputs(i ? ", " : "", f);
-                dump_string(f, l->patterns[i]);
-        }
-        fputs("]\n", f);
-}
-
-static void dump_filter(FILE *f, const char *indent, const struct filter *flt) {
-        const struct addr_list *a = &flt->client_addresses;
-
-        dump_name_list(f, indent, "users", &flt->users);
-        dump_name_list(f, indent, "databases", &flt->databases);
-        dump_name_list(f, indent, "applications", &flt->applications);
-        dump_name_list(f, indent, "queries", &flt->queries);
-        if (a->given) {
-                fprintf(f, "%sclient_addresses: [%s", indent, a->local ? "local" : "");
-                for (size_t i = 0; i < a->n; i++) {
-                        char buf[NETMASK_FORMAT_MAX];
-                        fprintf(f, "%s\"%s\"", i || a->local ? ", " : "", netmask_format(&a->masks[i], buf, sizeof(buf)));
-                }
-                fputs("]\n", f);
-        }
-}
-
-static void dump_exempt(FILE *f, const char *indent, const char *inner, const struct filter *flt) {
-        if (!flt->set)
-                return;
-        fprintf(f, "%sexempt:\n", indent);
-        dump_filter(f, inner, flt);
-}
-
-static void dump_quoted_chars(FILE *m, const char *v, size_t n) {
-        for (size_t i = 0; i < n; i++)
-                fprintf(m, v[i] == '\'' || v[i] == '\\' ? "\\%c" : "%c", v[i]);
-}
-
-/* "options" passes settings to the server, and a setting can be a credential
- * ("-c app.token=..."): show each argument up to its "=", the value as ***. */
-static void dump_server_options(FILE *m, const char *v) {
-        while (*v) {
-                size_t n = 0;
-                const char *eq;
-
-                while (v[n] && !isspace((unsigned char) v[n]))
-                        n += v[n] == '\\' && v[n + 1] ? 2 : 1;
-                eq = memchr(v, '=', n);
-                if (eq) {
-                        dump_quoted_chars(m, v, (size_t) (eq - v) + 1);
-                        fputs("***", m);
-                } else
-                        dump_quoted_chars(m, v, n);
-                v += n;
-                for (; isspace((unsigned char) *v); v++)
-                        fputc(' ', m);
-        }
-}
-
-/* Options in libpq's order, values quoted; secrets (dispchar '*') as ***. */
-static void dump_conninfo(FILE *f, const char *conninfo) {
-        PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
-        char *text = NULL;
-        size_t len = 0;
-        FILE *m;
-
-        if (!opts || !(m = open_memstream(&text, &len))) {
-                PQconninfoFree(opts);
-                fputs("\"\"\n", f);
-                return;
-        }
-        for (PQconninfoOption *o = opts; o->keyword; o++) {
-                if (!o->val)
-                        continue;
-                fprintf(m, "%s%s='", ftell(m) ? " " : "", o->keyword);
-                if (o->dispchar && strchr(o->dispchar, '*'))
-                        fputs("***", m);
-                else if (strcmp(o->keyword, "options") == 0)
-                        dump_server_options(m, o->val);
-                else
-                        dump_quoted_chars(m, o->val, strlen(o->val));
-                fputc('\'', m);
-        }
-        fclose(m);
-        dump_string(f, text);
-        fputc('\n', f);
-        free(text);
-        PQconninfoFree(opts);
-}
-
-void config_dump(const struct config *c, FILE *f) {
-        fputs("interval: ", f);
-        dump_duration(f, c->interval_ms);
-        fputs("min_interval: ", f);
-        dump_duration(f, c->min_interval_ms);
-        fprintf(f, "dry_run: %s\n", c->dry_run ? "true" : "false");
-        fprintf(f, "log_query: %s\n", c->log_query ? "true" : "false");
-        if (c->metrics_file) {
-                fputs("metrics_file: ", f);
-                dump_string(f, c->metrics_file);
-                fputc('\n', f);
-        }
-        fprintf(f, "max_actions_per_cycle: %u\n", c->max_actions_per_cycle);
-        dump_exempt(f, "", "  ", &c->exempt);
-        fputs("servers:\n", f);
-        for (size_t i = 0; i < c->n_servers; i++) {
-                const struct server *s = &c->servers[i];
-
-                fputs("  - name: ", f);
-                dump_string(f, s->name);
-                fputs("\n    conninfo: ", f);
-                dump_conninfo(f, s->conninfo);
-                fputs("    interval: ", f);
-                dump_duration(f, s->interval_ms);
-                fprintf(f, "    max_actions_per_cycle: %u\n", s->max_actions_per_cycle);
-                fprintf(f, "    terminate_superusers: %s\n", s->terminate_superusers ? "true" : "false");
-                dump_exempt(f, "    ", "      ", &s->exempt);
-                fputs("    rules:\n", f);
-                for (size_t j = 0; j < s->n_rules; j++) {
-                        const struct rule *r = &s->rules[j];
-
-                        fputs("      - name: ", f);
-                        dump_string(f, r->name);
-                        fputc('\n', f);
-                        for (enum limit_kind l = 0; l < _LIMIT_MAX; l++)
-                                if (r->limit_ms[l] > 0 && !limit_is_duration(l))
-                                        fprintf(f, "        %s: %" PRId64 "\n", limit_keys[l], r->limit_ms[l]);
-                                else if (r->limit_ms[l] > 0) {
-                                        fprintf(f, "        %s: ", limit_keys[l]);
-                                        dump_duration(f, r->limit_ms[l]);
-                                }
-                        /* With both lock limits and no min_blocked, each has its own
-                         * default: no single value says that. */
-                        if (r->min_blocked >= 0 || (rule_reads_locks(r) &&
-                                                    !(r->limit_ms[LIMIT_BLOCKING] > 0 && r->limit_ms[LIMIT_LOCK_WAIT] > 0)))
-                                fprintf(f, "        min_blocked: %" PRId64 "\n",
-                                        rule_min_blocked(r, r->limit_ms[LIMIT_BLOCKING] > 0 ? LIMIT_BLOCKING
-                                                                                            : LIMIT_LOCK_WAIT));
-                        fprintf(f, "        action: %s\n", action_names[r->action]);
-                        if (r->escalate_after_ms > 0) {
-                                fputs("        escalate_after: ", f);
-                                dump_duration(f, r->escalate_after_ms);
-                        }
-                        fprintf(f, "        dry_run: %s\n", r->dry_run ? "true" : "false");
-                        fprintf(f, "        role: %s\n", role_names[r->role]);
-                        dump_filter(f, "        ", &r->filter);
-                        dump_exempt(f, "        ", "          ", &r->exempt);
-                }
-        }
-}
-
-static void report_yaml_error(struct parser *p, const yaml_parser_t *yp) {
-        struct source_pos pos = { (unsigned) yp->problem_mark.line + 1, (unsigned) yp->problem_mark.column + 1 };
-
-        if (yp->error == YAML_MEMORY_ERROR) {
-                fputs("out of memory\n", stderr);
-                abort();
-        }
-        if (yp->context)
-                report(p, true, pos, "YAML syntax: %s %s started at line %zu, column %zu",
-                       yp->problem ? yp->problem : "error",
-                       yp->context, yp->context_mark.line + 1, yp->context_mark.column + 1);
-        else
-                report(p, true, pos, "YAML syntax: %s", yp->problem ? yp->problem : "error");
-}
-
-/* libyaml's loader takes time that grows with the square of the nesting
- * depth (and of the number of anchors), and builds the whole document before
- * we see any of it. So a first pass over the parser's events, which costs
- * little and stops at the first excess, keeps every load short: a reload runs
- * on the event loop. Syntax errors are left to the loader, which reports the
- * same ones. */
-static bool shape_ok(struct parser *p, const char *buf, size_t len) {
-        yaml_parser_t yp;
-        yaml_event_t ev;
-        size_t depth = 0, anchors = 0, aliases = 0;
-        bool ok = true, done = false;
-
-        if (!yaml_parser_initialize(&yp)) {
-                fputs("out of memory\n", stderr);
-                abort();
-        }
-        yaml_parser_set_input_string(&yp, (const unsigned char *) buf, len);
-        while (ok && !done && yaml_parser_parse(&yp, &ev)) {
-                struct source_pos pos = { (unsigned) ev.start_mark.line + 1, (unsigned) ev.start_mark.column + 1 };
-                const yaml_char_t *anchor = NULL;
-
-                switch (ev.type) {
-                case YAML_SEQUENCE_START_EVENT:
-                case YAML_MAPPING_START_EVENT:
-                        anchor = ev.type == YAML_SEQUENCE_START_EVENT ? ev.data.sequence_start.anchor :
-                                                                        ev.data.mapping_start.anchor;
-                        if (++depth > CONFIG_MAX_DEPTH) {
-                                report(p, true, pos, "lists and mappings are nested more than %d deep here; "
-                                       "stopped reading", CONFIG_MAX_DEPTH);
-                                ok = false;
-                        }
-                        break;
-                case YAML_SEQUENCE_END_EVENT:
-                case YAML_MAPPING_END_EVENT:
-                        depth--;
-                        break;
-                case YAML_SCALAR_EVENT:
-                        anchor = ev.data.scalar.anchor;
-                        break;
-                case YAML_ALIAS_EVENT:
-                        if (++aliases > CONFIG_MAX_ALIASES) {
-                                report(p, true, pos, "more than %d aliases; stopped reading", CONFIG_MAX_ALIASES);
-                                ok = false;
-                        }
-                        break;
-                case YAML_STREAM_END_EVENT:
-                        done = true;
-                        break;
-                default:
-                        break;
-                }
-                if (anchor && ++anchors > CONFIG_MAX_ANCHORS) {
-                        report(p, true, pos, "more than %d anchors; stopped reading", CONFIG_MAX_ANCHORS);
-                        ok = false;
-                }
-                yaml_event_delete(&ev);
-        }
-        if (yp.error == YAML_MEMORY_ERROR) {
-                fputs("out of memory\n", stderr);
-                abort();
-        }
-        yaml_parser_delete(&yp);
-        return ok;
-}
-
-int config_load_buffer(const char *name, const char *buf, size_t len, struct config **ret, struct diagnostics *diag) {
-        struct parser p = { .file = name, .diag = diag };
-        yaml_parser_t yp;
-        struct config *c = NULL;
-        yaml_node_t *root;
-        int r = -EINVAL;
-
-        *ret = NULL;
-        if (!shape_ok(&p, buf, len)) {
-                flush_diagnostics(&p);
-                return -EINVAL;
-        }
-        if (!yaml_parser_initialize(&yp)) {
-                fputs("out of memory\n", stderr);
-                abort();
-        }
-        yaml_parser_set_input_string(&yp, (const unsigned char *) buf, len);
-        if (!yaml_parser_load(&yp, &p.doc)) {
-                report_yaml_error(&p, &yp);
-                yaml_parser_delete(&yp);
-                flush_diagnostics(&p);
-                return -EINVAL;
-        }
-
-        root = yaml_document_get_root_node(&p.doc);
-        if (!root) {
-                report(&p, true, (struct source_pos) { 1, 1 }, "the file is empty; it needs at least \"servers\"");
-                goto out;
-        }
-        {
-                yaml_document_t next;
-                if (yaml_parser_load(&yp, &next)) {
-                        yaml_node_t *extra = yaml_document_get_root_node(&next);
-                        if (extra)
-                                report(&p, true, pos_of(extra), "only one YAML document is allowed");
-                        yaml_document_delete(&next);
-                } else
-                        report_yaml_error(&p, &yp);
-        }
-
-        p.unknown_key_reported = xcalloc((size_t) (p.doc.nodes.top - p.doc.nodes.start), 1);
-        c = xcalloc(1, sizeof(*c));
-        walk_mapping(&p, root, &top_table, c, NULL);
-        finish(c);
-        /* warnings about a half-read file would only confuse */
-        if (!p.failed)
-                cross_checks(&p, c, root);
-out:
-        if (p.failed || !c)
-                goto fail;
-        c->path = xstrdup(name);
-        *ret = TAKE_PTR(c);
-        r = 0;
-fail:
-        config_free(c);
-        free(p.unknown_key_reported);
-        yaml_document_delete(&p.doc);
-        yaml_parser_delete(&yp);
-        flush_diagnostics(&p);
-        return r;
-}
-
-static const char *file_type(mode_t mode) {
-        if (S_ISDIR(mode))
-                return "a directory";
-        if (S_ISFIFO(mode))
-                return "a FIFO";
-        if (S_ISCHR(mode))
-                return "a character device";
-        if (S_ISBLK(mode))
-                return "a block device";
-        if (S_ISSOCK(mode))
-                return "a socket";
-        return "not a regular file";
-}
-
-/* Read to EOF, not to st_size: files in /proc say 0. At most max + 1 bytes,
- * so a file over the cap is seen as such. */
-static int read_bounded(int fd, size_t max, char **ret, size_t *ret_len) {
-        _cleanup_free_ char *buf = NULL;
-        size_t len = 0, size = 0;
-
-        for (;;) {
-                ssize_t n;
-
-                if (len == size) {
-                        if (size > max)
-                                break;
-                        size = size ? size * 2 : 64 * 1024;
-                        if (size > max + 1)
-                                size = max + 1;
-                        buf = xreallocarray(buf, size + 1, 1);
-                }
-                n = read(fd, buf + len, size - len);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        break;
-                len += (size_t) n;
-        }
-        buf[len] = '\0';  /* the first pass through the loop allocated it */
-        *ret = TAKE_PTR(buf);
-        *ret_len = len;
-        return 0;
-}
-
-int config_load(const char *path, struct config **ret, struct diagnostics *diag) {
-        struct parser p = { .file = path, .diag = diag };
-        _cleanup_free_ char *buf = NULL;
-        struct stat st;
-        size_t len = 0;
-        int fd, r;
-
-        *ret = NULL;
-        /* O_NONBLOCK: opening a FIFO without a writer would wait forever */
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-        if (fd < 0) {
-                r = -errno;
-                report(&p, true, (struct source_pos) { 0, 0 }, "cannot open: %s", strerror(-r));
-                flush_diagnostics(&p);
-                return r;
-        }
-        if (fstat(fd, &st) < 0) {
-                r = -errno;
-                report(&p, true, (struct source_pos) { 0, 0 }, "cannot stat: %s", strerror(-r));
-        } else if (!S_ISREG(st.st_mode)) {
-                r = -EINVAL;
-                report(&p, true, (struct source_pos) { 0, 0 }, "is %s; the configuration must be a regular file",
-                       file_type(st.st_mode));
-        } else if ((r = read_bounded(fd, CONFIG_MAX_BYTES, &buf, &len)) < 0)
-                report(&p, true, (struct source_pos) { 0, 0 }, "cannot read: %s", strerror(-r));
-        else if (len > CONFIG_MAX_BYTES) {
-                r = -EINVAL;
-                report(&p, true, (struct source_pos) { 0, 0 }, "the file is larger than %d bytes (1 MiB), "
-                       "the most a configuration may have", CONFIG_MAX_BYTES);
-        }
-        close(fd);
-        if (r < 0) {
-                flush_diagnostics(&p);
-                return r;
-        }
-        return config_load_buffer(path, buf, len, ret, diag);
 }

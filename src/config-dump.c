@@ -1,0 +1,172 @@
+/* --dump: the parsed configuration as YAML that loads back to the same one. */
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "conninfo.h"
+#include "escape.h"
+#include "filter.h"
+#include "macro.h"
+#include "netmatch.h"
+
+/* Exact and loadable again: "1h30m", "1m0s5ms" never; "1m5ms". */
+static void dump_duration(FILE *f, int64_t ms) {
+        static const struct {
+                const char *suffix;
+                int64_t ms;
+        } parts[] = { { "d", 86400000 }, { "h", 3600000 }, { "m", 60000 }, { "s", 1000 }, { "ms", 1 } };
+
+        for (size_t i = 0; i < ELEMENTSOF(parts); i++)
+                if (ms >= parts[i].ms) {
+                        fprintf(f, "%" PRId64 "%s", ms / parts[i].ms, parts[i].suffix);
+                        ms %= parts[i].ms;
+                }
+        fputc('\n', f);
+}
+
+/* Code points libyaml accepts unescaped in a double-quoted scalar without
+ * folding them: YAML 1.1's printable set minus line breaks and the BOM. */
+static bool yaml_printable(uint32_t cp) {
+        return (cp >= 0x20 && cp <= 0x7e) || (cp >= 0xa0 && cp <= 0xd7ff && cp != 0x2028 && cp != 0x2029) ||
+               (cp >= 0xe000 && cp <= 0xfffd && cp != 0xfeff) || (cp >= 0x10000 && cp <= 0x10ffff);
+}
+
+/* A YAML double-quoted scalar that reads back byte for byte. */
+static void dump_string(FILE *f, const char *s) {
+        const unsigned char *c = (const unsigned char *) s;
+        const char *end = s + strlen(s);
+
+        fputc('"', f);
+        while (*c) {
+                uint32_t cp = 0;
+                size_t n = utf8_decode((const char *) c, (size_t) (end - (const char *) c), &cp);
+
+                if (*c == '"' || *c == '\\')
+                        fprintf(f, "\\%c", *c);
+                else if (n == 0) {
+                        fprintf(f, "\\x%02x", *c);  /* not UTF-8: escape the byte */
+                        n = 1;
+                } else if (yaml_printable(cp))
+                        fwrite(c, 1, n, f);
+                else if (cp <= 0xff)
+                        fprintf(f, "\\x%02x", (unsigned) cp);
+                else if (cp <= 0xffff)
+                        fprintf(f, "\\u%04x", (unsigned) cp);
+                else
+                        fprintf(f, "\\U%08x", (unsigned) cp);
+                c += n;
+        }
+        fputc('"', f);
+}
+
+static void dump_name_list(FILE *f, const char *indent, const char *key, const struct name_list *l) {
+        if (!l->given)
+                return;
+        fprintf(f, "%s%s: [", indent, key);
+        for (size_t i = 0; i < l->n; i++) {
+                fputs(i ? ", " : "", f);
+                dump_string(f, l->patterns[i]);
+        }
+        fputs("]\n", f);
+}
+
+static void dump_filter(FILE *f, const char *indent, const struct filter *flt) {
+        const struct addr_list *a = &flt->client_addresses;
+
+        dump_name_list(f, indent, "users", &flt->users);
+        dump_name_list(f, indent, "databases", &flt->databases);
+        dump_name_list(f, indent, "applications", &flt->applications);
+        dump_name_list(f, indent, "queries", &flt->queries);
+        if (a->given) {
+                fprintf(f, "%sclient_addresses: [%s", indent, a->local ? "local" : "");
+                for (size_t i = 0; i < a->n; i++) {
+                        char buf[NETMASK_FORMAT_MAX];
+                        fprintf(f, "%s\"%s\"", i || a->local ? ", " : "", netmask_format(&a->masks[i], buf, sizeof(buf)));
+                }
+                fputs("]\n", f);
+        }
+}
+
+static void dump_exempt(FILE *f, const char *indent, const char *inner, const struct filter *flt) {
+        if (!flt->set)
+                return;
+        fprintf(f, "%sexempt:\n", indent);
+        dump_filter(f, inner, flt);
+}
+
+/* Options in libpq's order, values quoted; secrets (dispchar '*') as ***. */
+static void dump_conninfo(FILE *f, const char *conninfo) {
+        _cleanup_free_ char *text = conninfo_redacted(conninfo);
+
+        if (!text) {
+                fputs("\"\"\n", f);
+                return;
+        }
+        dump_string(f, text);
+        fputc('\n', f);
+}
+
+void config_dump(const struct config *c, FILE *f) {
+        fputs("interval: ", f);
+        dump_duration(f, c->interval_ms);
+        fputs("min_interval: ", f);
+        dump_duration(f, c->min_interval_ms);
+        fprintf(f, "dry_run: %s\n", c->dry_run ? "true" : "false");
+        fprintf(f, "log_query: %s\n", c->log_query ? "true" : "false");
+        if (c->metrics_file) {
+                fputs("metrics_file: ", f);
+                dump_string(f, c->metrics_file);
+                fputc('\n', f);
+        }
+        fprintf(f, "max_actions_per_cycle: %u\n", c->max_actions_per_cycle);
+        dump_exempt(f, "", "  ", &c->exempt);
+        fputs("servers:\n", f);
+        for (size_t i = 0; i < c->n_servers; i++) {
+                const struct server *s = &c->servers[i];
+
+                fputs("  - name: ", f);
+                dump_string(f, s->name);
+                fputs("\n    conninfo: ", f);
+                dump_conninfo(f, s->conninfo);
+                fputs("    interval: ", f);
+                dump_duration(f, s->interval_ms);
+                fprintf(f, "    max_actions_per_cycle: %u\n", s->max_actions_per_cycle);
+                fprintf(f, "    terminate_superusers: %s\n", s->terminate_superusers ? "true" : "false");
+                dump_exempt(f, "    ", "      ", &s->exempt);
+                fputs("    rules:\n", f);
+                for (size_t j = 0; j < s->n_rules; j++) {
+                        const struct rule *r = &s->rules[j];
+
+                        fputs("      - name: ", f);
+                        dump_string(f, r->name);
+                        fputc('\n', f);
+                        for (enum limit_kind l = 0; l < _LIMIT_MAX; l++)
+                                if (r->limit_ms[l] > 0 && !limit_is_duration(l))
+                                        fprintf(f, "        %s: %" PRId64 "\n", limit_kind_to_string(l),
+                                                r->limit_ms[l]);
+                                else if (r->limit_ms[l] > 0) {
+                                        fprintf(f, "        %s: ", limit_kind_to_string(l));
+                                        dump_duration(f, r->limit_ms[l]);
+                                }
+                        /* With both lock limits and no min_blocked, each has its own
+                         * default: no single value says that. */
+                        if (r->min_blocked >= 0 || (rule_reads_locks(r) &&
+                                                    !(r->limit_ms[LIMIT_BLOCKING] > 0 && r->limit_ms[LIMIT_LOCK_WAIT] > 0)))
+                                fprintf(f, "        min_blocked: %" PRId64 "\n",
+                                        rule_min_blocked(r, r->limit_ms[LIMIT_BLOCKING] > 0 ? LIMIT_BLOCKING
+                                                                                            : LIMIT_LOCK_WAIT));
+                        fprintf(f, "        action: %s\n", action_to_string(r->action));
+                        if (r->escalate_after_ms > 0) {
+                                fputs("        escalate_after: ", f);
+                                dump_duration(f, r->escalate_after_ms);
+                        }
+                        fprintf(f, "        dry_run: %s\n", r->dry_run ? "true" : "false");
+                        fprintf(f, "        role: %s\n", server_role_to_string(r->role));
+                        dump_filter(f, "        ", &r->filter);
+                        dump_exempt(f, "        ", "          ", &r->exempt);
+                }
+        }
+}
