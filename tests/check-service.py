@@ -25,21 +25,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checklib import Failed, check, run  # noqa: E402  (tests/checklib.py, beside this file)
+
 MAX_EXPOSURE = 1.5
-
-
-class Failed(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Failed(what)
-    print("ok:", what)
 
 
 def need(tool):
@@ -48,11 +41,6 @@ def need(tool):
         print(f"SKIP: {tool} not found", file=sys.stderr)
         sys.exit(77)
     return path
-
-
-def run(cmd, **kw):
-    print("+", " ".join(cmd))
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def build_options(build):

@@ -42,6 +42,10 @@ import sys
 import tempfile
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checklib import Failed, check, find_deb  # noqa: E402  (tests/checklib.py, read on the host)
+
 SKIP = 77
 CGROUP = "/sys/fs/cgroup"
 NAME = f"pgsweeper-systest-{os.getpid()}"
@@ -55,18 +59,8 @@ SWEEPER_PASSWORD = "systest-sweeper-pw"
 INSIDE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
-class Failed(Exception):
-    pass
-
-
 class Skip(Exception):
     pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Failed(what)
-    print("ok:", what, flush=True)
 
 
 def passed(what):
@@ -545,17 +539,6 @@ def check_ip_address_deny(ct):
           "the password of the conninfo appears in no journal entry of the unit")
 
 
-def find_deb(src):
-    deb = sys.argv[2] if len(sys.argv) > 2 else os.environ.get("PGSWEEPER_DEB", "")
-    if deb:
-        return os.path.abspath(deb), None
-    out = tempfile.mkdtemp(prefix="pgsweeper-systest-deb.")
-    r = subprocess.run(["bash", os.path.join(src, "tools", "build-deb"), out], stdout=subprocess.PIPE, text=True)
-    if r.returncode != 0:
-        raise Failed("tools/build-deb failed")
-    return r.stdout.strip().splitlines()[-1], out
-
-
 def preflight():
     if os.geteuid() != 0:
         raise Skip("booting a container needs root")
@@ -574,7 +557,8 @@ def main():
     ct = None
     try:
         preflight()
-        deb, deb_tmp = find_deb(src)
+        deb_tmp = tempfile.mkdtemp(prefix="pgsweeper-systest-deb.")  # used when there is no DEB
+        deb = find_deb(src, deb_tmp)
         check(os.path.isfile(deb), f"package: {deb}")
         ct = Container(deb)
         t0 = time.monotonic()

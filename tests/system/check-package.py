@@ -16,37 +16,16 @@ into a temp dir. Checks:
 """
 import os
 import re
-import subprocess
 import sys
 import tempfile
 
 import yaml
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from checklib import Failed, check, find_deb, run  # noqa: E402  (tests/checklib.py)
+
 CONFIG = "/etc/pgsweeper/pgsweeper.yaml"
-
-
-class Failed(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Failed(what)
-    print("ok:", what)
-
-
-def run(cmd, **kw):
-    print("+", " ".join(cmd))
-    return subprocess.run(cmd, capture_output=True, text=True, **kw)
-
-
-def find_deb(src, tmp):
-    deb = sys.argv[2] if len(sys.argv) > 2 else os.environ.get("PGSWEEPER_DEB", "")
-    if deb:
-        return deb
-    r = subprocess.run(["bash", os.path.join(src, "tools", "build-deb"), tmp], stdout=subprocess.PIPE, text=True)
-    check(r.returncode == 0, "tools/build-deb built the package")
-    return r.stdout.strip().splitlines()[-1]
 
 
 def gunzip_text(path):
