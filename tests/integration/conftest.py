@@ -15,6 +15,11 @@ journal (session)     a systemd-journald to write to and read back from (the
                       running one, or one started here when running as root).
 sweeper (function)    writes a YAML config into tmp_path and runs the binary
                       ($PGSWEEPER_BIN, default <repo>/build/pgsweeper).
+hostile_sessions (function)  sessions of a role renamed to HOSTILE (bytes
+                      every output must escape, HOSTILE_ESCAPED).
+
+Helpers that are not fixtures (configurations, events, the guarded action)
+are in pgs_helpers.py.
 
 Run with /usr/bin/python3 -m pytest -v -p no:cacheprovider tests/integration/<file>
 """
@@ -387,6 +392,51 @@ def pg_cluster():
 def pg(pg_cluster):
     yield pg_cluster
     pg_cluster.end_test()
+
+
+# A role name with a newline, ESC, a C1 CSI (U+009B), an invalid byte, a
+# line separator (U+2028) and a backslash; and how pgsweeper shows it in every
+# line (stderr, MESSAGE, --explain). PostgreSQL itself replaces such bytes in
+# application_name, so they reach pg_stat_activity through the role name.
+HOSTILE = b"h\nE\x1b[31m\xc2\x9b\xff\xe2\x80\xa8\\z"
+HOSTILE_ESCAPED = "h\\x0aE\\x1b[31m\\xc2\\x9b\\xff\\u2028\\\\z"
+
+
+@pytest.fixture
+def hostile_sessions(pg):
+    """hostile_sessions(n=1, gap=0, application_name=None): n idle sessions
+    on appdb, gap seconds apart, of a fresh role then renamed to HOSTILE
+    (invalid UTF-8 is only accepted from a SQL_ASCII database;
+    pg_stat_activity shows the new name). Returns the connections, oldest
+    first; at the end of the test they are closed and the role dropped. Once
+    per test (there is one HOSTILE)."""
+    made = []
+
+    def make(n=1, gap=0.0, application_name=None):
+        assert not made, "hostile_sessions once per test"
+        plain = "hostile_" + uuid.uuid4().hex[:8]
+        su = pg.connect(user="postgres", dbname="postgres")
+        su.execute(f"CREATE ROLE {plain} LOGIN")
+        if not su.execute("SELECT 1 FROM pg_database WHERE datname = 'sqlascii'").fetchall():
+            su.execute("CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
+                       "TEMPLATE template0")
+        conns = []
+        for i in range(n):
+            if i:
+                time.sleep(gap)
+            conns.append(pg.connect(user=plain, dbname="appdb", application_name=application_name))
+        admin = pg.connect(user="postgres", dbname="sqlascii")
+        admin.execute(b'ALTER ROLE ' + plain.encode() + b' RENAME TO "' + HOSTILE + b'"')
+        made.append((conns, admin))
+        return conns
+
+    yield make
+    for conns, admin in made:
+        for c in conns:
+            with contextlib.suppress(Exception):
+                c.close()
+        with contextlib.suppress(Exception):
+            admin.execute(b'DROP ROLE "' + HOSTILE + b'"')
 
 
 # --------------------------------------------------------------------------

@@ -56,6 +56,9 @@ class FakeServer:
         self._stop = False
         threading.Thread(target=self._accept, daemon=True).start()
 
+    def conninfo(self, user="pgsweeper", dbname="postgres"):
+        return f"host=127.0.0.1 port={self.port} dbname={dbname} user={user} sslmode=disable"
+
     def _accept(self):
         while not self._stop:
             try:

@@ -1,9 +1,14 @@
 """Small helpers shared by the integration test files (not fixtures)."""
 
+import os
 import re
+import subprocess
 import threading
+from pathlib import Path
 
 import psycopg
+
+from conftest import REPO
 
 # One event line on stderr (SPEC section 5), e.g.
 #   main: terminated pid 4242 (user app, db appdb, app psql, local): idle 3s > max_idle 2s [rule idle-sessions]
@@ -52,13 +57,29 @@ def parse_duration_ms(text):
     return total
 
 
-def yaml_config(servers, rules, interval="1s", top=""):
-    """servers: list of (name, conninfo); rules: YAML text of a rules list
-    (indented for the server level, i.e. starting with '      - name:')."""
-    text = f"interval: {interval}\n{top}servers:\n"
-    for name, conninfo in servers:
+def yaml_str(s):
+    """A YAML double-quoted scalar: every byte reaches libpq as written."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def main_server(pg, name="main", **conninfo_extra):
+    """(name, conninfo) of the server pg as pgsweeper's role on database
+    postgres; conninfo_extra adds keywords (password=..., application_name=...)."""
+    return (name, pg.conninfo(user="pgsweeper", dbname="postgres", **conninfo_extra))
+
+
+def yaml_config(servers, rules, interval="1s", top="", server_extra=""):
+    """servers: list of (name, conninfo, ...) (what follows conninfo is
+    ignored); rules: YAML text of a rules list (indented for the server level,
+    i.e. starting with '      - name:'), the same for every server.
+    interval=None writes no interval: line (the daemon's default); top goes
+    after it, before servers:; server_extra into every server, before rules:."""
+    text = "" if interval is None else f"interval: {interval}\n"
+    text += f"{top}servers:\n"
+    for name, conninfo, *_ in servers:
         text += (f"  - name: {name}\n"
-                 f"    conninfo: \"{conninfo}\"\n"
+                 f"    conninfo: {yaml_str(conninfo)}\n"
+                 f"{server_extra}"
                  f"    rules:\n{rules}")
     return text
 
@@ -123,6 +144,35 @@ class ActiveQuery:
         """True if the query ended with a lost-connection error (terminate)."""
         return isinstance(self.error, psycopg.OperationalError) and \
             not isinstance(self.error, psycopg.errors.QueryCanceled)
+
+
+# pgsweeper's own guarded statement, run with values of the test's choosing
+# (tests/tools/guarded-action.c), so that the race between snapshot and action
+# is exercised deterministically.
+GUARDED_ACTION = Path(os.environ.get("PGSWEEPER_GUARDED_ACTION", REPO / "build" / "tests" / "guarded-action"))
+_US = "(extract(epoch FROM {}) * 1000000)::int8"
+
+
+def snapshot_of(pg, pid):
+    """The values pgsweeper's snapshot would carry for pid, as strings:
+    [state, backend_start, state_change, query_start, xact_start] (the times
+    in microseconds, "null" for none)."""
+    cols = ", ".join(_US.format(c) for c in ("backend_start", "state_change", "query_start", "xact_start"))
+    rows = pg.admin_query(f"SELECT state, {cols} FROM pg_stat_activity WHERE pid = %s", (pid,))
+    assert rows, f"pid {pid} not in pg_stat_activity"
+    state, *ts = rows[0]
+    return [state] + ["null" if t is None else str(t) for t in ts]
+
+
+def guarded_action(pg, pid, values, limit="max_idle", action="terminate", user="pgsweeper"):
+    """The guarded action on pid judged with values (as snapshot_of returns
+    them), logged in as user; its result: terminated, cancelled, changed,
+    gone or denied."""
+    argv = [str(GUARDED_ACTION), pg.conninfo(user=user, dbname="postgres"), limit, action, str(pid),
+            *map(str, values)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, f"guarded-action failed: {r.stderr}"
+    return r.stdout.strip()
 
 
 def assert_connection_dead(conn):

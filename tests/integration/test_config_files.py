@@ -14,8 +14,8 @@ import time
 import pytest
 
 from conftest import slow_factor, stop_process, wait_until
-from pgs_helpers import idle_rule, yaml_config
-from test_service import NotifySocket, main_server, own_pids, start
+from pgs_helpers import idle_rule, main_server, yaml_config
+from test_service import NotifySocket, own_pids, start
 
 DEEP_BYTES = 1024 * 1024 - 1          # just under the size cap: the depth cap must refuse it
 DEEP_ERROR = ":1:33: error: lists and mappings are nested more than 32 deep here; stopped reading"
@@ -104,7 +104,7 @@ def replace_with_deep(conf):
 @pytest.mark.parametrize("bad", ["fifo", "deep"])
 def test_reload_of_a_bad_file_keeps_enforcing(pg, sweeper, tmp_path, bad):
     notify = NotifySocket(tmp_path / "notify")
-    conf = sweeper.write_config(yaml_config(main_server(pg), idle_rule("600ms"), interval="200ms"))
+    conf = sweeper.write_config(yaml_config([main_server(pg)], idle_rule("600ms"), interval="200ms"))
     try:
         proc = start(sweeper, conf, {"NOTIFY_SOCKET": notify.path})
         notify.wait_for("READY")

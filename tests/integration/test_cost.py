@@ -5,6 +5,7 @@ import os
 import subprocess
 import time
 
+from pgs_helpers import main_server, yaml_config
 from promtext import parse as parse_metrics, value as metric_value
 
 SESSIONS = 150
@@ -12,17 +13,16 @@ RULES = 128
 GLOBS = 800
 
 
-def config(pg, metrics):
+def many_globs_config(pg, metrics):
     # Every rule matches every session, and each rule's exempt list ends with
     # the glob that exempts them, so judging tries all GLOBS globs per session
     # and rule (globs cannot be hashed), and decides nothing. One anchored
     # list keeps the file small.
     globs = "".join(f'"nomatch_{i}_*", ' for i in range(GLOBS))
-    text = f"metrics_file: {metrics}\nx-globs: &globs [{globs}\"cost-*\"]\nservers:\n  - name: main\n" \
-           f"    conninfo: \"{pg.conninfo(user='pgsweeper')}\"\n    rules:\n"
-    for r in range(RULES):
-        text += f"      - name: r{r}\n        max_idle: {r + 1}ms\n        exempt: {{applications: *globs}}\n"
-    return text
+    rules = "".join(f"      - name: r{r}\n        max_idle: {r + 1}ms\n        exempt: {{applications: *globs}}\n"
+                    for r in range(RULES))
+    return yaml_config([main_server(pg)], rules, interval=None,
+                       top=f"metrics_file: {metrics}\nx-globs: &globs [{globs}\"cost-*\"]\n")
 
 
 def once(sweeper, text):
@@ -42,13 +42,13 @@ def test_poll_duration_includes_the_judgement(pg, sweeper, tmp_path):
     metrics = tmp_path / "pgsweeper.prom"
     conns = [pg.connect(application_name=f"cost-{i}") for i in range(SESSIONS)]
     time.sleep(0.3)
-    busy = once(sweeper, config(pg, metrics))
+    busy = once(sweeper, many_globs_config(pg, metrics))
     reported = metric_value(parse_metrics(metrics.read_text()), "pgsweeper_last_poll_duration_seconds",
                             server="main")
     for c in conns:
         c.close()
     pg.end_test()
-    quiet = min(once(sweeper, config(pg, metrics)) for _ in range(2))
+    quiet = min(once(sweeper, many_globs_config(pg, metrics)) for _ in range(2))
     judging = busy - quiet
     print(f"CPU: {busy:.3f}s with {SESSIONS} sessions, {quiet:.3f}s without; last poll reported {reported:.4f}s")
     assert judging > 0.05, "the judgement is too cheap here for the test to show anything"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import SLOW, slow_factor
-from pgs_helpers import assert_connection_dead, events, idle_rule, yaml_config
+from pgs_helpers import assert_connection_dead, events, idle_rule, main_server, yaml_config
 
 INTERVAL = 0.5
 MAX_IDLE = 1.5
@@ -18,7 +18,7 @@ STOP_BOUND = 3.0 if SLOW else 1.0     # SPEC 6: "SIGTERM stops within a second"
 
 
 def daemon_config(pg, extra_servers=()):
-    servers = list(extra_servers) + [("main", pg.conninfo(user="pgsweeper", dbname="postgres"))]
+    servers = list(extra_servers) + [main_server(pg)]
     return yaml_config(servers, idle_rule("1500ms"), interval="500ms")
 
 
@@ -179,7 +179,7 @@ def test_poll_is_scheduled_at_the_limit_not_the_interval(pg, sweeper):
     victim = pg.connect(application_name="victim-app")
     vpid = victim.info.backend_pid
     t_after = time.monotonic()
-    cfg = yaml_config([("main", pg.conninfo(user="pgsweeper", dbname="postgres"))],
+    cfg = yaml_config([main_server(pg)],
                       idle_rule("1500ms"), interval="20s")
     proc = sweeper.start_daemon(cfg, "--log-target", "stderr")
     deadline = t_after + MAX_IDLE + SLACK

@@ -1,26 +1,17 @@
 """pgsweeper --explain (SPEC 12): one verdict per client session, from the
 daemon's own judgement, without a signal, a journal entry or a metrics file."""
 
-import contextlib
 import json
 import re
 import time
-import uuid
 
 import pytest
 
-from conftest import free_tcp_port, stop_process, wait_until
-from pgs_helpers import assert_connection_alive, events, parse_duration_ms
+from conftest import HOSTILE_ESCAPED, free_tcp_port, stop_process, wait_until
+from pgs_helpers import assert_connection_alive, events, main_server, parse_duration_ms, yaml_config
 
 KEYS = ["server", "pid", "user", "database", "application", "client_addr", "state", "verdict", "rule",
         "limit", "limit_ms", "elapsed_ms", "remaining_ms", "action", "reason", "blocked"]
-
-
-def server_block(name, conninfo, rules, extra=""):
-    return (f"  - name: {name}\n"
-            f"    conninfo: \"{conninfo}\"\n"
-            f"{extra}"
-            f"    rules:\n{rules}")
 
 
 def explain(sweeper, text, *args, expect=0):
@@ -69,13 +60,11 @@ VERDICT_RULES = (
 
 
 def verdict_config(pg, tmp_path):
-    conninfo = pg.conninfo(user="pgsweeper", dbname="postgres")
-    return (f"metrics_file: {tmp_path / 'metrics.prom'}\n"
-            "exempt:\n"
-            "  applications: [exempt-global]\n"
-            "servers:\n"
-            + server_block("main", conninfo, VERDICT_RULES,
-                           "    exempt:\n      applications: [exempt-server]\n"))
+    return yaml_config([main_server(pg)], VERDICT_RULES, interval=None,
+                       top=(f"metrics_file: {tmp_path / 'metrics.prom'}\n"
+                            "exempt:\n"
+                            "  applications: [exempt-global]\n"),
+                       server_extra="    exempt:\n      applications: [exempt-server]\n")
 
 
 def test_every_verdict_and_nothing_touched(pg, sweeper, journal, tmp_path, lonely_role):
@@ -91,8 +80,8 @@ def test_every_verdict_and_nothing_touched(pg, sweeper, journal, tmp_path, lonel
     pids = {k: c.info.backend_pid for k, c in sessions.items()}
     # A running daemon, logged in as the role explain uses: its connection is
     # pgsweeper's own. Its rule matches none of the sessions above.
-    daemon_cfg = ("servers:\n" + server_block("main", pg.conninfo(user="pgsweeper", dbname="postgres"),
-                                              "      - {name: nobody, max_idle: 1s, users: [no-such-user]}\n"))
+    daemon_cfg = yaml_config([main_server(pg)], "      - {name: nobody, max_idle: 1s, users: [no-such-user]}\n",
+                             interval=None)
     daemon = sweeper.start_daemon(daemon_cfg, "--log-target", "stderr")
     try:
         wait_until(lambda: pg.sweeper_polled(), 15, what="the daemon's first poll")
@@ -182,7 +171,7 @@ def test_deciding_rule_is_the_daemons(pg, sweeper):
              "      - {name: a-terminate, max_idle: 2s, action: terminate, users: [app]}\n"
              "      - {name: b-shadow, max_idle: 1s, action: terminate, dry_run: true, users: [other]}\n"
              "      - {name: b-log, max_idle: 2s, action: log, users: [other]}\n")
-    cfg = "servers:\n" + server_block("main", pg.conninfo(user="pgsweeper", dbname="postgres"), rules)
+    cfg = yaml_config([main_server(pg)], rules, interval=None)
     time.sleep(2.3)
     rows, _ = explain_json(sweeper, cfg)
     got = by_pid(rows)
@@ -200,40 +189,12 @@ def test_deciding_rule_is_the_daemons(pg, sweeper):
     assert pg.wait_pid_gone(a)
 
 
-# A role name with a newline, ESC, a C1 CSI (U+009B), an invalid byte, a
-# line separator (U+2028) and a backslash (as in test_logging.py). PostgreSQL
-# itself replaces such bytes in application_name, so they reach
-# pg_stat_activity through the role name, which explain prints the same way.
-HOSTILE = b"h\nE\x1b[31m\xc2\x9b\xff\xe2\x80\xa8\\z"
-HOSTILE_ESCAPED = "h\\x0aE\\x1b[31m\\xc2\\x9b\\xff\\u2028\\\\z"
-
-
-@pytest.fixture
-def hostile_session(pg):
-    plain = "hostile_" + uuid.uuid4().hex[:8]
-    su = pg.connect(user="postgres", dbname="postgres")
-    su.execute(f"CREATE ROLE {plain} LOGIN")
-    if not su.execute("SELECT 1 FROM pg_database WHERE datname = 'sqlascii'").fetchall():
-        su.execute("CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
-                   "TEMPLATE template0")
+def test_hostile_names(pg, sweeper, hostile_sessions):
     long_app = "a-very-long-application-name-" + "x" * 20  # under NAMEDATALEN
-    conn = pg.connect(user=plain, dbname="appdb", application_name=long_app)
-    admin = pg.connect(user="postgres", dbname="sqlascii")
-    admin.execute(b'ALTER ROLE ' + plain.encode() + b' RENAME TO "' + HOSTILE + b'"')
-    try:
-        yield conn, long_app
-    finally:
-        with contextlib.suppress(Exception):
-            conn.close()
-        with contextlib.suppress(Exception):
-            admin.execute(b'DROP ROLE "' + HOSTILE + b'"')
-
-
-def test_hostile_names(pg, sweeper, hostile_session):
-    conn, long_app = hostile_session
+    conn, = hostile_sessions(application_name=long_app)
     pid = conn.info.backend_pid
     rules = "      - {name: idle, max_idle: 1h}\n"
-    cfg = "servers:\n" + server_block("main", pg.conninfo(user="pgsweeper", dbname="postgres"), rules)
+    cfg = yaml_config([main_server(pg)], rules, interval=None)
 
     r = sweeper.run_once(cfg, "--explain", "--json")
     assert r.returncode == 0, r.stderr
@@ -260,11 +221,9 @@ def test_hostile_names(pg, sweeper, hostile_session):
 def test_several_servers_one_down(pg, sweeper):
     conn = pg.connect(user="app", application_name="multi")
     pid = conn.info.backend_pid
-    conninfo = pg.conninfo(user="pgsweeper", dbname="postgres")
     down = f"host=127.0.0.1 port={free_tcp_port()} dbname=postgres user=pgsweeper connect_timeout=2"
     rules = "      - {name: idle, max_idle: 1h}\n"
-    cfg = ("servers:\n" + server_block("main", conninfo, rules) + server_block("mirror", conninfo, rules)
-           + server_block("down", down, rules))
+    cfg = yaml_config([main_server(pg), main_server(pg, "mirror"), ("down", down)], rules, interval=None)
 
     rows, r = explain_json(sweeper, cfg, expect=1)
     assert "down" in r.stderr and "cannot connect" in r.stderr, r.stderr
@@ -284,8 +243,7 @@ def test_several_servers_one_down(pg, sweeper):
 
 
 def test_command_line_errors(pg, sweeper):
-    cfg = "servers:\n" + server_block("main", pg.conninfo(user="pgsweeper", dbname="postgres"),
-                                      "      - {name: idle, max_idle: 1h}\n")
+    cfg = yaml_config([main_server(pg)], "      - {name: idle, max_idle: 1h}\n", interval=None)
     for args in (["--json"], ["--server", "main"], ["--explain", "--once"]):
         r = sweeper.run_once(cfg, *args)
         assert r.returncode == 2, (args, r.stderr)

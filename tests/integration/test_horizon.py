@@ -7,16 +7,10 @@ import time
 import psycopg
 
 from conftest import wait_until
-from pgs_helpers import assert_connection_alive, assert_connection_dead
+from pgs_helpers import (assert_connection_alive, assert_connection_dead, guarded_action, main_server, snapshot_of,
+                         yaml_config)
 
 BURN = "DO $$ BEGIN FOR i IN 1..%d LOOP PERFORM txid_current(); COMMIT; END LOOP; END $$"
-
-
-def config(pg, rules, top=""):
-    return (f"{top}servers:\n"
-            f"  - name: main\n"
-            f"    conninfo: \"{pg.conninfo(user='pgsweeper', dbname='postgres')}\"\n"
-            f"    rules:\n{rules}")
 
 
 def burn(pg, n):
@@ -48,7 +42,7 @@ def test_repeatable_read_holder_is_ended_read_committed_untouched(pg, sweeper, j
     assert xmin_age(pg, rr_pid) >= 300
     assert xmin_age(pg, rc.info.backend_pid) is None, "READ COMMITTED idle in transaction holds no xmin"
     cursor = journal.cursor()
-    r = sweeper.run_once(config(pg, "      - {name: horizon, max_xmin_age: 2_00}\n"),
+    r = sweeper.run_once(yaml_config([main_server(pg)], "      - {name: horizon, max_xmin_age: 2_00}\n", interval=None),
                          "--once", "--log-target", "journal")
     assert r.returncode == 0, r.stderr
     assert pg.wait_pid_gone(rr.info.backend_pid), "the REPEATABLE READ holder survived"
@@ -72,8 +66,8 @@ def test_age_is_checked_at_every_poll(pg, sweeper):
     ended at the next poll (interval 500ms), with no time limit in the rule."""
     rr, rc, idle = holders(pg)
     rr_pid = rr.info.backend_pid
-    d = sweeper.start_daemon(config(pg, "      - {name: horizon, max_xmin_age: 200}\n", top="interval: 500ms\n"),
-                             "--log-target", "stderr")
+    d = sweeper.start_daemon(yaml_config([main_server(pg)], "      - {name: horizon, max_xmin_age: 200}\n",
+                                         interval="500ms"), "--log-target", "stderr")
     try:
         time.sleep(1.2)                                     # several polls: young horizon, untouched
         assert pg.pid_alive(rr.info.backend_pid)
@@ -91,30 +85,18 @@ def test_age_is_checked_at_every_poll(pg, sweeper):
 def test_guard_spares_a_new_transaction(pg):
     """The guard is xact_start: a holder that committed and began a new
     transaction after the judgement is 'changed', not ended."""
-    import os
-    import subprocess
     rr, rc, idle = holders(pg)
     pid = rr.info.backend_pid
-    old = pg.admin_query("SELECT (extract(epoch FROM backend_start) * 1000000)::int8, "
-                         "(extract(epoch FROM xact_start) * 1000000)::int8 FROM pg_stat_activity WHERE pid = %s",
-                         (pid,))[0]
+    _, backend_start, _, _, old_xact_start = snapshot_of(pg, pid)
     rr.commit()
     rr.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
     rr.execute("SELECT 1")
-    tool = os.environ.get("PGSWEEPER_GUARDED_ACTION")
-    if not tool:
-        import pytest
-        pytest.skip("PGSWEEPER_GUARDED_ACTION not set")
-    def act(xact_start):
-        out = subprocess.run([tool, pg.conninfo(user="pgsweeper", dbname="postgres"), "max_xmin_age", "terminate",
-                              str(pid), "idle in transaction", str(old[0]), "null", "null", str(xact_start)],
-                             capture_output=True, text=True, timeout=30)
-        assert out.returncode == 0, out.stderr
-        return out.stdout.strip()
 
-    assert act(old[1]) == "changed"
+    def act(xact_start):
+        return guarded_action(pg, pid, ["idle in transaction", backend_start, "null", "null", xact_start],
+                              "max_xmin_age", "terminate")
+
+    assert act(old_xact_start) == "changed"
     assert_connection_alive(rr)
-    now = pg.admin_query("SELECT (extract(epoch FROM xact_start) * 1000000)::int8 FROM pg_stat_activity "
-                         "WHERE pid = %s", (pid,))[0][0]
-    assert act(now) == "terminated"
+    assert act(snapshot_of(pg, pid)[4]) == "terminated"
     assert pg.wait_pid_gone(pid)

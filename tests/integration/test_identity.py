@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import PgCluster, _find_pg_bindir, stop_process, wait_until
-from pgs_helpers import idle_rule, yaml_config
+from pgs_helpers import idle_rule, main_server, yaml_config
 from promtext import parse as parse_metrics, value as metric_value
 from tcpproxy import TcpProxy
 from test_service import NotifySocket
@@ -67,7 +67,7 @@ def test_own_connections_are_recognised_per_cluster(namespaced_pair, sweeper):
     while not victims or max(victims) < a_next + 5:
         victims.add(b.connect(application_name="victim").info.backend_pid)
     time.sleep(1.2)
-    conf = yaml_config([("a", a.conninfo(user="pgsweeper")), ("b", b.conninfo(user="pgsweeper"))],
+    conf = yaml_config([main_server(a, "a"), main_server(b, "b")],
                        idle_rule("1s"), interval="200ms")
     proc = sweeper.start_daemon(conf, "--log-target", "stderr")
     wait_until(lambda: a.backend_pids_alive("pgsweeper"), 10, what="pgsweeper on a")
@@ -109,12 +109,12 @@ def test_abandoned_backend_is_ended_on_purpose(pg, sweeper):
 
 def test_another_pgsweeper_is_left_alone_but_its_name_is_not_a_pass(pg, sweeper):
     # A polls every 3 s: its connection sits idle far longer than B's max_idle.
-    conf_a = yaml_config([("main", pg.conninfo(user="pgsweeper"))], idle_rule("1h"), interval="3s")
+    conf_a = yaml_config([main_server(pg)], idle_rule("1h"), interval="3s")
     proc_a = sweeper.start_daemon(conf_a, "--log-target", "stderr")
     wait_until(pg.sweeper_polled, 10, what="first pgsweeper polled")
     a_pids = pg.backend_pids_alive("pgsweeper")
     spoof = pg.connect(user="app", application_name="pgsweeper")
-    conf_b = yaml_config([("main", pg.conninfo(user="pgsweeper"))], idle_rule("500ms"), interval="200ms")
+    conf_b = yaml_config([main_server(pg)], idle_rule("500ms"), interval="200ms")
     proc_b = sweeper.start_daemon(conf_b, "--log-target", "stderr")
     assert pg.wait_pid_gone(spoof.info.backend_pid, timeout=10), "application_name alone protected a session"
     time.sleep(3.5)     # A's connection has been idle > 500 ms for seconds, B polled it many times

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import SLOW, stop_process, wait_until
-from pgs_helpers import ESCALATION_SQL, ActiveQuery, idle_rule, yaml_config
+from pgs_helpers import ESCALATION_SQL, ActiveQuery, idle_rule, main_server, yaml_config
 from tcpproxy import TcpProxy
 
 # A fragment only pgsweeper's action statement carries.
@@ -55,17 +55,23 @@ def start(sweeper, proxy, extra_servers=(), rules=None):
     return sweeper.start_daemon(conf, "--log-target", "stderr"), conf
 
 
-def test_sigterm_waits_for_the_action_result(pg, sweeper, proxy_factory):
-    proxy = proxy_factory(pg, mode="delay", seconds=0.4)
-    pids = idle_victims(pg)
-    proc, _ = start(sweeper, proxy)
-    assert proxy.triggered.wait(15), "pgsweeper never sent its action"
+def sigterm_within_a_second(proc):
+    """SIGTERM: exit 0 in under a second (two with PGSWEEPER_SLOW); returns stderr."""
     t0 = time.monotonic()
     rc = stop_process(proc, signal.SIGTERM)
     took = time.monotonic() - t0
     err = proc.stderr.read()
     assert rc == 0, err
     assert took < 1.0 * (2 if SLOW else 1), f"stop took {took:.2f}s"
+    return err
+
+
+def test_sigterm_waits_for_the_action_result(pg, sweeper, proxy_factory):
+    proxy = proxy_factory(pg, mode="delay", seconds=0.4)
+    pids = idle_victims(pg)
+    proc, _ = start(sweeper, proxy)
+    assert proxy.triggered.wait(15), "pgsweeper never sent its action"
+    err = sigterm_within_a_second(proc)
     assert set(terminated(err)) == pids, err
     assert all(pg.wait_pid_gone(p) for p in pids)
 
@@ -77,12 +83,7 @@ def test_sigterm_with_the_answer_stalled_logs_unknown(pg, sweeper, proxy_factory
     assert proxy.triggered.wait(15), "pgsweeper never sent its action"
     # the server ran the statement: the sessions really are gone
     assert all(pg.wait_pid_gone(p) for p in pids)
-    t0 = time.monotonic()
-    rc = stop_process(proc, signal.SIGTERM)
-    took = time.monotonic() - t0
-    err = proc.stderr.read()
-    assert rc == 0, err
-    assert took < 1.0 * (2 if SLOW else 1), f"stop took {took:.2f}s"
+    err = sigterm_within_a_second(proc)
     assert sorted(unknown(err)) == sorted(pids), err
     assert "pgsweeper stopped before the result arrived" in err
 
@@ -108,7 +109,7 @@ def test_reload_that_drops_the_server_finishes_the_cycle(pg, sweeper, proxy_fact
     proxy = proxy_factory(pg, mode="delay", seconds=0.5)
     pids = idle_victims(pg)
     # a second server entry keeps the file valid once "main" is gone
-    other = ("other", pg.conninfo(user="pgsweeper", dbname="postgres"))
+    other = main_server(pg, "other")
     rules = idle_rule("1s", extra="        users: [nobody]\n")
     other_block = yaml_config([other], rules).split("servers:\n", 1)[1]
     conf = yaml_config([("main", proxy.conninfo())], idle_rule("1s"), interval="200ms") + other_block

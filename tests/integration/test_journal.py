@@ -6,14 +6,10 @@ import time
 
 
 from conftest import free_tcp_port
-from pgs_helpers import idle_rule, yaml_config
+from pgs_helpers import idle_rule, main_server, yaml_config
 
+# in main's conninfo: trust auth ignores the password; it must still never be printed
 SECRET = "hunter2-secret"
-
-
-def main_conninfo(pg):
-    # trust auth ignores the password; it must still never be printed
-    return pg.conninfo(user="pgsweeper", dbname="postgres", password=SECRET)
 
 
 def entries_text(entries):
@@ -26,7 +22,7 @@ def test_terminate_entry_fields(pg, sweeper, journal):
     vpid, spid = victim.info.backend_pid, second.info.backend_pid
     time.sleep(2.3)
     cursor = journal.cursor()
-    r = sweeper.run_once(yaml_config([("main", main_conninfo(pg))], idle_rule("2s")),
+    r = sweeper.run_once(yaml_config([main_server(pg, password=SECRET)], idle_rule("2s")),
                          "--once", "--log-target", "journal")
     assert r.returncode == 0, r.stderr
     assert pg.wait_pid_gone(vpid) and pg.wait_pid_gone(spid), r.stderr
@@ -79,7 +75,7 @@ def test_dry_run_entry(pg, sweeper, journal):
     vpid = victim.info.backend_pid
     time.sleep(2.3)
     cursor = journal.cursor()
-    r = sweeper.run_once(yaml_config([("main", main_conninfo(pg))], idle_rule("2s")),
+    r = sweeper.run_once(yaml_config([main_server(pg, password=SECRET)], idle_rule("2s")),
                          "--once", "--dry-run", "--log-target", "journal")
     assert r.returncode == 0, r.stderr
     got = journal.read({"PGSWEEPER_PID": vpid, "_PID": r.pid}, after_cursor=cursor)
@@ -95,7 +91,7 @@ def test_password_never_printed(pg, sweeper, journal, tmp_path):
     down = f"host=127.0.0.1 port={free_tcp_port()} dbname=postgres user=pgsweeper " \
            f"password={SECRET} connect_timeout=3"
     nosock = f"host={tmp_path} port={pg.port} dbname=postgres user=pgsweeper password={SECRET}"
-    servers = [("down", down), ("nosock", nosock), ("main", main_conninfo(pg))]
+    servers = [("down", down), ("nosock", nosock), main_server(pg, password=SECRET)]
     victim = pg.connect(application_name="victim-app")
     vpid = victim.info.backend_pid
     time.sleep(2.3)
@@ -146,7 +142,7 @@ def test_auto_target_without_terminal_uses_journal(pg, sweeper, journal):
     vpid = victim.info.backend_pid
     time.sleep(2.3)
     cursor = journal.cursor()
-    r = sweeper.run_once(yaml_config([("main", main_conninfo(pg))], idle_rule("2s")),
+    r = sweeper.run_once(yaml_config([main_server(pg, password=SECRET)], idle_rule("2s")),
                          "--once")
     assert r.returncode == 0, r.stderr
     assert pg.wait_pid_gone(vpid), r.stderr
@@ -172,7 +168,7 @@ def test_every_service_event_has_its_message_id(pg, sweeper, journal, tmp_path):
     victims = [pg.connect(application_name=f"j{i}") for i in range(3)]
     time.sleep(0.6)
     dead_port = free_tcp_port()
-    servers = [("main", main_conninfo(pg)),
+    servers = [main_server(pg, password=SECRET),
                ("down", f"host=127.0.0.1 port={dead_port} dbname=postgres user=pgsweeper password={SECRET}")]
     conf = sweeper.write_config("max_actions_per_cycle: 2\n" +
                                 yaml_config(servers, idle_rule("500ms", extra="        users: [app]\n"),
@@ -215,7 +211,7 @@ def test_log_query_adds_the_query_text(pg, sweeper, journal):
     pid = victim.info.backend_pid
     time.sleep(2.2)
     cursor = journal.cursor()
-    r = sweeper.run_once("log_query: true\n" + yaml_config([("main", main_conninfo(pg))], idle_rule("2s")),
+    r = sweeper.run_once("log_query: true\n" + yaml_config([main_server(pg, password=SECRET)], idle_rule("2s")),
                          "--once", "--log-target", "journal")
     assert r.returncode == 0, r.stderr
     got = journal.read({"PGSWEEPER_PID": pid, "_PID": r.pid}, after_cursor=cursor)

@@ -9,17 +9,10 @@ import psycopg
 import pytest
 
 from conftest import wait_until
-from pgs_helpers import ActiveQuery, assert_connection_alive, assert_connection_dead
+from pgs_helpers import (ActiveQuery, assert_connection_alive, assert_connection_dead, guarded_action, main_server,
+                         snapshot_of, yaml_config)
 
 CHAIN_PROTECTED = "22e192afa7c64449b0a3a7a352e7feac"
-
-
-def config(pg, rules, top="", server_extra=""):
-    return (f"{top}servers:\n"
-            f"  - name: main\n"
-            f"    conninfo: \"{pg.conninfo(user='pgsweeper', dbname='postgres')}\"\n"
-            f"{server_extra}"
-            f"    rules:\n{rules}")
 
 
 @pytest.fixture
@@ -65,7 +58,8 @@ def test_idle_in_transaction_root_ended_writers_finish(pg, sweeper, journal, tab
     writers = start_waiters(pg, 3, "UPDATE lk SET v = v + 1 WHERE id = 1")
     time.sleep(1.1)
     cursor = journal.cursor()
-    r = once(sweeper, config(pg, "      - {name: lock-blockers, max_blocking: 1s}\n"), journal)
+    r = once(sweeper, yaml_config([main_server(pg)], "      - {name: lock-blockers, max_blocking: 1s}\n",
+                                  interval=None), journal)
     assert pg.wait_pid_gone(bpid), "the root blocker survived"
     for w in writers:
         w.thread.join(10)
@@ -88,7 +82,8 @@ def test_stderr_line(pg, sweeper, table):
     bpid = blocker.info.backend_pid
     writers = start_waiters(pg, 2, "UPDATE lk SET v = v + 1 WHERE id = 1")
     time.sleep(1.1)
-    r = once(sweeper, config(pg, "      - {name: lock-blockers, max_blocking: 1s}\n"))
+    r = once(sweeper, yaml_config([main_server(pg)], "      - {name: lock-blockers, max_blocking: 1s}\n",
+                                  interval=None))
     line = [l for l in r.stderr.splitlines() if f"pid {bpid} " in l]
     assert len(line) == 1, r.stderr
     assert line[0].startswith(f"main: terminated pid {bpid} (user app, db appdb, app blocker, local): "
@@ -101,7 +96,8 @@ def test_stderr_line(pg, sweeper, table):
 def test_blocker_without_waiter_is_never_touched(pg, sweeper, table):
     blocker = idle_blocker(pg)
     time.sleep(1.3)
-    r = once(sweeper, config(pg, "      - {name: lock-blockers, max_blocking: 1s}\n"))
+    r = once(sweeper, yaml_config([main_server(pg)], "      - {name: lock-blockers, max_blocking: 1s}\n",
+                                  interval=None))
     assert f"pid {blocker.info.backend_pid} " not in r.stderr, r.stderr
     assert_connection_alive(blocker)
 
@@ -110,7 +106,9 @@ def test_min_blocked_above_the_queue_is_never_touched(pg, sweeper, table):
     blocker = idle_blocker(pg)
     writers = start_waiters(pg, 3, "UPDATE lk SET v = v + 1 WHERE id = 1")
     time.sleep(1.1)
-    r = once(sweeper, config(pg, "      - {name: lock-blockers, max_blocking: 1s, min_blocked: 4}\n"))
+    r = once(sweeper, yaml_config([main_server(pg)],
+                                  "      - {name: lock-blockers, max_blocking: 1s, min_blocked: 4}\n",
+                                  interval=None))
     assert f"pid {blocker.info.backend_pid} " not in r.stderr, r.stderr
     assert_connection_alive(blocker)
     assert all(waiting(pg, w.pid) for w in writers)
@@ -129,7 +127,8 @@ def test_lock_queue_alter_cancelled_selects_finish_root_untouched(pg, sweeper, j
     time.sleep(1.1)
     cursor = journal.cursor()
     rules = "      - {name: ddl-queue, max_lock_wait: 1s, min_blocked: 1, action: cancel}\n"
-    r = once(sweeper, config(pg, rules, top="exempt:\n  applications: [pg_dump]\n"), journal)
+    r = once(sweeper, yaml_config([main_server(pg)], rules,
+                                  top="exempt:\n  applications: [pg_dump]\n", interval=None), journal)
     alter.thread.join(10)
     assert isinstance(alter.error, psycopg.errors.QueryCanceled), alter.error
     assert alter.error.sqlstate == "57014"
@@ -155,8 +154,8 @@ def test_superuser_root_warned_once_never_signalled(pg, sweeper, journal, table)
     bpid = blocker.info.backend_pid
     writers = start_waiters(pg, 3, "UPDATE lk SET v = v + 1 WHERE id = 1")
     cursor = journal.cursor()
-    d = sweeper.start_daemon(config(pg, "      - {name: lock-blockers, max_blocking: 500ms}\n",
-                                    top="interval: 200ms\n"), "--log-target", "journal")
+    d = sweeper.start_daemon(yaml_config([main_server(pg)], "      - {name: lock-blockers, max_blocking: 500ms}\n",
+                                         interval="200ms"), "--log-target", "journal")
     try:
         time.sleep(3.0)                                     # many polls
         assert d.poll() is None
@@ -200,7 +199,9 @@ def test_parallel_query_leader_is_judged(pg, sweeper, journal, table):
     assert workers
     time.sleep(1.1)
     cursor = journal.cursor()
-    r = once(sweeper, config(pg, "      - {name: lock-blockers, max_blocking: 1s, action: cancel}\n"), journal)
+    r = once(sweeper, yaml_config([main_server(pg)],
+                                  "      - {name: lock-blockers, max_blocking: 1s, action: cancel}\n",
+                                  interval=None), journal)
     q.thread.join(10)
     assert isinstance(q.error, psycopg.errors.QueryCanceled), q.error
     alter.thread.join(10)
@@ -212,22 +213,13 @@ def test_parallel_query_leader_is_judged(pg, sweeper, journal, table):
 
 
 def guarded(pg, limit, action, pid, state, bs, sc, qs):
-    import os
-    import subprocess
-    tool = os.environ.get("PGSWEEPER_GUARDED_ACTION")
-    if not tool:
-        pytest.skip("PGSWEEPER_GUARDED_ACTION not set")
-    out = subprocess.run([tool, pg.conninfo(user="pgsweeper", dbname="postgres"), limit, action, str(pid), state,
-                          str(bs), str(sc), str(qs), "null"], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    """The guarded action judged with state and these times, no xact_start."""
+    return guarded_action(pg, pid, [state, bs, sc, qs, "null"], limit, action)
 
 
 def times(pg, pid):
-    return pg.admin_query("SELECT (extract(epoch FROM backend_start) * 1000000)::int8, "
-                          "(extract(epoch FROM state_change) * 1000000)::int8, "
-                          "(extract(epoch FROM query_start) * 1000000)::int8 FROM pg_stat_activity WHERE pid = %s",
-                          (pid,))[0]
+    """backend_start, state_change, query_start as the snapshot has them."""
+    return snapshot_of(pg, pid)[1:4]
 
 
 def test_guards(pg, table):
@@ -242,7 +234,7 @@ def test_guards(pg, table):
 
     (w,) = start_waiters(pg, 1, "UPDATE lk SET v = v + 1 WHERE id = 1")
     wbs, wsc, wqs = times(pg, w.pid)
-    assert guarded(pg, "max_lock_wait", "cancel", w.pid, "active", wbs, wsc, wqs - 1) == "changed"
+    assert guarded(pg, "max_lock_wait", "cancel", w.pid, "active", wbs, wsc, int(wqs) - 1) == "changed"
     blocker.rollback()                                      # the waiter gets its lock and finishes
     w.thread.join(10)
     assert w.error is None
@@ -270,7 +262,8 @@ def test_wait_start_is_the_lock_wait_not_the_query(pg, sweeper, table):
                     "DO $$ BEGIN PERFORM pg_sleep(2); UPDATE lk SET v = v + 1 WHERE id = 1; END $$")
     wait_until(lambda: waiting(pg, q.pid), 10, what="the statement queued after its sleep")
     time.sleep(0.3)
-    r = once(sweeper, config(pg, "      - {name: queue, max_lock_wait: 1500ms, action: cancel}\n"))
+    r = once(sweeper, yaml_config([main_server(pg)], "      - {name: queue, max_lock_wait: 1500ms, action: cancel}\n",
+                                  interval=None))
     if version >= 140000:
         assert f"pid {q.pid} " not in r.stderr, r.stderr
         assert waiting(pg, q.pid)
@@ -314,7 +307,8 @@ def test_prepared_transaction_root_is_warned_never_signalled(pg_prepared, sweepe
     time.sleep(1.1)
     cursor = journal.cursor()
     try:
-        r = once(sweeper, config(pg, "      - {name: lock-blockers, max_blocking: 1s}\n"), journal)
+        r = once(sweeper, yaml_config([main_server(pg)], "      - {name: lock-blockers, max_blocking: 1s}\n",
+                                      interval=None), journal)
         entries = journal.entries({"_PID": r.pid}, after_cursor=cursor)
         warned = [x for x in entries if x.get("MESSAGE_ID") == CHAIN_PROTECTED]
         assert len(warned) == 1, entries

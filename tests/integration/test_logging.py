@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import JOURNALD_BIN, free_tcp_port, slow_factor, stop_process, wait_until
-from pgs_helpers import idle_rule, yaml_config
+from conftest import HOSTILE, HOSTILE_ESCAPED, JOURNALD_BIN, free_tcp_port, slow_factor, stop_process, wait_until
+from pgs_helpers import idle_rule, main_server, yaml_config
 
 JOURNALD_CONF = """[Journal]
 Storage=volatile
@@ -179,7 +179,7 @@ def open_idle(pg, n):
 
 
 def sweeper_config(pg, max_idle="1s", interval="200ms"):
-    return yaml_config([("main", pg.conninfo(user="pgsweeper", dbname="postgres"))],
+    return yaml_config([main_server(pg)],
                        idle_rule(max_idle), interval=interval)
 
 
@@ -271,40 +271,8 @@ def test_sigterm_while_journald_is_stalled(pg, sweeper, private_journal):
     assert m and int(m.group(1)) >= len(pids), err
 
 
-# A role name with a newline, ESC, a C1 CSI (U+009B), an invalid byte, a
-# line separator (U+2028) and a backslash; and how every line shows it.
-HOSTILE = b"h\nE\x1b[31m\xc2\x9b\xff\xe2\x80\xa8\\z"
-HOSTILE_ESCAPED = "h\\x0aE\\x1b[31m\\xc2\\x9b\\xff\\u2028\\\\z"
-
-
-@pytest.fixture
-def hostile_role(pg):
-    """Two idle sessions of a role then renamed to HOSTILE (invalid UTF-8 is
-    only accepted from a SQL_ASCII database; pg_stat_activity shows the new
-    name). Yields the two connections, oldest first."""
-    plain = "hostile_" + uuid.uuid4().hex[:8]
-    su = pg.connect(user="postgres", dbname="postgres")
-    su.execute(f"CREATE ROLE {plain} LOGIN")
-    if not su.execute("SELECT 1 FROM pg_database WHERE datname = 'sqlascii'").fetchall():
-        su.execute("CREATE DATABASE sqlascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' "
-                   "TEMPLATE template0")
-    first = pg.connect(user=plain, dbname="appdb")
-    time.sleep(2.5)
-    second = pg.connect(user=plain, dbname="appdb")
-    admin = pg.connect(user="postgres", dbname="sqlascii")
-    admin.execute(b'ALTER ROLE ' + plain.encode() + b' RENAME TO "' + HOSTILE + b'"')
-    try:
-        yield first, second
-    finally:
-        for c in (first, second):
-            with contextlib.suppress(Exception):
-                c.close()
-        with contextlib.suppress(Exception):
-            admin.execute(b'DROP ROLE "' + HOSTILE + b'"')
-
-
-def test_hostile_bytes_escaped_in_line_and_message(pg, sweeper, private_journal, hostile_role):
-    first, second = hostile_role
+def test_hostile_bytes_escaped_in_line_and_message(pg, sweeper, private_journal, hostile_sessions):
+    first, second = hostile_sessions(2, gap=2.5)
     j = private_journal
     conninfo = pg.conninfo(user="pgsweeper", dbname="postgres")
     # stderr: the first session only (idle > 2s; the second is younger)

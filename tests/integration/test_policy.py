@@ -5,35 +5,14 @@ pgsweeper's own SQL with values of our choosing), so the race between
 snapshot and action is exercised deterministically: the test takes the
 snapshot values, changes the session, then acts with the stale values."""
 
-import os
-import subprocess
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from conftest import REPO, stop_process
-from pgs_helpers import ActiveQuery, assert_connection_alive, assert_connection_dead, idle_rule, yaml_config
-
-GUARDED = Path(os.environ.get("PGSWEEPER_GUARDED_ACTION", REPO / "build" / "tests" / "guarded-action"))
-US = "(extract(epoch FROM {}) * 1000000)::int8"
-
-
-def snapshot_of(pg, pid):
-    """The values pgsweeper's snapshot would carry for pid, as strings."""
-    cols = ", ".join(US.format(c) for c in ("backend_start", "state_change", "query_start", "xact_start"))
-    rows = pg.admin_query(f"SELECT state, {cols} FROM pg_stat_activity WHERE pid = %s", (pid,))
-    assert rows, f"pid {pid} not in pg_stat_activity"
-    state, *ts = rows[0]
-    return [state] + ["null" if t is None else str(t) for t in ts]
-
-
-def act(pg, pid, values, limit="max_idle", action="terminate", user="pgsweeper"):
-    argv = [str(GUARDED), pg.conninfo(user=user, dbname="postgres"), limit, action, str(pid), *values]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, f"guarded-action failed: {r.stderr}"
-    return r.stdout.strip()
+from conftest import stop_process
+from pgs_helpers import (ActiveQuery, assert_connection_alive, assert_connection_dead, guarded_action, idle_rule,
+                         main_server, snapshot_of, yaml_config)
 
 
 @pytest.fixture
@@ -49,7 +28,7 @@ def weak_role(pg):
 def test_matching_session_is_terminated(pg):
     victim = pg.connect(application_name="victim")
     pid = victim.info.backend_pid
-    assert act(pg, pid, snapshot_of(pg, pid)) == "terminated"
+    assert guarded_action(pg, pid, snapshot_of(pg, pid)) == "terminated"
     assert pg.wait_pid_gone(pid)
     assert_connection_dead(victim)
 
@@ -61,7 +40,7 @@ def test_session_that_ran_a_query_since_the_snapshot_is_left_alone(pg):
     time.sleep(0.01)
     victim.execute("SELECT 1")          # idle again, but a new state_change
     assert snapshot_of(pg, pid)[2] != stale[2], "state_change did not move"
-    assert act(pg, pid, stale) == "changed"
+    assert guarded_action(pg, pid, stale) == "changed"
     time.sleep(0.2)
     assert pg.pid_alive(pid)
     assert_connection_alive(victim)
@@ -73,7 +52,7 @@ def test_session_that_became_active_is_left_alone(pg):
     stale = snapshot_of(pg, pid)
     busy = ActiveQuery(pg, victim, "SELECT pg_sleep(3)")
     busy.wait_active()
-    assert act(pg, pid, stale) == "changed"
+    assert guarded_action(pg, pid, stale) == "changed"
     busy.thread.join(10)
     assert busy.error is None, f"the query was disturbed: {busy.error}"
     assert_connection_alive(victim)
@@ -85,7 +64,7 @@ def test_reused_pid_is_left_alone(pg):
     pid = victim.info.backend_pid
     values = snapshot_of(pg, pid)
     values[1] = str(int(values[1]) - 1)
-    assert act(pg, pid, values) == "changed"
+    assert guarded_action(pg, pid, values) == "changed"
     assert pg.pid_alive(pid)
 
 
@@ -95,7 +74,7 @@ def test_vanished_pid_is_gone(pg):
     values = snapshot_of(pg, pid)
     victim.close()
     assert pg.wait_pid_gone(pid)
-    assert act(pg, pid, values) == "gone"
+    assert guarded_action(pg, pid, values) == "gone"
 
 
 def test_cancel_hits_only_the_same_query(pg):
@@ -106,10 +85,10 @@ def test_cancel_hits_only_the_same_query(pg):
     values = snapshot_of(pg, pid)
     stale_query = list(values)
     stale_query[3] = str(int(values[3]) - 1)   # another query_start: another query
-    assert act(pg, pid, stale_query, limit="max_query_duration", action="cancel") == "changed"
+    assert guarded_action(pg, pid, stale_query, limit="max_query_duration", action="cancel") == "changed"
     time.sleep(0.2)
     assert not busy.done.is_set(), "a different query was cancelled"
-    assert act(pg, pid, values, limit="max_query_duration", action="cancel") == "cancelled"
+    assert guarded_action(pg, pid, values, limit="max_query_duration", action="cancel") == "cancelled"
     busy.thread.join(10)
     assert isinstance(busy.error, psycopg.errors.QueryCanceled), busy.error
     assert busy.error.sqlstate == "57014"
@@ -119,14 +98,14 @@ def test_cancel_hits_only_the_same_query(pg):
 def test_without_pg_signal_backend_the_result_is_denied(pg, weak_role):
     victim = pg.connect(application_name="protected-by-grants")
     pid = victim.info.backend_pid
-    assert act(pg, pid, snapshot_of(pg, pid), user=weak_role) == "denied"
+    assert guarded_action(pg, pid, snapshot_of(pg, pid), user=weak_role) == "denied"
     assert pg.pid_alive(pid)
 
 
 def test_superuser_session_is_denied_to_a_non_superuser(pg):
     victim = pg.connect(user="postgres", dbname="postgres", application_name="dba")
     pid = victim.info.backend_pid
-    assert act(pg, pid, snapshot_of(pg, pid)) == "denied"
+    assert guarded_action(pg, pid, snapshot_of(pg, pid)) == "denied"
     assert pg.pid_alive(pid)
 
 
@@ -151,7 +130,7 @@ def test_log_only_is_logged_once_per_crossing(pg, sweeper):
     """action: log keeps polling the same over-limit session; one entry, not one per poll."""
     victim = pg.connect(application_name="watched")
     pid = victim.info.backend_pid
-    conf = yaml_config([("main", pg.conninfo(user="pgsweeper", dbname="postgres"))],
+    conf = yaml_config([main_server(pg)],
                        idle_rule("300ms", action="log"), interval="200ms")
     proc = sweeper.start_daemon(conf, "--log-target", "stderr")
     time.sleep(1.5)

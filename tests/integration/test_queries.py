@@ -6,16 +6,9 @@ import time
 
 import psycopg
 
-from pgs_helpers import ActiveQuery, assert_connection_alive
+from pgs_helpers import ActiveQuery, assert_connection_alive, main_server, yaml_config
 
 ONCE = ("--once", "--log-target", "stderr")
-
-
-def config(pg, rules, top="", log_target_journal=False):
-    return (f"{top}servers:\n"
-            f"  - name: main\n"
-            f"    conninfo: \"{pg.conninfo(user='pgsweeper', dbname='postgres')}\"\n"
-            f"    rules:\n{rules}")
 
 
 def idle_after(pg, sql, app):
@@ -30,10 +23,11 @@ def test_exempt_by_query_glob_global_and_rule(pg, sweeper, journal):
     victim, victim_pid = idle_after(pg, "SELECT 'victim' AS x", "victim")
     time.sleep(1.2)
     cursor = journal.cursor()
-    r = sweeper.run_once(config(pg, "      - name: idle\n"
-                                    "        max_idle: 1s\n"
-                                    "        exempt: {queries: [\"SELECT 'rule-exempt'*\"]}\n",
-                                top="exempt:\n  queries: [\"SELECT 'keep-me'*\"]\n"),
+    r = sweeper.run_once(yaml_config([main_server(pg)],
+                                     "      - name: idle\n"
+                                     "        max_idle: 1s\n"
+                                     "        exempt: {queries: [\"SELECT 'rule-exempt'*\"]}\n",
+                                     top="exempt:\n  queries: [\"SELECT 'keep-me'*\"]\n", interval=None),
                          "--once", "--log-target", "journal")
     assert r.returncode == 0, r.stderr
     assert pg.wait_pid_gone(victim_pid), "the session whose query matches no exempt glob survived"
@@ -53,10 +47,11 @@ def test_rule_filter_by_query_glob(pg, sweeper):
     q2.wait_active()
     time.sleep(1.1)
     try:
-        r = sweeper.run_once(config(pg, "      - name: sleepers\n"
-                                        "        max_query_duration: 1s\n"
-                                        "        action: cancel\n"
-                                        "        queries: [\"SELECT pg_sleep(*\"]\n"), *ONCE)
+        r = sweeper.run_once(yaml_config([main_server(pg)],
+                                         "      - name: sleepers\n"
+                                         "        max_query_duration: 1s\n"
+                                         "        action: cancel\n"
+                                         "        queries: [\"SELECT pg_sleep(*\"]\n", interval=None), *ONCE)
         assert r.returncode == 0, r.stderr
         q1.thread.join(10)
         assert isinstance(q1.error, psycopg.errors.QueryCanceled), q1.error
@@ -71,8 +66,9 @@ def test_log_query_still_logs_the_text(pg, sweeper, journal):
     victim, pid = idle_after(pg, "SELECT 'with-text' AS x", "victim")
     time.sleep(1.2)
     cursor = journal.cursor()
-    r = sweeper.run_once(config(pg, "      - {name: idle, max_idle: 1s, queries: [\"SELECT 'with-text'*\"]}\n",
-                                top="log_query: true\n"),
+    r = sweeper.run_once(yaml_config([main_server(pg)],
+                                     "      - {name: idle, max_idle: 1s, queries: [\"SELECT 'with-text'*\"]}\n",
+                                     top="log_query: true\n", interval=None),
                          "--once", "--log-target", "journal")
     assert r.returncode == 0, r.stderr
     got = journal.read({"PGSWEEPER_PID": pid, "_PID": r.pid}, after_cursor=cursor)

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import stop_process, wait_until
 from fakepg import FakeServer
-from pgs_helpers import idle_rule, yaml_config
+from pgs_helpers import idle_rule, main_server, yaml_config
 
 
 @pytest.fixture
@@ -21,14 +21,12 @@ def silent_after_setup():
     f.close()
 
 
-def config(pg, fake):
-    servers = [("stuck", f"host=127.0.0.1 port={fake.port} dbname=postgres user=pgsweeper sslmode=disable"),
-               ("main", pg.conninfo(user="pgsweeper", dbname="postgres"))]
-    return yaml_config(servers, idle_rule("1s"), interval="300ms")
+def stuck_and_main_config(pg, fake):
+    return yaml_config([("stuck", fake.conninfo()), main_server(pg)], idle_rule("1s"), interval="300ms")
 
 
 def test_sigterm_mid_poll_exits_0_within_a_second(pg, sweeper, silent_after_setup):
-    proc = sweeper.start_daemon(config(pg, silent_after_setup), "--log-target", "stderr")
+    proc = sweeper.start_daemon(stuck_and_main_config(pg, silent_after_setup), "--log-target", "stderr")
     # the poll is the third batch: it is now in flight, unanswered
     assert silent_after_setup.wait_statements(3), "pgsweeper never sent its poll to the fake server"
     victim = pg.connect(application_name="still-enforced")
@@ -42,7 +40,7 @@ def test_sigterm_mid_poll_exits_0_within_a_second(pg, sweeper, silent_after_setu
 
 
 def test_hung_poll_times_out_and_reconnects(pg, sweeper, silent_after_setup):
-    proc = sweeper.start_daemon(config(pg, silent_after_setup), "--log-target", "stderr")
+    proc = sweeper.start_daemon(stuck_and_main_config(pg, silent_after_setup), "--log-target", "stderr")
     assert silent_after_setup.wait_statements(3)
     # the client-side timeout (10 s) drops the connection, backoff reconnects
     with silent_after_setup.received:
@@ -57,8 +55,7 @@ def test_hung_poll_times_out_and_reconnects(pg, sweeper, silent_after_setup):
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 def test_server_restart_is_survived(pg, sweeper, mode):
-    conf = yaml_config([("main", pg.conninfo(user="pgsweeper", dbname="postgres"))], idle_rule("1s"),
-                       interval="300ms")
+    conf = yaml_config([main_server(pg)], idle_rule("1s"), interval="300ms")
     proc = sweeper.start_daemon(conf, "--log-target", "stderr")
     wait_until(pg.sweeper_polled, 10, what="pgsweeper connected and polled")
     pg.restart(mode, down_for=1.5)
@@ -84,9 +81,7 @@ def test_many_servers_are_polled_concurrently(pg, sweeper):
     after another), and the real server is enforced meanwhile."""
     fakes = [FakeServer(answer=2) for _ in range(49)]
     try:
-        servers = [(f"stuck{i}", f"host=127.0.0.1 port={f.port} dbname=postgres user=pgsweeper sslmode=disable")
-                   for i, f in enumerate(fakes)]
-        servers.append(("main", pg.conninfo(user="pgsweeper", dbname="postgres")))
+        servers = [(f"stuck{i}", f.conninfo()) for i, f in enumerate(fakes)] + [main_server(pg)]
         victim = pg.connect(application_name="among-49-stuck")
         time.sleep(1.1)
         t0 = time.monotonic()
@@ -164,8 +159,7 @@ def test_status_says_what_is_wrong_now(pg, sweeper, tmp_path):
     from test_service import NotifySocket
     notify = NotifySocket(tmp_path / "notify")
     try:
-        conf = yaml_config([("main", pg.conninfo(user="pgsweeper", dbname="postgres"))], idle_rule("1s"),
-                           interval="300ms")
+        conf = yaml_config([main_server(pg)], idle_rule("1s"), interval="300ms")
         path = sweeper.write_config(conf)
         proc = subprocess.Popen([str(sweeper.binary), "-c", str(path), "--log-target", "stderr"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from conftest import PgCluster, free_tcp_port, wait_until
+from pgs_helpers import main_server, yaml_config
 
 ONCE = ("--once", "--log-target", "stderr")
 
@@ -60,13 +61,6 @@ def standby(pg):
         s.stop()
 
 
-def config(cluster, rules, server="main", top=""):
-    return (f"{top}servers:\n"
-            f"  - name: {server}\n"
-            f"    conninfo: \"{cluster.conninfo(user='pgsweeper', dbname='postgres')}\"\n"
-            f"    rules:\n{rules}")
-
-
 RULES = ("      - {name: standby-idle, max_idle: 1s, role: standby}\n"
          "      - {name: primary-idle, max_idle: 1s, role: primary, action: log}\n")
 
@@ -74,7 +68,7 @@ RULES = ("      - {name: standby-idle, max_idle: 1s, role: standby}\n"
 def test_standby_rule_never_acts_on_the_primary(pg, sweeper):
     conn = pg.connect(application_name="on-primary")
     time.sleep(1.3)
-    r = sweeper.run_once(config(pg, RULES), *ONCE)
+    r = sweeper.run_once(yaml_config([main_server(pg)], RULES, interval=None), *ONCE)
     assert r.returncode == 0, r.stderr
     pid = conn.info.backend_pid
     assert pg.pid_alive(pid), r.stderr
@@ -91,7 +85,8 @@ def test_standby_rule_acts_on_a_real_standby(pg, standby, sweeper, journal, tmp_
     metrics = tmp_path / "m.prom"
     time.sleep(1.3)
     cursor = journal.cursor()
-    r = sweeper.run_once(config(standby, RULES, server="replica", top=f"metrics_file: {metrics}\n"),
+    r = sweeper.run_once(yaml_config([main_server(standby, "replica")], RULES, interval=None,
+                                     top=f"metrics_file: {metrics}\n"),
                          "--once", "--log-target", "journal")
     assert r.returncode == 0, r.stderr
     assert standby.wait_pid_gone(pid), "the standby rule did not end the session on the standby"
@@ -111,8 +106,8 @@ def test_promotion_is_one_role_change_and_primary_rules_apply(pg, standby, sweep
     rules = ("      - {name: primary-idle, max_idle: 1s, role: primary}\n"
              "      - {name: standby-log, max_idle: 1s, role: standby, action: log}\n")
     cursor = journal.cursor()
-    d = sweeper.start_daemon(config(standby, rules, server="node",
-                                    top=f"interval: 300ms\nmetrics_file: {metrics}\n"),
+    d = sweeper.start_daemon(yaml_config([main_server(standby, "node")], rules, interval="300ms",
+                                         top=f"metrics_file: {metrics}\n"),
                              "--log-target", "journal")
     try:
         conn = standby.connect(application_name="before-promotion")

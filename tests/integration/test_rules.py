@@ -8,17 +8,10 @@ import time
 import psycopg
 import pytest
 
-from pgs_helpers import ESCALATION_SQL, ActiveQuery, assert_connection_alive, assert_connection_dead
+from pgs_helpers import (ESCALATION_SQL, ActiveQuery, assert_connection_alive, assert_connection_dead, main_server,
+                         yaml_config)
 
 ONCE = ("--once", "--log-target", "stderr")
-
-
-def config(pg, rules, top="", server_extra=""):
-    return (f"{top}servers:\n"
-            f"  - name: main\n"
-            f"    conninfo: \"{pg.conninfo(user='pgsweeper', dbname='postgres')}\"\n"
-            f"{server_extra}"
-            f"    rules:\n{rules}")
 
 
 def run_once(sweeper, text, *args):
@@ -41,7 +34,8 @@ def test_idle_in_transaction_and_aborted(pg, sweeper):
         aborted.execute("SELECT 1/0")               # idle in transaction (aborted)
     idle = pg.connect(application_name="just-idle")
     time.sleep(1.2)
-    err = run_once(sweeper, config(pg, "      - {name: stuck, max_idle_in_transaction: 1s}\n"))
+    err = run_once(sweeper, yaml_config([main_server(pg)], "      - {name: stuck, max_idle_in_transaction: 1s}\n",
+                                        interval=None))
     for c, state in ((plain, "idle in transaction"), (aborted, "idle in transaction (aborted)")):
         pid = c.info.backend_pid
         assert pg.wait_pid_gone(pid), f"{state} session survived"
@@ -54,7 +48,9 @@ def test_query_duration_cancel_keeps_the_connection(pg, sweeper):
     q = ActiveQuery(pg, conn, "SELECT pg_sleep(30)")
     q.wait_active()
     time.sleep(1.1)
-    err = run_once(sweeper, config(pg, "      - {name: runaway, max_query_duration: 1s, action: cancel}\n"))
+    err = run_once(sweeper, yaml_config([main_server(pg)],
+                                        "      - {name: runaway, max_query_duration: 1s, action: cancel}\n",
+                                        interval=None))
     q.thread.join(10)
     assert isinstance(q.error, psycopg.errors.QueryCanceled), q.error
     assert q.error.sqlstate == "57014"
@@ -67,7 +63,7 @@ def test_escalation_terminates_a_query_that_ignores_cancel(pg, sweeper):
     q = ActiveQuery(pg, conn, ESCALATION_SQL)
     q.wait_active()
     rules = "      - {name: runaway, max_query_duration: 500ms, action: cancel, escalate_after: 1s}\n"
-    proc = sweeper.start_daemon(config(pg, rules, top="interval: 200ms\n"), "--log-target", "stderr")
+    proc = sweeper.start_daemon(yaml_config([main_server(pg)], rules, interval="200ms"), "--log-target", "stderr")
     assert pg.wait_pid_gone(q.pid, timeout=10), "the stubborn query was never terminated"
     q.thread.join(10)
     assert q.killed, q.error
@@ -90,7 +86,8 @@ def test_transaction_age_any_state(pg, sweeper):
     # a fresh query: state_change is new, only the transaction is old; the
     # young transaction stays far from the limit even on a loaded machine
     conn.execute("SELECT 2")
-    err = run_once(sweeper, config(pg, "      - {name: tx, max_transaction_age: 2s}\n"))
+    err = run_once(sweeper, yaml_config([main_server(pg)], "      - {name: tx, max_transaction_age: 2s}\n",
+                                        interval=None))
     pid = conn.info.backend_pid
     assert pg.wait_pid_gone(pid)
     assert any("max_transaction_age 2s" in l for l in lines_for(err, pid)), err
@@ -103,7 +100,7 @@ def test_session_age(pg, sweeper):
     # the young session stays far from the limit even on a loaded machine
     young = pg.connect(application_name="young-session")
     young.execute("SELECT 1")
-    err = run_once(sweeper, config(pg, "      - {name: age, max_session_age: 3s}\n"))
+    err = run_once(sweeper, yaml_config([main_server(pg)], "      - {name: age, max_session_age: 3s}\n", interval=None))
     assert pg.wait_pid_gone(old.info.backend_pid)
     assert pg.pid_alive(young.info.backend_pid)
     assert any("session open" in l and "max_session_age 3s" in l for l in lines_for(err, old.info.backend_pid)), err
@@ -122,7 +119,8 @@ def test_filters(pg, sweeper, rule_filter, victim_kw, bystander_kw):
     victim = pg.connect(**victim_kw)
     bystander = pg.connect(**bystander_kw)
     time.sleep(1.1)
-    err = run_once(sweeper, config(pg, f"      - {{name: f, max_idle: 1s, {rule_filter}}}\n"))
+    err = run_once(sweeper, yaml_config([main_server(pg)], f"      - {{name: f, max_idle: 1s, {rule_filter}}}\n",
+                                        interval=None))
     assert pg.wait_pid_gone(victim.info.backend_pid), err
     assert pg.pid_alive(bystander.info.backend_pid), err
 
@@ -137,7 +135,7 @@ def test_exempt_levels(pg, sweeper, level):
     server_extra = f"    {block}\n" if level == "server" else ""
     rule = (f"      - {{name: idle, max_idle: 1s, {block}}}\n" if level == "rule"
             else "      - {name: idle, max_idle: 1s}\n")
-    err = run_once(sweeper, config(pg, rule, top=top, server_extra=server_extra))
+    err = run_once(sweeper, yaml_config([main_server(pg)], rule, top=top, server_extra=server_extra, interval=None))
     assert pg.wait_pid_gone(victim.info.backend_pid), err
     assert pg.pid_alive(spared.info.backend_pid), err
     assert not lines_for(err, spared.info.backend_pid), "an exempt session must not even be logged"
@@ -157,7 +155,7 @@ def test_builtin_protections_hold_even_against_a_rule_that_matches_everything(pg
         assert "walsender" in protected.values() and "autovacuum launcher" in protected.values(), protected
         rules = ("      - {name: everything, max_session_age: 1ms}\n"
                  "      - {name: everything-idle, max_idle: 1ms}\n")
-        err = run_once(sweeper, config(pg, rules))
+        err = run_once(sweeper, yaml_config([main_server(pg)], rules, interval=None))
         assert pg.wait_pid_gone(app.info.backend_pid), err
         for pid, kind in protected.items():
             assert pg.pid_alive(pid), f"{kind} (pid {pid}) was touched:\n{err}"
@@ -171,8 +169,8 @@ def test_builtin_protections_hold_even_against_a_rule_that_matches_everything(pg
 def test_terminate_superusers_lets_rules_judge_superusers(pg, sweeper):
     su = pg.connect(user="postgres", dbname="postgres", application_name="dba")
     time.sleep(1.1)
-    err = run_once(sweeper, config(pg, "      - {name: idle, max_idle: 1s}\n",
-                                   server_extra="    terminate_superusers: true\n"))
+    err = run_once(sweeper, yaml_config([main_server(pg)], "      - {name: idle, max_idle: 1s}\n",
+                                        server_extra="    terminate_superusers: true\n", interval=None))
     # pgsweeper's role is not a superuser: the kill is denied, with the
     # reason, once for the role (the fixture's own idle superuser session
     # is judged too; only the first denial per role is logged above debug)
@@ -180,8 +178,8 @@ def test_terminate_superusers_lets_rules_judge_superusers(pg, sweeper):
     assert len(lines) == 1 and "(user postgres," in lines[0], err
     assert "only a superuser may signal a superuser's session" in lines[0], err
     assert pg.pid_alive(su.info.backend_pid)
-    r = sweeper.run_once(config(pg, "      - {name: idle, max_idle: 1s}\n",
-                                server_extra="    terminate_superusers: true\n"), *ONCE, "-v")
+    r = sweeper.run_once(yaml_config([main_server(pg)], "      - {name: idle, max_idle: 1s}\n",
+                                     server_extra="    terminate_superusers: true\n", interval=None), *ONCE, "-v")
     assert any(l.startswith(f"main: permission denied to terminate pid {su.info.backend_pid} ")
                for l in r.stderr.splitlines()), r.stderr
 
@@ -196,7 +194,8 @@ def test_cap_250_victims(pg, sweeper):
         victims[c.info.backend_pid] = c
     try:
         time.sleep(1.1)
-        text = config(pg, "      - {name: idle, max_idle: 1s, users: [app]}\n", top="max_actions_per_cycle: 100\n")
+        text = yaml_config([main_server(pg)], "      - {name: idle, max_idle: 1s, users: [app]}\n",
+                           top="max_actions_per_cycle: 100\n", interval=None)
         cycles = 0
         while True:
             cycles += 1

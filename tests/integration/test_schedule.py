@@ -7,7 +7,7 @@ import select
 import time
 
 from conftest import SLOW, stop_process, wait_until
-from pgs_helpers import idle_rule, yaml_config
+from pgs_helpers import idle_rule, main_server, yaml_config
 from promtext import parse as parse_metrics, value as metric_value
 
 
@@ -37,7 +37,7 @@ def test_unrelated_sessions_do_not_move_the_polls(pg, sweeper, tmp_path):
     moments between polls would each have pulled a poll forward; no rule can
     act on them, so they must not."""
     rules = idle_rule("3s", extra="        exempt: {applications: [exempt-*]}\n")
-    conf = yaml_config([("main", pg.conninfo(user="pgsweeper"))], rules, interval="30s")
+    conf = yaml_config([main_server(pg)], rules, interval="30s")
     window = 7.0
     quiet, _ = count_polls(sweeper, tmp_path, conf, ["main"], window, "quiet")
     conns = []
@@ -58,10 +58,10 @@ def test_twenty_entries_on_one_cluster_poll_as_often_as_one(pg, sweeper, tmp_pat
     """Each entry's own idle connection is pgsweeper's: never a crossing to
     plan a poll for, for any entry."""
     window = 5.0
-    one = yaml_config([("e0", pg.conninfo(user="pgsweeper"))], idle_rule("1s"), interval="10s")
+    one = yaml_config([main_server(pg, "e0")], idle_rule("1s"), interval="10s")
     alone, _ = count_polls(sweeper, tmp_path, one, ["e0"], window, "one")
     names = [f"e{i}" for i in range(20)]
-    many = yaml_config([(n, pg.conninfo(user="pgsweeper")) for n in names], idle_rule("1s"), interval="10s")
+    many = yaml_config([main_server(pg, n) for n in names], idle_rule("1s"), interval="10s")
     together, err = count_polls(sweeper, tmp_path, many, names, window, "many")
     print(f"polls in {window:g}s: {alone['e0']:g} for one entry, per entry of 20: {sorted(together.values())}")
     assert alone["e0"] >= 3, alone
@@ -74,7 +74,7 @@ def test_session_opened_between_polls_is_ended_at_its_limit(pg, sweeper):
     first poll is ended at its limit, not at the next interval. Quiet means
     no other session crosses anything meanwhile, so the test's own admin
     connection stays silent and the end is seen on the victim's socket."""
-    conf = yaml_config([("main", pg.conninfo(user="pgsweeper"))], idle_rule("2s"), interval="60s")
+    conf = yaml_config([main_server(pg)], idle_rule("2s"), interval="60s")
     proc = sweeper.start_daemon(conf, "--log-target", "stderr")
     wait_until(pg.sweeper_polled, 10, what="first poll")
     time.sleep(2.5)         # the admin connection's own idle crossing is behind us
@@ -95,7 +95,7 @@ def test_capped_rest_waits_for_the_next_regular_poll(pg, sweeper):
     victims = [pg.connect(application_name=f"capped-{i}") for i in range(10)]
     dbas = []
     time.sleep(3.1)
-    conf = yaml_config([("main", pg.conninfo(user="pgsweeper"))], idle_rule("3s"), interval="30s",
+    conf = yaml_config([main_server(pg)], idle_rule("3s"), interval="30s",
                        top="max_actions_per_cycle: 4\n")
     proc = sweeper.start_daemon(conf, "--log-target", "stderr")
     seen = {}

@@ -22,6 +22,7 @@ import uuid
 import pytest
 
 from conftest import free_tcp_port, stop_process, wait_until
+from pgs_helpers import yaml_config
 from test_service import NotifySocket
 
 MARKER = "S3cr3tXYZ" + uuid.uuid4().hex[:8]
@@ -30,11 +31,6 @@ MARKER_PCT = "".join(f"%{b:02X}" for b in MARKER.encode())
 FORMS = (MARKER, MARKER_PCT, MARKER_PCT.lower(), MARKER.lower())
 
 SCRAM_ROLE = "secretuser"
-
-
-def q(s):
-    """A YAML double-quoted scalar: every byte reaches libpq as written."""
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def valid_variants(pg):
@@ -108,18 +104,8 @@ def broken_variants():
     ]
 
 
-def config_text(servers, metrics=None, interval="300ms"):
-    text = f"interval: {interval}\n"
-    if metrics:
-        text += f"metrics_file: {metrics}\n"
-    text += "servers:\n"
-    for name, conninfo, *_ in servers:
-        text += (f"  - name: {name}\n"
-                 f"    conninfo: {q(conninfo)}\n"
-                 f"    rules:\n"
-                 f"      - name: idle\n"
-                 f"        max_idle: 1h\n")
-    return text
+# every server of these configurations: one rule that ends nothing here
+RULES = "      - name: idle\n        max_idle: 1h\n"
 
 
 def leaks(text):
@@ -183,7 +169,7 @@ def run(sweeper, path, *args):
 
 
 def test_check_and_dump_of_loadable_conninfos(pg, scram_role, sweeper):
-    good = sweeper.write_config(config_text(valid_variants(pg)))
+    good = sweeper.write_config(yaml_config(valid_variants(pg), RULES, interval="300ms"))
 
     r = run(sweeper, good, "--check")
     assert r.returncode == 0, r.stderr
@@ -197,11 +183,11 @@ def test_check_and_dump_of_loadable_conninfos(pg, scram_role, sweeper):
 
 def test_broken_conninfos_are_never_echoed(sweeper):
     bad_variants = broken_variants()
-    bad = sweeper.write_config(config_text(bad_variants))
+    bad = sweeper.write_config(yaml_config(bad_variants, RULES, interval="300ms"))
 
     # one variant per file first: the failure names the variant
     for name, conninfo in bad_variants:
-        one = sweeper.write_config(config_text([(name, conninfo)]))
+        one = sweeper.write_config(yaml_config([(name, conninfo)], RULES, interval="300ms"))
         r = run(sweeper, one, "--check")
         assert r.returncode == 78, (name, r.stderr)
         assert_clean(r.stdout + r.stderr, f"--check of {name}")
@@ -229,8 +215,8 @@ def daemon(sweeper, path, extra, env):
 def test_running_daemon_never_shows_the_password(pg, scram_role, sweeper, journal, tmp_path, target):
     variants = valid_variants(pg)
     metrics = tmp_path / "pgsweeper.prom"
-    conf = sweeper.write_config(config_text(variants, metrics=metrics))
-    broken = config_text(broken_variants())
+    conf = sweeper.write_config(yaml_config(variants, RULES, interval="300ms", top=f"metrics_file: {metrics}\n"))
+    broken = yaml_config(broken_variants(), RULES, interval="300ms")
     notify = NotifySocket(tmp_path / "notify")
     cursor = journal.cursor()
     env = dict(os.environ, NOTIFY_SOCKET=notify.path)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import stop_process, wait_until
-from pgs_helpers import assert_connection_alive, idle_rule, yaml_config
+from pgs_helpers import assert_connection_alive, idle_rule, main_server, yaml_config
 
 
 class NotifySocket:
@@ -68,14 +68,10 @@ def own_pids(pg):
     return pg.backend_pids_alive("pgsweeper")
 
 
-def main_server(pg, **extra):
-    return [("main", pg.conninfo(user="pgsweeper", dbname="postgres", **extra))]
-
-
 def test_notify_sequence_and_watchdog(pg, sweeper, tmp_path):
     notify = NotifySocket(tmp_path / "notify")
     try:
-        conf = sweeper.write_config(yaml_config(main_server(pg), idle_rule("30s"), interval="500ms"))
+        conf = sweeper.write_config(yaml_config([main_server(pg)], idle_rule("30s"), interval="500ms"))
         proc = start(sweeper, conf, {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"})
         notify.wait_for("READY")
         wait_until(lambda: own_pids(pg), 10, what="pgsweeper connected")
@@ -103,7 +99,7 @@ def test_notify_sequence_and_watchdog(pg, sweeper, tmp_path):
 
 
 def test_bad_reload_keeps_the_running_rules(pg, sweeper):
-    conf = sweeper.write_config(yaml_config(main_server(pg), idle_rule("600ms"), interval="200ms"))
+    conf = sweeper.write_config(yaml_config([main_server(pg)], idle_rule("600ms"), interval="200ms"))
     proc = start(sweeper, conf)
     wait_until(lambda: own_pids(pg), 10, what="pgsweeper connected")
     before = own_pids(pg)
@@ -122,7 +118,7 @@ def test_bad_reload_keeps_the_running_rules(pg, sweeper):
 
 
 def test_good_reload_changes_rules_and_keeps_unchanged_connections(pg, sweeper):
-    conf = sweeper.write_config(yaml_config(main_server(pg), idle_rule("500ms", action="log"), interval="200ms"))
+    conf = sweeper.write_config(yaml_config([main_server(pg)], idle_rule("500ms", action="log"), interval="200ms"))
     proc = start(sweeper, conf)
     wait_until(lambda: own_pids(pg), 10, what="pgsweeper connected")
     before = own_pids(pg)
@@ -131,13 +127,13 @@ def test_good_reload_changes_rules_and_keeps_unchanged_connections(pg, sweeper):
     time.sleep(1.0)
     assert pg.pid_alive(pid), "action: log must not kill"
 
-    conf.write_text(yaml_config(main_server(pg), idle_rule("500ms", action="terminate"), interval="200ms"))
+    conf.write_text(yaml_config([main_server(pg)], idle_rule("500ms", action="terminate"), interval="200ms"))
     proc.send_signal(signal.SIGHUP)
     assert pg.wait_pid_gone(pid, timeout=5), "the reloaded rule was not applied"
     assert own_pids(pg) == before, "an unchanged server was reconnected"
 
     # a changed conninfo means a new connection
-    conf.write_text(yaml_config(main_server(pg, application_name="pgsweeper-2"),
+    conf.write_text(yaml_config([main_server(pg, application_name="pgsweeper-2")],
                                 idle_rule("500ms"), interval="200ms"))
     proc.send_signal(signal.SIGHUP)
     wait_until(lambda: own_pids(pg) and own_pids(pg) != before, 10, what="reconnect after conninfo change")
@@ -150,10 +146,10 @@ def test_good_reload_changes_rules_and_keeps_unchanged_connections(pg, sweeper):
 
 
 def test_reload_adds_and_removes_servers(pg, sweeper):
-    conf = sweeper.write_config(yaml_config(main_server(pg), idle_rule("30s"), interval="200ms"))
+    conf = sweeper.write_config(yaml_config([main_server(pg)], idle_rule("30s"), interval="200ms"))
     proc = start(sweeper, conf)
     wait_until(lambda: len(own_pids(pg)) == 1, 10, what="one connection")
-    conf.write_text(yaml_config(main_server(pg) + [("second", pg.conninfo(user="pgsweeper", dbname="appdb"))],
+    conf.write_text(yaml_config([main_server(pg), ("second", pg.conninfo(user="pgsweeper", dbname="appdb"))],
                                 idle_rule("30s"), interval="200ms"))
     proc.send_signal(signal.SIGHUP)
     wait_until(lambda: len(own_pids(pg)) == 2, 10, what="a second connection after adding a server")
@@ -177,7 +173,7 @@ def test_metrics_file_after_a_known_sequence(pg, sweeper, tmp_path):
     time.sleep(0.6)
     rules = ("      - {name: idle, max_idle: 500ms, users: [app]}\n"
              "      - {name: watch, max_idle: 500ms, users: [other], action: log}\n")
-    conf = sweeper.write_config(f"metrics_file: {metrics}\n" + yaml_config(main_server(pg), rules, interval="300ms"))
+    conf = sweeper.write_config(f"metrics_file: {metrics}\n" + yaml_config([main_server(pg)], rules, interval="300ms"))
     proc = start(sweeper, conf)
     for v in victims:
         assert pg.wait_pid_gone(v.info.backend_pid)

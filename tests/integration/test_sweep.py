@@ -7,13 +7,9 @@ import pytest
 
 from conftest import free_tcp_port, slow_factor, stop_process
 from pgs_helpers import (ActiveQuery, assert_connection_alive, assert_connection_dead,
-                         events, idle_rule, parse_duration_ms, yaml_config)
+                         events, idle_rule, main_server, parse_duration_ms, yaml_config)
 
 ONCE = ("--once", "--log-target", "stderr")
-
-
-def server(pg, name="main"):
-    return (name, pg.conninfo(user="pgsweeper", dbname="postgres"))
 
 
 class Scene:
@@ -43,6 +39,20 @@ class Scene:
         self.survivors = {c.info.backend_pid: c for c in
                           (self.superuser, self.busy_conn, self.young)}
 
+    def assert_only_reported(self, r, kind, what):
+        """The --once run r killed nothing and reported every old session as
+        kind ("dry-run", "log-only"); returns those lines by pid."""
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.3)  # a (wrong) terminate would have taken effect by now
+        for pid in list(self.old) + list(self.survivors):
+            assert self.pg.pid_alive(pid), f"{what} killed pid {pid}\n{r.stderr}"
+        assert not events(r.stderr, "terminated", "main"), r.stderr
+        lines = events(r.stderr, kind, "main")
+        assert set(lines) == set(self.old), r.stderr
+        for conn in self.old.values():
+            assert_connection_alive(conn)
+        return lines
+
     def close(self):
         self.busy.stop()
 
@@ -55,7 +65,7 @@ def scene(pg):
 
 
 def test_once_terminates_only_old_idle_sessions(pg, sweeper, scene):
-    cfg = yaml_config([server(pg)], idle_rule("2s"))
+    cfg = yaml_config([main_server(pg)], idle_rule("2s"))
     r = sweeper.run_once(cfg, *ONCE)
     assert r.returncode == 0, r.stderr
 
@@ -97,47 +107,27 @@ def test_once_terminates_only_old_idle_sessions(pg, sweeper, scene):
 def test_dry_run_kills_nothing(pg, sweeper, scene, how):
     rule_extra = "        dry_run: true\n" if how == "rule" else ""
     top = "dry_run: true\n" if how == "global" else ""
-    cfg = yaml_config([server(pg)], idle_rule("2s", extra=rule_extra), top=top)
+    cfg = yaml_config([main_server(pg)], idle_rule("2s", extra=rule_extra), top=top)
     args = ONCE + (("--dry-run",) if how == "cli" else ())
-    r = sweeper.run_once(cfg, *args)
-    assert r.returncode == 0, r.stderr
-
-    time.sleep(0.3)  # a (wrong) terminate would have taken effect by now
-    for pid in list(scene.old) + list(scene.survivors):
-        assert pg.pid_alive(pid), f"dry-run killed pid {pid}\n{r.stderr}"
-    assert not events(r.stderr, "terminated", "main"), r.stderr
-    lines = events(r.stderr, "dry-run", "main")
-    assert set(lines) == set(scene.old), r.stderr
+    lines = scene.assert_only_reported(sweeper.run_once(cfg, *args), "dry-run", "dry-run")
     m = lines[scene.pid_named]
     assert (m["user"], m["db"], m["app"], m["client"]) == ("app", "appdb", "victim-app", "local")
     assert m["limit"] == "max_idle" and m["rule"] == "idle-sessions"
-    for conn in scene.old.values():
-        assert_connection_alive(conn)
 
 
 def test_action_log_kills_nothing(pg, sweeper, scene):
-    cfg = yaml_config([server(pg)], idle_rule("2s", action="log", name="just-looking"))
-    r = sweeper.run_once(cfg, *ONCE)
-    assert r.returncode == 0, r.stderr
-
-    time.sleep(0.3)
-    for pid in list(scene.old) + list(scene.survivors):
-        assert pg.pid_alive(pid), f"action: log killed pid {pid}\n{r.stderr}"
-    assert not events(r.stderr, "terminated", "main"), r.stderr
-    lines = events(r.stderr, "log-only", "main")
-    assert set(lines) == set(scene.old), r.stderr
+    cfg = yaml_config([main_server(pg)], idle_rule("2s", action="log", name="just-looking"))
+    lines = scene.assert_only_reported(sweeper.run_once(cfg, *ONCE), "log-only", "action: log")
     m = lines[scene.pid_unnamed]
     assert (m["user"], m["db"], m["app"], m["client"]) == ("app", "appdb", "-", "local")
     assert m["rule"] == "just-looking" and m["limit"] == "max_idle"
-    for conn in scene.old.values():
-        assert_connection_alive(conn)
 
 
 def test_tcp_client_address_is_printed(pg, sweeper):
     victim = pg.connect(host="127.0.0.1", application_name="tcp-victim")
     pid = victim.info.backend_pid
     time.sleep(1.2)
-    cfg = yaml_config([server(pg)], idle_rule("1s"))
+    cfg = yaml_config([main_server(pg)], idle_rule("1s"))
     r = sweeper.run_once(cfg, *ONCE)
     assert r.returncode == 0, r.stderr
     assert pg.wait_pid_gone(pid), r.stderr
@@ -154,7 +144,7 @@ def test_unreachable_server_exit_1_and_others_enforced(pg, sweeper):
     dead_port = free_tcp_port()
     servers = [("down", f"host=127.0.0.1 port={dead_port} dbname=postgres "
                         f"user=pgsweeper connect_timeout=3"),
-               server(pg, "main")]
+               main_server(pg)]
     t0 = time.monotonic()
     r = sweeper.run_once(yaml_config(servers, idle_rule("2s")), *ONCE)
     took = time.monotonic() - t0
@@ -180,7 +170,7 @@ def test_unreachable_unix_socket_server_exit_1(pg, sweeper, tmp_path):
 def test_own_connections_are_never_touched(pg, sweeper):
     # Two server entries on the same cluster: each one's connection is, for
     # the other, an idle non-superuser session far past max_idle 100ms.
-    cfg = yaml_config([server(pg, "a"), server(pg, "b")], idle_rule("100ms"),
+    cfg = yaml_config([main_server(pg, "a"), main_server(pg, "b")], idle_rule("100ms"),
                       interval="300ms")
     proc = sweeper.start_daemon(cfg, "--log-target", "stderr")
     try:
