@@ -264,8 +264,7 @@ LOCK_RULES = ("      - {name: lock-blockers, max_blocking: %s, users: [app], app
 
 
 def lock_config(pg, blocking, lock_wait):
-    return "servers:\n" + server_block("main", pg.conninfo(user="pgsweeper", dbname="postgres"),
-                                       LOCK_RULES % (blocking, lock_wait))
+    return yaml_config([main_server(pg)], LOCK_RULES % (blocking, lock_wait), interval=None)
 
 
 def test_lock_chain_verdicts_over(pg, sweeper, table):
