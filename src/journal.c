@@ -34,11 +34,8 @@ void field_add(struct fields *f, const char *key, const char *fmt, ...) {
         if (f->n >= ELEMENTSOF(f->key))
                 return;
         va_start(ap, fmt);
-        if (vasprintf(&value, fmt, ap) < 0)
-                value = NULL;
+        value = xvasprintf(fmt, ap);
         va_end(ap);
-        if (!value)
-                return;
         f->key[f->n] = key;
         f->value[f->n] = value;
         f->n++;

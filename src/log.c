@@ -87,11 +87,8 @@ void log_event(int priority, const char *message_id, const char *server, const c
         if (priority > max_priority)
                 return;
         va_start(ap, fmt);
-        if (vasprintf(&msg, fmt, ap) < 0)
-                msg = NULL;
+        msg = xvasprintf(fmt, ap);
         va_end(ap);
-        if (!msg)
-                return;
         /* libpq messages end with a newline and may span lines: one line is easier to read and grep */
         join_lines(msg);
         if (server)
