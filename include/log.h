@@ -42,6 +42,9 @@ void log_server_role(const char *server, enum server_role previous, enum server_
 /* A lock chain whose root may not be signalled (pid 0, a protected session). */
 void log_chain_warning(const char *server, const struct chain_warning *w);
 
+/* What the next snapshot showed of the session of an unknown result. */
+void log_outcome(const char *server, const struct unknown_signal *u, enum outcome o);
+
 /* One decision and what came of it. priority < 0: the result's usual
  * priority; hint, if not NULL, is appended to the message (how to fix it). */
 void log_decision(const char *server, const struct decision *d, enum result r, int priority, const char *hint);

@@ -7,6 +7,8 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "enforce.h"
+#include "metrics.h"
 #include "policy.h"
 
 /* What makes a decision "the same one as last poll": same session, same
@@ -22,6 +24,10 @@ struct memory {
          * stays over its limit: each is logged once, when first seen. */
         struct reported *reported;
         size_t n_reported;
+        /* The same, of the cycle being logged (batch by batch): it replaces
+         * reported when the cycle ends. */
+        struct reported *reported_now;
+        size_t n_reported_now;
         /* Queries cancelled under a rule with escalate_after, watched until due. */
         struct escalation *escalations;
         size_t n_escalations;
@@ -34,6 +40,10 @@ struct memory {
         /* Roots of lock chains that may not be signalled, already warned about. */
         struct session_id *warned_roots;
         size_t n_warned_roots;
+        /* Signals whose result is unknown: the next snapshot says what
+         * became of each session (an outcome entry). */
+        struct unknown_signal *unknowns;
+        size_t n_unknowns;
         /* Target roles a permission failure was already explained for. */
         char **denied_roles;
         size_t n_denied_roles;
@@ -45,10 +55,18 @@ void memory_done(struct memory *m);
  * gone (or no longer escalate) are dropped, the others carry over by name. */
 void memory_switch(struct memory *m, const struct server *srv);
 
-/* Before judging snap: forget escalations whose query is over, and warn
- * about (and hold back from judgement: dying) sessions terminated last
- * cycle that are still there. */
-void memory_before_judge(struct memory *m, const char *server, const struct snapshot *snap);
+/* The pids a poll must read whatever their state: escalations being
+ * watched and the sessions of unknown results. Returns how many. */
+size_t memory_watched_pids(const struct memory *m, int32_t **ret);
+
+/* Before judging snap: forget escalations whose query is over, warn about
+ * (and hold back from judgement: dying) sessions terminated last cycle that
+ * are still there, and log (and count) the outcome of each unknown result:
+ * gone, or present (judged again). */
+void memory_before_judge(struct memory *m, struct metrics *metrics, const char *server, const struct snapshot *snap);
+
+/* A signal of this decision was sent and its result is unknown. */
+void memory_add_unknown(struct memory *m, const struct decision *d);
 
 /* Chains whose root may not be signalled: each root said once, for as long
  * as it stays one. */

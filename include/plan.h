@@ -19,10 +19,11 @@ int64_t plan_gap_ms(const struct server *srv, int64_t min_interval_ms);
 
 /* What a daemon (or --once) poll asks for: the rows that are past a limit,
  * or cross one that acts within one gap (a log-only rule: once crossed),
- * the pids of the escalations being watched, lock waiters when a rule
- * judges lock chains, query text when a filter or log_query needs it. */
-void plan_poll_request(const struct config *c, const struct server *srv, const struct escalation *escalations,
-                       size_t n_escalations, struct snapshot_request *ret);
+ * the watched pids (escalations, unknown results) whatever their state,
+ * lock waiters when a rule judges lock chains, query text when a filter or
+ * log_query needs it. */
+void plan_poll_request(const struct config *c, const struct server *srv, const int32_t *pids, size_t n_pids,
+                       struct snapshot_request *ret);
 
 /* What --explain asks for: every client backend (superusers too, shown as
  * protected), with no lookahead; the rest as a poll. */

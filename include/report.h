@@ -1,6 +1,8 @@
-/* A finished cycle: each decision logged with its result (once, for
- * repeats of log-only and dry-run ones), counted in the metrics, and what
- * the next cycles need remembered. */
+/* A cycle's decisions logged with their results (once, for repeats of
+ * log-only and dry-run ones), counted in the metrics, and what the next
+ * cycles need remembered. A cycle that acts in batches logs each batch's
+ * decisions as it answers: report_begin, report_decisions per range, then
+ * report_end. */
 #pragma once
 
 #include <stdbool.h>
@@ -28,4 +30,12 @@ struct cycle_outcome {
         uint64_t ended;                 /* sessions terminated or cancelled */
 };
 
+void report_begin(struct memory *m, const struct cycle *c);
+/* Log decisions [from, to). A RESULT_NOT_SENT decision is not logged. */
+struct cycle_outcome report_decisions(struct memory *m, struct metrics *metrics, const struct cycle *c, size_t from,
+                                      size_t to);
+/* The cap warning, and the log-only and dry-run decisions seen this cycle
+ * replace those of the last. */
+struct cycle_outcome report_end(struct memory *m, const struct cycle *c);
+/* All three, for a cycle whose results are all known. */
 struct cycle_outcome report_cycle(struct memory *m, struct metrics *metrics, const struct cycle *c);

@@ -1,9 +1,10 @@
-/* The guarded action: one statement per server and cycle that signals a
- * backend only if it is still the session that was judged, in the state it
- * was judged in, and says per pid what happened. */
+/* The guarded action: statements of at most ENFORCE_BATCH_MAX victims that
+ * signal a backend only if it is still the session that was judged, in the
+ * state it was judged in, and say per pid what happened. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "enforce.h"
@@ -24,6 +25,22 @@ static const char *const result_names[_RESULT_MAX] = {
 };
 
 DEFINE_STRING_TABLE_LOOKUP(result, enum result, result_names)
+
+static const char *const outcome_names[_OUTCOME_MAX] = {
+        [OUTCOME_GONE] = "gone",
+        [OUTCOME_PRESENT] = "present",
+};
+
+DEFINE_STRING_TABLE_LOOKUP(outcome, enum outcome, outcome_names)
+
+void unknown_signal_done(struct unknown_signal *u) {
+        free(u->rule);
+        free(u->user);
+        free(u->database);
+        free(u->application);
+        free(u->client_addr);
+        *u = (struct unknown_signal) {};
+}
 
 static const char *const guard_columns[_LIMIT_MAX] = {
         [LIMIT_IDLE] = "state_change",
@@ -80,23 +97,39 @@ static const char *guard_state(const struct decision *d) {
         }
 }
 
-size_t enforce_prepare(const struct judgement *j, enum result *results, struct action_batch *ret) {
-        struct array_text arrays[6] = {};
+static bool signals(const struct decision *d) {
+        return !d->dry_run && d->action != ACTION_LOG;
+}
 
-        *ret = (struct action_batch) { .index = xcalloc(j->n_decisions + 1, sizeof(size_t)) };
+size_t enforce_prepare(const struct judgement *j, enum result *results) {
+        size_t n = 0;
+
         for (size_t i = 0; i < j->n_decisions; i++) {
+                const struct decision *d = &j->decisions[i];
+                if (d->dry_run)
+                        results[i] = RESULT_DRY_RUN;
+                else if (d->action == ACTION_LOG)
+                        results[i] = RESULT_LOGGED;
+                else {
+                        results[i] = RESULT_NOT_SENT;
+                        n++;
+                }
+        }
+        return n;
+}
+
+size_t enforce_next_batch(const struct judgement *j, enum result *results, size_t *next, struct action_batch *ret) {
+        struct array_text arrays[6] = {};
+        size_t i;
+
+        *ret = (struct action_batch) { .index = xcalloc(ENFORCE_BATCH_MAX, sizeof(size_t)) };
+        for (i = *next; i < j->n_decisions && ret->n < ENFORCE_BATCH_MAX; i++) {
                 const struct decision *d = &j->decisions[i];
                 int64_t since = limit_since(d->limit, d->row);
                 char num[32];
 
-                if (d->dry_run) {
-                        results[i] = RESULT_DRY_RUN;
+                if (!signals(d) || results[i] != RESULT_NOT_SENT)
                         continue;
-                }
-                if (d->action == ACTION_LOG) {
-                        results[i] = RESULT_LOGGED;
-                        continue;
-                }
                 results[i] = RESULT_FAILED;
                 ret->index[ret->n++] = i;
                 snprintf(num, sizeof(num), "%" PRId32, d->row->pid);
@@ -109,12 +142,17 @@ size_t enforce_prepare(const struct judgement *j, enum result *results, struct a
                 array_append(&arrays[4], guard_state(d), true);
                 array_append(&arrays[5], action_to_string(d->action), true);
         }
+        *next = i;
         if (ret->n > 0)
                 for (size_t a = 0; a < ELEMENTSOF(arrays); a++) {
                         array_finish(&arrays[a]);
                         ret->params[a] = arrays[a].buf;
                 }
         return ret->n;
+}
+
+size_t action_batch_end(const struct action_batch *b) {
+        return b->n > 0 ? b->index[b->n - 1] + 1 : 0;
 }
 
 int enforce_read_result(const struct action_batch *b, const PGresult *res, enum result *results) {

@@ -149,6 +149,31 @@ void log_chain_warning(const char *server, const struct chain_warning *w) {
              w->blocked == 1 ? "" : "s", wait, limit, w->rule->name);
 }
 
+void log_outcome(const char *server, const struct unknown_signal *u, enum outcome o) {
+        _cleanup_(fields_free) struct fields f = {};
+        const char *verb = u->action == ACTION_CANCEL ? "cancel" : "terminate";
+        int priority = o == OUTCOME_GONE ? LOG_NOTICE : LOG_WARNING;
+
+        if (priority > max_priority)
+                return;
+        field_add(&f, "PGSWEEPER_SERVER", "%s", server);
+        field_add(&f, "PGSWEEPER_RULE", "%s", u->rule);
+        field_add(&f, "PGSWEEPER_ACTION", "%s", action_to_string(u->action));
+        field_add(&f, "PGSWEEPER_OUTCOME", "%s", outcome_to_string(o));
+        field_add(&f, "PGSWEEPER_PID", "%" PRId32, u->id.pid);
+        field_add(&f, "PGSWEEPER_USER", "%s", u->user);
+        field_add(&f, "PGSWEEPER_DATABASE", "%s", u->database);
+        field_add(&f, "PGSWEEPER_APPLICATION", "%s", u->application);
+        field_add(&f, "PGSWEEPER_CLIENT_ADDR", "%s", u->client_addr);
+        emit(priority, MESSAGE_ID_OUTCOME, &f, true,
+             "%s: outcome of the unknown %s of pid %" PRId32 " (user %s, db %s, app %s, %s): %s [rule %s]", server,
+             verb, u->id.pid, *u->user ? u->user : "-", *u->database ? u->database : "-",
+             *u->application ? u->application : "-", *u->client_addr ? u->client_addr : "-",
+             o == OUTCOME_GONE ? "gone, no backend with that pid and start any more"
+                               : "present, the same session is still there and is judged again",
+             u->rule);
+}
+
 /* How the elapsed time of a limit reads in a sentence. */
 static const char *limit_phrase(const struct decision *d, char buf[static 64]) {
         switch (d->limit) {

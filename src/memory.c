@@ -13,8 +13,18 @@ static void reported_free(struct reported *r, size_t n) {
         free(r);
 }
 
+static void unknowns_free(struct memory *m) {
+        for (size_t i = 0; i < m->n_unknowns; i++)
+                unknown_signal_done(&m->unknowns[i]);
+        free(m->unknowns);
+        m->unknowns = NULL;
+        m->n_unknowns = 0;
+}
+
 void memory_done(struct memory *m) {
         reported_free(m->reported, m->n_reported);
+        reported_free(m->reported_now, m->n_reported_now);
+        unknowns_free(m);
         for (size_t i = 0; i < m->n_escalations; i++)
                 free(m->escalations[i].rule);
         free(m->escalations);
@@ -52,8 +62,47 @@ void memory_switch(struct memory *m, const struct server *srv) {
         m->n_escalations = kept;
 }
 
-void memory_before_judge(struct memory *m, const char *server, const struct snapshot *snap) {
+size_t memory_watched_pids(const struct memory *m, int32_t **ret) {
+        int32_t *pids = xcalloc(m->n_escalations + m->n_unknowns + 1, sizeof(int32_t));
+        size_t n = 0;
+
+        for (size_t i = 0; i < m->n_escalations; i++)
+                pids[n++] = m->escalations[i].pid;
+        for (size_t i = 0; i < m->n_unknowns; i++)
+                pids[n++] = m->unknowns[i].id.pid;
+        *ret = pids;
+        return n;
+}
+
+void memory_add_unknown(struct memory *m, const struct decision *d) {
+        const struct snapshot_row *row = d->row;
+
+        m->unknowns = xreallocarray(m->unknowns, m->n_unknowns + 1, sizeof(*m->unknowns));
+        m->unknowns[m->n_unknowns++] = (struct unknown_signal) {
+                .id = session_id_of(row), .action = d->action, .rule = xstrdup(d->rule->name),
+                .user = xstrdup(row->user), .database = xstrdup(row->database),
+                .application = xstrdup(row->application), .client_addr = xstrdup(row->client_addr),
+        };
+}
+
+static bool in_snapshot(const struct snapshot *snap, struct session_id id) {
+        for (size_t r = 0; r < snap->n_rows; r++)
+                if (session_id_equal(id, session_id_of(&snap->rows[r])))
+                        return true;
+        return false;
+}
+
+void memory_before_judge(struct memory *m, struct metrics *metrics, const char *server, const struct snapshot *snap) {
         size_t kept = 0;
+
+        /* The snapshot read their pids (memory_watched_pids): not in it is gone. */
+        for (size_t i = 0; i < m->n_unknowns; i++) {
+                const struct unknown_signal *u = &m->unknowns[i];
+                enum outcome o = in_snapshot(snap, u->id) ? OUTCOME_PRESENT : OUTCOME_GONE;
+                log_outcome(server, u, o);
+                metrics_count_outcome(metrics, server, u->rule, u->action, o);
+        }
+        unknowns_free(m);
 
         for (size_t i = 0; i < m->n_escalations; i++) {
                 bool running = false;
@@ -66,6 +115,8 @@ void memory_before_judge(struct memory *m, const char *server, const struct snap
         }
         m->n_escalations = kept;
 
+        free(m->dying);
+        m->dying = xcalloc(m->n_ended + 1, sizeof(*m->dying));
         m->n_dying = 0;
         for (size_t i = 0; i < m->n_ended; i++)
                 for (size_t r = 0; r < snap->n_rows; r++) {

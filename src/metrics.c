@@ -10,10 +10,13 @@
 #include "macro.h"
 #include "metrics.h"
 
+/* A decision's result, or (outcome >= 0) what became of the session of an
+ * unknown one. */
 struct action_series {
         char *server, *rule;
         enum action action;
         enum result result;
+        int outcome;                /* enum outcome, or -1 */
         uint64_t count;
 };
 
@@ -63,18 +66,29 @@ static struct server_series *server_series(struct metrics *m, const char *server
         return &m->servers[m->n_servers++];
 }
 
-void metrics_count_result(struct metrics *m, const char *server, const char *rule, enum action a, enum result r) {
+static void count_action(struct metrics *m, const char *server, const char *rule, enum action a, enum result r,
+                         int outcome) {
         for (size_t i = 0; i < m->n_actions; i++) {
                 struct action_series *s = &m->actions[i];
-                if (s->action == a && s->result == r && strcmp(s->server, server) == 0 && strcmp(s->rule, rule) == 0) {
+                if (s->action == a && s->result == r && s->outcome == outcome && strcmp(s->server, server) == 0 &&
+                    strcmp(s->rule, rule) == 0) {
                         s->count++;
                         return;
                 }
         }
         m->actions = xreallocarray(m->actions, m->n_actions + 1, sizeof(*m->actions));
         m->actions[m->n_actions++] = (struct action_series) {
-                .server = xstrdup(server), .rule = xstrdup(rule), .action = a, .result = r, .count = 1,
+                .server = xstrdup(server), .rule = xstrdup(rule), .action = a, .result = r, .outcome = outcome,
+                .count = 1,
         };
+}
+
+void metrics_count_result(struct metrics *m, const char *server, const char *rule, enum action a, enum result r) {
+        count_action(m, server, rule, a, r, -1);
+}
+
+void metrics_count_outcome(struct metrics *m, const char *server, const char *rule, enum action a, enum outcome o) {
+        count_action(m, server, rule, a, RESULT_UNKNOWN, (int) o);
 }
 
 void metrics_count_poll(struct metrics *m, const char *server, bool ok, uint64_t duration_usec) {
@@ -162,6 +176,23 @@ static void server_family(FILE *f, const struct metrics *m, const char *name, co
         }
 }
 
+static void action_family(FILE *f, const struct metrics *m, const char *name, bool outcomes) {
+        for (size_t i = 0; i < m->n_actions; i++) {
+                const struct action_series *s = &m->actions[i];
+                if ((s->outcome >= 0) != outcomes)
+                        continue;
+                fprintf(f, "%s{", name);
+                label(f, "server", s->server, true);
+                label(f, "rule", s->rule, false);
+                label(f, "action", action_to_string(s->action), false);
+                if (outcomes)
+                        label(f, "outcome", outcome_to_string((enum outcome) s->outcome), false);
+                else
+                        label(f, "result", result_to_string(s->result), false);
+                fprintf(f, "} %" PRIu64 "\n", s->count);
+        }
+}
+
 void metrics_format(const struct metrics *m, FILE *f) {
         header(f, "pgsweeper_build_info", "gauge", "pgsweeper version; always 1.");
         fprintf(f, "pgsweeper_build_info{");
@@ -170,15 +201,10 @@ void metrics_format(const struct metrics *m, FILE *f) {
 
         header(f, "pgsweeper_actions_total", "counter",
                "Decisions on sessions by server, rule, action and result.");
-        for (size_t i = 0; i < m->n_actions; i++) {
-                const struct action_series *s = &m->actions[i];
-                fprintf(f, "pgsweeper_actions_total{");
-                label(f, "server", s->server, true);
-                label(f, "rule", s->rule, false);
-                label(f, "action", action_to_string(s->action), false);
-                label(f, "result", result_to_string(s->result), false);
-                fprintf(f, "} %" PRIu64 "\n", s->count);
-        }
+        action_family(f, m, "pgsweeper_actions_total", false);
+        header(f, "pgsweeper_unknown_outcomes_total", "counter",
+               "Sessions of unknown results by what the next snapshot showed: gone or present.");
+        action_family(f, m, "pgsweeper_unknown_outcomes_total", true);
 
         server_family(f, m, "pgsweeper_polls_total", "counter", "Polls started per server.", polls_value);
         server_family(f, m, "pgsweeper_poll_errors_total", "counter",

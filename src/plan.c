@@ -48,13 +48,13 @@ static void request_common(const struct config *c, const struct server *srv, str
         };
 }
 
-void plan_poll_request(const struct config *c, const struct server *srv, const struct escalation *escalations,
-                       size_t n_escalations, struct snapshot_request *ret) {
+void plan_poll_request(const struct config *c, const struct server *srv, const int32_t *pids, size_t n_pids,
+                       struct snapshot_request *ret) {
         request_common(c, srv, ret);
         request_bounds(srv, plan_gap_ms(srv, c->min_interval_ms), ret);
-        ret->pids = xcalloc(n_escalations + 1, sizeof(int32_t));
-        for (size_t i = 0; i < n_escalations; i++)
-                ret->pids[ret->n_pids++] = escalations[i].pid;
+        ret->pids = xcalloc(n_pids + 1, sizeof(int32_t));
+        for (size_t i = 0; i < n_pids; i++)
+                ret->pids[ret->n_pids++] = pids[i];
 }
 
 void plan_explain_request(const struct config *c, const struct server *srv, struct snapshot_request *ret) {

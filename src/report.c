@@ -10,8 +10,7 @@
 /* Log one decision: repeats of log-only and dry-run decisions are dropped
  * (returns false for those: nothing new happened), a permission failure is
  * explained once per target role, then debug. */
-static bool log_result(struct memory *m, const struct cycle *c, const struct decision *judged, enum result r,
-                       struct reported *now, size_t *n_now) {
+static bool log_result(struct memory *m, const struct cycle *c, const struct decision *judged, enum result r) {
         /* Query text read for a queries filter is logged only with log_query. */
         struct snapshot_row row = *judged->row;
         struct decision copy = *judged;
@@ -26,7 +25,7 @@ static bool log_result(struct memory *m, const struct cycle *c, const struct dec
                 struct reported k = { session_id_of(d->row), limit_since(d->limit, d->row), (char *) d->rule->name };
                 bool repeat = memory_reported_before(m, &k);
                 k.rule = xstrdup(k.rule);
-                now[(*n_now)++] = k;
+                m->reported_now[m->n_reported_now++] = k;
                 if (repeat)
                         return false;
                 log_decision(c->server, d, r, -1, NULL);
@@ -50,23 +49,31 @@ static bool log_result(struct memory *m, const struct cycle *c, const struct dec
         return true;
 }
 
-struct cycle_outcome report_cycle(struct memory *m, struct metrics *metrics, const struct cycle *c) {
-        const struct judgement *j = c->judgement;
-        struct reported *now = xcalloc(j->n_decisions + 1, sizeof(*now));
-        struct cycle_outcome out = {};
-        size_t n_now = 0;
+void report_begin(struct memory *m, const struct cycle *c) {
+        size_t n = c->judgement->n_decisions;
 
+        for (size_t i = 0; i < m->n_reported_now; i++)
+                free(m->reported_now[i].rule);
+        free(m->reported_now);
+        m->reported_now = xcalloc(n + 1, sizeof(*m->reported_now));
+        m->n_reported_now = 0;
         free(m->ended);
-        m->ended = xcalloc(j->n_decisions + 1, sizeof(*m->ended));
+        m->ended = xcalloc(n + 1, sizeof(*m->ended));
         m->n_ended = 0;
-        free(m->dying);
-        m->dying = xcalloc(j->n_decisions + 1, sizeof(*m->dying));
-        m->n_dying = 0;
-        for (size_t i = 0; i < j->n_decisions; i++) {
+}
+
+struct cycle_outcome report_decisions(struct memory *m, struct metrics *metrics, const struct cycle *c, size_t from,
+                                      size_t to) {
+        const struct judgement *j = c->judgement;
+        struct cycle_outcome out = {};
+
+        for (size_t i = from; i < to && i < j->n_decisions; i++) {
                 const struct decision *d = &j->decisions[i];
                 enum result r = c->results[i];
 
-                if (log_result(m, c, d, r, now, &n_now)) {
+                if (r == RESULT_NOT_SENT)
+                        continue;
+                if (log_result(m, c, d, r)) {
                         metrics_count_result(metrics, c->server, d->rule->name, d->action, r);
                         out.logged = true;
                 }
@@ -74,6 +81,8 @@ struct cycle_outcome report_cycle(struct memory *m, struct metrics *metrics, con
                         out.ended++;
                 if (r == RESULT_TERMINATED)
                         m->ended[m->n_ended++] = session_id_of(d->row);
+                if (r == RESULT_UNKNOWN)
+                        memory_add_unknown(m, d);
                 if (r == RESULT_CANCELLED && rule_escalates(d->rule) && !d->escalated) {
                         m->escalations = xreallocarray(m->escalations, m->n_escalations + 1, sizeof(*m->escalations));
                         m->escalations[m->n_escalations++] = (struct escalation) {
@@ -83,6 +92,13 @@ struct cycle_outcome report_cycle(struct memory *m, struct metrics *metrics, con
                         };
                 }
         }
+        return out;
+}
+
+struct cycle_outcome report_end(struct memory *m, const struct cycle *c) {
+        const struct judgement *j = c->judgement;
+        struct cycle_outcome out = {};
+
         if (j->n_capped > 0) {
                 log_event(LOG_WARNING, MESSAGE_ID_CAP_HIT, c->server,
                           "max_actions_per_cycle (%u) reached: %zu more sessions over their limits wait for the "
@@ -93,7 +109,19 @@ struct cycle_outcome report_cycle(struct memory *m, struct metrics *metrics, con
         for (size_t i = 0; i < m->n_reported; i++)
                 free(m->reported[i].rule);
         free(m->reported);
-        m->reported = now;
-        m->n_reported = n_now;
+        m->reported = m->reported_now;
+        m->n_reported = m->n_reported_now;
+        m->reported_now = NULL;
+        m->n_reported_now = 0;
+        return out;
+}
+
+struct cycle_outcome report_cycle(struct memory *m, struct metrics *metrics, const struct cycle *c) {
+        struct cycle_outcome out, end;
+
+        report_begin(m, c);
+        out = report_decisions(m, metrics, c, 0, c->judgement->n_decisions);
+        end = report_end(m, c);
+        out.logged |= end.logged;
         return out;
 }

@@ -97,8 +97,11 @@ struct server_state {
         uint64_t snap_received;         /* CLOCK_MONOTONIC, when its answer was read */
         struct snapshot snap;
         struct judgement judgement;
-        struct action_batch batch;
         enum result *results;
+        struct action_batch batch;      /* the batch in flight */
+        size_t next_decision;           /* where the next batch starts */
+        size_t logged_upto;             /* decisions before this one are logged */
+        struct cycle_outcome logged;    /* what the cycle logged so far */
 };
 
 /* The clock itself, not the loop's cached time: what a poll costs includes
@@ -125,6 +128,7 @@ static void cycle_reset(struct server_state *s) {
         action_batch_free(&s->batch);
         free(s->results);
         s->results = NULL;
+        s->next_decision = s->logged_upto = 0;
 }
 
 static void server_close(struct server_state *s) {
@@ -184,14 +188,41 @@ static uint64_t next_backoff(struct server_state *s) {
         return BACKOFF_MIN_USEC / 5 + r % span;
 }
 
-/* Log the cycle's decisions with their results and remember what the next
- * cycles need. */
-static struct cycle_outcome log_cycle(struct server_state *s, const char *unknown_why) {
-        return report_cycle(&s->memory, s->settings.metrics, &(struct cycle) {
+static struct cycle cycle_of(struct server_state *s, const char *unknown_why) {
+        return (struct cycle) {
                 .server = name(s), .config = s->config, .srv = s->server, .own_role = s->id.role,
                 .snap_now = s->snap.now, .judgement = &s->judgement, .results = s->results,
                 .unknown_why = unknown_why,
-        });
+        };
+}
+
+/* Log the decisions whose results are in, up to (not including) upto. */
+static void log_through(struct server_state *s, size_t upto, const char *unknown_why) {
+        struct cycle c = cycle_of(s, unknown_why);
+        struct cycle_outcome out;
+
+        if (upto <= s->logged_upto)
+                return;
+        out = report_decisions(&s->memory, s->settings.metrics, &c, s->logged_upto, upto);
+        s->logged_upto = upto;
+        s->logged.logged |= out.logged;
+        s->logged.ended += out.ended;
+}
+
+/* Log the rest of the cycle (but the batches never sent) and end it. */
+static void log_rest(struct server_state *s, const char *unknown_why) {
+        struct cycle c = cycle_of(s, unknown_why);
+
+        log_through(s, s->judgement.n_decisions, unknown_why);
+        s->logged.logged |= report_end(&s->memory, &c).logged;
+}
+
+/* The batch in flight is lost: its victims are unknown. Returns the
+ * sessions the cycle ended. */
+static uint64_t log_cycle_cut_short(struct server_state *s, const char *unknown_why) {
+        enforce_mark_unknown(&s->batch, s->results);
+        log_rest(s, unknown_why);
+        return s->logged.ended;
 }
 
 static void report(struct server_state *s, bool failed, bool eventful, uint64_t ended) {
@@ -215,10 +246,8 @@ static void server_fail(struct server_state *s, const char *what, const char *er
         uint64_t now = loop_usec(s), ended = 0;
         bool stopping = s->stopping || s->retiring;
 
-        if (s->phase == PHASE_ACTING && s->batch.n > 0) {
-                enforce_mark_unknown(&s->batch, s->results);
-                ended = log_cycle(s, "the connection failed before the result arrived").ended;
-        }
+        if (s->phase == PHASE_ACTING)
+                ended = log_cycle_cut_short(s, "the connection failed before the result arrived");
         /* Our backend may outlive a connection we give up on (the server or the
          * network stalls, TCP has not noticed): end it on purpose later. */
         if (pgconn_pq(s->pg) && !stopping)
@@ -407,15 +436,19 @@ static void server_start_connect(struct server_state *s) {
         pgconn_connect(s->pg, s->server->conninfo, CONNECT_TIMEOUT_SEC);
 }
 
-/* The cycle is over: log it and plan the next (plan_next_poll). */
+/* The cycle is over: log what is left of it and plan the next
+ * (plan_next_poll). */
 static void cycle_complete(struct server_state *s) {
         uint64_t at = plan_next_poll(s->config, s->server, &(struct plan_cycle) {
                 .poll_started = s->poll_started, .snap_received = s->snap_received,
                 .snap_now = s->snap.now, .next_deadline = s->judgement.next_deadline,
         });
-        struct cycle_outcome out = log_cycle(s, NULL);
-        bool eventful = out.logged || s->fresh;
+        bool eventful;
+        uint64_t ended;
 
+        log_rest(s, NULL);
+        eventful = s->logged.logged || s->fresh;
+        ended = s->logged.ended;
         cycle_reset(s);
         s->phase = PHASE_READY;
         s->fresh = false;
@@ -427,17 +460,39 @@ static void cycle_complete(struct server_state *s) {
                         at = s->poll_started;
                 schedule(s, at);
         }
-        report(s, false, eventful, out.ended);
+        report(s, false, eventful, ended);
 }
 
+static void send_next_batch(struct server_state *s);
+
+/* One batch answered: its decisions are logged now, whatever comes of the
+ * next. A batch that failed (its statement_timeout on a host short of CPU,
+ * an error) may have signalled some: only its own victims are unknown. */
 static void on_action_done(void *userdata, PGresult *res) {
         struct server_state *s = userdata;
+        _cleanup_free_ char *why = NULL;
+
         if (enforce_read_result(&s->batch, res, s->results) < 0) {
-                /* An error can come after some backends were signalled. */
+                why = xasprintf("the action statement failed: %s", pgconn_result_error(s->pg, res));
                 log_error(name(s), "action statement failed: %s", pgconn_result_error(s->pg, res));
                 enforce_mark_unknown(&s->batch, s->results);
         }
-        cycle_complete(s);
+        log_through(s, action_batch_end(&s->batch), why);
+        action_batch_free(&s->batch);
+        send_next_batch(s);
+}
+
+/* The batches of a cycle follow one another on the connection; a stop or a
+ * retirement sends no new one (the sessions of those never sent are judged
+ * again by whoever polls next). */
+static void send_next_batch(struct server_state *s) {
+        if (s->stopping || s->retiring ||
+            enforce_next_batch(&s->judgement, s->results, &s->next_decision, &s->batch) == 0) {
+                cycle_complete(s);
+                return;
+        }
+        send_statement(s, PHASE_ACTING, SEND_QUERY, NULL, pg_action_sql, (int) ELEMENTSOF(s->batch.params),
+                       (const char *const *) s->batch.params, on_action_done);
 }
 
 /* pg_is_in_recovery() as this poll saw it: a change is one entry. */
@@ -466,7 +521,7 @@ static void judge_and_act(struct server_state *s) {
         track_role(s);
         in.n_own = registry_sessions(s->settings.registry, s->id.cluster, &own);
         in.own = own;
-        memory_before_judge(&s->memory, name(s), &s->snap);
+        memory_before_judge(&s->memory, s->settings.metrics, name(s), &s->snap);
         in.escalations = s->memory.escalations;
         in.n_escalations = s->memory.n_escalations;
         in.dying = s->memory.dying;
@@ -476,19 +531,19 @@ static void judge_and_act(struct server_state *s) {
         memory_warn_roots(&s->memory, name(s), &s->judgement);
 
         s->results = xcalloc(s->judgement.n_decisions + 1, sizeof(*s->results));
-        if (enforce_prepare(&s->judgement, s->results, &s->batch) == 0) {
-                cycle_complete(s);
-                return;
-        }
-        send_statement(s, PHASE_ACTING, SEND_QUERY, NULL, pg_action_sql, (int) ELEMENTSOF(s->batch.params),
-                       (const char *const *) s->batch.params, on_action_done);
+        enforce_prepare(&s->judgement, s->results);
+        report_begin(&s->memory, &(struct cycle) { .judgement = &s->judgement });
+        s->logged = (struct cycle_outcome) {};
+        send_next_batch(s);
 }
 
 /* What this cycle asks the server for; both statements of a poll take it. */
 static void poll_params(struct server_state *s, struct snapshot_params *ret) {
+        _cleanup_free_ int32_t *pids = NULL;
+        size_t n_pids = memory_watched_pids(&s->memory, &pids);
         struct snapshot_request req;
 
-        plan_poll_request(s->config, s->server, s->memory.escalations, s->memory.n_escalations, &req);
+        plan_poll_request(s->config, s->server, pids, n_pids, &req);
         snapshot_params_build(&req, ret);
         snapshot_request_done(&req);
 }
@@ -656,8 +711,7 @@ void server_stop(struct server_state *s) {
 void server_give_up_action(struct server_state *s, const char *why) {
         if (s->phase != PHASE_ACTING)
                 return;
-        enforce_mark_unknown(&s->batch, s->results);
-        log_cycle(s, why);
+        log_cycle_cut_short(s, why);
         wind_down(s);
 }
 

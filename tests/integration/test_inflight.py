@@ -196,3 +196,99 @@ def test_shadow_memory_survives_two_reloads_around_an_action(pg, sweeper, proxy_
     assert set(terminated(err)) == pids, err
     logged = [l for l in err.splitlines() if l.startswith(f"main: log-only: pid {watched.info.backend_pid} ")]
     assert len(logged) == 1, err
+
+
+# -- storms: batches of at most 100 victims (SPEC 15) -------------------------
+
+STORM = 250     # three batches: 100, 100, 50
+STORM_TOP = "max_actions_per_cycle: 1000\n"
+
+
+def outcomes(err, outcome, server="main"):
+    return lines(err, re.escape(server) + r": outcome of the unknown (?:terminate|cancel) of pid (\d+) .*: "
+                 + outcome + r"\b")
+
+
+def start_storm(sweeper, proxy, *extra):
+    conf = yaml_config([("main", proxy.conninfo())], idle_rule("1s"), interval="200ms", top=STORM_TOP)
+    return sweeper.start_daemon(conf, "--log-target", "stderr", *extra)
+
+
+def test_a_storm_cut_short_loses_only_the_batch_in_flight(pg, sweeper, proxy_factory):
+    """250 victims are three action statements. The connection is cut while
+    the second runs: the first batch is logged terminated as it answered,
+    only the second batch's 100 victims are unknown, and each gets an
+    outcome entry (gone) at the next snapshot; the third batch, never sent,
+    is judged again after the reconnect and terminated."""
+    proxy = proxy_factory(pg, mode="cut", seconds=0.5, skip=1)
+    pids = idle_victims(pg, STORM)
+    metrics = sweeper.tmp_path / "storm.prom"
+    conf = yaml_config([("main", proxy.conninfo())], idle_rule("1s"), interval="200ms",
+                       top=STORM_TOP + f"metrics_file: {metrics}\n")
+    proc = sweeper.start_daemon(conf, "--log-target", "stderr")
+    assert proxy.triggered.wait(30), "pgsweeper never sent a second action statement"
+    assert all(pg.wait_pid_gone(p, timeout=30) for p in pids)
+    wait_until(lambda: metrics.exists() and 'outcome="gone"} 100' in metrics.read_text(), timeout=15,
+               what="the outcomes in the metrics file")
+    assert stop_process(proc) == 0
+    err = proc.stderr.read()
+    lost = unknown(err)
+    assert len(lost) == 100, err
+    assert len(set(terminated(err))) == STORM - 100, err
+    assert set(lost) | set(terminated(err)) == pids, err
+    assert not set(lost) & set(terminated(err)), err
+    # every unknown has its outcome: the server ran the statement, so gone
+    assert sorted(outcomes(err, "gone")) == sorted(lost), err
+    assert outcomes(err, "present") == [], err
+    # the first batch was logged before the cut, the third after the reconnect
+    out = err.splitlines()
+    first_unknown = next(i for i, l in enumerate(out) if "result unknown" in l)
+    before = [l for l in out[:first_unknown] if re.match(r"main: terminated pid \d+ ", l)]
+    assert len(before) == 100, err
+    text = metrics.read_text()
+    assert re.search(r'^pgsweeper_unknown_outcomes_total\{server="main",rule="idle-sessions",'
+                     r'action="terminate",outcome="gone"\} 100$', text, re.M), text
+    assert re.search(r'^pgsweeper_actions_total\{server="main",rule="idle-sessions",'
+                     r'action="terminate",result="unknown"\} 100$', text, re.M), text
+
+
+def test_sigterm_during_a_storm_logs_every_batch_that_answered(pg, sweeper, proxy_factory):
+    """SIGTERM while the second of three batches is in flight (its answer
+    held back): the daemon stops within a second, with the first batch's 100
+    entries (terminated), 100 unknown for the batch in flight, and nothing
+    for the third batch, which was never sent: its sessions live on."""
+    proxy = proxy_factory(pg, mode="stall", skip=1)
+    pids = idle_victims(pg, STORM)
+    proc = start_storm(sweeper, proxy)
+    assert proxy.triggered.wait(30), "pgsweeper never sent a second action statement"
+    err = sigterm_within_a_second(proc)
+    done, lost = set(terminated(err)), set(unknown(err))
+    assert len(done) == 100 and len(lost) == 100, err
+    assert not done & lost, err
+    assert "pgsweeper stopped before the result arrived" in err
+    assert all(pg.wait_pid_gone(p) for p in done | lost)
+    never_sent = pids - done - lost
+    assert len(never_sent) == STORM - 200
+    assert {p for p in never_sent if pg.pid_alive(p)} == never_sent
+
+
+def test_unknown_cancel_is_followed_by_outcome_present(pg, sweeper, proxy_factory):
+    """A cancel whose answer is lost: the session survives a cancel (only its
+    query ends), so the next snapshot (which reads the pid whatever its state:
+    it is idle now, under every limit) logs it present, judged again."""
+    proxy = proxy_factory(pg, mode="cut", seconds=0.5)
+    conn = pg.connect(application_name="runaway")
+    q = ActiveQuery(pg, conn, "SELECT pg_sleep(60)")
+    q.wait_active()
+    rules = "      - {name: runaway, max_query_duration: 500ms, action: cancel}\n"
+    proc = sweeper.start_daemon(yaml_config([("main", proxy.conninfo())], rules, interval="200ms"),
+                                "--log-target", "stderr")
+    assert proxy.triggered.wait(15), "pgsweeper never sent its cancel"
+    q.thread.join(10)
+    wait_until(lambda: (pg.activity(q.pid) or [None] * 5)[4] == "idle", timeout=10, what="the cancelled session idle")
+    time.sleep(2.0)     # reconnect (backoff 0.1-0.5 s) and the next snapshot
+    assert stop_process(proc) == 0
+    err = proc.stderr.read()
+    assert lines(err, r"main: sent cancel to pid (\d+), result unknown") == [q.pid], err
+    assert outcomes(err, "present") == [q.pid], err
+    assert outcomes(err, "gone") == [], err

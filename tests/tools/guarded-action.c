@@ -24,8 +24,9 @@ int main(int argc, char **argv) {
         struct rule rule = { .name = (char *) "test" };
         struct decision d = { .row = &row, .rule = &rule };
         struct judgement j = { .decisions = &d, .n_decisions = 1 };
-        struct action_batch batch;
+        struct action_batch batch = {};
         enum result result;
+        size_t next = 0;
         PGconn *conn;
         PGresult *res;
         int64_t pid;
@@ -57,7 +58,7 @@ int main(int argc, char **argv) {
                 PQfinish(conn);
                 return 1;
         }
-        if (enforce_prepare(&j, &result, &batch) != 1) {
+        if (enforce_prepare(&j, &result) != 1 || enforce_next_batch(&j, &result, &next, &batch) != 1) {
                 fprintf(stderr, "nothing to send\n");
                 code = 1;
                 goto out;

@@ -23,14 +23,14 @@ static void test_poll_request(void) {
                                 "      - {name: long, max_query_duration: 30s, action: cancel}\n"
                                 "      - {name: tiny, max_session_age: 1s}\n"
                                 "      - {name: xmin, max_xmin_age: 1000}\n");
-        struct escalation esc[2] = { { .pid = 41 }, { .pid = 42 } };
+        int32_t watched[2] = { 41, 42 };
         struct snapshot_request req;
 
         if (!c)
                 return;
         /* gap: the smallest acting limit, 1s (max_session_age) */
         CHECK_INT(plan_gap_ms(&c->servers[0], c->min_interval_ms), 1000, "gap");
-        plan_poll_request(c, &c->servers[0], esc, 2, &req);
+        plan_poll_request(c, &c->servers[0], watched, 2, &req);
         /* an acting rule is asked for one gap early, a log-only one once crossed */
         CHECK_INT(req.bound_ms[LIMIT_IDLE], 500, "idle: log-only 500ms beats 2s - 1s");
         CHECK_INT(req.bound_ms[LIMIT_QUERY_DURATION], 29000, "query: 30s less the gap");
@@ -38,7 +38,7 @@ static void test_poll_request(void) {
         CHECK_INT(req.bound_ms[LIMIT_IDLE_IN_TRANSACTION], -1, "no rule: -1");
         CHECK_INT(req.bound_ms[LIMIT_XMIN_AGE], 1000, "an age: no lookahead");
         CHECK(!req.every_session && !req.superusers && !req.lock_waiters && !req.with_query);
-        CHECK_INT(req.n_pids, 2, "escalations' pids");
+        CHECK_INT(req.n_pids, 2, "watched pids");
         CHECK(req.pids[0] == 41 && req.pids[1] == 42);
         snapshot_request_done(&req);
         config_free(c);

@@ -1,7 +1,9 @@
 /* A finished cycle: logged once (repeats of log-only and dry-run decisions
  * dropped), counted, and remembered for the next cycles (terminated
  * sessions, escalations due); memories follow rules by name. */
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "macro.h"
 #include "memory.h"
@@ -36,7 +38,7 @@ static struct cycle_outcome run(struct memory *m, struct metrics *metrics, const
         struct cycle_outcome out;
         enum result *results;
 
-        memory_before_judge(m, srv->name, snap);
+        memory_before_judge(m, metrics, srv->name, snap);
         in.escalations = m->escalations;
         in.n_escalations = m->n_escalations;
         in.dying = m->dying;
@@ -53,6 +55,108 @@ static struct cycle_outcome run(struct memory *m, struct metrics *metrics, const
         free(results);
         judgement_free(&j);
         return out;
+}
+
+/* A storm: 250 victims are three batches (100, 100, 50) in decision order,
+ * log-only and dry-run decisions in none; a cut batch's victims are
+ * unknown, the batches never sent are not logged, and the next snapshot
+ * gives each unknown its outcome (gone or present, counted). */
+static void test_storm(void) {
+        struct config *c = load("max_actions_per_cycle: 1000\n"
+                                "servers:\n  - name: s\n    conninfo: \"dbname=x\"\n    rules:\n"
+                                "      - {name: watch, max_idle: 1s, action: log, applications: [watched]}\n"
+                                "      - {name: kill, max_idle: 1s, applications: [psql]}\n");
+        enum { N = 252 };
+        struct snapshot_row *rows = xcalloc(N, sizeof(*rows));
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = N };
+        struct policy_input in = {};
+        struct metrics *metrics = metrics_new();
+        struct memory m = {};
+        struct action_batch b = {};
+        struct judgement j;
+        enum result *results;
+        size_t next = 0, sizes[4] = {}, n_batches = 0;
+        _cleanup_free_ char *text = NULL;
+        size_t text_len = 0;
+        FILE *f;
+
+        if (!c)
+                return;
+        in.server = &c->servers[0];
+        for (int i = 0; i < N; i++)
+                rows[i] = row(100 + i, STATE_IDLE, 5);
+        rows[7].application = rows[200].application = "watched";      /* log-only */
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, N, "every session is judged");
+        results = xcalloc(N, sizeof(*results));
+        CHECK_INT(enforce_prepare(&j, results), N - 2, "250 to signal");
+        CHECK_INT(results[7], RESULT_LOGGED, "log-only has its result");
+        CHECK_INT(results[8], RESULT_NOT_SENT, "a victim starts not sent");
+        while (n_batches < 4 && enforce_next_batch(&j, results, &next, &b) > 0) {
+                sizes[n_batches++] = b.n;
+                for (size_t k = 0; k < b.n; k++)
+                        CHECK(b.index[k] != 7 && b.index[k] != 200);
+                if (n_batches == 1)
+                        CHECK_INT(action_batch_end(&b), 101, "the first batch ends after decision 100");
+                for (size_t k = 0; k < b.n && n_batches == 1; k++)
+                        results[b.index[k]] = RESULT_TERMINATED;
+                if (n_batches == 2)
+                        enforce_mark_unknown(&b, results);      /* cut short */
+                action_batch_free(&b);
+                if (n_batches == 2)
+                        break;  /* the third batch is never sent */
+        }
+        CHECK_INT(n_batches, 2, "two batches sent");
+        CHECK_INT(sizes[0], 100, "batch 1");
+        CHECK_INT(sizes[1], 100, "batch 2");
+        CHECK_INT(results[N - 1], RESULT_NOT_SENT, "the last victim was never sent");
+        CHECK_INT(enforce_next_batch(&j, results, &next, &b), 50, "the third batch: the 50 left");
+        action_batch_free(&b);
+        for (size_t i = 0; i < N; i++)
+                if (results[i] == RESULT_FAILED)
+                        results[i] = RESULT_NOT_SENT;   /* as if the stop came before it */
+
+        report_begin(&m, &(struct cycle) { .judgement = &j });
+        struct cycle cyc = { .server = "s", .config = c, .srv = &c->servers[0], .snap_now = NOW, .judgement = &j,
+                             .results = results, .unknown_why = "cut" };
+        struct cycle_outcome out = report_decisions(&m, metrics, &cyc, 0, N);
+        report_end(&m, &cyc);
+        CHECK_INT(out.ended, 100, "the first batch ended its victims");
+        CHECK_INT(m.n_unknowns, 100, "the second batch is unknown");
+        CHECK_INT(m.n_ended, 100, "terminated ones are watched");
+        CHECK_INT(m.n_reported, 2, "the log-only decisions are remembered");
+        int32_t *pids;
+        CHECK_INT(memory_watched_pids(&m, &pids), 100, "the unknowns' pids are read by the next poll");
+        free(pids);
+
+        /* Next snapshot: one unknown victim is still there, the others gone. */
+        struct snapshot_row present = {};
+        for (size_t i = 0; i < N; i++)
+                if (session_id_equal(session_id_of(&rows[i]), m.unknowns[0].id))
+                        present = rows[i];
+        struct snapshot next_snap = { .now = NOW + S(1), .rows = &present, .n_rows = 1 };
+        CHECK_INT(present.pid, m.unknowns[0].id.pid, "found");
+        memory_before_judge(&m, metrics, "s", &next_snap);
+        CHECK_INT(m.n_unknowns, 0, "each outcome is said once");
+        f = open_memstream(&text, &text_len);
+        metrics_format(metrics, f);
+        fclose(f);
+        CHECK(strstr(text, "pgsweeper_unknown_outcomes_total{server=\"s\",rule=\"kill\",action=\"terminate\","
+                           "outcome=\"gone\"} 99\n"));
+        CHECK(strstr(text, "pgsweeper_unknown_outcomes_total{server=\"s\",rule=\"kill\",action=\"terminate\","
+                           "outcome=\"present\"} 1\n"));
+        CHECK(strstr(text, "pgsweeper_actions_total{server=\"s\",rule=\"kill\",action=\"terminate\","
+                           "result=\"unknown\"} 100\n"));
+        CHECK(strstr(text, "pgsweeper_actions_total{server=\"s\",rule=\"kill\",action=\"terminate\","
+                           "result=\"terminated\"} 100\n"));
+        CHECK(!strstr(text, "action=\"terminate\",result=\"failed\""));
+
+        free(results);
+        judgement_free(&j);
+        memory_done(&m);
+        metrics_free(metrics);
+        free(rows);
+        config_free(c);
 }
 
 int main(void) {
@@ -113,5 +217,6 @@ int main(void) {
         metrics_free(metrics);
         config_free(c);
         config_free(c2);
+        test_storm();
         return unit_finish("test-report");
 }
