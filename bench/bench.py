@@ -1103,6 +1103,94 @@ def locks_main():
           "pgsweeper process and its backend by /proc/PID/schedstat.")
 
 
+# --- g. storms: many victims in one cycle (SPEC 15) ------------------------------
+
+STORM_SIZES = [int(x) for x in os.environ.get("BENCH_STORM_SIZES", "500,2000").split(",")]
+STORM_ROUNDS = int(os.environ.get("BENCH_STORM_ROUNDS", "2"))
+STORM_PSQL_SQL = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                  "WHERE usename = 'app' AND state = 'idle'")
+
+
+def storm_once(admin, n, method):
+    """n idle app sessions, idle > 1 s; then either one pgsweeper --once
+    (cap above n) or one psql statement ends them all. Returns the time from
+    spawning the process to the last session gone from pg_stat_activity
+    (polled every 10 ms), and for pgsweeper its terminated and unknown entries."""
+    conns = open_sessions(n)
+    try:
+        wait_count(admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state = 'idle'", n, 60)
+        time.sleep(1.2)
+        out = {}
+        t0 = time.monotonic()
+        if method == "pgsweeper":
+            cfg = write_config(f"storm-{n}", interval="60s", rules=[("idle", "1s")], max_actions=n + 100)
+            p = start_sweeper(cfg, f"storm-{n}", "--once")
+        else:
+            p = subprocess.Popen([os.path.join(PG_BINDIR, "psql"), "-X", "-q", "-h", PGHOST, "-p", PGPORT,
+                                  "-U", "postgres", "-d", "postgres", "-c", STORM_PSQL_SQL],
+                                 stdout=subprocess.DEVNULL)
+        gone = None
+        while time.monotonic() - t0 < 120:
+            if app_count(admin) == 0:
+                gone = time.monotonic() - t0
+                break
+            time.sleep(0.01)
+        p.wait(60)
+        out["wall"] = time.monotonic() - t0
+        if method == "pgsweeper":
+            children.remove(p)
+            out["terminated"] = count_lines(p.errfile, ": terminated pid")
+            out["unknown"] = count_lines(p.errfile, "result unknown")
+            out["rc"] = p.returncode
+        out["all_gone"] = gone
+        return out
+    finally:
+        close_all(conns)
+        wait_no_app(60)
+
+
+def burners(k):
+    return [subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"]) for _ in range(k)]
+
+
+def storm_main():
+    """BENCH_ONLY=storm: g. only; quiet, then with two CPU burners."""
+    admin = connect(user="postgres", dbname="postgres")
+    server_version = admin.execute("SHOW server_version").fetchone()[0]
+    rows = []
+    for load in ("quiet", "loaded"):
+        hogs = burners(2) if load == "loaded" else []
+        try:
+            for n in STORM_SIZES:
+                res = {"pgsweeper": [], "psql": []}
+                for r in range(STORM_ROUNDS):
+                    order = ("psql", "pgsweeper") if r % 2 == 0 else ("pgsweeper", "psql")
+                    for method in order:
+                        log(f"g. {load}: {n} victims, {method}, round {r + 1}")
+                        res[method].append(storm_once(admin, n, method))
+                rows.append((load, n, res))
+        finally:
+            for h in hogs:
+                h.kill()
+                h.wait()
+    print()
+    print(f"g. storms: PostgreSQL {server_version}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"{STORM_ROUNDS} rounds per method (alternating order), cap above N")
+    print(f"{'host':<7} {'N':>5}  {'psql: all gone':>15}  {'pgsweeper: all gone':>20}  {'ratio':>6}  "
+          f"{'terminated':>10}  {'unknown':>7}  target")
+    for load, n, res in rows:
+        ps = statistics.median(x["all_gone"] or float("inf") for x in res["psql"])
+        sw = statistics.median(x["all_gone"] or float("inf") for x in res["pgsweeper"])
+        term = min(x["terminated"] for x in res["pgsweeper"])
+        unk = max(x["unknown"] for x in res["pgsweeper"])
+        ok = sw <= 1.1 * ps and term == n and unk == 0
+        print(f"{load:<7} {n:>5}  {sec(ps):>15}  {sec(sw):>20}  {sw / ps:>6.2f}  {term:>10}  {unk:>7}  "
+              f"<= 1.1x, all terminated, none unknown {verdict(ok)}")
+        for method in ("psql", "pgsweeper"):
+            print(f"        {method}: all gone " + ", ".join(sec(x['all_gone'] or float('inf')) for x in res[method])
+                  + "; process wall " + ", ".join(sec(x['wall']) for x in res[method]))
+
+
 def quiet_main():
     """BENCH_ONLY=quiet: only scenario a2 (latency on a quiet server)."""
     for variant in ("silent", "admin"):
@@ -1118,5 +1206,7 @@ if __name__ == "__main__":
         locks_main()
     elif os.environ.get("BENCH_ONLY") == "quiet":
         quiet_main()
+    elif os.environ.get("BENCH_ONLY") == "storm":
+        storm_main()
     else:
         main()

@@ -102,6 +102,8 @@ def test_lost_connection_logs_unknown_and_goes_on(pg, sweeper, proxy_factory):
     assert sorted(unknown(err)) == sorted(pids), err
     assert terminated(err) == [late.info.backend_pid], err
     assert "the connection failed before the result arrived" in err
+    # the next snapshot, after the reconnect, says what became of each
+    assert sorted(outcomes(err, "gone")) == sorted(pids), err
 
 
 @pytest.mark.parametrize("change", ["removed", "conninfo"])
@@ -292,3 +294,26 @@ def test_unknown_cancel_is_followed_by_outcome_present(pg, sweeper, proxy_factor
     assert lines(err, r"main: sent cancel to pid (\d+), result unknown") == [q.pid], err
     assert outcomes(err, "present") == [q.pid], err
     assert outcomes(err, "gone") == [], err
+
+
+def test_outcome_entry_in_the_journal(pg, sweeper, proxy_factory, journal):
+    """The outcome entry's fields and MESSAGE_ID, read back from journald."""
+    proxy = proxy_factory(pg, mode="cut", seconds=0.3)
+    pids = idle_victims(pg, 3)
+    cursor = journal.cursor()
+    proc = sweeper.start_daemon(yaml_config([("main", proxy.conninfo())], idle_rule("1s"), interval="200ms"),
+                                "--log-target", "journal")
+    assert proxy.triggered.wait(15), "pgsweeper never sent its action"
+    victim = sorted(pids)[0]
+    got = journal.read({"PGSWEEPER_PID": victim, "PGSWEEPER_OUTCOME": "gone"}, after_cursor=cursor, timeout=15)
+    assert stop_process(proc) == 0
+    assert len(got) == 1, got
+    e = got[0]
+    assert e["MESSAGE_ID"] == "13377f00caee466294ff3240645d42f7", e
+    assert e["PRIORITY"] == "5", e
+    for k, v in {"PGSWEEPER_SERVER": "main", "PGSWEEPER_RULE": "idle-sessions", "PGSWEEPER_ACTION": "terminate",
+                 "PGSWEEPER_USER": "app", "PGSWEEPER_DATABASE": "appdb", "PGSWEEPER_CLIENT_ADDR": "local"}.items():
+        assert e.get(k) == v, (k, e)
+    assert "outcome of the unknown terminate of pid %d" % victim in e["MESSAGE"], e
+    unknown_entries = journal.read({"PGSWEEPER_PID": victim, "PGSWEEPER_RESULT": "unknown"}, after_cursor=cursor)
+    assert len(unknown_entries) == 1, unknown_entries
