@@ -1103,7 +1103,7 @@ def locks_main():
           "pgsweeper process and its backend by /proc/PID/schedstat.")
 
 
-# --- g. storms: many victims in one cycle (SPEC 15) ------------------------------
+# --- storms (issue 18): many victims in one cycle (SPEC 15) ------------------------------
 
 STORM_SIZES = [int(x) for x in os.environ.get("BENCH_STORM_SIZES", "500,2000").split(",")]
 STORM_ROUNDS = int(os.environ.get("BENCH_STORM_ROUNDS", "2"))
@@ -1149,12 +1149,39 @@ def storm_once(admin, n, method):
         wait_no_app(60)
 
 
+def storm_sigterm(admin, n):
+    """n idle victims, one pgsweeper daemon (cap above n); SIGTERM as soon
+    as its first entry is on stderr. Returns how long the exit took, the
+    entries written (terminated, unknown) and the sessions left alive: every
+    victim is either logged or never sent (alive)."""
+    conns = open_sessions(n)
+    try:
+        wait_count(admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state = 'idle'", n, 60)
+        time.sleep(1.2)
+        cfg = write_config(f"storm-term-{n}", interval="60s", rules=[("idle", "1s")], max_actions=n + 100)
+        p = start_sweeper(cfg, f"storm-term-{n}")
+        t0 = time.monotonic()
+        while count_lines(p.errfile, ": terminated pid") == 0 and time.monotonic() - t0 < 60:
+            time.sleep(0.002)
+        t1 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+        took = time.monotonic() - t1
+        children.remove(p)
+        time.sleep(0.5)
+        return {"exit": took, "rc": p.returncode, "terminated": count_lines(p.errfile, ": terminated pid"),
+                "unknown": count_lines(p.errfile, "result unknown"), "alive": app_count(admin)}
+    finally:
+        close_all(conns)
+        wait_no_app(60)
+
+
 def burners(k):
     return [subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"]) for _ in range(k)]
 
 
 def storm_main():
-    """BENCH_ONLY=storm: g. only; quiet, then with two CPU burners."""
+    """BENCH_ONLY=storm: the storm rows only; quiet, then with two CPU burners."""
     admin = connect(user="postgres", dbname="postgres")
     server_version = admin.execute("SHOW server_version").fetchone()[0]
     rows = []
@@ -1166,15 +1193,17 @@ def storm_main():
                 for r in range(STORM_ROUNDS):
                     order = ("psql", "pgsweeper") if r % 2 == 0 else ("pgsweeper", "psql")
                     for method in order:
-                        log(f"g. {load}: {n} victims, {method}, round {r + 1}")
+                        log(f"storm {load}: {n} victims, {method}, round {r + 1}")
                         res[method].append(storm_once(admin, n, method))
+                log(f"storm {load}: {n} victims, SIGTERM after the first batch")
+                res["sigterm"] = storm_sigterm(admin, n)
                 rows.append((load, n, res))
         finally:
             for h in hogs:
                 h.kill()
                 h.wait()
     print()
-    print(f"g. storms: PostgreSQL {server_version}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}, "
+    print(f"Storms (issue 18): PostgreSQL {server_version}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"{STORM_ROUNDS} rounds per method (alternating order), cap above N")
     print(f"{'host':<7} {'N':>5}  {'psql: all gone':>15}  {'pgsweeper: all gone':>20}  {'ratio':>6}  "
           f"{'terminated':>10}  {'unknown':>7}  target")
@@ -1189,6 +1218,11 @@ def storm_main():
         for method in ("psql", "pgsweeper"):
             print(f"        {method}: all gone " + ", ".join(sec(x['all_gone'] or float('inf')) for x in res[method])
                   + "; process wall " + ", ".join(sec(x['wall']) for x in res[method]))
+        t = res["sigterm"]
+        ok = t["exit"] < 1.0 and t["rc"] == 0 and t["terminated"] + t["unknown"] + t["alive"] == n
+        print(f"        SIGTERM after the first entry: exit {sec(t['exit'])} (rc {t['rc']}), "
+              f"{t['terminated']} terminated + {t['unknown']} unknown logged, {t['alive']} never sent "
+              f"(alive); target: exit < 1 s, logged + alive = N {verdict(ok)}")
 
 
 def quiet_main():
