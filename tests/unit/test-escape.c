@@ -1,5 +1,8 @@
 /* The one escaping function: what passes, what becomes \xNN or \uNNNN. */
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "escape.h"
 #include "macro.h"
@@ -32,7 +35,11 @@ static const struct esc_case cases[] = {
         ESC("\xf4\x8f\xbf\xbf", "\xf4\x8f\xbf\xbf"),               /* U+10FFFF, the last */
         ESC("\xef\xbf\xbd", "\xef\xbf\xbd"),                       /* U+FFFD itself is valid */
         ESC("\xe2\x80\xa7", "\xe2\x80\xa7"),                       /* U+2027, next to the separators */
-        ESC("\xe2\x80\xaa", "\xe2\x80\xaa"),                       /* U+202A */
+        ESC("\xe2\x80\xab", "\\u202b"),                              /* U+202B RLE: see the bidi cases */
+        ESC("\xe2\x80\xaf", "\xe2\x80\xaf"),                       /* U+202F, next to the embeddings */
+        ESC("\xe2\x81\xa5", "\xe2\x81\xa5"),                       /* U+2065, before the isolates */
+        ESC("\xe2\x81\xaa", "\xe2\x81\xaa"),                       /* U+206A, after them */
+        ESC("\xd8\x9b", "\xd8\x9b"),                               /* U+061B, before ALM */
         /* the backslash itself, so escapes cannot be forged */
         ESC("a\\b", "a\\\\b"),
         ESC("\\x0a", "\\\\x0a"),
@@ -53,6 +60,12 @@ static const struct esc_case cases[] = {
         /* line and paragraph separators */
         ESC("a\xe2\x80\xa8" "b", "a\\u2028b"),
         ESC("a\xe2\x80\xa9" "b", "a\\u2029b"),
+        /* bidirectional controls (Unicode's Bidi_Control), which reorder what a reader sees */
+        ESC("a\xe2\x80\xae" "txt.exe", "a\\u202etxt.exe"),   /* U+202E RLO */
+        ESC("\xe2\x80\xaa\xe2\x80\xac", "\\u202a\\u202c"),    /* LRE, PDF */
+        ESC("\xe2\x81\xa6x\xe2\x81\xa9", "\\u2066x\\u2069"),  /* LRI, PDI */
+        ESC("\xe2\x80\x8e\xe2\x80\x8f", "\\u200e\\u200f"),    /* LRM, RLM */
+        ESC("\xd8\x9c", "\\u061c"),                        /* ALM */
         /* invalid UTF-8: every byte that is not part of a valid sequence */
         ESC("\x80", "\\x80"),                           /* lone continuation */
         ESC("\xbf", "\\xbf"),
@@ -121,6 +134,37 @@ static void test_every_c0_and_c1(void) {
         }
 }
 
+/* Every code point of Unicode's Bidi_Control property, and only those
+ * around them, becomes \uNNNN. */
+static void test_every_bidi_control(void) {
+        for (uint32_t cp = 0x600; cp < 0x2100; cp++) {
+                bool bidi = cp == 0x61c || cp == 0x200e || cp == 0x200f || (cp >= 0x202a && cp <= 0x202e) ||
+                            (cp >= 0x2066 && cp <= 0x2069);
+                bool separator = cp == 0x2028 || cp == 0x2029;
+                char in[4], want[8];
+                size_t n;
+
+                if (cp < 0x800) {
+                        in[0] = (char) (0xc0 | cp >> 6);
+                        in[1] = (char) (0x80 | (cp & 0x3f));
+                        n = 2;
+                } else {
+                        in[0] = (char) (0xe0 | cp >> 12);
+                        in[1] = (char) (0x80 | (cp >> 6 & 0x3f));
+                        in[2] = (char) (0x80 | (cp & 0x3f));
+                        n = 3;
+                }
+                in[n] = '\0';
+                if (bidi || separator)
+                        snprintf(want, sizeof(want), "\\u%04x", (unsigned) cp);
+                else
+                        memcpy(want, in, n + 1);
+                char *got = escape_bytes(in, n);
+                CHECK_AT(strcmp(got, want) == 0, __FILE__, __LINE__, "U+%04X: got \"%s\"", (unsigned) cp, got);
+                free(got);
+        }
+}
+
 static void check_join(const char *in, const char *want) {
         char *s = strdup(in);
         join_lines(s);
@@ -149,6 +193,7 @@ int main(void) {
         for (size_t i = 0; i < ELEMENTSOF(cases); i++)
                 check_escape(&cases[i], (int) i);
         test_every_c0_and_c1();
+        test_every_bidi_control();
         test_join_lines();
         return unit_finish("test-escape");
 }
