@@ -165,6 +165,110 @@ static void test_every_bidi_control(void) {
         }
 }
 
+/* A JSON string's value back to bytes, as pgsweeper(8) says to read it: JSON
+ * escapes first, then \x and two hex digits is one byte. Returns the length,
+ * or -1 when the JSON is not what escape_json() may write. */
+static int hexval(char c) {
+        return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 :
+               c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+static long json_to_bytes(const char *j, unsigned char *out) {
+        char text[4096];
+        size_t t = 0, len = strlen(j);
+        long n = 0;
+
+        if (len < 2 || j[0] != '"' || j[len - 1] != '"')
+                return -1;
+        for (size_t i = 1; i + 1 < len;) {
+                unsigned char c = (unsigned char) j[i];
+                if (c < 0x20 || c == '"')
+                        return -1;                       /* raw control or quote: not JSON */
+                if (c != '\\') {
+                        text[t++] = j[i++];
+                        continue;
+                }
+                if (j[i + 1] == '"' || j[i + 1] == '\\') {
+                        text[t++] = j[i + 1];
+                        i += 2;
+                } else if (j[i + 1] == 'u') {
+                        unsigned cp = 0;
+                        for (int k = 2; k < 6; k++) {
+                                if (hexval(j[i + k]) < 0)
+                                        return -1;
+                                cp = cp << 4 | (unsigned) hexval(j[i + k]);
+                        }
+                        if (cp >= 0xd800 && cp <= 0xdfff)
+                                return -1;
+                        if (cp < 0x80)
+                                text[t++] = (char) cp;
+                        else if (cp < 0x800) {
+                                text[t++] = (char) (0xc0 | cp >> 6);
+                                text[t++] = (char) (0x80 | (cp & 0x3f));
+                        } else {
+                                text[t++] = (char) (0xe0 | cp >> 12);
+                                text[t++] = (char) (0x80 | (cp >> 6 & 0x3f));
+                                text[t++] = (char) (0x80 | (cp & 0x3f));
+                        }
+                        i += 6;
+                } else
+                        return -1;
+        }
+        for (size_t i = 0; i < t;) {
+                if (text[i] == '\\' && i + 3 < t && text[i + 1] == 'x' &&
+                    hexval(text[i + 2]) >= 0 && hexval(text[i + 3]) >= 0) {
+                        out[n++] = (unsigned char) (hexval(text[i + 2]) << 4 | hexval(text[i + 3]));
+                        i += 4;
+                } else
+                        out[n++] = (unsigned char) text[i++];
+        }
+        return n;
+}
+
+/* Random names made of the troublesome pieces: escape_json() always gives
+ * JSON whose reading is the name's bytes, and the JSON text is valid UTF-8
+ * with nothing unsafe in it (escape_bytes() leaves it as it is, backslashes
+ * aside). */
+static void test_json_reads_back(void) {
+        static const char *const pieces[] = {
+                "\\", "\\x", "x", "X", "4", "a", "f", "g", "4F", "\"", "'", "\n", "\t", "\x7f", "\xff", "\xc2", "\xc2\x9b",
+                "\xe2\x80\xae", "\xe2\x80\xa8", "\xe2\x81\xa6", "\xe2\x80", "\xc3\xa9", "\xf0\x9f\x98\x80", "\xed\xa0\x80",
+        };
+        unsigned seed = 18;
+        int bad = 0;
+
+        for (int round = 0; round < 20000 && bad < 5; round++) {
+                char in[128];
+                unsigned char back[512];
+                size_t n = 0;
+                int parts = (int) ((seed = seed * 1103515245u + 12345u) >> 16) % 12;
+
+                for (int k = 0; k < parts; k++) {
+                        const char *p = pieces[((seed = seed * 1103515245u + 12345u) >> 16) % ELEMENTSOF(pieces)];
+                        memcpy(in + n, p, strlen(p));
+                        n += strlen(p);
+                }
+                in[n] = '\0';
+                char *j = escape_json(in);
+                long got = json_to_bytes(j, back);
+                char *again = escape_string(j), doubled[1024], *d = doubled;
+                for (const char *q = j; *q; q++) {
+                        if (*q == '\\')
+                                *d++ = '\\';
+                        *d++ = *q;
+                }
+                *d = '\0';
+                if (got != (long) n || memcmp(back, in, n) != 0 || strcmp(again, doubled) != 0) {
+                        char *shown = escape_string(in);
+                        CHECK_AT(false, __FILE__, __LINE__, "json of \"%s\" reads back wrong: %s", shown, again);
+                        free(shown);
+                        bad++;
+                }
+                free(again);
+                free(j);
+        }
+}
+
 static void check_join(const char *in, const char *want) {
         char *s = strdup(in);
         join_lines(s);
@@ -194,6 +298,7 @@ int main(void) {
                 check_escape(&cases[i], (int) i);
         test_every_c0_and_c1();
         test_every_bidi_control();
+        test_json_reads_back();
         test_join_lines();
         return unit_finish("test-escape");
 }
