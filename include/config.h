@@ -102,7 +102,9 @@ struct config {
 #define CONFIG_DEFAULT_MAX_ACTIONS     100u
 #define CONFIG_MAX_ACTIONS             100000u
 
-/* Messages found while loading: "FILE:LINE:COL: error: ..." lines, in file order. */
+/* Messages found while loading: "FILE:LINE:COL: error: ..." lines, in file
+ * order. Each line is already escaped (escape_string()): print it as it is,
+ * or log it with log_diagnostic(), never through an escaping path again. */
 struct diagnostics {
         char **lines;
         size_t n_lines;

@@ -40,5 +40,6 @@ void explain_print_json(const struct explain_row *rows, size_t n, FILE *out);
 /* s escaped (escape_string) and cut to at most width characters, the last
  * one "…" when cut; never cut inside an escape. Newly allocated. */
 char *explain_cell(const char *s, size_t width);
-/* s escaped (escape_string), then quoted as a JSON string. Newly allocated. */
+/* s as a JSON string (escape_json): decodes to s itself when s is UTF-8.
+ * Newly allocated. */
 char *explain_json_string(const char *s);

@@ -35,6 +35,10 @@ void log_event(int priority, const char *message_id, const char *server, const c
 #define log_info(server, ...)    log_event(LOG_INFO, NULL, server, __VA_ARGS__)
 #define log_debug(server, ...)   log_event(LOG_DEBUG, NULL, server, __VA_ARGS__)
 
+/* One line of a configuration load's diagnostics (struct diagnostics),
+ * escaped already: logged as it is, as "pgsweeper: LINE". */
+void log_diagnostic(int priority, const char *line);
+
 /* The server's role as a poll saw it: previous ROLE_ANY is the first
  * sighting (info); otherwise a change (notice, MESSAGE_ID_ROLE_CHANGED). */
 void log_server_role(const char *server, enum server_role previous, enum server_role now);

@@ -27,39 +27,12 @@ static void dump_duration(FILE *f, int64_t ms) {
         fputc('\n', f);
 }
 
-/* Code points libyaml accepts unescaped in a double-quoted scalar without
- * folding them: YAML 1.1's printable set minus line breaks and the BOM. */
-static bool yaml_printable(uint32_t cp) {
-        return (cp >= 0x20 && cp <= 0x7e) || (cp >= 0xa0 && cp <= 0xd7ff && cp != 0x2028 && cp != 0x2029) ||
-               (cp >= 0xe000 && cp <= 0xfffd && cp != 0xfeff) || (cp >= 0x10000 && cp <= 0x10ffff);
-}
-
-/* A YAML double-quoted scalar that reads back byte for byte. */
+/* A YAML double-quoted scalar that reads back byte for byte, escaped as
+ * every other output is (escape_yaml). */
 static void dump_string(FILE *f, const char *s) {
-        const unsigned char *c = (const unsigned char *) s;
-        const char *end = s + strlen(s);
+        _cleanup_free_ char *q = escape_yaml(s);
 
-        fputc('"', f);
-        while (*c) {
-                uint32_t cp = 0;
-                size_t n = utf8_decode((const char *) c, (size_t) (end - (const char *) c), &cp);
-
-                if (*c == '"' || *c == '\\')
-                        fprintf(f, "\\%c", *c);
-                else if (n == 0) {
-                        fprintf(f, "\\x%02x", *c);  /* not UTF-8: escape the byte */
-                        n = 1;
-                } else if (yaml_printable(cp))
-                        fwrite(c, 1, n, f);
-                else if (cp <= 0xff)
-                        fprintf(f, "\\x%02x", (unsigned) cp);
-                else if (cp <= 0xffff)
-                        fprintf(f, "\\u%04x", (unsigned) cp);
-                else
-                        fprintf(f, "\\U%08x", (unsigned) cp);
-                c += n;
-        }
-        fputc('"', f);
+        fputs(q, f);
 }
 
 static void dump_name_list(FILE *f, const char *indent, const char *key, const struct name_list *l) {

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "config-internal.h"
+#include "escape.h"
 #include "macro.h"
 
 static uint32_t text_hash(const char *s) {
@@ -36,19 +37,22 @@ static void add_pending(struct parser *p, bool error, struct source_pos pos, cha
         p->slots[slot] = (uint32_t) ++p->n_pending;
 }
 
+/* Every line is escaped here, once (escape.h): the file's name and the
+ * names, keys and values the message quotes from it can hold any byte, and
+ * whoever prints a line (--check, a reload's log, the tests) prints it as it
+ * is. */
 void config_report(struct parser *p, bool error, struct source_pos pos, const char *fmt, ...) {
-        _cleanup_free_ char *msg = NULL;
+        _cleanup_free_ char *msg = NULL, *file = escape_string(p->file), *text = NULL;
         va_list ap;
         char *line;
 
         va_start(ap, fmt);
-        if (vasprintf(&msg, fmt, ap) < 0)
-                msg = NULL;
+        msg = xvasprintf(fmt, ap);
         va_end(ap);
-        if ((pos.line > 0 ? asprintf(&line, "%s:%u:%u: %s: %s", p->file, pos.line, pos.column,
-                                     error ? "error" : "warning", msg ? msg : "out of memory")
-                          : asprintf(&line, "%s: %s: %s", p->file, error ? "error" : "warning",
-                                     msg ? msg : "out of memory")) < 0) {
+        text = escape_string(msg);
+        if ((pos.line > 0 ? asprintf(&line, "%s:%u:%u: %s: %s", file, pos.line, pos.column,
+                                     error ? "error" : "warning", text)
+                          : asprintf(&line, "%s: %s: %s", file, error ? "error" : "warning", text)) < 0) {
                 fputs("out of memory\n", stderr);
                 abort();
         }
@@ -78,9 +82,12 @@ void config_flush_diagnostics(struct parser *p) {
                 else
                         d->n_warnings++;
         }
-        if (p->truncated && asprintf(&d->lines[d->n_lines], "%s: note: stopped reporting after %d problems",
-                                     p->file, CONFIG_MAX_DIAGNOSTICS) >= 0)
-                d->n_lines++;
+        if (p->truncated) {
+                _cleanup_free_ char *file = escape_string(p->file);
+                if (asprintf(&d->lines[d->n_lines], "%s: note: stopped reporting after %d problems", file,
+                             CONFIG_MAX_DIAGNOSTICS) >= 0)
+                        d->n_lines++;
+        }
         free(p->pending);
         p->pending = NULL;
         p->n_pending = 0;

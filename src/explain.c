@@ -111,8 +111,8 @@ int explain_run(const struct config *c, const struct explain_options *o, FILE *o
                 for (size_t i = 0; i < c->n_servers && !found; i++)
                         found = strcmp(c->servers[i].name, o->server) == 0;
                 if (!found) {
-                        _cleanup_free_ char *name = escape_string(o->server);
-                        fprintf(stderr, "pgsweeper: --server \"%s\": no such server in %s\n", name, c->path);
+                        _cleanup_free_ char *name = escape_string(o->server), *path = escape_string(c->path);
+                        fprintf(stderr, "pgsweeper: --server \"%s\": no such server in %s\n", name, path);
                         return EXPLAIN_UNKNOWN_SERVER;
                 }
         }
@@ -345,20 +345,7 @@ void explain_print_text(const struct explain_row *rows, size_t n, FILE *out) {
 /* ---- JSON ---- */
 
 char *explain_json_string(const char *s) {
-        _cleanup_free_ char *esc = escape_string(s);
-        size_t len = strlen(esc);
-        /* escape_string leaves no control byte; quoting doubles \ and " at most */
-        char *out = xmalloc(len * 2 + 3), *o = out;
-
-        *o++ = '"';
-        for (const char *i = esc; *i; i++) {
-                if (*i == '"' || *i == '\\')
-                        *o++ = '\\';
-                *o++ = *i;
-        }
-        *o++ = '"';
-        *o = '\0';
-        return out;
+        return escape_json(s);
 }
 
 static void json_key_string(FILE *out, const char *key, const char *value, bool comma) {

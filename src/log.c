@@ -54,10 +54,20 @@ bool log_to_journal(void) {
         return use_journal;
 }
 
-/* The one way out for every event: the text, bytes from servers and users
- * included, is escaped once into the line that is both MESSAGE and the
- * stderr form. The fields of data keep those bytes raw, so an exact match on
- * a role name finds it. */
+/* The one way out for every event: line is one escaped line, the MESSAGE
+ * and the stderr form. */
+static void emit_line(int priority, const char *message_id, struct fields *data, bool important, const char *line) {
+        if (!use_journal) {
+                fprintf(stderr, "%s\n", line);
+                fflush(stderr);
+                return;
+        }
+        journal_emit(priority, message_id, line, data, important);
+}
+
+/* The text, bytes from servers and users included, is escaped once into the
+ * line. The fields of data keep those bytes raw, so an exact match on a role
+ * name finds it. */
 static void emit(int priority, const char *message_id, struct fields *data, bool important, const char *fmt, ...)
         _printf_(5, 6);
 static void emit(int priority, const char *message_id, struct fields *data, bool important, const char *fmt, ...) {
@@ -65,18 +75,10 @@ static void emit(int priority, const char *message_id, struct fields *data, bool
         va_list ap;
 
         va_start(ap, fmt);
-        if (vasprintf(&raw, fmt, ap) < 0)
-                raw = NULL;
+        raw = xvasprintf(fmt, ap);
         va_end(ap);
-        if (!raw)
-                return;
         line = escape_string(raw);
-        if (!use_journal) {
-                fprintf(stderr, "%s\n", line);
-                fflush(stderr);
-                return;
-        }
-        journal_emit(priority, message_id, line, data, important);
+        emit_line(priority, message_id, data, important, line);
 }
 
 void log_event(int priority, const char *message_id, const char *server, const char *fmt, ...) {
@@ -94,6 +96,17 @@ void log_event(int priority, const char *message_id, const char *server, const c
         if (server)
                 field_add(&f, "PGSWEEPER_SERVER", "%s", server);
         emit(priority, message_id, &f, priority <= LOG_NOTICE, "%s: %s", server ? server : "pgsweeper", msg);
+}
+
+void log_diagnostic(int priority, const char *line) {
+        _cleanup_(fields_free) struct fields f = {};
+        _cleanup_free_ char *text = NULL;
+
+        if (priority > max_priority)
+                return;
+        /* escaped by config_report() already: escaping it again would double its backslashes */
+        text = xasprintf("pgsweeper: %s", line);
+        emit_line(priority, NULL, &f, priority <= LOG_NOTICE, text);
 }
 
 void log_server_role(const char *server, enum server_role previous, enum server_role now) {

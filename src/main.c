@@ -8,6 +8,7 @@
 
 #include "build-config.h"
 #include "config.h"
+#include "escape.h"
 #include "explain.h"
 #include "log.h"
 #include "manager.h"
@@ -98,8 +99,9 @@ static int parse_args(int argc, char *argv[], struct cli *cli) {
                 case OPT_LOG_TARGET:
                         r = log_target_from_string(optarg);
                         if (r < 0) {
+                                _cleanup_free_ char *arg = escape_string(optarg);
                                 fprintf(stderr, "pgsweeper: invalid --log-target \"%s\": expected auto, journal or stderr\n",
-                                        optarg);
+                                        arg);
                                 return EXIT_USAGE;
                         }
                         cli->target = (enum log_target) r;
@@ -119,7 +121,8 @@ static int parse_args(int argc, char *argv[], struct cli *cli) {
                 }
         }
         if (optind < argc) {
-                fprintf(stderr, "pgsweeper: unexpected argument \"%s\"\n", argv[optind]);
+                _cleanup_free_ char *arg = escape_string(argv[optind]);
+                fprintf(stderr, "pgsweeper: unexpected argument \"%s\"\n", arg);
                 usage(stderr);
                 return EXIT_USAGE;
         }

@@ -310,7 +310,7 @@ static int on_reload(sd_event_source *source, const struct signalfd_siginfo *si,
         sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%" PRIu64, now_usec(m));
         r = config_load(m->opts->config_path, &c, &diag);
         for (size_t i = 0; i < diag.n_lines; i++)
-                log_event(r < 0 ? LOG_ERR : LOG_WARNING, NULL, NULL, "%s", diag.lines[i]);
+                log_diagnostic(r < 0 ? LOG_ERR : LOG_WARNING, diag.lines[i]);
         diagnostics_clear(&diag);
         metrics_count_reload(m->metrics, r >= 0);
         if (r < 0) {

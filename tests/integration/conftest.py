@@ -394,12 +394,14 @@ def pg(pg_cluster):
     pg_cluster.end_test()
 
 
-# A role name with a newline, ESC, a C1 CSI (U+009B), an invalid byte, a
-# line separator (U+2028) and a backslash; and how pgsweeper shows it in every
-# line (stderr, MESSAGE, --explain). PostgreSQL itself replaces such bytes in
-# application_name, so they reach pg_stat_activity through the role name.
-HOSTILE = b"h\nE\x1b[31m\xc2\x9b\xff\xe2\x80\xa8\\z"
-HOSTILE_ESCAPED = "h\\x0aE\\x1b[31m\\xc2\\x9b\\xff\\u2028\\\\z"
+# A role name with a right-to-left override (U+202E), a newline, ESC, a C1
+# CSI (U+009B), an invalid byte, a line separator (U+2028), a backslash, a
+# left-to-right isolate (U+2066), quotes, a tab and the text \x41; and how
+# pgsweeper shows it in every line (stderr, MESSAGE, --explain). PostgreSQL
+# itself replaces such bytes in application_name, so they reach
+# pg_stat_activity through the role name.
+HOSTILE = b"h\xe2\x80\xae\nE\x1b[31m\xc2\x9b\xff\xe2\x80\xa8\\z\xe2\x81\xa6\"'\t\\x41"
+HOSTILE_ESCAPED = "h\\u202e\\x0aE\\x1b[31m\\xc2\\x9b\\xff\\u2028\\\\z\\u2066\"'\\x09\\\\x41"
 
 
 @pytest.fixture
@@ -426,7 +428,7 @@ def hostile_sessions(pg):
                 time.sleep(gap)
             conns.append(pg.connect(user=plain, dbname="appdb", application_name=application_name))
         admin = pg.connect(user="postgres", dbname="sqlascii")
-        admin.execute(b'ALTER ROLE ' + plain.encode() + b' RENAME TO "' + HOSTILE + b'"')
+        admin.execute(b'ALTER ROLE ' + plain.encode() + b' RENAME TO "' + HOSTILE.replace(b'"', b'""') + b'"')
         made.append((conns, admin))
         return conns
 
@@ -436,7 +438,7 @@ def hostile_sessions(pg):
             with contextlib.suppress(Exception):
                 c.close()
         with contextlib.suppress(Exception):
-            admin.execute(b'DROP ROLE "' + HOSTILE + b'"')
+            admin.execute(b'DROP ROLE "' + HOSTILE.replace(b'"', b'""') + b'"')
 
 
 # --------------------------------------------------------------------------

@@ -142,3 +142,42 @@ def test_reload_of_a_bad_file_keeps_enforcing(pg, sweeper, tmp_path, bad):
     else:
         assert f"{conf}{DEEP_ERROR}" in err, err
     print(f"reload of the {bad} file: {reload_s:.3f} s, stop: {stop_s:.3f} s")
+
+
+def test_reload_messages_are_escaped_once(pg, sweeper, tmp_path):
+    """A name from the file reaches the reload's log line escaped as in
+    --check (issue 18, defect 5): no raw control or bidi control, no forged
+    line, and its backslash doubled once, not twice."""
+    notify = NotifySocket(tmp_path / "notify")
+    conf = sweeper.write_config(yaml_config([main_server(pg)], idle_rule("1h")))
+    try:
+        proc = start(sweeper, conf, {"NOTIFY_SOCKET": notify.path})
+        notify.wait_for("READY")
+        conf.write_text(yaml_config([main_server(pg)], '      - {name: "x\\nfake.yaml:1:1: configuration OK'
+                                                       '\\e[31m\\u202e\\\\", max_idle: 1h}\n'))
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("READY", count=2, timeout=5 * slow_factor())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5 * slow_factor()) == 0
+    finally:
+        stop_process(proc)
+        notify.close()
+    err = proc.stderr.read()
+    assert "reload failed, keeping the running configuration" in err, err
+    assert 'error: name "x\\x0afake.yaml:1:1: configuration OK\\x1b[31m\\u202e\\\\" may only contain' in err, err
+    assert not any(line.startswith("fake.yaml") for line in err.splitlines()), err
+    for bad in ("\x1b", "\u202e"):
+        assert bad not in err, f"{bad!r} reached stderr: {err!r}"
+
+
+def test_command_line_echo_is_escaped(sweeper, tmp_path):
+    """An argument echoed in an error message is escaped too."""
+    conf = sweeper.write_config("servers: []\n")
+    for args, want in ((["--log-target", "\x1b[2J\u202e\n"], 'invalid --log-target "\\x1b[2J\\u202e\\x0a"'),
+                       (["extra\x07\u2066"], 'unexpected argument "extra\\x07\\u2066"')):
+        r = subprocess.run([str(sweeper.binary), "-c", str(conf), *args], capture_output=True, text=True,
+                           timeout=10 * slow_factor())
+        assert r.returncode == 2, r
+        assert want in r.stderr, r.stderr
+        for bad in ("\x1b", "\x07", "\u202e", "\u2066"):
+            assert bad not in r.stderr, f"{bad!r} reached stderr: {r.stderr!r}"

@@ -4,10 +4,11 @@ daemon's own judgement, without a signal, a journal entry or a metrics file."""
 import json
 import re
 import time
+import uuid
 
 import pytest
 
-from conftest import HOSTILE_ESCAPED, free_tcp_port, stop_process, wait_until
+from conftest import HOSTILE, free_tcp_port, stop_process, wait_until
 from pgs_helpers import assert_connection_alive, events, main_server, parse_duration_ms, yaml_config
 
 KEYS = ["server", "pid", "user", "database", "application", "client_addr", "state", "verdict", "rule",
@@ -189,6 +190,24 @@ def test_deciding_rule_is_the_daemons(pg, sweeper):
     assert pg.wait_pid_gone(a)
 
 
+# What no line of output may hold raw: controls (the newline ending a line
+# aside), U+2028/U+2029 and the bidirectional controls (Unicode's Bidi_Control).
+UNSAFE = set(chr(c) for c in range(0x20)) - {"\n"} | set(chr(c) for c in range(0x7f, 0xa0)) | \
+    set("\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def assert_no_unsafe(out):
+    for i, ch in enumerate(out):
+        assert ch not in UNSAFE, f"raw {ch!r} at {i}: {out!r}"
+
+
+def json_name_bytes(s):
+    """The name a --json string stands for (pgsweeper(8), ESCAPING): \\xNN
+    (two hex digits) is one byte that is not UTF-8, every other character
+    is itself."""
+    return re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m[1], 16)]), s.encode("utf-8"))
+
+
 def test_hostile_names(pg, sweeper, hostile_sessions):
     long_app = "a-very-long-application-name-" + "x" * 20  # under NAMEDATALEN
     conn, = hostile_sessions(application_name=long_app)
@@ -200,22 +219,52 @@ def test_hostile_names(pg, sweeper, hostile_sessions):
     assert r.returncode == 0, r.stderr
     raw = r.stdout.encode()
     rows = json.loads(raw.decode("utf-8", errors="strict"))
+    assert_no_unsafe(r.stdout)
     row = by_pid(rows)[pid]
-    assert row["user"] == HOSTILE_ESCAPED, row
+    # escaped once: JSON escapes for what is UTF-8, \xNN only for the byte
+    # that is not, and \x5c for the backslash that would read as one
+    assert row["user"] == "h\u202e\nE\x1b[31m\x9b\\xff\u2028\\z\u2066\"'\t\\x5cx41", row
+    assert json_name_bytes(row["user"]) == HOSTILE, row
     assert row["application"] == long_app, "the full name stays in --json"
     assert row["verdict"] == "next"
 
     p = sweeper.run_once(cfg, "--explain")
     assert p.returncode == 0, p.stderr
     out = p.stdout
-    for i, ch in enumerate(out):
-        assert ch == "\n" or not (ord(ch) < 0x20 or 0x7f <= ord(ch) <= 0x9f or ch in "\u2028\u2029"), \
-            f"raw control {ch!r} at {i}: {out!r}"
+    assert_no_unsafe(out)
     line = [l for l in out.splitlines() if f"  {pid}  " in l]
     assert len(line) == 1, out
     # cut on whole escapes, the full value only in --json
-    assert "  h\\x0aE\\x1b[31m\u2026  " in line[0], line[0]
+    assert "  h\\u202e\\x0aE\u2026  " in line[0], line[0]
     assert "  a-very-long-applica\u2026  " in line[0], line[0]
+
+
+def test_json_names_decode_to_themselves(pg, sweeper):
+    """--json escapes once (issue 18): quotes, backslashes, controls, the
+    separators and bidi controls in a valid UTF-8 name decode back to it."""
+    name = "q\"uo\\te'x\t\n\u202e\u2066\x1b[1m\x7f\u0085\u2028 \u00e9\\x41"
+    app = "q\"uo\\te'x \\x41"   # PostgreSQL keeps printable ASCII in application_name
+    plain = "json_" + uuid.uuid4().hex[:8]
+    ident = '"' + name.replace('"', '""') + '"'
+    su = pg.connect(user="postgres", dbname="postgres")
+    su.execute(f"CREATE ROLE {plain} LOGIN")
+    try:
+        conn = pg.connect(user=plain, application_name=app)
+        pid = conn.info.backend_pid
+        su.execute(f"ALTER ROLE {plain} RENAME TO {ident}")
+        cfg = yaml_config([main_server(pg)], "      - {name: idle, max_idle: 1h}\n", interval=None)
+        rows, r = explain_json(sweeper, cfg)
+        assert_no_unsafe(r.stdout)
+        assert "\u00e9" in r.stdout, "printable UTF-8 stays as it is"
+        row = by_pid(rows)[pid]
+        assert row["user"] == "q\"uo\\te'x\t\n\u202e\u2066\x1b[1m\x7f\u0085\u2028 \u00e9\\x5cx41", row
+        assert json_name_bytes(row["user"]) == name.encode(), row
+        assert row["application"] == "q\"uo\\te'x \\x5cx41", row
+        assert json_name_bytes(row["application"]) == app.encode(), row
+        conn.close()
+    finally:
+        su.execute(f"DROP ROLE IF EXISTS {ident}")
+        su.execute(f"DROP ROLE IF EXISTS {plain}")
 
 
 def test_several_servers_one_down(pg, sweeper):

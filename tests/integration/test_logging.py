@@ -284,7 +284,7 @@ def test_hostile_bytes_escaped_in_line_and_message(pg, sweeper, private_journal,
     lines = [l for l in err.splitlines() if f"terminated pid {first.info.backend_pid} " in l]
     assert len(lines) == 1, err
     assert f"(user {HOSTILE_ESCAPED}, db appdb, " in lines[0], lines[0]
-    for bad in ("\x1b", "\x9b", "\u2028", "\ufffd"):
+    for bad in ("\x1b", "\x9b", "\u2028", "\ufffd", "\u202e", "\u2066", "\t"):
         assert bad not in err, f"{bad!r} reached stderr: {err!r}"
     assert pg.wait_pid_gone(first.info.backend_pid)
 
@@ -299,6 +299,8 @@ def test_hostile_bytes_escaped_in_line_and_message(pg, sweeper, private_journal,
     e = got[0]
     msg = e["MESSAGE"]
     assert isinstance(msg, str), f"MESSAGE is not printable UTF-8: {msg!r}"
+    for bad in ("\x1b", "\x9b", "\u2028", "\u202e", "\u2066", "\t", "\n"):
+        assert bad not in msg, f"{bad!r} reached MESSAGE: {msg!r}"
     assert f"terminated pid {pid} (user {HOSTILE_ESCAPED}, db appdb, " in msg, msg
     assert field_bytes(e["PGSWEEPER_USER"]) == HOSTILE, e["PGSWEEPER_USER"]
     # an operator's exact match on the role name finds the entry

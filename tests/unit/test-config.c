@@ -403,6 +403,45 @@ static void test_read_to_eof(void) {
         unlink(path);
 }
 
+/* Every message is one escaped line (issue 18): the file's own name, and the
+ * names, keys and values from it, as in the log lines. */
+static void test_messages_escaped(void) {
+        static const char name[] = "/tmp/no\nsuch\x1b[1m\xe2\x80\xae.yaml";
+        static const char shown[] = "/tmp/no\\x0asuch\\x1b[1m\\u202e.yaml";
+        _cleanup_free_ char *text = NULL, *want = NULL;
+        struct config *c = NULL;
+        struct diagnostics d;
+        size_t len = 0;
+        int r;
+
+        CHECK(load_file(name, &d, &r) == NULL);
+        CHECK(d.n_lines == 1);
+        if (d.n_lines == 1) {
+                CHECK(asprintf(&want, "%s: error: cannot open: No such file or directory", shown) > 0);
+                CHECK_STR(d.lines[0], want, "file name");
+        }
+        diagnostics_clear(&d);
+
+        /* past the cap, the note names the file too */
+        text = xmalloc(1200 * 16);
+        for (int i = 0; i < 1200; i++)
+                len += (size_t) sprintf(text + len, "k%d\xe2\x80\xae: 1\n", i);
+        d = (struct diagnostics) {};
+        CHECK(config_load_buffer(name, text, len, &c, &d) < 0);
+        CHECK(d.n_lines == 1001);
+        for (size_t i = 0; i < d.n_lines; i++) {
+                CHECK_AT(strncmp(d.lines[i], shown, strlen(shown)) == 0 && !strchr(d.lines[i], '\n') &&
+                                 !strstr(d.lines[i], "\xe2\x80"),
+                         __FILE__, __LINE__, "line %zu: %s", i, d.lines[i]);
+                if (i + 1 == d.n_lines)
+                        CHECK(strstr(d.lines[i], ": note: stopped reporting after 1000 problems") != NULL);
+        }
+        if (d.n_lines > 0)
+                CHECK(strstr(d.lines[0], "error: unknown key \"k0\\u202e\"") != NULL);
+        config_free(c);
+        diagnostics_clear(&d);
+}
+
 int main(void) {
         test_conninfo_never_echoed();
         test_conninfo_positions();
@@ -413,5 +452,6 @@ int main(void) {
         test_fields();
         test_alias_bomb();
         test_sorted();
+        test_messages_escaped();
         return unit_finish("test-config");
 }

@@ -214,12 +214,27 @@ static void test_json_string(void) {
                 const char *in, *want;
         } table[] = {
                 { "plain", "\"plain\"" },
+                { "", "\"\"" },
+                /* JSON's own quoting only: decodes to the name itself (issue 18) */
                 { "a\"b", "\"a\\\"b\"" },
-                /* the escaping of the log lines, then JSON quoting of it */
-                { "a\\b", "\"a\\\\\\\\b\"" },
-                { "n\nl", "\"n\\\\x0al\"" },
-                { "\x1b[31m\xff", "\"\\\\x1b[31m\\\\xff\"" },
-                { "\xc3\xa9", "\"\xc3\xa9\"" },
+                { "a\\b", "\"a\\\\b\"" },
+                { "q\"uo\\te'x", "\"q\\\"uo\\\\te'x\"" },
+                { "\xc3\xa9\xe6\x97\xa5", "\"\xc3\xa9\xe6\x97\xa5\"" },
+                /* what the text escapes, JSON writes as \u escapes of the same code point */
+                { "n\nl\tt", "\"n\\u000al\\u0009t\"" },
+                { "\x1b[31m\x07", "\"\\u001b[31m\\u0007\"" },
+                { "\x7f", "\"\\u007f\"" },
+                { "\xc2\x9b" "31m", "\"\\u009b31m\"" },
+                { "a\xe2\x80\xa8" "b\xe2\x80\xa9", "\"a\\u2028b\\u2029\"" },
+                { "\xe2\x80\xae" "exe.txt", "\"\\u202eexe.txt\"" },
+                { "\xe2\x81\xa6\xe2\x81\xa9\xe2\x80\x8f\xd8\x9c", "\"\\u2066\\u2069\\u200f\\u061c\"" },
+                /* a byte that is not UTF-8 is the text \xNN (JSON "\\xNN")... */
+                { "\xff", "\"\\\\xff\"" },
+                { "a\xc3z\xed\xa0\x80", "\"a\\\\xc3z\\\\xed\\\\xa0\\\\x80\"" },
+                /* ...so a backslash that would read as one is itself \x5c */
+                { "\\x41", "\"\\\\x5cx41\"" },
+                { "\\xAb\\\\xff", "\"\\\\x5cxAb\\\\\\\\x5cxff\"" },
+                { "\\xzz\\x4\\X41\\", "\"\\\\xzz\\\\x4\\\\X41\\\\\"" },
         };
 
         for (size_t i = 0; i < ELEMENTSOF(table); i++) {
