@@ -9,19 +9,20 @@ import pytest
 
 from conftest import HOSTILE_ESCAPED, free_tcp_port, stop_process, wait_until
 from pgs_helpers import assert_connection_alive, events, main_server, parse_duration_ms, yaml_config
+from tcpproxy import TcpProxy
 
 KEYS = ["server", "pid", "user", "database", "application", "client_addr", "state", "verdict", "rule",
         "limit", "limit_ms", "elapsed_ms", "remaining_ms", "action", "reason", "blocked"]
 
 
-def explain(sweeper, text, *args, expect=0):
-    r = sweeper.run_once(text, "--explain", *args)
+def explain(sweeper, text, *args, expect=0, timeout=60):
+    r = sweeper.run_once(text, "--explain", *args, timeout=timeout)
     assert r.returncode == expect, f"exit {r.returncode}, wanted {expect}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     return r
 
 
-def explain_json(sweeper, text, *args, expect=0):
-    r = explain(sweeper, text, "--json", *args, expect=expect)
+def explain_json(sweeper, text, *args, expect=0, timeout=60):
+    r = explain(sweeper, text, "--json", *args, expect=expect, timeout=timeout)
     rows = json.loads(r.stdout)
     assert isinstance(rows, list)
     for row in rows:
@@ -239,6 +240,71 @@ def test_several_servers_one_down(pg, sweeper):
     assert rows == []
     r = explain(sweeper, cfg, "--server", "nowhere", expect=2)
     assert "nowhere" in r.stderr
+    assert_connection_alive(conn)
+
+
+# A server that stops answering (issue 18): explain waits at most 10 s for
+# each statement (the daemon's bound), says which server and why, and still
+# shows the servers after it. Before, it waited forever and printed nothing.
+# The proxy passes the real login through, then nothing more either way
+# once the trigger (the set-up statement, or the snapshot after a set-up
+# that was answered) goes by, as in a network partition.
+STATEMENT_TIMEOUT_S = 10
+SLACK_S = 5
+HANGS = {
+    "after-login": b"set_config('statement_timeout'",
+    "mid-snapshot": b"FROM pg_stat_get_activity(NULL) a",
+}
+
+
+@pytest.fixture
+def frozen_proxies(pg):
+    proxies = []
+
+    def make(trigger):
+        p = TcpProxy(pg.port, trigger=trigger, mode="blackhole", once=False)
+        proxies.append(p)
+        return p
+    yield make
+    for p in proxies:
+        p.close()
+
+
+def explain_timed(sweeper, cfg, *args):
+    t0 = time.monotonic()
+    # the bound is the test: a hang fails here instead of blocking the suite
+    r = explain(sweeper, cfg, *args, expect=1, timeout=STATEMENT_TIMEOUT_S * 3)
+    return r, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("where", list(HANGS))
+def test_server_that_stops_answering(pg, sweeper, frozen_proxies, where):
+    conn = pg.connect(user="app", application_name="healthy")
+    pid = conn.info.backend_pid
+    proxy = frozen_proxies(HANGS[where])
+    rules = "      - {name: idle, max_idle: 1h}\n"
+    # the hanging server first: it must not keep the healthy one from being shown
+    cfg = yaml_config([("frozen", proxy.conninfo()), main_server(pg)], rules, interval=None)
+    statement = "set-up" if where == "after-login" else "snapshot"
+    message = re.compile(rf"^pgsweeper: frozen: {statement} failed: no answer within {STATEMENT_TIMEOUT_S}s$",
+                         re.M)
+
+    r, took = explain_timed(sweeper, cfg)
+    assert proxy.triggered.is_set(), "explain never sent the statement the proxy freezes on"
+    assert STATEMENT_TIMEOUT_S - 0.5 <= took < STATEMENT_TIMEOUT_S + SLACK_S, f"took {took:.1f}s"
+    assert message.search(r.stderr), r.stderr
+    lines = r.stdout.splitlines()
+    assert lines and lines[0].startswith("SERVER"), r.stdout
+    assert any(l.startswith("main ") and f"  {pid}  " in l for l in lines), r.stdout
+    assert not any(l.startswith("frozen ") for l in lines), r.stdout
+
+    r, took = explain_timed(sweeper, cfg, "--json")
+    assert STATEMENT_TIMEOUT_S - 0.5 <= took < STATEMENT_TIMEOUT_S + SLACK_S, f"took {took:.1f}s"
+    assert message.search(r.stderr), r.stderr
+    rows = json.loads(r.stdout)
+    assert isinstance(rows, list) and rows, r.stdout
+    assert {row["server"] for row in rows} == {"main"}
+    assert by_pid(rows)[pid]["application"] == "healthy"
     assert_connection_alive(conn)
 
 
