@@ -3,6 +3,7 @@ daemon's own judgement, without a signal, a journal entry or a metrics file."""
 
 import json
 import re
+import socket
 import time
 
 import pytest
@@ -306,6 +307,28 @@ def test_server_that_stops_answering(pg, sweeper, frozen_proxies, where):
     assert {row["server"] for row in rows} == {"main"}
     assert by_pid(rows)[pid]["application"] == "healthy"
     assert_connection_alive(conn)
+
+
+def test_server_that_never_finishes_the_handshake(pg, sweeper):
+    """The kernel accepts the TCP connection (the listen backlog), nobody
+    answers the startup packet; connect_timeout=0 (libpq: wait forever)
+    falls back to the daemon's 10 s, as the daemon does."""
+    conn = pg.connect(user="app", application_name="healthy")
+    pid = conn.info.backend_pid
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    try:
+        port = mute.getsockname()[1]
+        mute_conninfo = f"host=127.0.0.1 port={port} dbname=postgres user=pgsweeper sslmode=disable connect_timeout=0"
+        cfg = yaml_config([("mute", mute_conninfo), main_server(pg)], "      - {name: idle, max_idle: 1h}\n",
+                          interval=None)
+        r, took = explain_timed(sweeper, cfg)
+    finally:
+        mute.close()
+    assert STATEMENT_TIMEOUT_S - 0.5 <= took < STATEMENT_TIMEOUT_S + SLACK_S, f"took {took:.1f}s"
+    assert re.search(r"^pgsweeper: mute: cannot connect: no answer within 10s$", r.stderr, re.M), r.stderr
+    assert any(l.startswith("main ") and f"  {pid}  " in l for l in r.stdout.splitlines()), r.stdout
 
 
 def test_command_line_errors(pg, sweeper):
