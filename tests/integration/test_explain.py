@@ -1,9 +1,11 @@
 """pgsweeper --explain (SPEC 12): one verdict per client session, from the
 daemon's own judgement, without a signal, a journal entry or a metrics file."""
 
+import concurrent.futures
 import json
 import re
 import socket
+import subprocess
 import time
 
 import pytest
@@ -16,14 +18,14 @@ KEYS = ["server", "pid", "user", "database", "application", "client_addr", "stat
         "limit", "limit_ms", "elapsed_ms", "remaining_ms", "action", "reason", "blocked"]
 
 
-def explain(sweeper, text, *args, expect=0, timeout=60):
-    r = sweeper.run_once(text, "--explain", *args, timeout=timeout)
+def explain(sweeper, text, *args, expect=0):
+    r = sweeper.run_once(text, "--explain", *args)
     assert r.returncode == expect, f"exit {r.returncode}, wanted {expect}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     return r
 
 
-def explain_json(sweeper, text, *args, expect=0, timeout=60):
-    r = explain(sweeper, text, "--json", *args, expect=expect, timeout=timeout)
+def explain_json(sweeper, text, *args, expect=0):
+    r = explain(sweeper, text, "--json", *args, expect=expect)
     rows = json.loads(r.stdout)
     assert isinstance(rows, list)
     for row in rows:
@@ -271,11 +273,27 @@ def frozen_proxies(pg):
         p.close()
 
 
-def explain_timed(sweeper, cfg, *args):
-    t0 = time.monotonic()
-    # the bound is the test: a hang fails here instead of blocking the suite
-    r = explain(sweeper, cfg, *args, expect=1, timeout=STATEMENT_TIMEOUT_S * 3)
-    return r, time.monotonic() - t0
+def explain_timed(sweeper, cfg, *arg_lists):
+    """Run explain once per list of extra arguments, all at once (each waits
+    out the same bound); returns [(stdout, stderr, seconds)] in that order.
+    The bound is the test: a hang fails here instead of blocking the suite."""
+    argvs = [sweeper.argv(cfg, ("--explain", *args)) for args in arg_lists]
+
+    def run(argv):
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=STATEMENT_TIMEOUT_S * 3)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError(f"{argv} did not finish within {e.timeout}s\nstdout:\n{e.stdout}\n"
+                                 f"stderr:\n{e.stderr}")
+        took = time.monotonic() - t0
+        assert p.returncode == 1, f"{argv}: exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+        assert STATEMENT_TIMEOUT_S - 0.5 <= took < STATEMENT_TIMEOUT_S + SLACK_S, f"{argv} took {took:.1f}s"
+        return p.stdout, p.stderr, took
+
+    with concurrent.futures.ThreadPoolExecutor(len(argvs)) as pool:
+        return list(pool.map(run, argvs))
 
 
 @pytest.mark.parametrize("where", list(HANGS))
@@ -290,20 +308,17 @@ def test_server_that_stops_answering(pg, sweeper, frozen_proxies, where):
     message = re.compile(rf"^pgsweeper: frozen: {statement} failed: no answer within {STATEMENT_TIMEOUT_S}s$",
                          re.M)
 
-    r, took = explain_timed(sweeper, cfg)
+    (text, text_err, _), (js, js_err, _) = explain_timed(sweeper, cfg, [], ["--json"])
     assert proxy.triggered.is_set(), "explain never sent the statement the proxy freezes on"
-    assert STATEMENT_TIMEOUT_S - 0.5 <= took < STATEMENT_TIMEOUT_S + SLACK_S, f"took {took:.1f}s"
-    assert message.search(r.stderr), r.stderr
-    lines = r.stdout.splitlines()
-    assert lines and lines[0].startswith("SERVER"), r.stdout
-    assert any(l.startswith("main ") and f"  {pid}  " in l for l in lines), r.stdout
-    assert not any(l.startswith("frozen ") for l in lines), r.stdout
+    assert message.search(text_err), text_err
+    lines = text.splitlines()
+    assert lines and lines[0].startswith("SERVER"), text
+    assert any(l.startswith("main ") and f"  {pid}  " in l for l in lines), text
+    assert not any(l.startswith("frozen ") for l in lines), text
 
-    r, took = explain_timed(sweeper, cfg, "--json")
-    assert STATEMENT_TIMEOUT_S - 0.5 <= took < STATEMENT_TIMEOUT_S + SLACK_S, f"took {took:.1f}s"
-    assert message.search(r.stderr), r.stderr
-    rows = json.loads(r.stdout)
-    assert isinstance(rows, list) and rows, r.stdout
+    assert message.search(js_err), js_err
+    rows = json.loads(js)
+    assert isinstance(rows, list) and rows, js
     assert {row["server"] for row in rows} == {"main"}
     assert by_pid(rows)[pid]["application"] == "healthy"
     assert_connection_alive(conn)
@@ -323,12 +338,11 @@ def test_server_that_never_finishes_the_handshake(pg, sweeper):
         mute_conninfo = f"host=127.0.0.1 port={port} dbname=postgres user=pgsweeper sslmode=disable connect_timeout=0"
         cfg = yaml_config([("mute", mute_conninfo), main_server(pg)], "      - {name: idle, max_idle: 1h}\n",
                           interval=None)
-        r, took = explain_timed(sweeper, cfg)
+        [(out, err, _)] = explain_timed(sweeper, cfg, [])
     finally:
         mute.close()
-    assert STATEMENT_TIMEOUT_S - 0.5 <= took < STATEMENT_TIMEOUT_S + SLACK_S, f"took {took:.1f}s"
-    assert re.search(r"^pgsweeper: mute: cannot connect: no answer within 10s$", r.stderr, re.M), r.stderr
-    assert any(l.startswith("main ") and f"  {pid}  " in l for l in r.stdout.splitlines()), r.stdout
+    assert re.search(r"^pgsweeper: mute: cannot connect: no answer within 10s$", err, re.M), err
+    assert any(l.startswith("main ") and f"  {pid}  " in l for l in out.splitlines()), out
 
 
 def test_command_line_errors(pg, sweeper):
