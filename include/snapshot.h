@@ -50,11 +50,29 @@ void snapshot_params_free(struct snapshot_params *p);
  * -EBADMSG when the shape is wrong. */
 int snapshot_from_result(const PGresult *res, struct snapshot *ret);
 
+/* The blocking side, for the one-shot commands (--explain): every wait has
+ * a deadline, so a server that stops answering costs a bounded time.
+ *
+ * Drive a connection begun by pg_connect_start() (pgconn.h) to its end, at
+ * most timeout_usec: 0 connected; -ETIMEDOUT; -ECONNREFUSED or another
+ * negative errno when it failed (the connection's error message says why). */
+int pg_connect_bounded(PGconn *conn, uint64_t timeout_usec);
+
+/* Send one statement (conn made non-blocking) and wait for its last result,
+ * at most timeout_usec: 0 and the result in *ret (a failed statement
+ * included: check its status); -ETIMEDOUT when the server did not answer in
+ * time (the statement is still in flight: the caller closes conn); -EIO
+ * when libpq failed (its error message says why). */
+int pg_exec_bounded(PGconn *conn, const char *sql, int n_params, const char *const *params, uint64_t timeout_usec,
+                    PGresult **ret);
+
 /* The same read as the daemon's, blocking, for the one-shot commands: the
  * snapshot, then the lock graph when plan_wants_graph() says so, on a
- * connection that ran pg_setup_sql. Negative errno on failure (the
- * connection's error message says why). */
-int snapshot_fetch(PGconn *conn, const struct server *srv, const struct snapshot_request *req, struct snapshot *ret);
+ * connection that ran pg_setup_sql; each statement waits at most
+ * timeout_usec. Negative errno on failure: -ETIMEDOUT when the server did not
+ * answer in time; otherwise the connection's error message says why. */
+int snapshot_fetch(PGconn *conn, const struct server *srv, const struct snapshot_request *req, uint64_t timeout_usec,
+                   struct snapshot *ret);
 
 /* PostgreSQL timestamps travel as int8 microseconds since the Unix epoch. */
 int parse_int64(const char *s, int64_t *ret);

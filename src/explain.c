@@ -12,11 +12,18 @@
 #include "explain.h"
 #include "log.h"
 #include "macro.h"
+#include "pgconn.h"
 #include "plan.h"
 #include "snapshot.h"
 #include "sql.h"
 
-#define CONNECT_TIMEOUT "10"        /* unless the conninfo sets connect_timeout */
+/* The daemon's bounds (server.c): connecting takes at most the conninfo's
+ * connect_timeout (10 s without one), each statement at most 10 s. The
+ * server's statement_timeout (5 s, set by pg_setup_sql) usually ends a slow
+ * statement first; these end the wait for a server that stopped answering. */
+#define CONNECT_TIMEOUT_SEC 10u
+#define STATEMENT_TIMEOUT_SEC 10u
+#define USEC_PER_SEC UINT64_C(1000000)
 #define ELLIPSIS "\xe2\x80\xa6"     /* … */
 
 /* One server's snapshot and its judgement: the verdicts point into both. */
@@ -48,39 +55,58 @@ static void explain_error(const struct server *srv, const char *what, const char
         fprintf(stderr, "pgsweeper: %s: %s%s%s\n", name, what, *msg ? ": " : "", msg);
 }
 
-/* Connect (blocking: a one-shot command), say who we are there, take one
- * snapshot of every client backend and judge it. Only SELECTs are sent. */
+/* A failed wait for the server: the bound it hit, or libpq's word. */
+static void explain_wait_error(const struct server *srv, const char *what, int r, unsigned bound_sec, PGconn *conn) {
+        char timeout[64];
+
+        if (r == -ETIMEDOUT) {
+                snprintf(timeout, sizeof(timeout), "no answer within %us", bound_sec);
+                explain_error(srv, what, timeout);
+        } else
+                explain_error(srv, what, PQerrorMessage(conn));
+}
+
+/* Connect, say who we are there, take one snapshot of every client backend
+ * and judge it. Only SELECTs are sent. Blocking, as a one-shot command may
+ * be, but every wait is bounded: a server that stops answering fails alone. */
 static int explain_server(const struct config *c, const struct server *srv, bool dry_run, struct explained *ret) {
-        /* Processed in order, later wins: our timeout before the user's
-         * conninfo, so the conninfo can change it; the application name as
-         * the daemon's, so a running daemon sees explain as a pgsweeper. */
-        const char *const keys[] = { "connect_timeout", "dbname", "fallback_application_name", NULL };
-        const char *const values[] = { CONNECT_TIMEOUT, srv->conninfo, "pgsweeper", NULL };
-        _cleanup_(PQfinishp) PGconn *conn = PQconnectdbParams(keys, values, 1);
+        /* The daemon's connection: its fallback application name, so a
+         * running daemon sees explain as a pgsweeper. */
+        _cleanup_(PQfinishp) PGconn *conn = pg_connect_start(srv->conninfo);
         _cleanup_(PQclearp) PGresult *setup = NULL;
+        unsigned connect_sec = pg_connect_timeout_sec(srv->conninfo, CONNECT_TIMEOUT_SEC);
         struct snapshot_request req;
         struct pg_identity id;
         struct session_id self;
         int r;
 
         *ret = (struct explained) {};
-        if (!conn || PQstatus(conn) != CONNECTION_OK) {
+        if (!conn || PQstatus(conn) == CONNECTION_BAD) {
                 explain_error(srv, "cannot connect", conn ? PQerrorMessage(conn) : strerror(ENOMEM));
                 return -ECONNREFUSED;
         }
-        setup = PQexec(conn, pg_setup_sql);
+        r = pg_connect_bounded(conn, connect_sec * USEC_PER_SEC);
+        if (r < 0) {
+                explain_wait_error(srv, "cannot connect", r, connect_sec, conn);
+                return r;
+        }
+        r = pg_exec_bounded(conn, pg_setup_sql, 0, NULL, STATEMENT_TIMEOUT_SEC * USEC_PER_SEC, &setup);
+        if (r < 0) {
+                explain_wait_error(srv, "set-up failed", r, STATEMENT_TIMEOUT_SEC, conn);
+                return r;
+        }
         if (pg_identity_from_result(setup, &id) < 0) {
-                explain_error(srv, "set-up failed", PQerrorMessage(conn));
+                explain_error(srv, "set-up failed", PQresultErrorMessage(setup));
                 return -EBADMSG;
         }
 
         /* The daemon's own read: the same statements and parsing, the lock
          * graph included when a rule needs it. */
         plan_explain_request(c, srv, &req);
-        r = snapshot_fetch(conn, srv, &req, &ret->snap);
+        r = snapshot_fetch(conn, srv, &req, STATEMENT_TIMEOUT_SEC * USEC_PER_SEC, &ret->snap);
         snapshot_request_done(&req);
         if (r < 0) {
-                explain_error(srv, "snapshot failed", PQerrorMessage(conn));
+                explain_wait_error(srv, "snapshot failed", r, STATEMENT_TIMEOUT_SEC, conn);
                 pg_identity_done(&id);
                 return r;
         }

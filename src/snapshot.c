@@ -3,8 +3,10 @@
  * and --explain all read a server through here. */
 #include <errno.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "macro.h"
 #include "plan.h"
@@ -195,23 +197,118 @@ void snapshot_request_done(struct snapshot_request *r) {
         *r = (struct snapshot_request) {};
 }
 
-static int fetch(PGconn *conn, const char *sql, const struct snapshot_params *p, struct snapshot *ret) {
-        PGresult *res = PQexecParams(conn, sql, SNAPSHOT_PARAMS, NULL, (const char *const *) p->values, NULL, NULL, 0);
-        int r = snapshot_from_result(res, ret);
+static uint64_t monotonic_usec(void) {
+        struct timespec ts;
 
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000u + (uint64_t) ts.tv_nsec / 1000u;
+}
+
+/* Wait until conn's socket is readable (or writable, for_write), or until
+ * deadline_usec passes: 1 ready, 0 timed out, negative errno. */
+static int wait_socket(PGconn *conn, bool for_write, uint64_t deadline_usec) {
+        struct pollfd p = { .fd = PQsocket(conn), .events = POLLIN | (for_write ? POLLOUT : 0) };
+
+        if (p.fd < 0)
+                return -EBADF;
+        for (;;) {
+                uint64_t now = monotonic_usec(), ms;
+                int r;
+
+                if (now >= deadline_usec)
+                        return 0;
+                /* rounded up: never spin on a last fraction of a millisecond */
+                ms = (deadline_usec - now + 999) / 1000;
+                r = poll(&p, 1, ms > INT32_MAX ? INT32_MAX : (int) ms);
+                if (r > 0)
+                        return 1;
+                if (r < 0 && errno != EINTR)
+                        return -errno;
+        }
+}
+
+int pg_connect_bounded(PGconn *conn, uint64_t timeout_usec) {
+        uint64_t deadline = monotonic_usec() + timeout_usec;
+        PostgresPollingStatusType st = PGRES_POLLING_WRITING;   /* as libpq says to begin */
+
+        for (;;) {
+                int r;
+
+                if (st == PGRES_POLLING_OK)
+                        return 0;
+                if (st == PGRES_POLLING_FAILED)
+                        return -ECONNREFUSED;
+                r = wait_socket(conn, st == PGRES_POLLING_WRITING, deadline);
+                if (r <= 0)
+                        return r == 0 ? -ETIMEDOUT : r;
+                st = PQconnectPoll(conn);
+        }
+}
+
+int pg_exec_bounded(PGconn *conn, const char *sql, int n_params, const char *const *params, uint64_t timeout_usec,
+                    PGresult **ret) {
+        uint64_t deadline = monotonic_usec() + timeout_usec;
+        PGresult *last = NULL;
+
+        *ret = NULL;
+        if (PQsetnonblocking(conn, 1) < 0 ||
+            !PQsendQueryParams(conn, sql, n_params, NULL, params, NULL, NULL, 0))
+                return -EIO;
+        /* libpq's asynchronous loop: flush what is queued, then read until a
+         * result is complete; PQgetResult() never waits on the socket here. */
+        for (;;) {
+                int flushed = PQflush(conn), r;
+                PGresult *res;
+
+                if (flushed < 0)
+                        break;
+                if (flushed == 0 && !PQisBusy(conn)) {
+                        res = PQgetResult(conn);
+                        if (!res) {
+                                *ret = last;
+                                return 0;
+                        }
+                        if (last)
+                                PQclear(last);
+                        last = res;
+                        continue;
+                }
+                r = wait_socket(conn, flushed == 1, deadline);
+                if (r <= 0) {
+                        if (last)
+                                PQclear(last);
+                        return r == 0 ? -ETIMEDOUT : r;
+                }
+                if (!PQconsumeInput(conn))
+                        break;
+        }
+        if (last)
+                PQclear(last);
+        return -EIO;
+}
+
+static int fetch(PGconn *conn, const char *sql, const struct snapshot_params *p, uint64_t timeout_usec,
+                 struct snapshot *ret) {
+        PGresult *res = NULL;
+        int r = pg_exec_bounded(conn, sql, SNAPSHOT_PARAMS, (const char *const *) p->values, timeout_usec, &res);
+
+        if (r >= 0)
+                r = snapshot_from_result(res, ret);
         PQclear(res);
         return r;
 }
 
-int snapshot_fetch(PGconn *conn, const struct server *srv, const struct snapshot_request *req, struct snapshot *ret) {
+int snapshot_fetch(PGconn *conn, const struct server *srv, const struct snapshot_request *req, uint64_t timeout_usec,
+                   struct snapshot *ret) {
         struct snapshot_params params;
         int r;
 
+        *ret = (struct snapshot) {};
         snapshot_params_build(req, &params);
-        r = fetch(conn, pg_snapshot_sql, &params, ret);
+        r = fetch(conn, pg_snapshot_sql, &params, timeout_usec, ret);
         if (r >= 0 && plan_wants_graph(srv, ret)) {
                 snapshot_free(ret);
-                r = fetch(conn, pg_lock_graph_sql_for(PQserverVersion(conn)), &params, ret);
+                r = fetch(conn, pg_lock_graph_sql_for(PQserverVersion(conn)), &params, timeout_usec, ret);
                 ret->has_graph = r >= 0;
         }
         snapshot_params_free(&params);

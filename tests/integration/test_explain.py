@@ -1,8 +1,11 @@
 """pgsweeper --explain (SPEC 12): one verdict per client session, from the
 daemon's own judgement, without a signal, a journal entry or a metrics file."""
 
+import concurrent.futures
 import json
 import re
+import socket
+import subprocess
 import time
 import uuid
 
@@ -10,6 +13,7 @@ import pytest
 
 from conftest import HOSTILE, free_tcp_port, stop_process, wait_until
 from pgs_helpers import assert_connection_alive, events, main_server, parse_duration_ms, yaml_config
+from tcpproxy import TcpProxy
 
 KEYS = ["server", "pid", "user", "database", "application", "client_addr", "state", "verdict", "rule",
         "limit", "limit_ms", "elapsed_ms", "remaining_ms", "action", "reason", "blocked"]
@@ -289,6 +293,105 @@ def test_several_servers_one_down(pg, sweeper):
     r = explain(sweeper, cfg, "--server", "nowhere", expect=2)
     assert "nowhere" in r.stderr
     assert_connection_alive(conn)
+
+
+# A server that stops answering (issue 18): explain waits at most 10 s for
+# each statement (the daemon's bound), says which server and why, and still
+# shows the servers after it. Before, it waited forever and printed nothing.
+# The proxy passes the real login through, then nothing more either way
+# once the trigger (the set-up statement, or the snapshot after a set-up
+# that was answered) goes by, as in a network partition.
+STATEMENT_TIMEOUT_S = 10
+SLACK_S = 5
+HANGS = {
+    "after-login": b"set_config('statement_timeout'",
+    "mid-snapshot": b"FROM pg_stat_get_activity(NULL) a",
+}
+
+
+@pytest.fixture
+def frozen_proxies(pg):
+    proxies = []
+
+    def make(trigger):
+        p = TcpProxy(pg.port, trigger=trigger, mode="blackhole", once=False)
+        proxies.append(p)
+        return p
+    yield make
+    for p in proxies:
+        p.close()
+
+
+def explain_timed(sweeper, cfg, *arg_lists):
+    """Run explain once per list of extra arguments, all at once (each waits
+    out the same bound); returns [(stdout, stderr, seconds)] in that order.
+    The bound is the test: a hang fails here instead of blocking the suite."""
+    argvs = [sweeper.argv(cfg, ("--explain", *args)) for args in arg_lists]
+
+    def run(argv):
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=STATEMENT_TIMEOUT_S * 3)
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError(f"{argv} did not finish within {e.timeout}s\nstdout:\n{e.stdout}\n"
+                                 f"stderr:\n{e.stderr}")
+        took = time.monotonic() - t0
+        assert p.returncode == 1, f"{argv}: exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr}"
+        assert STATEMENT_TIMEOUT_S - 0.5 <= took < STATEMENT_TIMEOUT_S + SLACK_S, f"{argv} took {took:.1f}s"
+        return p.stdout, p.stderr, took
+
+    with concurrent.futures.ThreadPoolExecutor(len(argvs)) as pool:
+        return list(pool.map(run, argvs))
+
+
+@pytest.mark.parametrize("where", list(HANGS))
+def test_server_that_stops_answering(pg, sweeper, frozen_proxies, where):
+    conn = pg.connect(user="app", application_name="healthy")
+    pid = conn.info.backend_pid
+    proxy = frozen_proxies(HANGS[where])
+    rules = "      - {name: idle, max_idle: 1h}\n"
+    # the hanging server first: it must not keep the healthy one from being shown
+    cfg = yaml_config([("frozen", proxy.conninfo()), main_server(pg)], rules, interval=None)
+    statement = "set-up" if where == "after-login" else "snapshot"
+    message = re.compile(rf"^pgsweeper: frozen: {statement} failed: no answer within {STATEMENT_TIMEOUT_S}s$",
+                         re.M)
+
+    (text, text_err, _), (js, js_err, _) = explain_timed(sweeper, cfg, [], ["--json"])
+    assert proxy.triggered.is_set(), "explain never sent the statement the proxy freezes on"
+    assert message.search(text_err), text_err
+    lines = text.splitlines()
+    assert lines and lines[0].startswith("SERVER"), text
+    assert any(l.startswith("main ") and f"  {pid}  " in l for l in lines), text
+    assert not any(l.startswith("frozen ") for l in lines), text
+
+    assert message.search(js_err), js_err
+    rows = json.loads(js)
+    assert isinstance(rows, list) and rows, js
+    assert {row["server"] for row in rows} == {"main"}
+    assert by_pid(rows)[pid]["application"] == "healthy"
+    assert_connection_alive(conn)
+
+
+def test_server_that_never_finishes_the_handshake(pg, sweeper):
+    """The kernel accepts the TCP connection (the listen backlog), nobody
+    answers the startup packet; connect_timeout=0 (libpq: wait forever)
+    falls back to the daemon's 10 s, as the daemon does."""
+    conn = pg.connect(user="app", application_name="healthy")
+    pid = conn.info.backend_pid
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)
+    try:
+        port = mute.getsockname()[1]
+        mute_conninfo = f"host=127.0.0.1 port={port} dbname=postgres user=pgsweeper sslmode=disable connect_timeout=0"
+        cfg = yaml_config([("mute", mute_conninfo), main_server(pg)], "      - {name: idle, max_idle: 1h}\n",
+                          interval=None)
+        [(out, err, _)] = explain_timed(sweeper, cfg, [])
+    finally:
+        mute.close()
+    assert re.search(r"^pgsweeper: mute: cannot connect: no answer within 10s$", err, re.M), err
+    assert any(l.startswith("main ") and f"  {pid}  " in l for l in out.splitlines()), out
 
 
 def test_command_line_errors(pg, sweeper):
