@@ -10,6 +10,14 @@
 #include <stdint.h>
 #include <systemd/sd-event.h>
 
+/* The bounds of every wait for a server, the daemon's and --explain's:
+ * connecting takes at most the conninfo's connect_timeout, or this without
+ * one; a statement's answer at most PG_STATEMENT_WAIT_SEC. pg_setup_sql's
+ * statement_timeout (5 s) usually ends a slow statement on the server
+ * first; these end the wait for a server or network that stopped answering. */
+#define PG_CONNECT_TIMEOUT_SEC  10u
+#define PG_STATEMENT_WAIT_SEC   10u
+
 /* Start a non-blocking connection (drive it with PQconnectPoll). pgsweeper
  * adds a fallback application_name; the user's conninfo wins otherwise.
  * NULL only when out of memory. */

@@ -17,12 +17,7 @@
 #include "snapshot.h"
 #include "sql.h"
 
-/* The daemon's bounds (server.c): connecting takes at most the conninfo's
- * connect_timeout (10 s without one), each statement at most 10 s. The
- * server's statement_timeout (5 s, set by pg_setup_sql) usually ends a slow
- * statement first; these end the wait for a server that stopped answering. */
-#define CONNECT_TIMEOUT_SEC 10u
-#define STATEMENT_TIMEOUT_SEC 10u
+/* The daemon's bounds (pgconn.h): PG_CONNECT_TIMEOUT_SEC, PG_STATEMENT_WAIT_SEC. */
 #define USEC_PER_SEC UINT64_C(1000000)
 #define ELLIPSIS "\xe2\x80\xa6"     /* … */
 
@@ -74,7 +69,7 @@ static int explain_server(const struct config *c, const struct server *srv, bool
          * running daemon sees explain as a pgsweeper. */
         _cleanup_(PQfinishp) PGconn *conn = pg_connect_start(srv->conninfo);
         _cleanup_(PQclearp) PGresult *setup = NULL;
-        unsigned connect_sec = pg_connect_timeout_sec(srv->conninfo, CONNECT_TIMEOUT_SEC);
+        unsigned connect_sec = pg_connect_timeout_sec(srv->conninfo, PG_CONNECT_TIMEOUT_SEC);
         struct snapshot_request req;
         struct pg_identity id;
         struct session_id self;
@@ -90,9 +85,9 @@ static int explain_server(const struct config *c, const struct server *srv, bool
                 explain_wait_error(srv, "cannot connect", r, connect_sec, conn);
                 return r;
         }
-        r = pg_exec_bounded(conn, pg_setup_sql, 0, NULL, STATEMENT_TIMEOUT_SEC * USEC_PER_SEC, &setup);
+        r = pg_exec_bounded(conn, pg_setup_sql, 0, NULL, PG_STATEMENT_WAIT_SEC * USEC_PER_SEC, &setup);
         if (r < 0) {
-                explain_wait_error(srv, "set-up failed", r, STATEMENT_TIMEOUT_SEC, conn);
+                explain_wait_error(srv, "set-up failed", r, PG_STATEMENT_WAIT_SEC, conn);
                 return r;
         }
         if (pg_identity_from_result(setup, &id) < 0) {
@@ -103,10 +98,10 @@ static int explain_server(const struct config *c, const struct server *srv, bool
         /* The daemon's own read: the same statements and parsing, the lock
          * graph included when a rule needs it. */
         plan_explain_request(c, srv, &req);
-        r = snapshot_fetch(conn, srv, &req, STATEMENT_TIMEOUT_SEC * USEC_PER_SEC, &ret->snap);
+        r = snapshot_fetch(conn, srv, &req, PG_STATEMENT_WAIT_SEC * USEC_PER_SEC, &ret->snap);
         snapshot_request_done(&req);
         if (r < 0) {
-                explain_wait_error(srv, "snapshot failed", r, STATEMENT_TIMEOUT_SEC, conn);
+                explain_wait_error(srv, "snapshot failed", r, PG_STATEMENT_WAIT_SEC, conn);
                 pg_identity_done(&id);
                 return r;
         }

@@ -33,10 +33,7 @@
 
 #define USEC_PER_MSEC           UINT64_C(1000)
 #define USEC_PER_SEC            UINT64_C(1000000)
-#define CONNECT_TIMEOUT_SEC     10u     /* unless the conninfo sets connect_timeout */
-/* Our own statements are bounded on the server (statement_timeout, set by
- * pg_setup_sql) and, should the server or network hang, here. */
-#define QUERY_TIMEOUT_USEC      (10 * USEC_PER_SEC)
+#define QUERY_TIMEOUT_USEC      (PG_STATEMENT_WAIT_SEC * USEC_PER_SEC)
 #define BACKOFF_MIN_USEC        (500 * USEC_PER_MSEC)
 #define BACKOFF_MAX_USEC        (60 * USEC_PER_SEC)
 #define STILL_DOWN_EVERY_USEC   (10 * 60 * USEC_PER_SEC)
@@ -433,7 +430,7 @@ static void on_pg_connected(void *userdata) {
 static void server_start_connect(struct server_state *s) {
         server_close(s);
         s->phase = PHASE_CONNECTING;
-        pgconn_connect(s->pg, s->server->conninfo, CONNECT_TIMEOUT_SEC);
+        pgconn_connect(s->pg, s->server->conninfo, PG_CONNECT_TIMEOUT_SEC);
 }
 
 /* The cycle is over: log what is left of it and plan the next
