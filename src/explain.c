@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,11 +22,16 @@
 /* The daemon's bounds (pgconn.h): PG_CONNECT_TIMEOUT_SEC, PG_STATEMENT_WAIT_SEC. */
 #define USEC_PER_SEC UINT64_C(1000000)
 #define ELLIPSIS "\xe2\x80\xa6"     /* … */
+/* Servers asked at the same time: one hanging server costs its own bound,
+ * not the others'. */
+#define EXPLAIN_WORKERS 16
 
 /* One server's snapshot and its judgement: the verdicts point into both. */
 struct explained {
         struct snapshot snap;
         struct judgement judgement;
+        bool asked;                 /* --server did not leave it out */
+        bool ok;                    /* its snapshot was read and judged */
 };
 
 static void explained_done(struct explained *e) {
@@ -75,7 +82,8 @@ static int explain_server(const struct config *c, const struct server *srv, bool
         struct session_id self;
         int r;
 
-        *ret = (struct explained) {};
+        ret->snap = (struct snapshot) {};
+        ret->judgement = (struct judgement) {};
         if (!conn || PQstatus(conn) == CONNECTION_BAD) {
                 explain_error(srv, "cannot connect", conn ? PQerrorMessage(conn) : strerror(ENOMEM));
                 return -ECONNREFUSED;
@@ -120,10 +128,47 @@ static int explain_server(const struct config *c, const struct server *srv, bool
         return 0;
 }
 
+/* The servers are asked by up to EXPLAIN_WORKERS threads at once, each
+ * taking the next server not yet taken; each server's wait is bounded on
+ * its own, so the whole run takes about the longest of them. */
+struct explain_work {
+        const struct config *config;
+        const struct explain_options *options;
+        struct explained *ex;
+        atomic_size_t next;
+};
+
+static void *explain_worker(void *arg) {
+        struct explain_work *w = arg;
+
+        for (size_t i; (i = atomic_fetch_add(&w->next, 1)) < w->config->n_servers;)
+                if (w->ex[i].asked)
+                        w->ex[i].ok = explain_server(w->config, &w->config->servers[i], w->options->dry_run,
+                                                     &w->ex[i]) == 0;
+        return NULL;
+}
+
+static void explain_all(const struct config *c, const struct explain_options *o, struct explained *ex) {
+        struct explain_work w = { .config = c, .options = o, .ex = ex };
+        pthread_t threads[EXPLAIN_WORKERS];
+        size_t n = 0, asked = 0;
+
+        for (size_t i = 0; i < c->n_servers; i++)
+                asked += ex[i].asked;
+        atomic_init(&w.next, 0);
+        /* One server needs no thread; a thread that cannot start leaves the
+         * work to the others (or to this one). */
+        while (asked > 1 && n < asked && n < EXPLAIN_WORKERS && pthread_create(&threads[n], NULL, explain_worker, &w) == 0)
+                n++;
+        explain_worker(&w);
+        for (size_t i = 0; i < n; i++)
+                pthread_join(threads[i], NULL);
+}
+
 int explain_run(const struct config *c, const struct explain_options *o, FILE *out) {
         _cleanup_free_ struct explained *ex = NULL;
         _cleanup_free_ struct explain_row *rows = NULL;
-        size_t n_rows = 0, n_ex = 0;
+        size_t n_rows = 0;
         bool failed = false;
         int status;
 
@@ -139,24 +184,26 @@ int explain_run(const struct config *c, const struct explain_options *o, FILE *o
         }
 
         ex = xcalloc(c->n_servers + 1, sizeof(*ex));
+        for (size_t i = 0; i < c->n_servers; i++)
+                ex[i].asked = !o->server || strcmp(c->servers[i].name, o->server) == 0;
+        explain_all(c, o, ex);
         for (size_t i = 0; i < c->n_servers; i++) {
                 const struct server *srv = &c->servers[i];
 
-                if (o->server && strcmp(srv->name, o->server) != 0)
+                if (!ex[i].asked)
                         continue;
-                if (explain_server(c, srv, o->dry_run, &ex[n_ex]) < 0) {
+                if (!ex[i].ok) {
                         failed = true;
                         continue;
                 }
-                rows = xreallocarray(rows, n_rows + ex[n_ex].snap.n_rows + 1, sizeof(*rows));
-                for (size_t k = 0; k < ex[n_ex].snap.n_rows; k++) {
-                        const struct verdict *v = &ex[n_ex].judgement.verdicts[k];
+                rows = xreallocarray(rows, n_rows + ex[i].snap.n_rows + 1, sizeof(*rows));
+                for (size_t k = 0; k < ex[i].snap.n_rows; k++) {
+                        const struct verdict *v = &ex[i].judgement.verdicts[k];
                         /* Only client backends are sessions to explain. */
                         if (v->kind == VERDICT_PROTECTED && v->reason == REASON_NOT_CLIENT)
                                 continue;
                         rows[n_rows++] = (struct explain_row) { srv->name, v };
                 }
-                n_ex++;
         }
 
         explain_sort(rows, n_rows);
@@ -165,7 +212,7 @@ int explain_run(const struct config *c, const struct explain_options *o, FILE *o
         else
                 explain_print_text(rows, n_rows, out);
         status = fflush(out) == 0 && !ferror(out) && !failed ? 0 : 1;
-        for (size_t i = 0; i < n_ex; i++)
+        for (size_t i = 0; i < c->n_servers; i++)
                 explained_done(&ex[i]);
         return status;
 }

@@ -376,21 +376,29 @@ def test_server_that_stops_answering(pg, sweeper, frozen_proxies, where):
 def test_server_that_never_finishes_the_handshake(pg, sweeper):
     """The kernel accepts the TCP connection (the listen backlog), nobody
     answers the startup packet; connect_timeout=0 (libpq: wait forever)
-    falls back to the daemon's 10 s, as the daemon does."""
+    falls back to the daemon's 10 s, as the daemon does. Three such servers
+    are waited for at the same time: the run takes one bound, not three
+    (explain_timed fails a run longer than 10 s + slack)."""
     conn = pg.connect(user="app", application_name="healthy")
     pid = conn.info.backend_pid
-    mute = socket.socket()
-    mute.bind(("127.0.0.1", 0))
-    mute.listen(8)
+    mutes = []
     try:
-        port = mute.getsockname()[1]
-        mute_conninfo = f"host=127.0.0.1 port={port} dbname=postgres user=pgsweeper sslmode=disable connect_timeout=0"
-        cfg = yaml_config([("mute", mute_conninfo), main_server(pg)], "      - {name: idle, max_idle: 1h}\n",
-                          interval=None)
+        servers = []
+        for i in range(3):
+            mute = socket.socket()
+            mutes.append(mute)
+            mute.bind(("127.0.0.1", 0))
+            mute.listen(8)
+            port = mute.getsockname()[1]
+            servers.append((f"mute{i}", f"host=127.0.0.1 port={port} dbname=postgres user=pgsweeper "
+                                        "sslmode=disable connect_timeout=0"))
+        cfg = yaml_config(servers + [main_server(pg)], "      - {name: idle, max_idle: 1h}\n", interval=None)
         [(out, err, _)] = explain_timed(sweeper, cfg, [])
     finally:
-        mute.close()
-    assert re.search(r"^pgsweeper: mute: cannot connect: no answer within 10s$", err, re.M), err
+        for mute in mutes:
+            mute.close()
+    for i in range(3):
+        assert re.search(rf"^pgsweeper: mute{i}: cannot connect: no answer within 10s$", err, re.M), err
     assert any(l.startswith("main ") and f"  {pid}  " in l for l in out.splitlines()), out
 
 
