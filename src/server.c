@@ -435,6 +435,8 @@ static void server_start_connect(struct server_state *s) {
 
 /* The cycle is over: log what is left of it and plan the next
  * (plan_next_poll). */
+static void on_action_done(void *userdata, PGresult *res);
+
 static void cycle_complete(struct server_state *s) {
         uint64_t at = plan_next_poll(s->config, s->server, &(struct plan_cycle) {
                 .poll_started = s->poll_started, .snap_received = s->snap_received,
@@ -460,36 +462,43 @@ static void cycle_complete(struct server_state *s) {
         report(s, false, eventful, ended);
 }
 
-static void send_next_batch(struct server_state *s);
+/* Send the next batch of the cycle, if there is one and no stop or
+ * retirement came (the sessions of the batches never sent are judged again
+ * by whoever polls next). Returns false when there is none: the cycle is
+ * done acting. */
+static bool send_next_batch(struct server_state *s) {
+        if (s->stopping || s->retiring ||
+            enforce_next_batch(&s->judgement, s->results, &s->next_decision, &s->batch) == 0)
+                return false;
+        send_statement(s, PHASE_ACTING, SEND_QUERY, NULL, pg_action_sql, (int) ELEMENTSOF(s->batch.params),
+                       (const char *const *) s->batch.params, on_action_done);
+        return true;
+}
 
-/* One batch answered: its decisions are logged now, whatever comes of the
- * next. A batch that failed (its statement_timeout on a host short of CPU,
- * an error) may have signalled some: only its own victims are unknown. */
+/* One batch answered: the next goes out at once, so that the server works
+ * on it while this one's decisions are logged, whatever comes of the next.
+ * A batch that failed (its statement_timeout on a host short of CPU, an
+ * error) may have signalled some: only its own victims are unknown. */
 static void on_action_done(void *userdata, PGresult *res) {
         struct server_state *s = userdata;
         _cleanup_free_ char *why = NULL;
+        size_t end;
 
         if (enforce_read_result(&s->batch, res, s->results) < 0) {
                 why = xasprintf("the action statement failed: %s", pgconn_result_error(s->pg, res));
                 log_error(name(s), "action statement failed: %s", pgconn_result_error(s->pg, res));
                 enforce_mark_unknown(&s->batch, s->results);
         }
-        log_through(s, action_batch_end(&s->batch), why);
+        end = action_batch_end(&s->batch);
         action_batch_free(&s->batch);
-        send_next_batch(s);
-}
-
-/* The batches of a cycle follow one another on the connection; a stop or a
- * retirement sends no new one (the sessions of those never sent are judged
- * again by whoever polls next). */
-static void send_next_batch(struct server_state *s) {
-        if (s->stopping || s->retiring ||
-            enforce_next_batch(&s->judgement, s->results, &s->next_decision, &s->batch) == 0) {
+        if (!send_next_batch(s)) {
+                log_through(s, end, why);
                 cycle_complete(s);
                 return;
         }
-        send_statement(s, PHASE_ACTING, SEND_QUERY, NULL, pg_action_sql, (int) ELEMENTSOF(s->batch.params),
-                       (const char *const *) s->batch.params, on_action_done);
+        /* A send that failed logged the whole cycle and closed it. */
+        if (s->phase == PHASE_ACTING)
+                log_through(s, end, why);
 }
 
 /* pg_is_in_recovery() as this poll saw it: a change is one entry. */
@@ -531,7 +540,8 @@ static void judge_and_act(struct server_state *s) {
         enforce_prepare(&s->judgement, s->results);
         report_begin(&s->memory, &(struct cycle) { .judgement = &s->judgement });
         s->logged = (struct cycle_outcome) {};
-        send_next_batch(s);
+        if (!send_next_batch(s))
+                cycle_complete(s);
 }
 
 /* What this cycle asks the server for; both statements of a poll take it. */
