@@ -37,6 +37,9 @@ struct pgconn_callbacks {
         void *userdata;
 };
 
+/* Statements in flight at once: the one the server runs, and the next. */
+#define PGCONN_IN_FLIGHT_MAX 2
+
 enum send_kind {
         SEND_QUERY,         /* sql with params */
         SEND_PREPARE,       /* prepare sql as name */
@@ -56,12 +59,18 @@ void pgconn_close(struct pgconn *c);
 PGconn *pgconn_pq(const struct pgconn *c);
 
 /* Send one statement; its result goes to fn (a PGresult the caller must not
- * keep: it is cleared when fn returns), bounded by timeout_usec.
+ * keep: it is cleared when fn returns), its wait bounded by timeout_usec
+ * from the moment the statements before it have answered. A statement may
+ * be sent while another is in flight (up to PGCONN_IN_FLIGHT_MAX): the
+ * server runs it right after, and the results come in order.
  * -ENOTCONN: nothing was sent (libpq refused it); -EIO: it was handed to
- * libpq but writing failed. Either way the caller calls it a failure; the
- * failed callback is not called for these. */
+ * libpq but writing failed; -EBUSY: too many in flight. Either way the
+ * caller calls it a failure; the failed callback is not called for these. */
 int pgconn_send(struct pgconn *c, enum send_kind kind, const char *stmt, const char *sql, int n_params,
                 const char *const *params, pgconn_result_fn fn, uint64_t timeout_usec);
+
+/* How many statements are in flight. */
+size_t pgconn_in_flight(const struct pgconn *c);
 
 /* The error of a failed result, or the connection's. */
 const char *pgconn_result_error(const struct pgconn *c, const PGresult *res);

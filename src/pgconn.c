@@ -17,9 +17,18 @@ struct pgconn {
         bool connecting;
         int fd;                         /* the socket io watches; libpq may change it while connecting */
         sd_event_source *io;
-        sd_event_source *timeout;       /* the wait in progress takes too long */
-        pgconn_result_fn on_result;     /* who gets the result of the statement in flight */
-        PGresult *result;               /* last result of the statement in flight */
+        sd_event_source *timeout;       /* the oldest statement in flight takes too long */
+        /* The statements in flight, oldest first: who gets each result, and
+         * the bound of each wait (armed when it becomes the oldest). The
+         * connection is in libpq's pipeline mode from connect on, every
+         * statement followed by a sync: the server runs a second statement
+         * as soon as the first is done, without waiting for us to read its
+         * answer, and an error in one never aborts the other. */
+        pgconn_result_fn on_result[PGCONN_IN_FLIGHT_MAX];
+        uint64_t timeout_usec[PGCONN_IN_FLIGHT_MAX];
+        size_t n_in_flight;
+        size_t syncs;                   /* syncs sent whose PGRES_PIPELINE_SYNC is not read yet */
+        PGresult *result;               /* last result of the oldest statement in flight */
 };
 
 PGconn *pg_connect_start(const char *conninfo) {
@@ -77,7 +86,8 @@ void pgconn_close(struct pgconn *c) {
         c->conn = NULL;
         c->connecting = false;
         c->fd = -1;
-        c->on_result = NULL;
+        c->n_in_flight = 0;
+        c->syncs = 0;
 }
 
 PGconn *pgconn_pq(const struct pgconn *c) {
@@ -113,6 +123,8 @@ int pgconn_send(struct pgconn *c, enum send_kind kind, const char *stmt, const c
                 const char *const *params, pgconn_result_fn fn, uint64_t timeout_usec) {
         int ok, r;
 
+        if (c->n_in_flight >= PGCONN_IN_FLIGHT_MAX)
+                return -EBUSY;
         switch (kind) {
         case SEND_PREPARE:
                 ok = PQsendPrepare(c->conn, stmt, sql, n_params, NULL);
@@ -123,24 +135,37 @@ int pgconn_send(struct pgconn *c, enum send_kind kind, const char *stmt, const c
         default:
                 ok = PQsendQueryParams(c->conn, sql, n_params, NULL, params, NULL, NULL, 0);
         }
-        if (!ok)
+        if (!ok || !PQpipelineSync(c->conn))
                 return -ENOTCONN;
-        c->on_result = fn;
+        c->syncs++;
+        c->on_result[c->n_in_flight] = fn;
+        c->timeout_usec[c->n_in_flight] = timeout_usec;
+        if (c->n_in_flight++ == 0)
+                arm_timeout(c, timeout_usec);
         r = PQflush(c->conn);
         if (r < 0 || watch(c, EPOLLIN | (r == 1 ? EPOLLOUT : 0)) < 0)
                 return -EIO;
-        arm_timeout(c, timeout_usec);
         return 0;
 }
 
-/* The statement in flight finished: hand its result on. */
+size_t pgconn_in_flight(const struct pgconn *c) {
+        return c->n_in_flight;
+}
+
+/* The oldest statement in flight finished: hand its result on; the next
+ * one's wait is bounded from now. */
 static void statement_done(struct pgconn *c) {
         PGresult *res = c->result;
-        pgconn_result_fn fn = c->on_result;
+        pgconn_result_fn fn = c->on_result[0];
 
         c->result = NULL;
-        c->on_result = NULL;
-        sd_event_source_set_enabled(c->timeout, SD_EVENT_OFF);
+        c->n_in_flight--;
+        memmove(c->on_result, c->on_result + 1, c->n_in_flight * sizeof(c->on_result[0]));
+        memmove(c->timeout_usec, c->timeout_usec + 1, c->n_in_flight * sizeof(c->timeout_usec[0]));
+        if (c->n_in_flight > 0)
+                arm_timeout(c, c->timeout_usec[0]);
+        else
+                sd_event_source_set_enabled(c->timeout, SD_EVENT_OFF);
         fn(c->cb.userdata, res);
         PQclear(res);
 }
@@ -163,6 +188,10 @@ static void connect_progress(struct pgconn *c) {
                 return;
         case PGRES_POLLING_OK:
                 c->connecting = false;
+                if (!PQenterPipelineMode(c->conn)) {
+                        fail(c, "connect", PQerrorMessage(c->conn));
+                        return;
+                }
                 c->cb.connected(c->cb.userdata);
                 return;
         default:
@@ -190,18 +219,27 @@ void pgconn_connect(struct pgconn *c, const char *conninfo, unsigned default_tim
         connect_progress(c);
 }
 
+/* Results come as: the statement's result(s), NULL, then its sync's
+ * PGRES_PIPELINE_SYNC. An owner's callback may close the connection. */
 static void read_results(struct pgconn *c) {
         if (!PQconsumeInput(c->conn)) {
                 fail(c, "read", PQerrorMessage(c->conn));
                 return;
         }
-        if (!c->on_result)
-                return;  /* nothing in flight: a notice, or the server going away (seen next time) */
-        while (!PQisBusy(c->conn)) {
+        while (c->conn && (c->n_in_flight > 0 || c->syncs > 0) && !PQisBusy(c->conn)) {
                 PGresult *res = PQgetResult(c->conn);
+
                 if (!res) {
+                        if (c->n_in_flight == 0)
+                                return;         /* nothing of ours is left to read */
                         statement_done(c);
-                        return;
+                        continue;
+                }
+                if (PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+                        PQclear(res);
+                        if (c->syncs > 0)
+                                c->syncs--;
+                        continue;
                 }
                 if (c->result)
                         PQclear(c->result);

@@ -95,7 +95,12 @@ struct server_state {
         struct snapshot snap;
         struct judgement judgement;
         enum result *results;
-        struct action_batch batch;      /* the batch in flight */
+        /* The batches in flight, oldest first: the one the server runs and
+         * the one queued behind it, so the server never waits for us
+         * between two (a storm's victims exit meanwhile, and we may wait
+         * long for the CPU to read an answer). */
+        struct action_batch batches[PGCONN_IN_FLIGHT_MAX];
+        size_t n_batches;
         size_t next_decision;           /* where the next batch starts */
         size_t logged_upto;             /* decisions before this one are logged */
         struct cycle_outcome logged;    /* what the cycle logged so far */
@@ -122,7 +127,9 @@ static const char *name(const struct server_state *s) {
 static void cycle_reset(struct server_state *s) {
         judgement_free(&s->judgement);
         snapshot_free(&s->snap);
-        action_batch_free(&s->batch);
+        for (size_t i = 0; i < s->n_batches; i++)
+                action_batch_free(&s->batches[i]);
+        s->n_batches = 0;
         free(s->results);
         s->results = NULL;
         s->next_decision = s->logged_upto = 0;
@@ -217,7 +224,8 @@ static void log_rest(struct server_state *s, const char *unknown_why) {
 /* The batch in flight is lost: its victims are unknown. Returns the
  * sessions the cycle ended. */
 static uint64_t log_cycle_cut_short(struct server_state *s, const char *unknown_why) {
-        enforce_mark_unknown(&s->batch, s->results);
+        for (size_t i = 0; i < s->n_batches; i++)
+                enforce_mark_unknown(&s->batches[i], s->results);
         log_rest(s, unknown_why);
         return s->logged.ended;
 }
@@ -462,43 +470,51 @@ static void cycle_complete(struct server_state *s) {
         report(s, false, eventful, ended);
 }
 
-/* Send the next batch of the cycle, if there is one and no stop or
- * retirement came (the sessions of the batches never sent are judged again
- * by whoever polls next). Returns false when there is none: the cycle is
- * done acting. */
-static bool send_next_batch(struct server_state *s) {
-        if (s->stopping || s->retiring ||
-            enforce_next_batch(&s->judgement, s->results, &s->next_decision, &s->batch) == 0)
-                return false;
-        send_statement(s, PHASE_ACTING, SEND_QUERY, NULL, pg_action_sql, (int) ELEMENTSOF(s->batch.params),
-                       (const char *const *) s->batch.params, on_action_done);
-        return true;
+/* Keep the server busy: send batches of the cycle until two are in flight,
+ * unless a stop or a retirement came (the sessions of the batches never
+ * sent are judged again by whoever polls next). Returns false when none is
+ * in flight: the cycle is done acting. */
+static bool send_batches(struct server_state *s) {
+        while (!s->stopping && !s->retiring && s->n_batches < PGCONN_IN_FLIGHT_MAX &&
+               (s->phase == PHASE_POLLING || s->phase == PHASE_ACTING)) {
+                struct action_batch *b = &s->batches[s->n_batches];
+
+                if (enforce_next_batch(&s->judgement, s->results, &s->next_decision, b) == 0) {
+                        action_batch_free(b);
+                        break;
+                }
+                s->n_batches++;
+                send_statement(s, PHASE_ACTING, SEND_QUERY, NULL, pg_action_sql, (int) ELEMENTSOF(b->params),
+                               (const char *const *) b->params, on_action_done);
+        }
+        return s->n_batches > 0;
 }
 
-/* One batch answered: the next goes out at once, so that the server works
- * on it while this one's decisions are logged, whatever comes of the next.
- * A batch that failed (its statement_timeout on a host short of CPU, an
- * error) may have signalled some: only its own victims are unknown. */
+/* The oldest batch answered: the next goes out at once, so that the server
+ * always has one to run while this one's decisions are logged, whatever
+ * comes of the others. A batch that failed (its statement_timeout on a host
+ * short of CPU, an error) may have signalled some: only its own victims
+ * are unknown. */
 static void on_action_done(void *userdata, PGresult *res) {
         struct server_state *s = userdata;
         _cleanup_free_ char *why = NULL;
         size_t end;
+        bool more;
 
-        if (enforce_read_result(&s->batch, res, s->results) < 0) {
+        if (enforce_read_result(&s->batches[0], res, s->results) < 0) {
                 why = xasprintf("the action statement failed: %s", pgconn_result_error(s->pg, res));
                 log_error(name(s), "action statement failed: %s", pgconn_result_error(s->pg, res));
-                enforce_mark_unknown(&s->batch, s->results);
+                enforce_mark_unknown(&s->batches[0], s->results);
         }
-        end = action_batch_end(&s->batch);
-        action_batch_free(&s->batch);
-        if (!send_next_batch(s)) {
-                log_through(s, end, why);
+        end = action_batch_end(&s->batches[0]);
+        action_batch_free(&s->batches[0]);
+        memmove(&s->batches[0], &s->batches[1], (--s->n_batches) * sizeof(s->batches[0]));
+        more = send_batches(s);
+        if (s->phase != PHASE_ACTING)
+                return;         /* a send failed: the whole cycle was logged and closed */
+        log_through(s, end, why);
+        if (!more)
                 cycle_complete(s);
-                return;
-        }
-        /* A send that failed logged the whole cycle and closed it. */
-        if (s->phase == PHASE_ACTING)
-                log_through(s, end, why);
 }
 
 /* pg_is_in_recovery() as this poll saw it: a change is one entry. */
@@ -540,7 +556,7 @@ static void judge_and_act(struct server_state *s) {
         enforce_prepare(&s->judgement, s->results);
         report_begin(&s->memory, &(struct cycle) { .judgement = &s->judgement });
         s->logged = (struct cycle_outcome) {};
-        if (!send_next_batch(s))
+        if (!send_batches(s) && s->phase == PHASE_POLLING)
                 cycle_complete(s);
 }
 
