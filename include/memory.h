@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "lockgraph.h"
 #include "policy.h"
 
 /* What makes a decision "the same one as last poll": same session, same
@@ -34,6 +35,10 @@ struct memory {
         /* Roots of lock chains that may not be signalled, already warned about. */
         struct session_id *warned_roots;
         size_t n_warned_roots;
+        /* Sessions seen waiting for a lock, and those of them seen holding
+         * since (policy_input.held_since), sorted: kept while they are rows. */
+        struct lock_seen *held_since;
+        size_t n_held_since;
         /* Target roles a permission failure was already explained for. */
         char **denied_roles;
         size_t n_denied_roles;
@@ -49,6 +54,15 @@ void memory_switch(struct memory *m, const struct server *srv);
  * about (and hold back from judgement: dying) sessions terminated last
  * cycle that are still there. */
 void memory_before_judge(struct memory *m, const char *server, const struct snapshot *snap);
+
+/* From snap (part of memory_before_judge): every session waiting for a lock
+ * now; every one that was waiting at the last poll and is not now, with
+ * snap->now (the first poll that saw it holding) or the time it had. A
+ * session that is no row of snap is forgotten: it neither waits nor blocks
+ * anyone now (all waiters and all they wait for are rows when the graph is
+ * read; with no waiter there is no graph), so any later wait behind it
+ * begins after this poll. */
+void memory_track_waiters(struct memory *m, const struct snapshot *snap);
 
 /* Chains whose root may not be signalled: each root said once, for as long
  * as it stays one. */
