@@ -62,16 +62,24 @@ const char pg_snapshot_sql[] =
  * for, each waiter with its blockers (pg_blocking_pids(); a parallel
  * worker's wait counts as its leader's) and when its wait began. Blockers
  * are raw: duplicates and pid 0 (a prepared transaction) are the policy's
- * to handle. */
+ * to handle. The arrays are passed through whole: only a parallel group
+ * with several waiting members is unnested (to merge them, the leader
+ * dropped). A queue of n lists n(n-1)/2 pids (every waiter ahead); the
+ * exact reduction to one edge per waiter is lockgraph.c's, in linear time:
+ * done here with set operations per row, it cost more than twice the
+ * statement (measured at 1000 waiters: 840 ms against 350 ms), and
+ * pg_blocking_pids() itself, about 140 ms there, is the floor. */
 #define LOCK_GRAPH_SQL(waitstart_cte, waitstart_join, waitstart)                                                               \
         "WITH w AS MATERIALIZED (SELECT coalesce(a.leader_pid, a.pid) AS pid, a.pid AS waiter, "                \
         "                               pg_blocking_pids(a.pid) AS blockers, a.query_start "                    \
         "          FROM pg_stat_get_activity(NULL) a "                                                          \
         "          WHERE a.wait_event_type = 'Lock' AND a.pid <> pg_backend_pid()), "                           \
         waitstart_cte                                                                                          \
-        "lg AS (SELECT w.pid, array_agg(b.b) FILTER (WHERE b.b IS NOT NULL) AS blockers, "                      \
+        "lg AS (SELECT w.pid, CASE WHEN count(*) = 1 THEN min(w.blockers) "                                     \
+        "              ELSE ARRAY(SELECT b.b FROM w x, unnest(x.blockers) b(b) "                                \
+        "                         WHERE x.pid = w.pid AND b.b <> w.pid) END AS blockers, "                      \
         "              coalesce(min(" waitstart "), now()) AS wait_start "                                      \
-        "       FROM w " waitstart_join " LEFT JOIN LATERAL unnest(w.blockers) b(b) ON true GROUP BY w.pid), "  \
+        "       FROM w " waitstart_join " GROUP BY w.pid), "                                                    \
         "ids AS (SELECT pid FROM lg UNION SELECT unnest(blockers) FROM lg) "                                    \
         SNAPSHOT_SELECT("c.blockers, c.wait_start")                                                            \
         ", lg.blockers, " US("lg.wait_start") " AS wait_start "                                                 \

@@ -104,10 +104,11 @@ def test_job_queue_only_the_stuck_root_is_ended(pg, sweeper, journal):
             assert w.done.is_set() and w.error is None, (w.pid, w.error)
             assert pg.pid_alive(w.pid)
         assert d.poll() is None
-        entries = journal.entries({"_PID": d.pid}, after_cursor=cursor)
-        acted = [x for x in entries if x.get("PGSWEEPER_RESULT")]
+        got = journal.read({"PGSWEEPER_PID": rpid, "_PID": d.pid}, after_cursor=cursor)
+        assert len(got) == 1, got
+        e = got[0]
+        acted = [x for x in journal.entries({"_PID": d.pid}, after_cursor=cursor) if x.get("PGSWEEPER_RESULT")]
         assert [x["PGSWEEPER_PID"] for x in acted] == [str(rpid)], acted
-        e = acted[0]
         assert e["PGSWEEPER_LIMIT"] == "max_blocking" and e["PGSWEEPER_RESULT"] == "terminated", e
         assert 3000 <= int(e["PGSWEEPER_ELAPSED_MS"]) < 6000, e
     finally:
