@@ -1155,7 +1155,7 @@ def lockqueue_main():
     baseline = os.environ.get("BENCH_BASELINE_BIN")
     rows = []
     for n in LQ_POINTS:
-        holder = connect(user="postgres", dbname="postgres")
+        holder = connect(user="postgres")                  # advisory locks are per database: appdb's
         holder.execute("SELECT pg_advisory_lock(77)")
         conns = open_sessions(n)
         for c in conns:

@@ -860,7 +860,7 @@ static void test_lock_graph_random(void) {
         for (int round = 0; round < 300; round++) {
                 size_t n = 2 + (size_t) (rand_r(&seed) % 40), n_pool = 0;
                 struct snapshot_row *rows = xcalloc(n, sizeof(*rows));
-                int32_t *pool = xcalloc(n * n + 1, sizeof(int32_t)), *pids;
+                int32_t *pool = xcalloc(4 * n + 1, sizeof(int32_t)), *pids;
                 struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = n, .has_graph = true };
                 struct lock_graph g;
                 size_t *count;
