@@ -1130,7 +1130,9 @@ def lockqueue_run(admin, binary, name, n):
                          stdout=err, stderr=err)
     children.append(p)
     try:
-        r, _, _ = select.select([canary.pgconn.socket], [], [], 60)
+        watch = select.poll()                              # fds past 1024 here: no select()
+        watch.register(canary.pgconn.socket, select.POLLIN)
+        r = watch.poll(60000)
         ended = time.time()
         late = ended - (float(sc) + LQ_IDLE_S) if r else None
         poll_s = None
