@@ -1225,6 +1225,83 @@ def storm_main():
               f"(alive); target: exit < 1 s, logged + alive = N {verdict(ok)}")
 
 
+# --- lock queue: judging a long queue, and the canary behind it (issue 18) ---
+
+LQ_POINTS = [int(x) for x in os.environ.get("BENCH_LQ_POINTS", "300,1000,3000").split(",")]
+LQ_IDLE_S = 2.0
+
+
+def lockqueue_run(admin, binary, name, n):
+    """One pgsweeper (binary) on a server where n sessions queue on an
+    advisory lock a superuser holds, with a canary idle app session and a
+    max_idle rule for it: how late past its limit the canary ends, and the
+    last poll's duration (snapshot sent -> judgement done)."""
+    metrics = os.path.join(WORK, name + ".prom")
+    cfg = os.path.join(WORK, name + ".yaml")
+    with open(cfg, "w") as f:
+        f.write("\n".join(["interval: 1s", "min_interval: 100ms", f"metrics_file: {metrics}", "servers:",
+                           "  - name: bench", f'    conninfo: "{conninfo()}"', "    rules:",
+                           "      - {name: blockers, max_blocking: 3s, users: [app]}",
+                           f"      - {{name: canary, max_idle: {int(LQ_IDLE_S * 1000)}ms, users: [app], "
+                           "applications: [canary]}"]) + "\n")
+    canary = connect(options="-c application_name=canary")
+    sc = admin.execute("SELECT extract(epoch FROM state_change) FROM pg_stat_activity WHERE pid = %s",
+                       (canary.info.backend_pid,)).fetchone()[0]
+    err = open(os.path.join(WORK, name + ".stderr"), "w")
+    p = subprocess.Popen([binary, "-c", cfg, "--log-target", "stderr"], stdin=subprocess.DEVNULL,
+                         stdout=err, stderr=err)
+    children.append(p)
+    try:
+        watch = select.poll()                              # fds past 1024 here: no select()
+        watch.register(canary.pgconn.socket, select.POLLIN)
+        r = watch.poll(60000)
+        ended = time.time()
+        late = ended - (float(sc) + LQ_IDLE_S) if r else None
+        poll_s = None
+        try:
+            for line in open(metrics):
+                if line.startswith("pgsweeper_last_poll_duration_seconds"):
+                    poll_s = float(line.split()[-1])
+        except OSError:
+            pass
+    finally:
+        stop_sweeper(p)
+        canary.close()
+    return {"late": late, "poll": poll_s}
+
+
+def lockqueue_main():
+    """BENCH_ONLY=lockqueue: at each of BENCH_LQ_POINTS waiters, the canary's
+    lateness with this build and, if BENCH_BASELINE_BIN is set, with that one
+    first, on the same queue; then bench-judge --lock-queue gives the
+    judging CPU alone."""
+    admin = connect(user="postgres", dbname="postgres")
+    baseline = os.environ.get("BENCH_BASELINE_BIN")
+    rows = []
+    for n in LQ_POINTS:
+        holder = connect(user="postgres")                  # advisory locks are per database: appdb's
+        holder.execute("SELECT pg_advisory_lock(77)")
+        conns = open_sessions(n)
+        for c in conns:
+            c.pgconn.send_query(b"SELECT pg_advisory_lock(77)")
+        got = wait_count(admin, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'", n, 120)
+        log(f"lock queue: {got} sessions wait on advisory lock 77")
+        for label, binary in (("before", baseline), ("now", BIN)):
+            if binary:
+                x = lockqueue_run(admin, binary, f"lq-{label}-{n}", n)
+                log(f"  {label}: {x}")
+                rows.append((n, label, x))
+        holder.close()
+        close_all(conns)
+        wait_count(admin, "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'", 0, 60)
+    print()
+    print(f"{'waiters':>7}  {'build':<7}  {'canary past max_idle':>20}  {'last poll (s)':>13}")
+    for n, label, x in rows:
+        late = f"{x['late']:.3f} s" if x["late"] is not None else "not ended"
+        poll = f"{x['poll']:.3f}" if x["poll"] is not None else "-"
+        print(f"{n:>7}  {label:<7}  {late:>20}  {poll:>13}")
+
+
 def quiet_main():
     """BENCH_ONLY=quiet: only scenario a2 (latency on a quiet server)."""
     for variant in ("silent", "admin"):
@@ -1235,12 +1312,15 @@ def quiet_main():
 
 if __name__ == "__main__":
     # BENCH_ONLY=locks bench/run: only the wave-2 rules' figures (section f);
-    # BENCH_ONLY=quiet: only the quiet-server latency (a2).
+    # BENCH_ONLY=quiet: only the quiet-server latency (a2);
+    # BENCH_ONLY=lockqueue: only the lock queue of issue 18.
     if os.environ.get("BENCH_ONLY") == "locks" or "--locks" in sys.argv[1:]:
         locks_main()
     elif os.environ.get("BENCH_ONLY") == "quiet":
         quiet_main()
     elif os.environ.get("BENCH_ONLY") == "storm":
         storm_main()
+    elif os.environ.get("BENCH_ONLY") == "lockqueue":
+        lockqueue_main()
     else:
         main()

@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "enforce.h"
+#include "lockgraph.h"
 #include "metrics.h"
 #include "policy.h"
 
@@ -44,6 +45,10 @@ struct memory {
          * became of each session (an outcome entry). */
         struct unknown_signal *unknowns;
         size_t n_unknowns;
+        /* Sessions seen waiting for a lock, and those of them seen holding
+         * since (policy_input.held_since), sorted: kept while they are rows. */
+        struct lock_seen *held_since;
+        size_t n_held_since;
         /* Target roles a permission failure was already explained for. */
         char **denied_roles;
         size_t n_denied_roles;
@@ -67,6 +72,15 @@ void memory_before_judge(struct memory *m, struct metrics *metrics, const char *
 
 /* A signal of this decision was sent and its result is unknown. */
 void memory_add_unknown(struct memory *m, const struct decision *d);
+
+/* From snap (part of memory_before_judge): every session waiting for a lock
+ * now; every one that was waiting at the last poll and is not now, with
+ * snap->now (the first poll that saw it holding) or the time it had. A
+ * session that is no row of snap is forgotten: it neither waits nor blocks
+ * anyone now (all waiters and all they wait for are rows when the graph is
+ * read; with no waiter there is no graph), so any later wait behind it
+ * begins after this poll. */
+void memory_track_waiters(struct memory *m, const struct snapshot *snap);
 
 /* Chains whose root may not be signalled: each root said once, for as long
  * as it stays one. */

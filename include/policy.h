@@ -9,6 +9,8 @@
 #include "config.h"
 #include "filter.h"
 
+struct lock_seen;
+
 #define TS_NULL INT64_MIN  /* a NULL timestamp in a snapshot row */
 
 enum session_state {
@@ -61,27 +63,6 @@ struct snapshot {
 };
 
 void snapshot_free(struct snapshot *s);
-
-/* A session's place in the lock graph of one snapshot. */
-struct lock_node {
-        bool waiter;                /* waits for a lock (wait_start set) */
-        bool root;                  /* others wait behind it and it waits for nobody */
-        size_t n_blocked;           /* distinct sessions waiting behind it, directly or through others */
-        int64_t oldest_wait;        /* wait_start of the longest of those waits; TS_NULL: none */
-};
-
-/* The chains of a snapshot: nodes[i] for rows[i], then one node per pid
- * that sessions wait for but that has no row (pid 0, a prepared
- * transaction; or a backend gone meanwhile), orphan_pids[k] for
- * nodes[n_rows + k]. Cycles (a deadlock not yet broken) are walked once. */
-struct lock_graph {
-        struct lock_node *nodes;
-        int32_t *orphan_pids;
-        size_t n_orphans;
-};
-
-void lock_graph_build(const struct snapshot *snap, struct lock_graph *ret);
-void lock_graph_free(struct lock_graph *g);
 
 struct decision {
         const struct snapshot_row *row;
@@ -210,6 +191,12 @@ struct policy_input {
         const struct session_id *dying;   /* terminated last cycle, still exiting: not judged again */
         size_t n_dying;
         bool verdicts;              /* also say why of every row (judgement.verdicts) */
+        /* Sessions seen waiting for a lock at earlier polls (see lockgraph.h):
+         * a root among them is judged under max_blocking from the first poll
+         * that saw it holding, not from the waits it queued with. NULL: no
+         * memory (--explain, a first poll). */
+        const struct lock_seen *held_since;
+        size_t n_held_since;
 };
 
 /* When did the clock of limit k start for this row? TS_NULL: the limit does

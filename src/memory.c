@@ -31,6 +31,7 @@ void memory_done(struct memory *m) {
         free(m->ended);
         free(m->dying);
         free(m->warned_roots);
+        free(m->held_since);
         for (size_t k = 0; k < m->n_denied_roles; k++)
                 free(m->denied_roles[k]);
         free(m->denied_roles);
@@ -130,6 +131,27 @@ void memory_before_judge(struct memory *m, struct metrics *metrics, const char *
                         }
                 }
         m->n_ended = 0;
+        memory_track_waiters(m, snap);
+}
+
+void memory_track_waiters(struct memory *m, const struct snapshot *snap) {
+        struct lock_seen *now = xcalloc(snap->n_rows + 1, sizeof(*now));
+        size_t n = 0;
+
+        for (size_t r = 0; r < snap->n_rows; r++) {
+                const struct snapshot_row *row = &snap->rows[r];
+                const struct lock_seen *before;
+
+                if (row->lock_waiting || row->wait_start != TS_NULL)
+                        now[n++] = (struct lock_seen) { session_id_of(row), TS_NULL };
+                else if ((before = lock_seen_find(m->held_since, m->n_held_since, session_id_of(row))))
+                        now[n++] = (struct lock_seen) { before->id,
+                                                         before->since != TS_NULL ? before->since : snap->now };
+        }
+        qsort(now, n, sizeof(*now), lock_seen_cmp);
+        free(m->held_since);
+        m->held_since = now;
+        m->n_held_since = n;
 }
 
 void memory_warn_roots(struct memory *m, const char *server, const struct judgement *j) {

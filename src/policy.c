@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "filter.h"
+#include "lockgraph.h"
 #include "macro.h"
 #include "netmatch.h"
 #include "policy.h"
@@ -82,96 +83,6 @@ int64_t limit_since(enum limit_kind k, const struct snapshot_row *row) {
         default:
                 return TS_NULL;
         }
-}
-
-struct pid_index {
-        int32_t pid;
-        size_t node;
-};
-
-static int pid_index_cmp(const void *a, const void *b) {
-        const struct pid_index *x = a, *y = b;
-        return x->pid < y->pid ? -1 : x->pid > y->pid;
-}
-
-static size_t node_of(const struct pid_index *idx, size_t n, int32_t pid) {
-        struct pid_index key = { pid, 0 };
-        const struct pid_index *hit = bsearch(&key, idx, n, sizeof(*idx), pid_index_cmp);
-        return hit ? hit->node : SIZE_MAX;
-}
-
-/* Every waiter walks up through the sessions it waits for, directly or
- * through other waiters, and counts once behind each (a stamp per walk:
- * duplicates and cycles are visited once). Rows with the same pid (a
- * backend gone and its pid reused within one snapshot cannot happen; be
- * safe) resolve to the first. */
-void lock_graph_build(const struct snapshot *snap, struct lock_graph *ret) {
-        size_t n = snap->n_rows, n_idx = 0, n_nodes, n_stack;
-        _cleanup_free_ struct pid_index *idx = xcalloc(n + 1, sizeof(*idx));
-        _cleanup_free_ size_t *stamp = NULL, *stack = NULL;
-        struct lock_graph g = {};
-
-        for (size_t i = 0; i < n; i++)
-                idx[n_idx++] = (struct pid_index) { snap->rows[i].pid, i };
-        qsort(idx, n_idx, sizeof(*idx), pid_index_cmp);
-        /* pids waited for without a row of their own */
-        for (size_t i = 0; i < n; i++)
-                for (size_t b = 0; b < snap->rows[i].n_blockers; b++) {
-                        int32_t pid = snap->rows[i].blockers[b];
-                        bool known = node_of(idx, n_idx, pid) != SIZE_MAX;
-                        for (size_t k = 0; k < g.n_orphans && !known; k++)
-                                known = g.orphan_pids[k] == pid;
-                        if (known)
-                                continue;
-                        g.orphan_pids = xreallocarray(g.orphan_pids, g.n_orphans + 1, sizeof(int32_t));
-                        g.orphan_pids[g.n_orphans++] = pid;
-                }
-        n_nodes = n + g.n_orphans;
-        g.nodes = xcalloc(n_nodes + 1, sizeof(*g.nodes));
-        stamp = xcalloc(n_nodes + 1, sizeof(*stamp));
-        stack = xcalloc(n_nodes + 1, sizeof(*stack));
-        for (size_t i = 0; i < n_nodes; i++)
-                g.nodes[i].oldest_wait = TS_NULL;
-
-        for (size_t w = 0; w < n; w++) {
-                const struct snapshot_row *waiter = &snap->rows[w];
-
-                if (waiter->wait_start == TS_NULL)
-                        continue;
-                g.nodes[w].waiter = true;
-                stamp[w] = w + 1;
-                stack[0] = w;
-                n_stack = 1;
-                while (n_stack > 0) {
-                        size_t v = stack[--n_stack];
-                        const struct snapshot_row *r = v < n ? &snap->rows[v] : NULL;
-
-                        for (size_t b = 0; r && b < r->n_blockers; b++) {
-                                size_t u = node_of(idx, n_idx, r->blockers[b]);
-
-                                if (u == SIZE_MAX)
-                                        for (size_t k = 0; k < g.n_orphans; k++)
-                                                if (g.orphan_pids[k] == r->blockers[b])
-                                                        u = n + k;
-                                if (u == SIZE_MAX || stamp[u] == w + 1)
-                                        continue;
-                                stamp[u] = w + 1;
-                                g.nodes[u].n_blocked++;
-                                if (g.nodes[u].oldest_wait == TS_NULL || waiter->wait_start < g.nodes[u].oldest_wait)
-                                        g.nodes[u].oldest_wait = waiter->wait_start;
-                                stack[n_stack++] = u;
-                        }
-                }
-        }
-        for (size_t i = 0; i < n_nodes; i++)
-                g.nodes[i].root = g.nodes[i].n_blocked > 0 && !g.nodes[i].waiter;
-        *ret = g;
-}
-
-void lock_graph_free(struct lock_graph *g) {
-        free(g->nodes);
-        free(g->orphan_pids);
-        *g = (struct lock_graph) {};
 }
 
 /* Own connections are recognised by (pid, backend_start) among this
@@ -335,7 +246,7 @@ static bool judge_rule(const struct policy_input *in, const struct snapshot *sna
                 else if (!node || node_count(rule, k, node, &blocked) < rule_min_blocked(rule, k))
                         continue;
                 else
-                        since = k == LIMIT_BLOCKING ? (node->root ? node->oldest_wait : TS_NULL) : row->wait_start;
+                        since = k == LIMIT_BLOCKING ? (node->root ? node->blocking_since : TS_NULL) : row->wait_start;
                 if (since == TS_NULL)
                         continue;
                 elapsed_ms = snap->now >= since ? (snap->now - since) / 1000 : 0;
@@ -389,11 +300,11 @@ static void chain_warnings(const struct policy_input *in, const struct snapshot 
                 const char *why;
                 int64_t wait_ms;
 
-                if (!node->root || node->oldest_wait == TS_NULL || !(why = root_protection(in, row, pid)))
+                if (!node->root || node->blocking_since == TS_NULL || !(why = root_protection(in, row, pid)))
                         continue;
                 if (row && exempt_from_server(srv, row, &(enum verdict_reason) { 0 }))
                         continue;
-                wait_ms = snap->now >= node->oldest_wait ? (snap->now - node->oldest_wait) / 1000 : 0;
+                wait_ms = snap->now >= node->blocking_since ? (snap->now - node->blocking_since) / 1000 : 0;
                 for (size_t r = 0; r < srv->n_rules; r++) {
                         const struct rule *rule = &srv->rules[r];
 
@@ -421,7 +332,7 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
         struct lock_graph graph = {};
 
         if (snap->has_graph)
-                lock_graph_build(snap, &graph);
+                lock_graph_build(snap, in->held_since, in->n_held_since, &graph);
 
         for (size_t i = 0; i < snap->n_rows; i++) {
                 const struct snapshot_row *row = &snap->rows[i];

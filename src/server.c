@@ -548,6 +548,8 @@ static void judge_and_act(struct server_state *s) {
         in.n_escalations = s->memory.n_escalations;
         in.dying = s->memory.dying;
         in.n_dying = s->memory.n_dying;
+        in.held_since = s->memory.held_since;
+        in.n_held_since = s->memory.n_held_since;
         policy_judge(&in, &s->snap, &s->judgement);
         s->poll_usec = clock_usec() - s->poll_started;
         memory_warn_roots(&s->memory, name(s), &s->judgement);

@@ -77,6 +77,44 @@ def test_idle_in_transaction_root_ended_writers_finish(pg, sweeper, journal, tab
                 if x.get("PGSWEEPER_PID") in {str(w.pid) for w in writers}]
 
 
+
+def test_job_queue_only_the_stuck_root_is_ended(pg, sweeper, journal):
+    """Issue 18, defect 1: a worker that queued behind a stuck root and then
+    got the lock has blocked the others only since it got it, not for the
+    queue's age. max_blocking 3s, interval 1s; four workers queue 0.2 s apart
+    and hold the lock 2 s each once they have it: the root is ended, and
+    every worker commits (before the fix workers 1 to 3 were terminated as
+    soon as each got the lock)."""
+    root = pg.connect(application_name="stuck", autocommit=False)
+    root.execute("SELECT pg_advisory_xact_lock(42)")        # idle in transaction, holding it
+    rpid = root.info.backend_pid
+    cursor = journal.cursor()
+    d = sweeper.start_daemon(yaml_config([main_server(pg)],
+                                         "      - {name: lock-blockers, max_blocking: 3s, users: [app]}\n",
+                                         interval="1s"), "--log-target", "journal")
+    try:
+        workers = []
+        for i in range(4):
+            workers.append(ActiveQuery(pg, pg.connect(application_name=f"worker-{i}"),
+                                       "begin; select pg_advisory_xact_lock(42); select pg_sleep(2); commit;"))
+            time.sleep(0.2)
+        assert pg.wait_pid_gone(rpid, 10), "the stuck root survived"
+        for w in workers:
+            w.thread.join(20)
+            assert w.done.is_set() and w.error is None, (w.pid, w.error)
+            assert pg.pid_alive(w.pid)
+        assert d.poll() is None
+        got = journal.read({"PGSWEEPER_PID": rpid, "_PID": d.pid}, after_cursor=cursor)
+        assert len(got) == 1, got
+        e = got[0]
+        acted = [x for x in journal.entries({"_PID": d.pid}, after_cursor=cursor) if x.get("PGSWEEPER_RESULT")]
+        assert [x["PGSWEEPER_PID"] for x in acted] == [str(rpid)], acted
+        assert e["PGSWEEPER_LIMIT"] == "max_blocking" and e["PGSWEEPER_RESULT"] == "terminated", e
+        assert 3000 <= int(e["PGSWEEPER_ELAPSED_MS"]) < 6000, e
+    finally:
+        d.terminate()
+        d.wait(10)
+
 def test_stderr_line(pg, sweeper, table):
     blocker = idle_blocker(pg)
     bpid = blocker.info.backend_pid

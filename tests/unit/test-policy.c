@@ -1,6 +1,8 @@
 /* The policy table: session x rules x time -> decision and next deadline. */
 #include <stdlib.h>
 
+#include "lockgraph.h"
+#include "memory.h"
 #include "plan.h"
 #include "policy.h"
 #include "macro.h"
@@ -584,15 +586,15 @@ static void test_lock_graph(void) {
         struct lock_graph g;
         const struct lock_node *n;
 
-        lock_graph_build(&snap, &g);
+        lock_graph_build(&snap, NULL, 0, &g);
         n = node_for(&g, &snap, 10);
         CHECK(n->root && !n->waiter);
         CHECK_INT(n->n_blocked, 3, "transitive count, duplicates once");
-        CHECK_INT(n->oldest_wait, NOW - S(30), "longest wait behind the root");
+        CHECK_INT(n->blocking_since, NOW - S(30), "longest wait of those waiting for the root");
         n = node_for(&g, &snap, 11);
         CHECK(!n->root && n->waiter);
         CHECK_INT(n->n_blocked, 2, "waiters behind a waiter");
-        CHECK_INT(n->oldest_wait, NOW - S(20), "longest wait behind it");
+        CHECK_INT(n->blocking_since, NOW - S(20), "longest wait of those waiting for it");
         n = node_for(&g, &snap, 12);
         CHECK(!n->root && n->n_blocked == 0);
         n = node_for(&g, &snap, 14);
@@ -606,7 +608,7 @@ static void test_lock_graph(void) {
                 struct snapshot_row cyc[] = { waiter(1, 5, c1, 1), waiter(2, 5, c2, 1), waiter(3, 5, c3, 1) };
                 struct snapshot cs = { .now = NOW, .rows = cyc, .n_rows = 3, .has_graph = true };
 
-                lock_graph_build(&cs, &g);
+                lock_graph_build(&cs, NULL, 0, &g);
                 for (size_t i = 0; i < 3; i++) {
                         CHECK(!g.nodes[i].root);
                         CHECK_INT(g.nodes[i].n_blocked, 2, "each of a 3-cycle has the two others behind it");
@@ -620,12 +622,12 @@ static void test_lock_graph(void) {
                 struct snapshot_row pr[] = { waiter(1, 8, p1, 1), waiter(2, 4, p2, 2), waiter(3, 2, p3, 1) };
                 struct snapshot ps = { .now = NOW, .rows = pr, .n_rows = 3, .has_graph = true };
 
-                lock_graph_build(&ps, &g);
+                lock_graph_build(&ps, NULL, 0, &g);
                 CHECK_INT(g.n_orphans, 2, "pid 0 and pid 99");
                 n = node_for(&g, &ps, 0);
                 CHECK(n && n->root);
                 CHECK_INT(n->n_blocked, 2, "both waiters behind pid 0, the second once");
-                CHECK_INT(n->oldest_wait, NOW - S(8), "oldest");
+                CHECK_INT(n->blocking_since, NOW - S(8), "oldest");
                 n = node_for(&g, &ps, 99);
                 CHECK(n && n->root && n->n_blocked == 1);
                 lock_graph_free(&g);
@@ -637,7 +639,7 @@ static void test_lock_graph(void) {
                 struct snapshot_row sr[] = { waiter(5, 3, self, 2), holder(6, STATE_ACTIVE) };
                 struct snapshot ss = { .now = NOW, .rows = sr, .n_rows = 2, .has_graph = true };
 
-                lock_graph_build(&ss, &g);
+                lock_graph_build(&ss, NULL, 0, &g);
                 CHECK_INT(g.nodes[0].n_blocked, 0, "not behind itself");
                 CHECK(g.nodes[1].root && g.nodes[1].n_blocked == 1);
                 lock_graph_free(&g);
@@ -720,6 +722,229 @@ static void test_lock_rules(void) {
         judgement_free(&j);
 }
 
+/* Issue 18, defect 1: a root is judged for the time it has itself been
+ * blocking. 30 holds a lock that 31 has waited for 5 s; 32 waits for 31
+ * (which holds another lock) since 60 s: 30 has been in 32's way for 5 s
+ * only, since 31 began to wait for it. */
+static void test_blocking_is_its_own(void) {
+        static const int32_t b31[] = { 30 }, b32[] = { 31 };
+        struct snapshot_row rows[] = { holder(30, STATE_IDLE_IN_TRANSACTION), waiter(31, 5, b31, 1),
+                                       waiter(32, 60, b32, 1) };
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = ELEMENTSOF(rows), .has_graph = true };
+        struct rule r = rule_make("chain", LIMIT_BLOCKING, 10000, ACTION_TERMINATE);
+        struct server srv = { .name = (char *) "test", .rules = &r, .n_rules = 1 };
+        struct policy_input in = { .server = &srv };
+        struct judgement j;
+
+        r.min_blocked = -1;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 0, "blocking 5 s < 10 s: the 60 s wait behind 31 is not 30's doing");
+        CHECK_INT(j.next_deadline, NOW - S(5) + S(10), "deadline from its own direct waiter");
+        judgement_free(&j);
+}
+
+/* Issue 18, defect 1: the job queue. The stuck root is gone; 41 got the
+ * lock that 42, 43, 44 queued for with it (they wait since 8, 7.8, 7.6 s).
+ * The last poll saw 41 waiting: it has blocked them only since it got the
+ * lock, and the first poll that saw it holding is where its clock starts. */
+static void test_job_queue_promoted_waiter(void) {
+        static const int32_t b42[] = { 41 }, b43[] = { 41, 42 }, b44[] = { 41, 42, 43 };
+        struct snapshot_row rows[] = { holder(41, STATE_ACTIVE), waiter(42, 8, b42, 1), waiter(43, 8, b43, 2),
+                                       waiter(44, 7, b44, 3) };
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = ELEMENTSOF(rows), .has_graph = true };
+        struct rule r = rule_make("chain", LIMIT_BLOCKING, 3000, ACTION_TERMINATE);
+        struct server srv = { .name = (char *) "test", .rules = &r, .n_rules = 1 };
+        struct policy_input in = { .server = &srv };
+        struct memory m = {};
+        struct judgement j;
+
+        rows[0].wait_start = TS_NULL;
+        rows[2].wait_start -= S(1) / 5;        /* 43 queued 0.2 s after 42 */
+        rows[1].wait_start -= S(2) / 5;
+        r.min_blocked = -1;
+
+        /* the poll before: 41 waits too (for the root, gone since) */
+        {
+                struct snapshot_row before[] = { rows[0], rows[1], rows[2], rows[3] };
+                struct snapshot prev = { .now = NOW - S(1), .rows = before, .n_rows = 4 };
+                before[0].lock_waiting = true;
+                memory_track_waiters(&m, &prev);
+                CHECK_INT(m.n_held_since, 4, "four waiters remembered");
+        }
+        memory_track_waiters(&m, &snap);
+        CHECK_INT(m.n_held_since, 4, "41 now holding, still remembered");
+        in.held_since = m.held_since;
+        in.n_held_since = m.n_held_since;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 0, "41 has blocked them for 0 s, not for the queue's 8 s");
+        CHECK_INT(j.next_deadline, NOW + S(3), "its clock started at this poll");
+        judgement_free(&j);
+
+        /* 2.5 s later, still holding: 2.5 s, not under the limit's reach yet;
+         * 3 s after the first poll that saw it holding, it is over */
+        snap.now = NOW + S(5) / 2;
+        memory_track_waiters(&m, &snap);
+        in.held_since = m.held_since;
+        in.n_held_since = m.n_held_since;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 0, "2.5 s of its own");
+        judgement_free(&j);
+        snap.now = NOW + S(3);
+        memory_track_waiters(&m, &snap);
+        in.held_since = m.held_since;
+        in.n_held_since = m.n_held_since;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 1, "3 s of its own: over");
+        CHECK_INT(j.decisions[0].elapsed_ms, 3000, "counted from the first poll that saw it holding");
+        CHECK_INT(j.decisions[0].blocked, 3, "three behind it");
+        judgement_free(&j);
+
+        /* without memory (--explain, a first poll) the waits are all there is */
+        snap.now = NOW;
+        in.held_since = NULL;
+        in.n_held_since = 0;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 1, "no memory: the oldest direct wait");
+        judgement_free(&j);
+
+        /* a session that is no row any more is forgotten */
+        snap.n_rows = 0;
+        memory_track_waiters(&m, &snap);
+        CHECK_INT(m.n_held_since, 0, "forgotten");
+        memory_done(&m);
+}
+
+/* The reference: a walk up from each waiter, as lock_graph_build once did. */
+static void naive_counts(const struct snapshot *snap, size_t n_nodes, const int32_t *pids, size_t *count,
+                         int64_t *direct) {
+        size_t *stamp = xcalloc(n_nodes + 1, sizeof(size_t)), *stack = xcalloc(n_nodes + 1, sizeof(size_t));
+        for (size_t i = 0; i < n_nodes; i++) {
+                count[i] = 0;
+                direct[i] = TS_NULL;
+        }
+        for (size_t w = 0; w < snap->n_rows; w++) {
+                size_t n_stack = 1;
+                if (snap->rows[w].wait_start == TS_NULL)
+                        continue;
+                stamp[w] = w + 1;
+                stack[0] = w;
+                while (n_stack > 0) {
+                        size_t v = stack[--n_stack];
+                        const struct snapshot_row *r = v < snap->n_rows ? &snap->rows[v] : NULL;
+                        for (size_t b = 0; r && b < r->n_blockers; b++) {
+                                size_t u = SIZE_MAX;
+                                for (size_t k = 0; k < n_nodes && u == SIZE_MAX; k++)
+                                        if (pids[k] == r->blockers[b])
+                                                u = k;
+                                if (v == w && u != w && (direct[u] == TS_NULL || snap->rows[w].wait_start < direct[u]))
+                                        direct[u] = snap->rows[w].wait_start;
+                                if (stamp[u] == w + 1)
+                                        continue;
+                                stamp[u] = w + 1;
+                                count[u]++;
+                                stack[n_stack++] = u;
+                        }
+                }
+        }
+        free(stamp);
+        free(stack);
+}
+
+/* Issue 18, defect 3: the linear build agrees with the walk on random
+ * graphs (queues, several holders, diamonds, cycles, pid 0), and a queue of
+ * 3000 is a path, not 4.5 million edges walked 3000 times. */
+static void test_lock_graph_random(void) {
+        unsigned seed = 18;
+        size_t mismatches = 0;
+
+        for (int round = 0; round < 300; round++) {
+                size_t n = 2 + (size_t) (rand_r(&seed) % 40), n_pool = 0;
+                struct snapshot_row *rows = xcalloc(n, sizeof(*rows));
+                int32_t *pool = xcalloc(4 * n + 1, sizeof(int32_t)), *pids;
+                struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = n, .has_graph = true };
+                struct lock_graph g;
+                size_t *count;
+                int64_t *direct;
+
+                for (size_t i = 0; i < n; i++) {
+                        bool waits = rand_r(&seed) % 3 != 0;
+                        rows[i] = waits ? waiter((int32_t) i + 1, rand_r(&seed) % 20, NULL, 0) : holder((int32_t) i + 1, STATE_IDLE);
+                }
+                for (size_t i = 0; i < n; i++) {
+                        size_t nb = rows[i].wait_start != TS_NULL ? 1 + (size_t) (rand_r(&seed) % 4) : 0;
+                        rows[i].blockers = pool + n_pool;
+                        for (size_t b = 0; b < nb; b++) {
+                                unsigned x = (unsigned) rand_r(&seed) % (unsigned) (n + 2);
+                                /* mostly waiters ahead (a queue), some anything (cycles), pid 0, a missing pid */
+                                pool[n_pool++] = x == n ? 0 : x == n + 1 ? 999 : (int32_t) x + 1;
+                        }
+                        rows[i].n_blockers = nb;
+                }
+                lock_graph_build(&snap, NULL, 0, &g);
+                pids = xcalloc(n + g.n_orphans + 1, sizeof(int32_t));
+                for (size_t i = 0; i < n; i++)
+                        pids[i] = rows[i].pid;
+                for (size_t k = 0; k < g.n_orphans; k++)
+                        pids[n + k] = g.orphan_pids[k];
+                count = xcalloc(n + g.n_orphans + 1, sizeof(size_t));
+                direct = xcalloc(n + g.n_orphans + 1, sizeof(int64_t));
+                naive_counts(&snap, n + g.n_orphans, pids, count, direct);
+                for (size_t v = 0; v < n + g.n_orphans; v++)
+                        mismatches += g.nodes[v].n_blocked != count[v] ||
+                                      g.nodes[v].root != (count[v] > 0 && !(v < n && rows[v].wait_start != TS_NULL)) ||
+                                      g.nodes[v].blocking_since != direct[v];
+                lock_graph_free(&g);
+                free(pids);
+                free(count);
+                free(direct);
+                free(rows);
+                free(pool);
+        }
+        CHECK_INT(mismatches, 0, "random graphs: counts, roots and direct waits as the walk says");
+
+        /* a diamond: the ALTER (52) queued behind two SELECTs (50, 51) that
+         * wait for the holder (49), a reader behind the ALTER: 49 has 4
+         * sessions behind it, each once */
+        {
+                static const int32_t b50[] = { 49 }, b51[] = { 49 }, b52[] = { 49, 50, 51 }, b53[] = { 52, 49, 50, 51 };
+                struct snapshot_row dr[] = { holder(49, STATE_IDLE_IN_TRANSACTION), waiter(50, 9, b50, 1),
+                                             waiter(51, 8, b51, 1), waiter(52, 7, b52, 3), waiter(53, 6, b53, 4) };
+                struct snapshot ds = { .now = NOW, .rows = dr, .n_rows = 5, .has_graph = true };
+                struct lock_graph g;
+                lock_graph_build(&ds, NULL, 0, &g);
+                CHECK_INT(g.nodes[0].n_blocked, 4, "diamond counted once");
+                CHECK_INT(g.nodes[3].n_blocked, 1, "the reader behind the ALTER");
+                CHECK_INT(g.nodes[1].n_blocked, 2, "the ALTER and the reader behind the first SELECT");
+                lock_graph_free(&g);
+        }
+
+        /* 3000 on one lock, each listing the holder and every waiter ahead */
+        {
+                size_t n = 3001, n_pool = 0;
+                struct snapshot_row *q = xcalloc(n, sizeof(*q));
+                int32_t *pool = xcalloc(n * (n + 1) / 2 + 1, sizeof(int32_t));
+                struct snapshot qs = { .now = NOW, .rows = q, .n_rows = n, .has_graph = true };
+                struct lock_graph g;
+
+                q[0] = holder(1, STATE_IDLE);
+                for (size_t i = 1; i < n; i++) {
+                        q[i] = waiter((int32_t) i + 1, 0, pool + n_pool, i);
+                        q[i].wait_start = NOW - S(4000) + (int64_t) i;
+                        for (size_t b = 0; b < i; b++)
+                                pool[n_pool++] = (int32_t) b + 1;
+                }
+                lock_graph_build(&qs, NULL, 0, &g);
+                CHECK(g.nodes[0].root);
+                CHECK_INT(g.nodes[0].n_blocked, 3000, "all behind the holder");
+                CHECK_INT(g.nodes[1].n_blocked, 2999, "all but itself behind the first");
+                CHECK_INT(g.nodes[3000].n_blocked, 0, "none behind the last");
+                CHECK_INT(g.nodes[0].blocking_since, NOW - S(4000) + 1, "the first waiter's wait");
+                lock_graph_free(&g);
+                free(q);
+                free(pool);
+        }
+}
+
 int main(void) {
         test_limits_by_state();
         test_session_age();
@@ -735,5 +960,8 @@ int main(void) {
         test_xmin_age();
         test_lock_graph();
         test_lock_rules();
+        test_blocking_is_its_own();
+        test_job_queue_promoted_waiter();
+        test_lock_graph_random();
         return unit_finish("test-policy");
 }
