@@ -601,9 +601,16 @@ class Sweeper:
         return cp
 
     def start_daemon(self, config_text, *extra_args):
+        """A running daemon; its .stderr reads what it wrote (read it once it
+        stopped). stderr goes to a file, not a pipe: a storm writes more
+        than a pipe holds (64 KiB) before a test reads it, and a daemon
+        blocked on a full pipe is the test's doing, not the daemon's."""
         argv = self.argv(config_text, extra_args)
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+        errpath = self.tmp_path / f"pgsweeper-{self._n}.stderr"
+        with open(errpath, "w") as err:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=err, text=True)
+        p.stderr = open(errpath)
         self.procs.append(p)
         return p
 

@@ -15,7 +15,8 @@ and then, depending on `mode`:
            stays open, as in a network partition: the backend lives on, idle.
 
 The first `skip` matches are let through; only the next one triggers
-(once=True), so a reconnect works normally.
+(once=True), so a reconnect works normally. Every occurrence counts, also
+several in one read (pgsweeper pipelines two action statements).
 `triggered` is a threading.Event set at the moment of the match."""
 
 import socket
@@ -83,10 +84,10 @@ class TcpProxy:
     def _fire(self, hold, client, server):
         with self._lock:
             if self.triggered.is_set() and self.once:
-                return
+                return False
             if self.skip > 0:
                 self.skip -= 1
-                return
+                return False
             self.triggered_at = time.monotonic()
             self.triggered.set()
         if self.mode == "delay":
@@ -109,6 +110,7 @@ class TcpProxy:
                         pass
                     s.close()
             threading.Thread(target=cut, daemon=True).start()
+        return True
 
     def _upstream(self, client, server, hold):
         window = b""
@@ -121,8 +123,11 @@ class TcpProxy:
                 if hold["until"] and self.mode == "blackhole":
                     continue
                 if self.trigger and self.trigger in window and not hold["until"]:
-                    self._fire(hold, client, server)
-                    window = b""
+                    # each occurrence counts, also several in one read (statements pipelined)
+                    for _ in range(window.count(self.trigger)):
+                        if self._fire(hold, client, server):
+                            break
+                    window = window[window.rfind(self.trigger) + len(self.trigger):]
                 server.sendall(data)
         except OSError:
             pass

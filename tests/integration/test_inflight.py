@@ -216,61 +216,71 @@ def start_storm(sweeper, proxy, *extra):
     return sweeper.start_daemon(conf, "--log-target", "stderr", *extra)
 
 
-def test_a_storm_cut_short_loses_only_the_batch_in_flight(pg, sweeper, proxy_factory):
-    """250 victims are three action statements. The connection is cut while
-    the second runs: the first batch is logged terminated as it answered,
-    only the second batch's 100 victims are unknown, and each gets an
-    outcome entry (gone) at the next snapshot; the third batch, never sent,
-    is judged again after the reconnect and terminated."""
-    proxy = proxy_factory(pg, mode="cut", seconds=0.5, skip=1)
+def test_a_storm_cut_short_loses_only_the_batches_in_flight(pg, sweeper, proxy_factory):
+    """250 victims are three action statements, two in flight at a time:
+    the third goes out when the first answers. The connection is cut then:
+    the first batch is logged terminated as it answered, only the batches
+    still in flight are unknown (the third, and the second unless its answer
+    got through first), and each unknown gets an outcome entry (gone) at
+    the next snapshot, after the reconnect."""
+    proxy = proxy_factory(pg, mode="cut", seconds=0.5, skip=2)
     pids = idle_victims(pg, STORM)
     metrics = sweeper.tmp_path / "storm.prom"
     conf = yaml_config([("main", proxy.conninfo())], idle_rule("1s"), interval="200ms",
                        top=STORM_TOP + f"metrics_file: {metrics}\n")
     proc = sweeper.start_daemon(conf, "--log-target", "stderr")
-    assert proxy.triggered.wait(30), "pgsweeper never sent a second action statement"
+    assert proxy.triggered.wait(30), "pgsweeper never sent a third action statement"
     assert all(pg.wait_pid_gone(p, timeout=30) for p in pids)
-    wait_until(lambda: metrics.exists() and 'outcome="gone"} 100' in metrics.read_text(), timeout=15,
-               what="the outcomes in the metrics file")
-    assert stop_process(proc) == 0
-    err = proc.stderr.read()
-    lost = unknown(err)
-    assert len(lost) == 100, err
-    assert len(set(terminated(err))) == STORM - 100, err
-    assert set(lost) | set(terminated(err)) == pids, err
-    assert not set(lost) & set(terminated(err)), err
-    # every unknown has its outcome: the server ran the statement, so gone
+    try:
+        wait_until(lambda: metrics.exists() and re.search(r'outcome="gone"\} \d+', metrics.read_text()),
+                   timeout=15, what="the outcomes in the metrics file")
+        time.sleep(0.5)
+    finally:
+        assert stop_process(proc) == 0
+        err = proc.stderr.read()
+        print(err)
+    lost, done = unknown(err), terminated(err)
+    assert len(lost) in (50, 150), err
+    assert len(set(done)) == STORM - len(lost), err
+    assert set(lost) | set(done) == pids, err
+    # every unknown has its outcome: the server ran the statements, so gone
     assert sorted(outcomes(err, "gone")) == sorted(lost), err
     assert outcomes(err, "present") == [], err
-    # the first batch was logged before the cut, the third after the reconnect
+    # the first batch was logged, terminated, before any unknown
     out = err.splitlines()
     first_unknown = next(i for i, l in enumerate(out) if "result unknown" in l)
     before = [l for l in out[:first_unknown] if re.match(r"main: terminated pid \d+ ", l)]
-    assert len(before) == 100, err
+    assert len(before) == STORM - len(lost), err
     text = metrics.read_text()
     assert re.search(r'^pgsweeper_unknown_outcomes_total\{server="main",rule="idle-sessions",'
-                     r'action="terminate",outcome="gone"\} 100$', text, re.M), text
+                     rf'action="terminate",outcome="gone"\}} {len(lost)}$', text, re.M), text
     assert re.search(r'^pgsweeper_actions_total\{server="main",rule="idle-sessions",'
-                     r'action="terminate",result="unknown"\} 100$', text, re.M), text
+                     rf'action="terminate",result="unknown"\}} {len(lost)}$', text, re.M), text
 
 
-def test_sigterm_during_a_storm_logs_every_batch_that_answered(pg, sweeper, proxy_factory):
-    """SIGTERM while the second of three batches is in flight (its answer
-    held back): the daemon stops within a second, with the first batch's 100
-    entries (terminated), 100 unknown for the batch in flight, and nothing
-    for the third batch, which was never sent: its sessions live on."""
-    proxy = proxy_factory(pg, mode="stall", skip=1)
+@pytest.mark.parametrize("answered", [0, 1])
+def test_sigterm_during_a_storm_logs_every_batch_that_answered(pg, sweeper, proxy_factory, answered):
+    """SIGTERM while the answers are held back, after `answered` batches got
+    theirs through: the daemon stops within a second; the batches that
+    answered are logged terminated, the two in flight unknown, and a batch
+    never sent is not logged: its sessions live on."""
+    proxy = proxy_factory(pg, mode="stall", skip=1 + answered)
     pids = idle_victims(pg, STORM)
     proc = start_storm(sweeper, proxy)
-    assert proxy.triggered.wait(30), "pgsweeper never sent a second action statement"
+    assert proxy.triggered.wait(30), "pgsweeper never sent the action statement the proxy waits for"
+    time.sleep(0.3)
     err = sigterm_within_a_second(proc)
     done, lost = set(terminated(err)), set(unknown(err))
-    assert len(done) == 100 and len(lost) == 100, err
-    assert not done & lost, err
     assert "pgsweeper stopped before the result arrived" in err
-    assert all(pg.wait_pid_gone(p) for p in done | lost)
+    assert not done & lost, err
     never_sent = pids - done - lost
-    assert len(never_sent) == STORM - 200
+    if answered == 0:
+        # batches 1 and 2 in flight, batch 3 never sent
+        assert len(done) == 0 and len(lost) == 200 and len(never_sent) == STORM - 200, err
+    else:
+        # batch 1 answered; batch 3 went out then, batch 2's answer may have got through before the stall
+        assert len(done) in (100, 200) and len(done) + len(lost) == STORM and not never_sent, err
+    assert all(pg.wait_pid_gone(p) for p in done | lost)
     assert {p for p in never_sent if pg.pid_alive(p)} == never_sent
 
 
