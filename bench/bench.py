@@ -109,6 +109,16 @@ def app_count(admin):
     return admin.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'").fetchone()[0]
 
 
+def wait_all_gone(admin, t0, timeout):
+    """Seconds from t0 (monotonic) to the first poll (every ~10 ms) that
+    finds no app session; None if some are left after timeout."""
+    while time.monotonic() - t0 < timeout:
+        if app_count(admin) == 0:
+            return time.monotonic() - t0
+        time.sleep(0.01)
+    return None
+
+
 # --- /proc helpers ----------------------------------------------------------
 
 def proc_stat(pid):
@@ -677,12 +687,7 @@ def victims_bench(admin):
     t0 = time.monotonic()
     p = start_sweeper(cfg, "victims", "--once")
     threading.Thread(target=lambda: exited.setdefault("t", (p.wait(), time.monotonic())), daemon=True).start()
-    all_gone = None
-    while time.monotonic() - t0 < 30:
-        if app_count(admin) == 0:
-            all_gone = time.monotonic() - t0
-            break
-        time.sleep(0.01)
+    all_gone = wait_all_gone(admin, t0, 30)
     p.wait(30)
     children.remove(p)
     time.sleep(0.2)
@@ -1129,12 +1134,7 @@ def storm_once(admin, n, method):
             p = subprocess.Popen([os.path.join(PG_BINDIR, "psql"), "-X", "-q", "-h", PGHOST, "-p", PGPORT,
                                   "-U", "postgres", "-d", "postgres", "-c", STORM_PSQL_SQL],
                                  stdout=subprocess.DEVNULL)
-        gone = None
-        while time.monotonic() - t0 < 120:
-            if app_count(admin) == 0:
-                gone = time.monotonic() - t0
-                break
-            time.sleep(0.01)
+        gone = wait_all_gone(admin, t0, 120)
         p.wait(60)
         out["wall"] = time.monotonic() - t0
         if method == "pgsweeper":
