@@ -221,7 +221,7 @@ static void log_rest(struct server_state *s, const char *unknown_why) {
         s->logged.logged |= report_end(&s->memory, &c).logged;
 }
 
-/* The batch in flight is lost: its victims are unknown. Returns the
+/* The batches in flight are lost: their victims are unknown. Returns the
  * sessions the cycle ended. */
 static uint64_t log_cycle_cut_short(struct server_state *s, const char *unknown_why) {
         for (size_t i = 0; i < s->n_batches; i++)
@@ -441,10 +441,10 @@ static void server_start_connect(struct server_state *s) {
         pgconn_connect(s->pg, s->server->conninfo, PG_CONNECT_TIMEOUT_SEC);
 }
 
-/* The cycle is over: log what is left of it and plan the next
- * (plan_next_poll). */
 static void on_action_done(void *userdata, PGresult *res);
 
+/* The cycle is over: log what is left of it and plan the next
+ * (plan_next_poll). */
 static void cycle_complete(struct server_state *s) {
         uint64_t at = plan_next_poll(s->config, s->server, &(struct plan_cycle) {
                 .poll_started = s->poll_started, .snap_received = s->snap_received,
