@@ -70,7 +70,9 @@ static int parse_args(int argc, char *argv[], struct cli *cli) {
         int c, r;
 
         *cli = (struct cli) { .opts.config_path = DEFAULT_CONFIG_PATH, .target = LOG_TARGET_AUTO };
-        while ((c = getopt_long(argc, argv, "c:vhV", options, NULL)) >= 0) {
+        /* getopt's own messages would echo an option raw: ours escape it. */
+        opterr = 0;
+        while ((c = getopt_long(argc, argv, ":c:vhV", options, NULL)) >= 0) {
                 switch (c) {
                 case 'c':
                         cli->opts.config_path = optarg;
@@ -115,9 +117,16 @@ static int parse_args(int argc, char *argv[], struct cli *cli) {
                 case 'V':
                         printf("pgsweeper %s\n", PACKAGE_VERSION);
                         return EXIT_SUCCESS;
-                default:
+                default: {
+                        /* a short option is named by optopt (it may sit inside "-xv"), a long one by its word */
+                        char shortopt[3] = { '-', (char) optopt, '\0' };
+                        _cleanup_free_ char *arg =
+                                escape_string(optopt > ' ' && optopt < 0x7f ? shortopt : argv[optind - 1]);
+                        fprintf(stderr, "pgsweeper: %s \"%s\"\n",
+                                c == ':' ? "missing argument to option" : "invalid option", arg);
                         usage(stderr);
                         return EXIT_USAGE;
+                }
                 }
         }
         if (optind < argc) {

@@ -174,7 +174,9 @@ def test_command_line_echo_is_escaped(sweeper, tmp_path):
     """An argument echoed in an error message is escaped too."""
     conf = sweeper.write_config("servers: []\n")
     for args, want in ((["--log-target", "\x1b[2J\u202e\n"], 'invalid --log-target "\\x1b[2J\\u202e\\x0a"'),
-                       (["extra\x07\u2066"], 'unexpected argument "extra\\x07\\u2066"')):
+                       (["extra\x07\u2066"], 'unexpected argument "extra\\x07\\u2066"'),
+                       # getopt's own message printed an unknown option raw
+                       (["--bog\x1b[31mus\u202e"], 'invalid option "--bog\\x1b[31mus\\u202e"')):
         r = subprocess.run([str(sweeper.binary), "-c", str(conf), *args], capture_output=True, text=True,
                            timeout=10 * slow_factor())
         assert r.returncode == 2, r
