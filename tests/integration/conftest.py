@@ -567,6 +567,24 @@ def sweeper_binary():
     return Path(b) if b else REPO / "build" / "pgsweeper"
 
 
+class DaemonProcess(subprocess.Popen):
+    """A daemon whose stdout and stderr go to files, not pipes: a storm
+    writes more than a pipe holds (64 KiB) before a test reads it, and a
+    daemon blocked on a full pipe is the test's doing, not the daemon's.
+    .stdout and .stderr read those files: read them once it has exited;
+    communicate() waits for the exit, then reads them."""
+
+    def __init__(self, argv, stem):
+        out_path, err_path = f"{stem}.stdout", f"{stem}.stderr"
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            super().__init__(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        self.stdout, self.stderr = open(out_path), open(err_path)
+
+    def communicate(self, input=None, timeout=None):
+        self.wait(timeout)
+        return self.stdout.read(), self.stderr.read()
+
+
 class Sweeper:
     def __init__(self, tmp_path):
         self.tmp_path = tmp_path
@@ -601,16 +619,9 @@ class Sweeper:
         return cp
 
     def start_daemon(self, config_text, *extra_args):
-        """A running daemon; its .stderr reads what it wrote (read it once it
-        stopped). stderr goes to a file, not a pipe: a storm writes more
-        than a pipe holds (64 KiB) before a test reads it, and a daemon
-        blocked on a full pipe is the test's doing, not the daemon's."""
+        """A running daemon (DaemonProcess): its output goes to files."""
         argv = self.argv(config_text, extra_args)
-        errpath = self.tmp_path / f"pgsweeper-{self._n}.stderr"
-        with open(errpath, "w") as err:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=err, text=True)
-        p.stderr = open(errpath)
+        p = DaemonProcess(argv, self.tmp_path / f"pgsweeper-{self._n}")
         self.procs.append(p)
         return p
 
