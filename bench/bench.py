@@ -1111,7 +1111,8 @@ def locks_main():
 # --- storms (issue 18): many victims in one cycle (SPEC 15) ------------------------------
 
 STORM_SIZES = [int(x) for x in os.environ.get("BENCH_STORM_SIZES", "500,2000").split(",")]
-STORM_ROUNDS = int(os.environ.get("BENCH_STORM_ROUNDS", "2"))
+STORM_ROUNDS = int(os.environ.get("BENCH_STORM_ROUNDS", "3"))
+STORM_LOADS = os.environ.get("BENCH_STORM_LOADS", "quiet,loaded").split(",")
 STORM_PSQL_SQL = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                   "WHERE usename = 'app' AND state = 'idle'")
 
@@ -1185,7 +1186,7 @@ def storm_main():
     admin = connect(user="postgres", dbname="postgres")
     server_version = admin.execute("SHOW server_version").fetchone()[0]
     rows = []
-    for load in ("quiet", "loaded"):
+    for load in STORM_LOADS:
         hogs = burners(2) if load == "loaded" else []
         try:
             for n in STORM_SIZES:

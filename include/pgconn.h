@@ -37,8 +37,11 @@ struct pgconn_callbacks {
         void *userdata;
 };
 
-/* Statements in flight at once: the one the server runs, and the next. */
-#define PGCONN_IN_FLIGHT_MAX 2
+/* Statements in flight at once: the one the server runs and three queued
+ * behind it. During a storm the exiting victims leave us little CPU; with
+ * one queued, the server ran dry between batches while we waited to read
+ * an answer (bench/README.md, storms). */
+#define PGCONN_IN_FLIGHT_MAX 4
 
 enum send_kind {
         SEND_QUERY,         /* sql with params */

@@ -96,9 +96,9 @@ struct server_state {
         struct judgement judgement;
         enum result *results;
         /* The batches in flight, oldest first: the one the server runs and
-         * the one queued behind it, so the server never waits for us
-         * between two (a storm's victims exit meanwhile, and we may wait
-         * long for the CPU to read an answer). */
+         * those queued behind it, so the server never waits for us between
+         * two (a storm's victims exit meanwhile, and we may wait long for
+         * the CPU to read an answer). */
         struct action_batch batches[PGCONN_IN_FLIGHT_MAX];
         size_t n_batches;
         size_t next_decision;           /* where the next batch starts */
@@ -470,7 +470,7 @@ static void cycle_complete(struct server_state *s) {
         report(s, false, eventful, ended);
 }
 
-/* Keep the server busy: send batches of the cycle until two are in flight,
+/* Keep the server busy: send batches of the cycle until PGCONN_IN_FLIGHT_MAX are in flight,
  * unless a stop or a retirement came (the sessions of the batches never
  * sent are judged again by whoever polls next). Returns false when none is
  * in flight: the cycle is done acting. */

@@ -205,7 +205,7 @@ class PgCluster:
         argv = [os.path.join(self.bindir, "postgres"), "-D", str(self.datadir),
                 "-k", self.host, "-p", str(self.port),
                 "-c", "listen_addresses=127.0.0.1",
-                "-c", "max_connections=300",
+                "-c", "max_connections=600",      # test_inflight opens 450 victims
                 "-c", "fsync=off",
                 "-c", "synchronous_commit=off",
                 "-c", "full_page_writes=off",

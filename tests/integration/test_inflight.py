@@ -202,7 +202,8 @@ def test_shadow_memory_survives_two_reloads_around_an_action(pg, sweeper, proxy_
 
 # -- storms: batches of at most 100 victims (SPEC 15) -------------------------
 
-STORM = 250     # three batches: 100, 100, 50
+STORM = 450     # five batches: 100, 100, 100, 100, 50
+IN_FLIGHT = 4   # PGCONN_IN_FLIGHT_MAX: batches sent before the first answers
 STORM_TOP = "max_actions_per_cycle: 1000\n"
 
 
@@ -217,19 +218,19 @@ def start_storm(sweeper, proxy, *extra):
 
 
 def test_a_storm_cut_short_loses_only_the_batches_in_flight(pg, sweeper, proxy_factory):
-    """250 victims are three action statements, two in flight at a time:
-    the third goes out when the first answers. The connection is cut then:
+    """450 victims are five action statements, four in flight at a time:
+    the fifth goes out when the first answers. The connection is cut then:
     the first batch is logged terminated as it answered, only the batches
-    still in flight are unknown (the third, and the second unless its answer
-    got through first), and each unknown gets an outcome entry (gone) at
-    the next snapshot, after the reconnect."""
-    proxy = proxy_factory(pg, mode="cut", seconds=0.5, skip=2)
+    still in flight are unknown (the fifth, and those before it whose answer
+    did not get through first), and each unknown gets an outcome entry
+    (gone) at the next snapshot, after the reconnect."""
+    proxy = proxy_factory(pg, mode="cut", seconds=0.5, skip=IN_FLIGHT)
     pids = idle_victims(pg, STORM)
     metrics = sweeper.tmp_path / "storm.prom"
     conf = yaml_config([("main", proxy.conninfo())], idle_rule("1s"), interval="200ms",
                        top=STORM_TOP + f"metrics_file: {metrics}\n")
     proc = sweeper.start_daemon(conf, "--log-target", "stderr")
-    assert proxy.triggered.wait(30), "pgsweeper never sent a third action statement"
+    assert proxy.triggered.wait(30), "pgsweeper never sent a fifth action statement"
     assert all(pg.wait_pid_gone(p, timeout=30) for p in pids)
     try:
         wait_until(lambda: metrics.exists() and re.search(r'outcome="gone"\} \d+', metrics.read_text()),
@@ -238,15 +239,14 @@ def test_a_storm_cut_short_loses_only_the_batches_in_flight(pg, sweeper, proxy_f
     finally:
         assert stop_process(proc) == 0
         err = proc.stderr.read()
-        print(err)
     lost, done = unknown(err), terminated(err)
-    assert len(lost) in (50, 150), err
+    assert len(lost) in (50, 150, 250, 350), err
     assert len(set(done)) == STORM - len(lost), err
     assert set(lost) | set(done) == pids, err
     # every unknown has its outcome: the server ran the statements, so gone
     assert sorted(outcomes(err, "gone")) == sorted(lost), err
     assert outcomes(err, "present") == [], err
-    # the first batch was logged, terminated, before any unknown
+    # the batches that answered were logged, terminated, before any unknown
     out = err.splitlines()
     first_unknown = next(i for i, l in enumerate(out) if "result unknown" in l)
     before = [l for l in out[:first_unknown] if re.match(r"main: terminated pid \d+ ", l)]
@@ -262,9 +262,9 @@ def test_a_storm_cut_short_loses_only_the_batches_in_flight(pg, sweeper, proxy_f
 def test_sigterm_during_a_storm_logs_every_batch_that_answered(pg, sweeper, proxy_factory, answered):
     """SIGTERM while the answers are held back, after `answered` batches got
     theirs through: the daemon stops within a second; the batches that
-    answered are logged terminated, the two in flight unknown, and a batch
+    answered are logged terminated, those in flight unknown, and a batch
     never sent is not logged: its sessions live on."""
-    proxy = proxy_factory(pg, mode="stall", skip=1 + answered)
+    proxy = proxy_factory(pg, mode="stall", skip=0 if answered == 0 else IN_FLIGHT)
     pids = idle_victims(pg, STORM)
     proc = start_storm(sweeper, proxy)
     assert proxy.triggered.wait(30), "pgsweeper never sent the action statement the proxy waits for"
@@ -275,11 +275,11 @@ def test_sigterm_during_a_storm_logs_every_batch_that_answered(pg, sweeper, prox
     assert not done & lost, err
     never_sent = pids - done - lost
     if answered == 0:
-        # batches 1 and 2 in flight, batch 3 never sent
-        assert len(done) == 0 and len(lost) == 200 and len(never_sent) == STORM - 200, err
+        # batches 1-4 in flight, batch 5 never sent
+        assert len(done) == 0 and len(lost) == 400 and len(never_sent) == STORM - 400, err
     else:
-        # batch 1 answered; batch 3 went out then, batch 2's answer may have got through before the stall
-        assert len(done) in (100, 200) and len(done) + len(lost) == STORM and not never_sent, err
+        # batch 1 answered and batch 5 went out; answers of 2-4 may have got through before the stall
+        assert len(done) >= 100 and len(done) + len(lost) == STORM and not never_sent, err
     assert all(pg.wait_pid_gone(p) for p in done | lost)
     assert {p for p in never_sent if pg.pid_alive(p)} == never_sent
 
