@@ -36,7 +36,7 @@ class Standby(PgCluster):
             raise RuntimeError(f"pg_basebackup failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
         self._argv = [os.path.join(self.bindir, "postgres"), "-D", str(self.datadir),
                       "-k", self.host, "-p", str(self.port),
-                      "-c", "listen_addresses=", "-c", "max_connections=300",
+                      "-c", "listen_addresses=", "-c", "max_connections=600",  # the primary's (conftest): a standby needs at least as many
                       "-c", "fsync=off", "-c", "logging_collector=off",
                       "-c", "log_min_messages=warning", "-c", "hot_standby=on"]
         self._kw = {}
