@@ -887,8 +887,8 @@ def main():
         ("   pgsweeper --once wall time", sec(v["wall"]), "", ""),
         ("   sessions terminated (stderr lines)", str(v["terminated"]), "", ""),
         ("   statements sent / of them actions (server log)",
-         f"{len(v['statements'])} / {v['action_statements']}", "1 action trip",
-         verdict(v["terminated"] == v["sessions"] and v["action_statements"] == 1)),
+         f"{len(v['statements'])} / {v['action_statements']}", "batches of <= 100",
+         verdict(v["terminated"] == v["sessions"] and v["action_statements"] == -(-v["sessions"] // 100))),
     ]
 
     r1, rn = r["rss1"], r[f"rss{MANY_SERVERS}"]
