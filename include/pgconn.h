@@ -72,9 +72,6 @@ PGconn *pgconn_pq(const struct pgconn *c);
 int pgconn_send(struct pgconn *c, enum send_kind kind, const char *stmt, const char *sql, int n_params,
                 const char *const *params, pgconn_result_fn fn, uint64_t timeout_usec);
 
-/* How many statements are in flight. */
-size_t pgconn_in_flight(const struct pgconn *c);
-
 /* The error of a failed result, or the connection's. */
 const char *pgconn_result_error(const struct pgconn *c, const PGresult *res);
 const char *pgconn_error(const struct pgconn *c);

@@ -148,10 +148,6 @@ int pgconn_send(struct pgconn *c, enum send_kind kind, const char *stmt, const c
         return 0;
 }
 
-size_t pgconn_in_flight(const struct pgconn *c) {
-        return c->n_in_flight;
-}
-
 /* The oldest statement in flight finished: hand its result on; the next
  * one's wait is bounded from now. */
 static void statement_done(struct pgconn *c) {
