@@ -18,12 +18,14 @@ enum limit_kind {
         LIMIT_LOCK_WAIT,            /* waiting for a heavyweight lock: now - its wait start */
         LIMIT_XMIN_AGE,             /* a count of transactions, not a duration:
                                      * greatest(age(backend_xmin), age(backend_xid)) */
+        LIMIT_SESSIONS,             /* max_sessions: a count of sessions per group (section 14);
+                                     * its victims are idle sessions, the longest idle first */
         _LIMIT_MAX,
 };
 
 /* Is the limit a duration (ms) whose crossing can be planned in time? */
 static inline bool limit_is_duration(enum limit_kind k) {
-        return k != LIMIT_XMIN_AGE;
+        return k != LIMIT_XMIN_AGE && k != LIMIT_SESSIONS;
 }
 
 /* Is the limit's clock a timestamp of the session's own row (not the lock graph)? */
@@ -41,6 +43,16 @@ enum server_role {
         ROLE_PRIMARY,
         ROLE_STANDBY,
         _ROLE_MAX,
+};
+
+/* How max_sessions groups the sessions a rule selects ("per"). */
+enum group_key {
+        GROUP_ALL,                  /* per omitted: one group, "all" */
+        GROUP_USER,
+        GROUP_DATABASE,
+        GROUP_APPLICATION,
+        GROUP_CLIENT_ADDRESS,       /* a Unix-socket session's is "local" */
+        _GROUP_MAX,
 };
 
 enum action {
@@ -66,6 +78,13 @@ struct rule {
         bool dry_run;                  /* shadow rule: judge and log, never signal */
         enum server_role role;         /* skipped on a server in the other role */
         int64_t min_blocked;           /* -1: default (1 with max_blocking, 0 with max_lock_wait) */
+        enum group_key per;            /* max_sessions: the groups; GROUP_ALL: one */
+        int64_t min_idle_ms;           /* max_sessions: victims are idle at least this long (default 0) */
+        /* when_connections_above: 0, none; else the rule applies only at a
+         * poll where connections > this count, or > this percent (1-100) of
+         * the usable slots when connections_above_percent. */
+        int64_t connections_above;
+        bool connections_above_percent;
         struct filter filter;          /* users, databases, applications, client_addresses */
         struct filter exempt;          /* this rule's own exempt block */
         struct source_pos pos;
@@ -135,7 +154,14 @@ const char *action_to_string(enum action a);
 int action_from_string(const char *s);
 const char *server_role_to_string(enum server_role r);
 int server_role_from_string(const char *s);
+/* "user", "database", "application", "client_address"; "all" for GROUP_ALL. */
+const char *group_key_to_string(enum group_key g);
+int group_key_from_string(const char *s);
 /* How many sessions must wait behind a session for limit k of the rule to count. */
 int64_t rule_min_blocked(const struct rule *r, enum limit_kind k);
 /* Does the rule judge lock chains (max_blocking or max_lock_wait)? */
 bool rule_reads_locks(const struct rule *r);
+/* Does the rule apply at a poll that saw this many connections (client
+ * backends) and usable slots? Always without when_connections_above; never
+ * when either number is unknown (negative). */
+bool rule_pressure_on(const struct rule *r, int64_t connections, int64_t slots);

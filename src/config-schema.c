@@ -56,7 +56,18 @@ static const char *const limit_keys[_LIMIT_MAX] = {
         [LIMIT_BLOCKING] = "max_blocking",
         [LIMIT_LOCK_WAIT] = "max_lock_wait",
         [LIMIT_XMIN_AGE] = "max_xmin_age",
+        [LIMIT_SESSIONS] = "max_sessions",
 };
+
+static const char *const group_key_names[_GROUP_MAX] = {
+        [GROUP_ALL] = "all",
+        [GROUP_USER] = "user",
+        [GROUP_DATABASE] = "database",
+        [GROUP_APPLICATION] = "application",
+        [GROUP_CLIENT_ADDRESS] = "client_address",
+};
+
+DEFINE_STRING_TABLE_LOOKUP(group_key, enum group_key, group_key_names)
 
 static const char *const role_names[_ROLE_MAX] = {
         [ROLE_ANY] = "any",
@@ -72,6 +83,16 @@ int64_t rule_min_blocked(const struct rule *r, enum limit_kind k) {
 
 bool rule_reads_locks(const struct rule *r) {
         return r->limit_ms[LIMIT_BLOCKING] > 0 || r->limit_ms[LIMIT_LOCK_WAIT] > 0;
+}
+
+bool rule_pressure_on(const struct rule *r, int64_t connections, int64_t slots) {
+        if (r->connections_above <= 0)
+                return true;
+        if (connections < 0 || (r->connections_above_percent && slots < 0))
+                return false;
+        /* P% of the slots, exactly: connections > P * slots / 100 */
+        return r->connections_above_percent ? connections * 100 > r->connections_above * slots
+                                            : connections > r->connections_above;
 }
 
 DEFINE_STRING_TABLE_LOOKUP(server_role, enum server_role, role_names)

@@ -51,6 +51,7 @@ static const char *const guard_columns[_LIMIT_MAX] = {
         [LIMIT_BLOCKING] = "state_change",
         [LIMIT_LOCK_WAIT] = "lock_wait",      /* query_start, and still waiting for a lock */
         [LIMIT_XMIN_AGE] = "xact_start",
+        [LIMIT_SESSIONS] = "state_change",   /* still idle since the same moment */
 };
 
 const char *limit_guard_column(enum limit_kind k) {
@@ -91,6 +92,7 @@ static const char *guard_state(const struct decision *d) {
         case LIMIT_IDLE_IN_TRANSACTION:
         case LIMIT_QUERY_DURATION:
         case LIMIT_BLOCKING:
+        case LIMIT_SESSIONS:
                 return session_state_to_string(d->row->state);
         default:
                 return NULL;
