@@ -7,6 +7,9 @@ pg_cluster (session)  a throw-away PostgreSQL cluster started from the
 pg (function)         the same cluster; connections opened through it during a
                       test are closed when the test ends. pg.major is the
                       server's major version (13..18).
+start_cluster(settings)  not a fixture: a cluster of its own with other
+                      postgres settings (e.g. a small max_connections), for a
+                      module fixture; the caller stops it.
 
 The server binaries come from $PGSWEEPER_PG_BINDIR (default Debian's
 /usr/lib/postgresql/15/bin); every test id ends in the major, e.g. [pg13], and
@@ -161,8 +164,11 @@ def pytest_collection_modifyitems(config, items):
 class PgCluster:
     """A private PostgreSQL cluster owned by this test session."""
 
-    def __init__(self, bindir):
+    def __init__(self, bindir, settings=None):
         self.bindir = bindir
+        # -c NAME=VALUE of the postgres command line that replace or join the
+        # defaults of start() (None: the defaults, as every file but a few uses)
+        self.settings = dict(settings or {})
         self.as_root = os.geteuid() == 0
         self.base = Path(tempfile.mkdtemp(prefix="pgsweeper-it-"))
         self.datadir = self.base / "data"
@@ -214,6 +220,14 @@ class PgCluster:
                 "-c", "log_min_messages=warning",
                 # pg_stat_activity.query must not be truncated weirdly
                 "-c", "track_activity_query_size=4096"]
+        for name, value in self.settings.items():
+            opt = f"{name}={value}"
+            for i, arg in enumerate(argv):
+                if arg.startswith(name + "="):
+                    argv[i] = opt
+                    break
+            else:
+                argv += ["-c", opt]
         kw = {}
         if self.as_root:
             pw = pwd.getpwnam("postgres")
@@ -360,8 +374,10 @@ class PgCluster:
         return False
 
 
-@pytest.fixture(scope="session")
-def pg_cluster():
+def start_cluster(settings=None):
+    """A started PgCluster of the server under test (skips or fails the
+    test like pg_cluster when there is none); settings as PgCluster's.
+    The caller stops it."""
     if psycopg is None:
         pytest.skip("psycopg (3) is not installed for this python")
     bindir = _find_pg_bindir()
@@ -377,13 +393,19 @@ def pg_cluster():
             pwd.getpwnam("postgres")
         except KeyError:
             pytest.skip("running as root but there is no 'postgres' OS user for initdb")
-    cluster = PgCluster(bindir)
+    cluster = PgCluster(bindir, settings)
     cluster.major, cluster.version = major, version
     try:
         cluster.start()
     except BaseException:
         cluster.stop()
         raise
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    cluster = start_cluster()
     yield cluster
     cluster.stop()
 
