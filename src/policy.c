@@ -85,6 +85,8 @@ int64_t limit_since(enum limit_kind k, const struct snapshot_row *row) {
                 return row->wait_start != TS_NULL ? row->query_start : TS_NULL;
         case LIMIT_XMIN_AGE:
                 return row->xmin_age >= 0 ? row->xact_start : TS_NULL;   /* not a clock: what the guard checks */
+        case LIMIT_SESSIONS:
+                return row->state == STATE_IDLE ? row->state_change : TS_NULL;   /* the guard: still idle since then */
         default:
                 return TS_NULL;
         }
@@ -626,7 +628,7 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                 else if (exempting)
                         v = (struct verdict) { .row = row, .kind = VERDICT_EXEMPT, .reason = REASON_EXEMPT_RULE,
                                                .rule = exempting };
-                else if (inactive && !matched)
+                else if (inactive)
                         v = (struct verdict) { .row = row, .reason = REASON_BELOW_THRESHOLD, .rule = inactive };
                 else
                         v = (struct verdict) { .row = row, .reason = matched ? REASON_NO_LIMIT : REASON_NO_RULE,
