@@ -45,6 +45,12 @@ void log_server_role(const char *server, enum server_role previous, enum server_
 
 /* A lock chain whose root may not be signalled (pid 0, a protected session). */
 void log_chain_warning(const char *server, const struct chain_warning *w);
+/* A group over its max_sessions cap that cannot be brought under (warning,
+ * said once until it is under: memory.c). */
+void log_cap_short(const char *server, const struct cap_group *g);
+/* "19 connections > 90% of 20 slots": a rule's when_connections_above
+ * with the numbers of a poll. */
+const char *log_pressure_phrase(const struct rule *r, int64_t connections, int64_t slots, char buf[static 128]);
 
 /* What the next snapshot showed of the session of an unknown result. */
 void log_outcome(const char *server, const struct unknown_signal *u, enum outcome o);

@@ -20,6 +20,11 @@ struct reported {
         char *rule;
 };
 
+struct warned_cap {
+        char *rule;
+        char *value;
+};
+
 struct memory {
         /* Log-only and dry-run decisions repeat every poll while the session
          * stays over its limit: each is logged once, when first seen. */
@@ -49,6 +54,10 @@ struct memory {
          * since (policy_input.held_since), sorted: kept while they are rows. */
         struct lock_seen *held_since;
         size_t n_held_since;
+        /* Groups over a cap that could not be brought under, warned about:
+         * kept while they stay over (rule name, value; NULL value: GROUP_ALL). */
+        struct warned_cap *warned_caps;
+        size_t n_warned_caps;
         /* Target roles a permission failure was already explained for. */
         char **denied_roles;
         size_t n_denied_roles;
@@ -85,6 +94,10 @@ void memory_track_waiters(struct memory *m, const struct snapshot *snap);
 /* Chains whose root may not be signalled: each root said once, for as long
  * as it stays one. */
 void memory_warn_roots(struct memory *m, const char *server, const struct judgement *j);
+
+/* Groups over a cap that cannot be brought under: each said once, until a
+ * poll finds it at or under its cap. */
+void memory_warn_caps(struct memory *m, const char *server, const struct judgement *j);
 
 /* Was this log-only or dry-run decision logged at the last cycle? */
 bool memory_reported_before(const struct memory *m, const struct reported *k);

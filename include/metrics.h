@@ -23,6 +23,8 @@ void metrics_set_up(struct metrics *m, const char *server, bool up);
 void metrics_set_privileges(struct metrics *m, const char *server, bool ok);
 /* Was the server in recovery (a standby) at the last poll? */
 void metrics_set_in_recovery(struct metrics *m, const char *server, bool in_recovery);
+/* Client backends and usable slots at the last poll (negative: unknown). */
+void metrics_set_connections(struct metrics *m, const char *server, int64_t connections, int64_t slots);
 void metrics_count_reload(struct metrics *m, bool ok);
 /* Log entries that did not reach the journal and went to stderr instead
  * (journal_dropped_total()): the owner sets it before writing. */

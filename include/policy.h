@@ -10,6 +10,7 @@
 #include "filter.h"
 
 struct lock_seen;
+struct snapshot_request;
 
 #define TS_NULL INT64_MIN  /* a NULL timestamp in a snapshot row */
 
@@ -50,8 +51,30 @@ struct snapshot_row {
         const char *query;          /* NULL unless asked for (log_query, or a queries filter) */
 };
 
+/* The client backends of one group key (user, database, application,
+ * client address: those the request counted by; the others NULL). */
+struct snapshot_group {
+        const char *key[_GROUP_MAX];     /* [GROUP_ALL] unused */
+        int64_t count;
+};
+
+/* Values of one group key: the idle sessions of these groups were sent. */
+struct key_list {
+        char **values;
+        size_t n;
+};
+
 struct snapshot {
         int64_t now;                /* server clock when the snapshot was taken */
+        int64_t connections;        /* client backends, every one (the sum of the groups); -1: unknown */
+        int64_t connection_slots;   /* usable slots; -1: unknown */
+        struct snapshot_group *groups;
+        size_t n_groups;
+        /* Which idle sessions were sent whatever their age (the request's
+         * idle_all and idle_keys, see snapshot.h): a capped group's
+         * victims can be chosen only among a complete set. */
+        bool idle_all;
+        struct key_list idle_keys[_GROUP_MAX];
         bool role_known;            /* the statement said whether the server is in recovery */
         bool in_recovery;           /* pg_is_in_recovery(): a standby */
         size_t n_lock_waiting;      /* rows waiting for a heavyweight lock */
@@ -63,6 +86,8 @@ struct snapshot {
 };
 
 void snapshot_free(struct snapshot *s);
+/* Free the idle keys a snapshot noted (snapshot_free() does it). */
+void snapshot_idle_keys_free(struct snapshot *s);
 
 struct decision {
         const struct snapshot_row *row;
@@ -74,6 +99,25 @@ struct decision {
         bool escalated;             /* terminate after a cancel the query ignored */
         enum server_role server_role;  /* the server's role in that snapshot; ROLE_ANY: unknown */
         size_t blocked;             /* max_blocking, max_lock_wait: sessions waiting behind it */
+        /* max_sessions: the group (its key and value, NULL for GROUP_ALL)
+         * and its count at the poll */
+        enum group_key group_per;
+        const char *group_value;
+        int64_t sessions;
+        /* A rule with when_connections_above: connections and usable slots
+         * at the poll (unset for the others). */
+        int64_t connections;
+        int64_t connection_slots;
+};
+
+/* A group over a max_sessions cap at this poll. */
+struct cap_group {
+        const struct rule *rule;
+        const char *value;          /* the per key's value; NULL: GROUP_ALL */
+        int64_t sessions;           /* its count (every state, exempt and protected included) */
+        size_t ending;              /* sessions ended for it now: victims, and those another rule ends */
+        size_t short_by;            /* > 0: cannot be brought under max_sessions by that many */
+        bool complete;              /* its idle sessions were all read (else judged at a later read) */
 };
 
 /* A chain whose root may not be signalled (pid 0, or a protected session:
@@ -118,6 +162,7 @@ enum verdict_reason {
         REASON_OWN_ROLE,            /* protected: another pgsweeper (own_role) */
         REASON_SUPERUSER,           /* protected: superuser, terminate_superusers off */
         REASON_DYING,               /* protected: terminated last cycle, still exiting */
+        REASON_BELOW_THRESHOLD,     /* none: rule matches, connections not above its when_connections_above */
         _REASON_MAX,
 };
 
@@ -137,6 +182,14 @@ struct verdict {
         bool escalated;
         bool capped;                /* over, beyond max_actions_per_cycle: waits a cycle */
         size_t blocked;             /* over, next under max_blocking or max_lock_wait: sessions waiting behind it */
+        /* over under max_sessions: as in struct decision */
+        enum group_key group_per;
+        const char *group_value;
+        int64_t sessions;
+        /* over, next, below-threshold under a rule with when_connections_above:
+         * as in struct decision */
+        int64_t connections;
+        int64_t connection_slots;
 };
 
 struct judgement {
@@ -149,6 +202,8 @@ struct judgement {
                                      * row order; else NULL */
         struct chain_warning *warnings;
         size_t n_warnings;
+        struct cap_group *caps;     /* every group over a cap, by rule and value */
+        size_t n_caps;
 };
 
 /* A query cancelled under a rule with escalate_after: if the same query
@@ -216,6 +271,12 @@ bool policy_is_own(const struct policy_input *in, const struct snapshot_row *row
  * and counted in n_capped. */
 void policy_judge(const struct policy_input *in, const struct snapshot *snap,
                   struct judgement *ret);
+
+/* The groups over a max_sessions cap whose idle sessions snap lacks: asks
+ * req for them (a second read of the same poll). Returns how many. */
+size_t policy_wants_idle(const struct server *srv, const struct snapshot *snap, struct snapshot_request *req);
+/* Does any rule of the server set max_sessions? */
+bool policy_counts_groups(const struct server *srv);
 
 /* Does the rule's role (primary, standby, any) match the server's in this snapshot? */
 bool rule_applies_to_role(const struct rule *rule, const struct snapshot *snap);

@@ -35,7 +35,18 @@ struct snapshot_request {
         int64_t bound_ms[_LIMIT_MAX];        /* send rows at least this far into the limit; -1: no rule */
         int32_t *pids;                       /* always send these (escalations); owned */
         size_t n_pids;
+        bool group_by[_GROUP_MAX];           /* count the client backends per these keys ([GROUP_ALL] unused) */
+        bool idle_all;                       /* send every idle session */
+        struct key_list idle_keys[_GROUP_MAX];   /* send the idle sessions of these groups; owned */
 };
+
+/* Ask for the idle sessions of the group whose per key is value (GROUP_ALL:
+ * every idle session). */
+void snapshot_request_add_idle(struct snapshot_request *r, enum group_key per, const char *value);
+/* Record in snap which idle sessions req had sent (see struct snapshot). */
+void snapshot_note_request(struct snapshot *snap, const struct snapshot_request *req);
+/* Were all the idle sessions of the group whose per key is value sent? */
+bool snapshot_has_idle(const struct snapshot *snap, enum group_key per, const char *value);
 
 void snapshot_request_done(struct snapshot_request *r);
 
@@ -67,11 +78,12 @@ int pg_exec_bounded(PGconn *conn, const char *sql, int n_params, const char *con
                     PGresult **ret);
 
 /* The same read as the daemon's, blocking, for the one-shot commands: the
- * snapshot, then the lock graph when plan_wants_graph() says so, on a
+ * snapshot, then a second read when plan_reread() says so (the lock graph,
+ * the idle sessions of a group over its cap; req gains what it asks), on a
  * connection that ran pg_setup_sql; each statement waits at most
  * timeout_usec. Negative errno on failure: -ETIMEDOUT when the server did not
  * answer in time; otherwise the connection's error message says why. */
-int snapshot_fetch(PGconn *conn, const struct server *srv, const struct snapshot_request *req, uint64_t timeout_usec,
+int snapshot_fetch(PGconn *conn, const struct server *srv, struct snapshot_request *req, uint64_t timeout_usec,
                    struct snapshot *ret);
 
 /* PostgreSQL timestamps travel as int8 microseconds since the Unix epoch. */

@@ -3,8 +3,9 @@
 
 /* The snapshot (prepared once per connection as pg_snapshot_name): the
  * client backends past a limit, or crossing one before the next poll can
- * come, with now() and pg_is_in_recovery(); SNAPSHOT_PARAMS parameters,
- * built by snapshot_params_build(). */
+ * come, with now() and pg_is_in_recovery(), the usable slots and the client
+ * backends counted per group key; SNAPSHOT_PARAMS parameters, built by
+ * snapshot_params_build(). */
 extern const char pg_snapshot_sql[];
 extern const char pg_snapshot_name[];
 /* The lock graph: the snapshot's rows and parameters, plus every lock
@@ -15,7 +16,7 @@ extern const char pg_lock_graph_sql_13[];
 extern const char pg_lock_graph_name[];
 /* The right one of the two for a server of that PQserverVersion(). */
 const char *pg_lock_graph_sql_for(int server_version);
-#define SNAPSHOT_PARAMS 10
+#define SNAPSHOT_PARAMS 19
 
 /* Run once per connection: bounds our statements, forces the generic plan,
  * and says who we are there (see struct pg_identity). */

@@ -131,6 +131,18 @@ void config_dump(const struct config *c, FILE *f) {
                                 fprintf(f, "        min_blocked: %" PRId64 "\n",
                                         rule_min_blocked(r, r->limit_ms[LIMIT_BLOCKING] > 0 ? LIMIT_BLOCKING
                                                                                             : LIMIT_LOCK_WAIT));
+                        if (r->limit_ms[LIMIT_SESSIONS] > 0) {
+                                if (r->per != GROUP_ALL)
+                                        fprintf(f, "        per: %s\n", group_key_to_string(r->per));
+                                fputs("        min_idle: ", f);
+                                if (r->min_idle_ms > 0)
+                                        dump_duration(f, r->min_idle_ms);
+                                else
+                                        fputs("0s\n", f);
+                        }
+                        if (r->connections_above > 0)
+                                fprintf(f, "        when_connections_above: %" PRId64 "%s\n", r->connections_above,
+                                        r->connections_above_percent ? "%" : "");
                         fprintf(f, "        action: %s\n", action_to_string(r->action));
                         if (r->escalate_after_ms > 0) {
                                 fputs("        escalate_after: ", f);

@@ -28,6 +28,11 @@ static yaml_node_t *find_value(struct parser *p, yaml_node_t *map, const char *n
 static bool rule_shadows(const struct rule *a, size_t ia, const struct rule *b, size_t ib) {
         bool b_has_limit = false;
 
+        /* What a count or a threshold does depends on how many sessions
+         * there are, not on any one session: never compared */
+        if (a->limit_ms[LIMIT_SESSIONS] > 0 || a->connections_above > 0 || b->limit_ms[LIMIT_SESSIONS] > 0 ||
+            b->connections_above > 0)
+                return false;
         if (config_filter_never_matches(&b->filter))
                 return false;  /* warned about already: it never matches at all */
         if (a->role != ROLE_ANY && a->role != b->role)

@@ -304,9 +304,9 @@ static void parse_xid_count(struct parser *p, const struct key *k, yaml_node_t *
         *(int64_t *) dest = n;
 }
 
-/* A count of sessions, 0 to CONFIG_MAX_SESSIONS. */
+/* A count of sessions, min to CONFIG_MAX_SESSIONS, into *dest. */
 #define CONFIG_MAX_SESSIONS 1000000
-static void parse_session_count(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+static void session_count(struct parser *p, const struct key *k, yaml_node_t *node, int64_t *dest, int min) {
         const char *v = expect_scalar(p, k, node, "a number of sessions");
         int64_t n = 0;
         const char *c;
@@ -315,20 +315,108 @@ static void parse_session_count(struct parser *p, const struct key *k, yaml_node
                 return;
         for (c = v; *c >= '0' && *c <= '9' && n <= CONFIG_MAX_SESSIONS; c++)
                 n = n * 10 + (*c - '0');
-        if (c == v || *c || node->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+        if (node->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+                error_at(p, node, "\"%s\" must be a plain number, not the quoted string \"%s\"", k->name, v);
+                return;
+        }
+        if (c == v || *c) {
                 if (c != v && *c >= '0' && *c <= '9')
-                        error_at(p, node, "\"%s\" is out of range: %s is not from 0 to %d", k->name, v,
+                        error_at(p, node, "\"%s\" is out of range: %s is not from %d to %d", k->name, v, min,
                                  CONFIG_MAX_SESSIONS);
                 else
-                        error_at(p, node, "\"%s\" must be a whole number of sessions from 0 to %d, not \"%s\"",
-                                 k->name, CONFIG_MAX_SESSIONS, v);
+                        error_at(p, node, "\"%s\" must be a whole number of sessions from %d to %d, not \"%s\"",
+                                 k->name, min, CONFIG_MAX_SESSIONS, v);
                 return;
         }
-        if (n > CONFIG_MAX_SESSIONS) {
-                error_at(p, node, "\"%s\" is out of range: %s is not from 0 to %d", k->name, v, CONFIG_MAX_SESSIONS);
+        if (n < min || n > CONFIG_MAX_SESSIONS) {
+                error_at(p, node, "\"%s\" is out of range: %s is not from %d to %d", k->name, v, min,
+                         CONFIG_MAX_SESSIONS);
                 return;
         }
-        *(int64_t *) dest = n;
+        *dest = n;
+}
+
+static void parse_session_count(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        session_count(p, k, node, dest, 0);
+}
+
+/* max_sessions: a limit, so at least one session. */
+static void parse_max_sessions(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        session_count(p, k, node, dest, 1);
+}
+
+/* A duration that may be zero ("0s"): min_idle, whose default is 0. */
+static void parse_duration_or_zero(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        const char *v = expect_scalar(p, k, node, "a duration such as \"30s\"");
+        const char *why;
+        int64_t ms;
+
+        if (!v)
+                return;
+        if (duration_parse(v, &ms, &why) < 0) {
+                error_at(p, node, "invalid duration \"%s\" for \"%s\": %s", v, k->name, why);
+                return;
+        }
+        *(int64_t *) dest = ms;
+}
+
+static void parse_group_key(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        const char *v = expect_scalar(p, k, node, "user, database, application or client_address");
+        int g;
+
+        if (!v)
+                return;
+        g = group_key_from_string(v);
+        /* "all" is what omitting "per" means; it is not written */
+        if (g > GROUP_ALL) {
+                *(enum group_key *) dest = (enum group_key) g;
+                return;
+        }
+        error_at(p, node, "\"%s\" must be user, database, application or client_address, not \"%s\"", k->name, v);
+}
+
+/* when_connections_above: "P%" (1 to 100 percent of the usable slots) or N
+ * connections, a plain positive whole number. dest is the rule's
+ * connections_above; connections_above_percent is set alongside. */
+#define THRESHOLD_EXAMPLE "a percentage such as 90% or a number of connections such as 450"
+static void parse_connections_above(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        struct rule *r = (struct rule *) ((char *) dest - offsetof(struct rule, connections_above));
+        const char *v = expect_scalar(p, k, node, THRESHOLD_EXAMPLE);
+        int64_t n = 0;
+        bool over = false, percent;
+        const char *c;
+
+        if (!v)
+                return;
+        for (c = v; *c >= '0' && *c <= '9'; c++) {
+                n = n * 10 + (*c - '0');
+                over = over || n > CONFIG_MAX_SESSIONS;
+                if (over)
+                        n = CONFIG_MAX_SESSIONS + 1;
+        }
+        percent = c != v && c[0] == '%' && c[1] == '\0';
+        if (c == v || (*c && !percent)) {
+                error_at(p, node, "\"%s\" must be a whole percentage of the usable connection slots (1%% to 100%%, "
+                         "such as 90%%) or a whole number of connections (such as 450), not \"%s\"", k->name, v);
+                return;
+        }
+        if (percent && (n < 1 || n > 100)) {
+                error_at(p, node, "\"%s\" is out of range: %s is not from 1%% to 100%%", k->name, v);
+                return;
+        }
+        /* "90%" is a string in YAML either way; a count must be a plain number */
+        if (!percent && node->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+                error_at(p, node, "\"%s\" must be a plain number such as 450, not the quoted string \"%s\"",
+                         k->name, v);
+                return;
+        }
+        if (!percent && (n < 1 || over)) {
+                error_at(p, node, "\"%s\" is out of range: %s is not from 1 to %d connections", k->name, v,
+                         CONFIG_MAX_SESSIONS);
+                return;
+        }
+        r->connections_above = n;
+        r->connections_above_percent = percent;
 }
 
 /* A decimal integer from 1 to CONFIG_MAX_ACTIONS. */
@@ -672,6 +760,10 @@ static const struct key rule_keys[] = {
         { "max_blocking", parse_duration, offsetof(struct rule, limit_ms[LIMIT_BLOCKING]), false },
         { "max_lock_wait", parse_duration, offsetof(struct rule, limit_ms[LIMIT_LOCK_WAIT]), false },
         { "max_xmin_age", parse_xid_count, offsetof(struct rule, limit_ms[LIMIT_XMIN_AGE]), false },
+        { "max_sessions", parse_max_sessions, offsetof(struct rule, limit_ms[LIMIT_SESSIONS]), false },
+        KEY(struct rule, per, parse_group_key, false),
+        { "min_idle", parse_duration_or_zero, offsetof(struct rule, min_idle_ms), false },
+        { "when_connections_above", parse_connections_above, offsetof(struct rule, connections_above), false },
         KEY(struct rule, min_blocked, parse_session_count, false),
         KEY(struct rule, action, parse_action, false),
         { "escalate_after", parse_duration, offsetof(struct rule, escalate_after_ms), false },
@@ -701,6 +793,8 @@ static bool action_valid(const yaml_node_t *node) {
 
 static void rule_check(struct parser *p, void *item, yaml_node_t *node, yaml_node_t **seen) {
         size_t first_filter = key_index(&rule_table, "users");
+        yaml_node_t *max_sessions = seen[key_index(&rule_table, "max_sessions")];
+        yaml_node_t *action = seen[key_index(&rule_table, "action")];
         struct rule *r = item;
         char label[NAME_MAX_LEN + 8] = "this rule";
         bool any = false;
@@ -716,14 +810,32 @@ static void rule_check(struct parser *p, void *item, yaml_node_t *node, yaml_nod
         if (!any)
                 error_at(p, node, "%s has no limit; set at least one of max_idle, max_idle_in_transaction, "
                          "max_query_duration, max_transaction_age, max_session_age, max_blocking, max_lock_wait, "
-                         "max_xmin_age", label);
+                         "max_xmin_age, max_sessions%s", label,
+                         seen[key_index(&rule_table, "when_connections_above")]
+                                 ? " (when_connections_above is a condition, not a limit)" : "");
         if (seen[key_index(&rule_table, "min_blocked")] && !rule_reads_locks(r) && any)
                 error_at(p, seen[key_index(&rule_table, "min_blocked")],
                          "\"min_blocked\" only works with \"max_blocking\" or \"max_lock_wait\"; %s has neither", label);
-        if (r->escalate_after_ms > 0 && r->action != ACTION_CANCEL && action_valid(seen[key_index(&rule_table, "action")]))
+        if (r->escalate_after_ms > 0 && r->action != ACTION_CANCEL && action_valid(action))
                 error_at(p, seen[key_index(&rule_table, "escalate_after")],
                          "\"escalate_after\" only works with \"action: cancel\"; %s has action %s%s", label,
-                         action_names[r->action], seen[key_index(&rule_table, "action")] ? "" : " (the default)");
+                         action_names[r->action], action ? "" : " (the default)");
+        /* the keys of max_sessions, reported even when its own value was wrong */
+        if (!max_sessions && any)
+                for (size_t i = 0; i < 2; i++) {
+                        const char *key = i ? "min_idle" : "per";
+                        if (seen[key_index(&rule_table, key)])
+                                error_at(p, seen[key_index(&rule_table, key)],
+                                         "\"%s\" only works with \"max_sessions\"; %s has no max_sessions", key,
+                                         label);
+                }
+        if (max_sessions && seen[key_index(&rule_table, "queries")])
+                error_at(p, seen[key_index(&rule_table, "queries")],
+                         "\"queries\" does not work with \"max_sessions\" (%s): max_sessions counts sessions by "
+                         "user, database, application and client address, whatever they run", label);
+        if (max_sessions && r->action == ACTION_CANCEL && action_valid(action))
+                error_at(p, action, "\"action: cancel\" does not work with \"max_sessions\" (%s): cancelling an "
+                         "idle session frees no connection slot; use terminate or log", label);
         for (size_t i = 0; i < ELEMENTSOF(exempt_keys); i++)
                 if (seen[first_filter + i] && list_empty(&r->filter, i) &&
                     sequence_length(seen[first_filter + i]) == 0)

@@ -228,7 +228,7 @@ static int kind_rank(enum verdict_kind k) {
 }
 
 static int64_t overdue_ms(const struct verdict *v) {
-        return v->elapsed_ms - v->rule->limit_ms[v->limit];
+        return v->elapsed_ms - (v->limit == LIMIT_SESSIONS ? v->rule->min_idle_ms : v->rule->limit_ms[v->limit]);
 }
 
 static int row_cmp(const void *a, const void *b) {
@@ -302,21 +302,38 @@ static const char *action_words(const struct verdict *v) {
 static char *verdict_text(const char *server, const struct verdict *v) {
         _cleanup_free_ char *rule = v->rule ? escape_string(v->rule->name) : NULL, *srv = escape_string(server),
                             *spared = v->exempt_rule ? escape_string(v->exempt_rule->name) : NULL;
-        char limit[DURATION_FORMAT_MAX], left[DURATION_FORMAT_MAX], waiting[64] = "";
+        char limit[DURATION_FORMAT_MAX], left[DURATION_FORMAT_MAX], waiting[64] = "", phrase[128], pressure[136] = "",
+                group[1024] = "";
         char *s = NULL;
         int r = -1;
 
+        if (v->rule && v->rule->connections_above > 0 &&
+            (v->kind == VERDICT_OVER || v->kind == VERDICT_NEXT || v->reason == REASON_BELOW_THRESHOLD))
+                snprintf(pressure, sizeof(pressure), "%s%s", v->reason == REASON_BELOW_THRESHOLD ? "" : ", ",
+                         log_pressure_phrase(v->rule, v->connections, v->connection_slots, phrase));
         switch (v->kind) {
         case VERDICT_OVER:
         case VERDICT_NEXT:
-                duration_format(v->rule->limit_ms[v->limit], limit, sizeof(limit));
+                if (v->limit == LIMIT_SESSIONS) {
+                        /* "5 sessions of application web-1 > max_sessions 3" */
+                        _cleanup_free_ char *value = escape_string(v->group_value ? v->group_value : "");
+                        bool all = v->group_per == GROUP_ALL;
+
+                        snprintf(limit, sizeof(limit), "%" PRId64, v->rule->limit_ms[LIMIT_SESSIONS]);
+                        snprintf(group, sizeof(group), "%" PRId64 " sessions%s%s%s%s > ", v->sessions,
+                                 all ? "" : " of ", all ? "" : group_key_to_string(v->group_per), all ? "" : " ",
+                                 all ? "" : value);
+                } else if (!limit_is_duration(v->limit))
+                        snprintf(limit, sizeof(limit), "%" PRId64, v->rule->limit_ms[v->limit]);
+                else
+                        duration_format(v->rule->limit_ms[v->limit], limit, sizeof(limit));
                 duration_format(v->remaining_ms, left, sizeof(left));
                 if (limit_is_chain(v->limit))
                         snprintf(waiting, sizeof(waiting), " (%zu waiting behind it)", v->blocked);
-                r = asprintf(&s, "%s %s: %s %s%s%s%s -> %s%s%s%s%s", verdict_kind_to_string(v->kind), rule,
-                             limit_kind_to_string(v->limit), limit, waiting, v->kind == VERDICT_NEXT ? " in " : "",
-                             v->kind == VERDICT_NEXT ? left : "", action_words(v),
-                             v->reason == REASON_ESCALATION ? " (escalation of a cancelled query)" : "",
+                r = asprintf(&s, "%s %s: %s%s %s%s%s%s%s -> %s%s%s%s%s", verdict_kind_to_string(v->kind), rule,
+                             group, limit_kind_to_string(v->limit), limit, waiting,
+                             v->kind == VERDICT_NEXT ? " in " : "", v->kind == VERDICT_NEXT ? left : "", pressure,
+                             action_words(v), v->reason == REASON_ESCALATION ? " (escalation of a cancelled query)" : "",
                              v->capped ? ", waits for the next cycle (max_actions_per_cycle)" : "",
                              spared ? "; exempt from rule " : "", spared ? spared : "");
                 break;
@@ -333,8 +350,13 @@ static char *verdict_text(const char *server, const struct verdict *v) {
                              v->reason == REASON_DYING ? "terminated, still exiting" : "not a client backend");
                 break;
         default:
-                r = v->reason == REASON_NO_LIMIT ?
+                r = v->reason == REASON_NO_LIMIT && v->rule->limit_ms[LIMIT_SESSIONS] > 0 ?
+                            asprintf(&s, "none: counted by rule %s (max_sessions %" PRId64 "), not a victim", rule,
+                                     v->rule->limit_ms[LIMIT_SESSIONS]) :
+                    v->reason == REASON_NO_LIMIT ?
                             asprintf(&s, "none: rule %s sets no limit for this state", rule) :
+                    v->reason == REASON_BELOW_THRESHOLD ?
+                            asprintf(&s, "none: rule %s is inactive, not %s", rule, pressure) :
                             asprintf(&s, "none: no rule matches");
         }
         return r < 0 ? xstrdup("") : s;
@@ -363,8 +385,14 @@ static void row_cells(const struct explain_row *row, char *cells[static _COLS]) 
         const char *state = session_state_to_string(r->state);
         char elapsed[DURATION_FORMAT_MAX] = "-";
 
-        if (row->v->kind == VERDICT_OVER || row->v->kind == VERDICT_NEXT)
-                log_limit_comparison(row->v->elapsed_ms, row->v->rule->limit_ms[row->v->limit], elapsed);
+        if (row->v->kind == VERDICT_OVER || row->v->kind == VERDICT_NEXT) {
+                if (row->v->limit == LIMIT_SESSIONS)
+                        duration_format(row->v->elapsed_ms, elapsed, sizeof(elapsed));   /* idle for */
+                else if (!limit_is_duration(row->v->limit))
+                        snprintf(elapsed, sizeof(elapsed), "%" PRId64, row->v->elapsed_ms);
+                else
+                        log_limit_comparison(row->v->elapsed_ms, row->v->rule->limit_ms[row->v->limit], elapsed);
+        }
         cells[COL_SERVER] = explain_cell(row->server, columns[COL_SERVER].max);
         if (asprintf(&cells[COL_PID], "%" PRId32, r->pid) < 0)
                 cells[COL_PID] = xstrdup("?");
@@ -453,12 +481,25 @@ void explain_print_json(const struct explain_row *rows, size_t n, FILE *out) {
                 json_key_string(out, "verdict", verdict_kind_to_string(v->kind), true);
                 json_key_string(out, "rule", v->rule ? v->rule->name : NULL, true);
                 json_key_string(out, "limit", limited ? limit_kind_to_string(v->limit) : NULL, true);
-                json_key_int(out, "limit_ms", limited, limited ? v->rule->limit_ms[v->limit] : 0);
+                json_key_int(out, "limit_ms", limited && v->limit != LIMIT_SESSIONS,
+                             limited ? v->rule->limit_ms[v->limit] : 0);
                 json_key_int(out, "elapsed_ms", limited, v->elapsed_ms);
                 json_key_int(out, "remaining_ms", v->kind == VERDICT_NEXT, v->remaining_ms);
                 json_key_string(out, "action", !limited ? NULL : v->dry_run ? "dry-run" : action_to_string(v->action),
                                 true);
                 json_key_string(out, "reason", verdict_reason_to_string(v->reason), true);
+                if (limited && v->limit == LIMIT_SESSIONS) {
+                        _cleanup_free_ char *group = NULL;
+                        if (v->group_per == GROUP_ALL || asprintf(&group, "%s=%s", group_key_to_string(v->group_per),
+                                                                  v->group_value ? v->group_value : "") < 0)
+                                group = NULL;
+                        json_key_string(out, "group", group ? group : "all", true);
+                        fprintf(out, "\"sessions\": %" PRId64 ", \"max_sessions\": %" PRId64 ", ", v->sessions,
+                                v->rule->limit_ms[LIMIT_SESSIONS]);
+                }
+                if (v->rule && v->rule->connections_above > 0 && v->kind != VERDICT_EXEMPT)
+                        fprintf(out, "\"connections\": %" PRId64 ", \"connection_slots\": %" PRId64 ", ",
+                                v->connections, v->connection_slots);
                 if (limited && limit_is_chain(v->limit))
                         fprintf(out, "\"blocked\": %zu}", v->blocked);
                 else

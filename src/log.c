@@ -187,6 +187,64 @@ void log_outcome(const char *server, const struct unknown_signal *u, enum outcom
              u->rule);
 }
 
+/* "application " before a group's value in a sentence; "" for GROUP_ALL. */
+static const char *group_phrase(enum group_key per) {
+        switch (per) {
+        case GROUP_USER:
+                return "user ";
+        case GROUP_DATABASE:
+                return "database ";
+        case GROUP_APPLICATION:
+                return "application ";
+        case GROUP_CLIENT_ADDRESS:
+                return "client address ";
+        default:
+                return "";
+        }
+}
+
+const char *log_pressure_phrase(const struct rule *r, int64_t connections, int64_t slots, char buf[static 128]) {
+        if (r->connections_above_percent)
+                snprintf(buf, 128, "%" PRId64 " connections > %" PRId64 "%% of %" PRId64 " slots", connections,
+                         r->connections_above, slots);
+        else
+                snprintf(buf, 128, "%" PRId64 " connections > %" PRId64 " (%" PRId64 " slots)", connections,
+                         r->connections_above, slots);
+        return buf;
+}
+
+/* PGSWEEPER_GROUP ("application=web-1", "all"), _SESSIONS, _MAX_SESSIONS. */
+static void log_group_fields(struct fields *f, const struct rule *r, enum group_key per, const char *value,
+                             int64_t sessions) {
+        if (per == GROUP_ALL)
+                field_add(f, "PGSWEEPER_GROUP", "all");
+        else
+                field_add(f, "PGSWEEPER_GROUP", "%s=%s", group_key_to_string(per), value ? value : "");
+        field_add(f, "PGSWEEPER_SESSIONS", "%" PRId64, sessions);
+        field_add(f, "PGSWEEPER_MAX_SESSIONS", "%" PRId64, r->limit_ms[LIMIT_SESSIONS]);
+}
+
+void log_cap_short(const char *server, const struct cap_group *g) {
+        _cleanup_(fields_free) struct fields f = {};
+        char idle[DURATION_FORMAT_MAX];
+
+        if (LOG_WARNING > max_priority)
+                return;
+        duration_format(g->rule->min_idle_ms, idle, sizeof(idle));
+        field_add(&f, "PGSWEEPER_SERVER", "%s", server);
+        field_add(&f, "PGSWEEPER_RULE", "%s", g->rule->name);
+        field_add(&f, "PGSWEEPER_LIMIT", "max_sessions");
+        log_group_fields(&f, g->rule, g->rule->per, g->value, g->sessions);
+        field_add(&f, "PGSWEEPER_ENDING", "%zu", g->ending);
+        field_add(&f, "PGSWEEPER_SHORT_BY", "%zu", g->short_by);
+        emit(LOG_WARNING, MESSAGE_ID_CAP_SHORT, &f, true,
+             "%s: %" PRId64 " sessions%s%s%s > max_sessions %" PRId64 " cannot be brought under: %zu ending, "
+             "the others are not idle for %s or are exempt or protected [rule %s] (said once until it is under)",
+             server, g->sessions, g->rule->per == GROUP_ALL ? "" : " of ", group_phrase(g->rule->per),
+             g->rule->per == GROUP_ALL ? "" : g->value ? g->value : "", g->rule->limit_ms[LIMIT_SESSIONS], g->ending,
+             idle, g->rule->name);
+}
+
 /* How the elapsed time of a limit reads in a sentence. */
 static const char *limit_phrase(const struct decision *d, char buf[static 64]) {
         switch (d->limit) {
@@ -247,7 +305,7 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
         _cleanup_(fields_free) struct fields f = {};
         const struct snapshot_row *row = d->row;
         const char *verb = d->action == ACTION_CANCEL ? "cancel" : "terminate";
-        char elapsed[DURATION_FORMAT_MAX], limit[DURATION_FORMAT_MAX], what[96], phrase[64];
+        char elapsed[DURATION_FORMAT_MAX], limit[DURATION_FORMAT_MAX], what[96], phrase[64], why[512], pressure[128];
         const char *op;
 
         if (r >= _RESULT_MAX)
@@ -284,14 +342,30 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
         default:
                 snprintf(what, sizeof(what), "failed to %s pid %" PRId32, verb, row->pid);
         }
-        if (limit_is_duration(d->limit)) {
-                op = log_limit_comparison(d->elapsed_ms, d->rule->limit_ms[d->limit], elapsed);
-                duration_format(d->rule->limit_ms[d->limit], limit, sizeof(limit));
+        if (d->limit == LIMIT_SESSIONS) {
+                /* "53 sessions of application web-1 > max_sessions 50, idle 12m3s" */
+                duration_format(d->elapsed_ms, elapsed, sizeof(elapsed));
+                snprintf(why, sizeof(why), "%" PRId64 " sessions%s%s%s > max_sessions %" PRId64 ", idle %s",
+                         d->sessions, d->group_per == GROUP_ALL ? "" : " of ", group_phrase(d->group_per),
+                         d->group_per == GROUP_ALL ? "" : d->group_value ? d->group_value : "",
+                         d->rule->limit_ms[LIMIT_SESSIONS], elapsed);
         } else {
-                /* an age in transactions: "holds xmin 312 transactions old > max_xmin_age 200" */
-                op = d->elapsed_ms == d->rule->limit_ms[d->limit] ? ">=" : ">";
-                snprintf(elapsed, sizeof(elapsed), "%" PRId64 " transactions old", d->elapsed_ms);
-                snprintf(limit, sizeof(limit), "%" PRId64, d->rule->limit_ms[d->limit]);
+                if (limit_is_duration(d->limit)) {
+                        op = log_limit_comparison(d->elapsed_ms, d->rule->limit_ms[d->limit], elapsed);
+                        duration_format(d->rule->limit_ms[d->limit], limit, sizeof(limit));
+                } else {
+                        /* an age in transactions: "holds xmin 312 transactions old > max_xmin_age 200" */
+                        op = d->elapsed_ms == d->rule->limit_ms[d->limit] ? ">=" : ">";
+                        snprintf(elapsed, sizeof(elapsed), "%" PRId64 " transactions old", d->elapsed_ms);
+                        snprintf(limit, sizeof(limit), "%" PRId64, d->rule->limit_ms[d->limit]);
+                }
+                snprintf(why, sizeof(why), "%s %s %s %s %s", limit_phrase(d, phrase), elapsed, op,
+                         limit_kind_to_string(d->limit), limit);
+        }
+        if (d->rule->connections_above > 0) {
+                size_t len = strlen(why);
+                snprintf(why + len, sizeof(why) - len, ", %s", log_pressure_phrase(d->rule, d->connections,
+                                                                                    d->connection_slots, pressure));
         }
         field_add(&f, "PGSWEEPER_SERVER", "%s", server);
         field_add(&f, "PGSWEEPER_RULE", "%s", d->rule->name);
@@ -304,7 +378,12 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
         field_add(&f, "PGSWEEPER_CLIENT_ADDR", "%s", row->client_addr);
         field_add(&f, "PGSWEEPER_STATE", "%s", session_state_to_string(row->state));
         field_add(&f, "PGSWEEPER_LIMIT", "%s", limit_kind_to_string(d->limit));
-        if (limit_is_duration(d->limit)) {
+        if (d->limit == LIMIT_SESSIONS) {
+                field_add(&f, "PGSWEEPER_LIMIT_VALUE", "%" PRId64, d->rule->limit_ms[LIMIT_SESSIONS]);
+                field_add(&f, "PGSWEEPER_ELAPSED_MS", "%" PRId64, d->elapsed_ms);
+                field_add(&f, "PGSWEEPER_MIN_IDLE_MS", "%" PRId64, d->rule->min_idle_ms);
+                log_group_fields(&f, d->rule, d->group_per, d->group_value, d->sessions);
+        } else if (limit_is_duration(d->limit)) {
                 field_add(&f, "PGSWEEPER_LIMIT_MS", "%" PRId64, d->rule->limit_ms[d->limit]);
                 field_add(&f, "PGSWEEPER_ELAPSED_MS", "%" PRId64, d->elapsed_ms);
         } else {
@@ -313,6 +392,10 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
         }
         if (limit_is_chain(d->limit))
                 field_add(&f, "PGSWEEPER_BLOCKED", "%zu", d->blocked);
+        if (d->rule->connections_above > 0) {
+                field_add(&f, "PGSWEEPER_CONNECTIONS", "%" PRId64, d->connections);
+                field_add(&f, "PGSWEEPER_CONNECTION_SLOTS", "%" PRId64, d->connection_slots);
+        }
         field_add(&f, "PGSWEEPER_SERVER_ROLE", "%s",
                   d->server_role == ROLE_ANY ? "unknown" : server_role_to_string(d->server_role));
         if (d->escalated)
@@ -321,9 +404,8 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
                 field_add(&f, "PGSWEEPER_QUERY", "%s", row->query);
         /* Every decision but the debug ones (gone, changed) outranks info noise in the queue. */
         emit(priority, d->escalated && r == RESULT_TERMINATED ? MESSAGE_ID_ESCALATED : result_meta[r].message_id,
-             &f, priority < LOG_DEBUG, "%s: %s (user %s, db %s, app %s, %s): %s %s %s %s %s [rule %s]%s%s", server,
+             &f, priority < LOG_DEBUG, "%s: %s (user %s, db %s, app %s, %s): %s [rule %s]%s%s", server,
              what, *row->user ? row->user : "-", *row->database ? row->database : "-",
              *row->application ? row->application : "-", *row->client_addr ? row->client_addr : "-",
-             limit_phrase(d, phrase), elapsed, op, limit_kind_to_string(d->limit), limit, d->rule->name,
-             hint ? "; " : "", hint ? hint : "");
+             why, d->rule->name, hint ? "; " : "", hint ? hint : "");
 }

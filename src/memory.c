@@ -21,6 +21,14 @@ static void unknowns_free(struct memory *m) {
         m->n_unknowns = 0;
 }
 
+static void warned_caps_free(struct warned_cap *w, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                free(w[i].rule);
+                free(w[i].value);
+        }
+        free(w);
+}
+
 void memory_done(struct memory *m) {
         reported_free(m->reported, m->n_reported);
         reported_free(m->reported_now, m->n_reported_now);
@@ -31,6 +39,7 @@ void memory_done(struct memory *m) {
         free(m->ended);
         free(m->dying);
         free(m->warned_roots);
+        warned_caps_free(m->warned_caps, m->n_warned_caps);
         free(m->held_since);
         for (size_t k = 0; k < m->n_denied_roles; k++)
                 free(m->denied_roles[k]);
@@ -61,6 +70,29 @@ void memory_switch(struct memory *m, const struct server *srv) {
                 else
                         free(m->escalations[i].rule);
         m->n_escalations = kept;
+}
+
+void memory_warn_caps(struct memory *m, const char *server, const struct judgement *j) {
+        struct warned_cap *now = xcalloc(j->n_caps + 1, sizeof(*now));
+        size_t n = 0;
+
+        for (size_t i = 0; i < j->n_caps; i++) {
+                const struct cap_group *g = &j->caps[i];
+                bool seen = false;
+
+                for (size_t k = 0; k < m->n_warned_caps && !seen; k++)
+                        seen = strcmp(m->warned_caps[k].rule, g->rule->name) == 0 &&
+                               (m->warned_caps[k].value == g->value ||
+                                (m->warned_caps[k].value && g->value && strcmp(m->warned_caps[k].value, g->value) == 0));
+                if (!seen && g->short_by == 0)
+                        continue;   /* over, but being brought under */
+                if (!seen)
+                        log_cap_short(server, g);
+                now[n++] = (struct warned_cap) { xstrdup(g->rule->name), g->value ? xstrdup(g->value) : NULL };
+        }
+        warned_caps_free(m->warned_caps, m->n_warned_caps);
+        m->warned_caps = now;
+        m->n_warned_caps = n;
 }
 
 size_t memory_watched_pids(const struct memory *m, int32_t **ret) {

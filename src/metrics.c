@@ -1,6 +1,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -27,6 +28,7 @@ struct server_series {
         bool up;
         int privileges_ok;          /* -1: not known yet */
         int in_recovery;            /* -1: not known yet */
+        int64_t connections, connection_slots;   /* at the last poll; -1: not known yet */
 };
 
 struct metrics {
@@ -62,7 +64,8 @@ static struct server_series *server_series(struct metrics *m, const char *server
                         return &m->servers[i];
         m->servers = xreallocarray(m->servers, m->n_servers + 1, sizeof(*m->servers));
         m->servers[m->n_servers] = (struct server_series) { .server = xstrdup(server), .privileges_ok = -1,
-                                                            .in_recovery = -1 };
+                                                            .in_recovery = -1, .connections = -1,
+                                                            .connection_slots = -1 };
         return &m->servers[m->n_servers++];
 }
 
@@ -107,6 +110,12 @@ void metrics_set_up(struct metrics *m, const char *server, bool up) {
 
 void metrics_set_privileges(struct metrics *m, const char *server, bool ok) {
         server_series(m, server)->privileges_ok = ok;
+}
+
+void metrics_set_connections(struct metrics *m, const char *server, int64_t connections, int64_t slots) {
+        struct server_series *s = server_series(m, server);
+        s->connections = connections;
+        s->connection_slots = slots;
 }
 
 void metrics_set_in_recovery(struct metrics *m, const char *server, bool in_recovery) {
@@ -193,6 +202,20 @@ static void action_family(FILE *f, const struct metrics *m, const char *name, bo
         }
 }
 
+/* A gauge known once a poll said it: absent before. */
+static void known_gauge(FILE *f, const struct metrics *m, const char *family, const char *help, size_t offset) {
+        header(f, family, "gauge", help);
+        for (size_t i = 0; i < m->n_servers; i++) {
+                int64_t v = *(const int64_t *) ((const char *) &m->servers[i] + offset);
+                if (v < 0)
+                        continue;
+                fprintf(f, "%s{", family);
+                label(f, "server", m->servers[i].server, true);
+                fprintf(f, "} %" PRId64 "\n", v);
+        }
+}
+
+
 void metrics_format(const struct metrics *m, FILE *f) {
         header(f, "pgsweeper_build_info", "gauge", "pgsweeper version; always 1.");
         fprintf(f, "pgsweeper_build_info{");
@@ -227,6 +250,14 @@ void metrics_format(const struct metrics *m, FILE *f) {
                 label(f, "server", m->servers[i].server, true);
                 fprintf(f, "} %d\n", m->servers[i].in_recovery);
         }
+        known_gauge(f, m, "pgsweeper_server_connections",
+                    "Client backends at the last poll (superusers and pgsweeper's own included): what fills the "
+                    "connection slots; absent before the first poll.",
+                    offsetof(struct server_series, connections));
+        known_gauge(f, m, "pgsweeper_server_connection_slots",
+                    "Usable connection slots at the last poll: max_connections - superuser_reserved_connections "
+                    "- reserved_connections (16+); absent before the first poll.",
+                    offsetof(struct server_series, connection_slots));
         header(f, "pgsweeper_config_reloads_total", "counter", "Configuration reloads by result.");
         fprintf(f, "pgsweeper_config_reloads_total{result=\"ok\"} %" PRIu64 "\n", m->reloads_ok);
         fprintf(f, "pgsweeper_config_reloads_total{result=\"failed\"} %" PRIu64 "\n", m->reloads_failed);

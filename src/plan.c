@@ -46,6 +46,19 @@ static void request_common(const struct config *c, const struct server *srv, str
                 .superusers = srv->terminate_superusers,
                 .lock_waiters = policy_reads_locks(srv),
         };
+        /* A cap counts per its per key, and per every key its filters
+         * select by: the policy filters the counts, not the server. */
+        for (size_t i = 0; i < srv->n_rules; i++) {
+                const struct rule *r = &srv->rules[i];
+
+                if (r->limit_ms[LIMIT_SESSIONS] <= 0)
+                        continue;
+                ret->group_by[r->per] = r->per != GROUP_ALL;
+                ret->group_by[GROUP_USER] |= r->filter.users.given;
+                ret->group_by[GROUP_DATABASE] |= r->filter.databases.given;
+                ret->group_by[GROUP_APPLICATION] |= r->filter.applications.given;
+                ret->group_by[GROUP_CLIENT_ADDRESS] |= r->filter.client_addresses.given;
+        }
 }
 
 void plan_poll_request(const struct config *c, const struct server *srv, const int32_t *pids, size_t n_pids,
@@ -66,6 +79,15 @@ void plan_explain_request(const struct config *c, const struct server *srv, stru
 
 bool plan_wants_graph(const struct server *srv, const struct snapshot *snap) {
         return snap->n_lock_waiting > 0 && policy_reads_locks(srv);
+}
+
+const char *plan_reread(const struct server *srv, const struct snapshot *snap, int server_version,
+                        struct snapshot_request *req) {
+        bool graph = plan_wants_graph(srv, snap);
+
+        if (policy_wants_idle(srv, snap, req) == 0 && !graph)
+                return NULL;
+        return graph ? pg_lock_graph_sql_for(server_version) : pg_snapshot_sql;
 }
 
 uint64_t plan_next_poll(const struct config *c, const struct server *srv, const struct plan_cycle *p) {

@@ -8,6 +8,7 @@
 #include "macro.h"
 #include "netmatch.h"
 #include "policy.h"
+#include "snapshot.h"
 
 static const char *const state_names[_STATE_MAX] = {
         [STATE_UNKNOWN] = "",
@@ -42,12 +43,15 @@ static const char *const reason_names[_REASON_MAX] = {
         [REASON_OWN_ROLE] = "own-role",
         [REASON_SUPERUSER] = "superuser",
         [REASON_DYING] = "dying",
+        [REASON_BELOW_THRESHOLD] = "below-threshold",
 };
 
 DEFINE_STRING_TABLE_LOOKUP(verdict_kind, enum verdict_kind, verdict_names)
 DEFINE_STRING_TABLE_LOOKUP(verdict_reason, enum verdict_reason, reason_names)
 
 void snapshot_free(struct snapshot *s) {
+        snapshot_idle_keys_free(s);
+        free(s->groups);
         free(s->rows);
         free(s->strings);
         free(s->blocker_pool);
@@ -55,6 +59,7 @@ void snapshot_free(struct snapshot *s) {
 }
 
 void judgement_free(struct judgement *j) {
+        free(j->caps);
         free(j->decisions);
         free(j->verdicts);
         free(j->warnings);
@@ -80,6 +85,8 @@ int64_t limit_since(enum limit_kind k, const struct snapshot_row *row) {
                 return row->wait_start != TS_NULL ? row->query_start : TS_NULL;
         case LIMIT_XMIN_AGE:
                 return row->xmin_age >= 0 ? row->xact_start : TS_NULL;   /* not a clock: what the guard checks */
+        case LIMIT_SESSIONS:
+                return row->state == STATE_IDLE ? row->state_change : TS_NULL;   /* the guard: still idle since then */
         default:
                 return TS_NULL;
         }
@@ -185,11 +192,16 @@ bool policy_needs_query(const struct server *srv) {
         return false;
 }
 
+/* How far past its limit: in ms, a count for max_xmin_age; a cap's victim
+ * by how long it has been idle past min_idle. */
+static int64_t overshoot(const struct decision *d) {
+        return d->elapsed_ms - (d->limit == LIMIT_SESSIONS ? d->rule->min_idle_ms : d->rule->limit_ms[d->limit]);
+}
+
 static int decision_cmp(const void *a, const void *b) {
         const struct decision *x = a, *y = b;
         /* The oldest offender first: furthest past its limit. */
-        int64_t ox = x->elapsed_ms - x->rule->limit_ms[x->limit];
-        int64_t oy = y->elapsed_ms - y->rule->limit_ms[y->limit];
+        int64_t ox = overshoot(x), oy = overshoot(y);
         if (ox != oy)
                 return ox > oy ? -1 : 1;
         return x->row->pid < y->row->pid ? -1 : x->row->pid > y->row->pid;
@@ -219,22 +231,28 @@ static bool judge_rule(const struct policy_input *in, const struct snapshot *sna
                         if (e->due < *next) {
                                 *next = e->due;
                                 if (soon)
-                                        *soon = (struct verdict) { row, VERDICT_NEXT, REASON_ESCALATION, rule, NULL,
-                                                LIMIT_QUERY_DURATION, (snap->now - row->query_start) / 1000,
-                                                (e->due - snap->now + 999) / 1000, ACTION_TERMINATE,
-                                                in->dry_run || rule->dry_run, true, false, 0 };
+                                        *soon = (struct verdict) {
+                                                .row = row, .kind = VERDICT_NEXT, .reason = REASON_ESCALATION,
+                                                .rule = rule, .limit = LIMIT_QUERY_DURATION,
+                                                .elapsed_ms = (snap->now - row->query_start) / 1000,
+                                                .remaining_ms = (e->due - snap->now + 999) / 1000,
+                                                .action = ACTION_TERMINATE, .dry_run = in->dry_run || rule->dry_run,
+                                                .escalated = true,
+                                        };
                         }
                         return false;
                 }
-                *ret = (struct decision) { row, rule, LIMIT_QUERY_DURATION,
-                                           snap->now >= row->query_start ? (snap->now - row->query_start) / 1000 : 0,
-                                           ACTION_TERMINATE, in->dry_run || rule->dry_run, true, ROLE_ANY, 0 };
+                *ret = (struct decision) {
+                        .row = row, .rule = rule, .limit = LIMIT_QUERY_DURATION,
+                        .elapsed_ms = snap->now >= row->query_start ? (snap->now - row->query_start) / 1000 : 0,
+                        .action = ACTION_TERMINATE, .dry_run = in->dry_run || rule->dry_run, .escalated = true,
+                };
                 return true;
         }
         /* An age, not a time: checked at every poll, never planned. */
         if (rule->limit_ms[LIMIT_XMIN_AGE] > 0 && row->xmin_age >= rule->limit_ms[LIMIT_XMIN_AGE])
-                d = (struct decision) { row, rule, LIMIT_XMIN_AGE, row->xmin_age, rule->action,
-                                        in->dry_run || rule->dry_run, false, ROLE_ANY, 0 };
+                d = (struct decision) { .row = row, .rule = rule, .limit = LIMIT_XMIN_AGE, .elapsed_ms = row->xmin_age,
+                                        .action = rule->action, .dry_run = in->dry_run || rule->dry_run };
         for (enum limit_kind k = 0; k < _LIMIT_MAX; k++) {
                 int64_t since, elapsed_ms, limit = rule->limit_ms[k];
                 size_t blocked = 0;
@@ -255,20 +273,238 @@ static bool judge_rule(const struct policy_input *in, const struct snapshot *sna
                          * (a broken time limit before an age: it says when). */
                         if (!d.rule || d.limit == LIMIT_XMIN_AGE ||
                             elapsed_ms - limit > d.elapsed_ms - rule->limit_ms[d.limit])
-                                d = (struct decision) { row, rule, k, elapsed_ms, rule->action,
-                                                        in->dry_run || rule->dry_run, false, ROLE_ANY, blocked };
+                                d = (struct decision) { .row = row, .rule = rule, .limit = k, .elapsed_ms = elapsed_ms,
+                                                        .action = rule->action,
+                                                        .dry_run = in->dry_run || rule->dry_run, .blocked = blocked };
                 } else if (since <= INT64_MAX - limit * 1000 && since + limit * 1000 < *next) {
                         *next = since + limit * 1000;
                         if (soon)
-                                *soon = (struct verdict) { row, VERDICT_NEXT, REASON_LIMIT, rule, NULL, k, elapsed_ms,
-                                                           limit - elapsed_ms, rule->action,
-                                                           in->dry_run || rule->dry_run, false, false, blocked };
+                                *soon = (struct verdict) {
+                                        .row = row, .kind = VERDICT_NEXT, .reason = REASON_LIMIT, .rule = rule,
+                                        .limit = k, .elapsed_ms = elapsed_ms, .remaining_ms = limit - elapsed_ms,
+                                        .action = rule->action, .dry_run = in->dry_run || rule->dry_run,
+                                        .blocked = blocked,
+                                };
                 }
         }
         if (!d.rule)
                 return false;
         *ret = d;
         return true;
+}
+
+/* --- max_sessions: per-group caps (section 14) --- */
+
+bool policy_counts_groups(const struct server *srv) {
+        for (size_t i = 0; i < srv->n_rules; i++)
+                if (srv->rules[i].limit_ms[LIMIT_SESSIONS] > 0)
+                        return true;
+        return false;
+}
+
+/* Is the rule judged at this poll: its role, and its connection threshold? */
+static bool rule_active(const struct rule *rule, const struct snapshot *snap) {
+        return rule_applies_to_role(rule, snap) && rule_pressure_on(rule, snap->connections, snap->connection_slots);
+}
+
+static const char *row_key(const struct snapshot_row *row, enum group_key per) {
+        switch (per) {
+        case GROUP_USER:
+                return row->user;
+        case GROUP_DATABASE:
+                return row->database;
+        case GROUP_APPLICATION:
+                return row->application;
+        case GROUP_CLIENT_ADDRESS:
+                return row->client_addr;
+        default:
+                return NULL;
+        }
+}
+
+static int value_cmp(const char *a, const char *b) {
+        return a == b ? 0 : !a ? -1 : !b ? 1 : strcmp(a, b);
+}
+
+static int cap_group_cmp(const void *a, const void *b) {
+        return value_cmp(((const struct cap_group *) a)->value, ((const struct cap_group *) b)->value);
+}
+
+/* The groups of a cap rule over its cap at this poll, sorted by value:
+ * the counts of the groups whose keys pass the rule's filters (a
+ * max_sessions rule filters by user, database, application and client
+ * address only, the keys the request counted by), summed per value of its
+ * per key. */
+static size_t groups_over(const struct rule *rule, const struct snapshot *snap, struct cap_group **ret) {
+        struct cap_group *c = xcalloc(snap->n_groups + 1, sizeof(*c));
+        size_t n = 0, merged = 0;
+
+        for (size_t i = 0; i < snap->n_groups; i++) {
+                const struct snapshot_group *g = &snap->groups[i];
+                const struct snapshot_row key = {
+                        .client_backend = true,
+                        .user = g->key[GROUP_USER] ? g->key[GROUP_USER] : "",
+                        .database = g->key[GROUP_DATABASE] ? g->key[GROUP_DATABASE] : "",
+                        .application = g->key[GROUP_APPLICATION] ? g->key[GROUP_APPLICATION] : "",
+                        .client_addr = g->key[GROUP_CLIENT_ADDRESS] ? g->key[GROUP_CLIENT_ADDRESS] : "",
+                };
+
+                if (!filter_matches(&rule->filter, &key))
+                        continue;
+                c[n++] = (struct cap_group) { .rule = rule, .value = rule->per == GROUP_ALL ? NULL : row_key(&key, rule->per),
+                                              .sessions = g->count };
+        }
+        if (n > 1)
+                qsort(c, n, sizeof(*c), cap_group_cmp);
+        for (size_t i = 0; i < n; i++) {
+                if (merged > 0 && value_cmp(c[merged - 1].value, c[i].value) == 0)
+                        c[merged - 1].sessions += c[i].sessions;
+                else
+                        c[merged++] = c[i];
+        }
+        n = 0;
+        for (size_t i = 0; i < merged; i++)
+                if (c[i].sessions > rule->limit_ms[LIMIT_SESSIONS]) {
+                        c[n] = c[i];
+                        c[n].complete = snapshot_has_idle(snap, rule->per, c[i].value ? c[i].value : "");
+                        n++;
+                }
+        *ret = c;
+        return n;
+}
+
+size_t policy_wants_idle(const struct server *srv, const struct snapshot *snap, struct snapshot_request *req) {
+        size_t wanted = 0;
+
+        for (size_t r = 0; r < srv->n_rules; r++) {
+                const struct rule *rule = &srv->rules[r];
+                _cleanup_free_ struct cap_group *over = NULL;
+                size_t n;
+
+                if (rule->limit_ms[LIMIT_SESSIONS] <= 0 || !rule_active(rule, snap))
+                        continue;
+                n = groups_over(rule, snap, &over);
+                for (size_t i = 0; i < n; i++)
+                        if (!over[i].complete) {
+                                snapshot_request_add_idle(req, rule->per, over[i].value ? over[i].value : "");
+                                wanted++;
+                        }
+        }
+        return wanted;
+}
+
+static struct cap_group *find_group(struct cap_group *over, size_t n, const char *value) {
+        size_t lo = 0, hi = n;
+
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                int c = value_cmp(over[mid].value, value);
+                if (c == 0)
+                        return &over[mid];
+                if (c < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return NULL;
+}
+
+/* A cap's candidates, in the order they go: the longest idle first. */
+struct candidate {
+        size_t row;
+        struct cap_group *group;
+};
+
+static const struct snapshot *cmp_snap;   /* qsort has no argument: set around the one call */
+
+static int candidate_cmp(const void *a, const void *b) {
+        const struct snapshot_row *x = &cmp_snap->rows[((const struct candidate *) a)->row];
+        const struct snapshot_row *y = &cmp_snap->rows[((const struct candidate *) b)->row];
+
+        if (x->state_change != y->state_change)
+                return x->state_change < y->state_change ? -1 : 1;
+        return x->pid < y->pid ? -1 : x->pid > y->pid;
+}
+
+/* The cap of one rule: its groups over max_sessions, and the decisions
+ * that bring them under (merged into best[], one per row, with the rows'
+ * other decisions: one decides, see stronger()). Every session of a group
+ * counts; the victims are idle for at least min_idle, neither protected
+ * nor exempt, the longest idle first, at most the excess less what ends
+ * anyway (sessions another rule terminates now, sessions terminated last
+ * cycle still exiting). */
+static void judge_cap(const struct policy_input *in, const struct snapshot *snap, const struct rule *rule,
+                      struct decision *best, struct verdict *verdicts, int64_t *next, struct judgement *j) {
+        const struct server *srv = in->server;
+        _cleanup_free_ struct cap_group *over = NULL;
+        _cleanup_free_ struct candidate *cand = NULL;
+        size_t n_over = groups_over(rule, snap, &over), n_cand = 0;
+
+        if (n_over == 0)
+                return;
+        cand = xcalloc(snap->n_rows + 1, sizeof(*cand));
+        for (size_t i = 0; i < snap->n_rows; i++) {
+                const struct snapshot_row *row = &snap->rows[i];
+                struct cap_group *g;
+                enum verdict_reason why;
+                int64_t since;
+
+                if (!row->client_backend || !filter_matches(&rule->filter, row) ||
+                    !(g = find_group(over, n_over, rule->per == GROUP_ALL ? NULL : row_key(row, rule->per))) ||
+                    !g->complete)
+                        continue;
+                if (is_dying(in, row) || (best[i].rule && !best[i].dry_run && best[i].action == ACTION_TERMINATE)) {
+                        g->ending++;
+                        continue;
+                }
+                if (row->state != STATE_IDLE || protected_session(in, row, &why) || exempt_from_server(srv, row, &why) ||
+                    filter_exempts(&rule->exempt, row))
+                        continue;
+                since = row->state_change + rule->min_idle_ms * 1000;
+                if (snap->now < since) {
+                        if (since < *next)
+                                *next = since;     /* a victim once it has been idle min_idle */
+                        continue;
+                }
+                cand[n_cand++] = (struct candidate) { i, g };
+        }
+        cmp_snap = snap;
+        if (n_cand > 1)
+                qsort(cand, n_cand, sizeof(*cand), candidate_cmp);
+        cmp_snap = NULL;
+
+        for (size_t c = 0; c < n_cand; c++) {
+                struct cap_group *g = cand[c].group;
+                const struct snapshot_row *row = &snap->rows[cand[c].row];
+                struct decision d;
+
+                if ((int64_t) g->ending >= g->sessions - rule->limit_ms[LIMIT_SESSIONS])
+                        continue;
+                g->ending++;
+                d = (struct decision) {
+                        .row = row, .rule = rule, .limit = LIMIT_SESSIONS,
+                        .elapsed_ms = snap->now >= row->state_change ? (snap->now - row->state_change) / 1000 : 0,
+                        .action = rule->action, .dry_run = in->dry_run || rule->dry_run,
+                        .group_per = rule->per, .group_value = g->value, .sessions = g->sessions,
+                };
+                if (best[cand[c].row].rule && !stronger(&d, &best[cand[c].row]))
+                        continue;
+                best[cand[c].row] = d;
+                if (verdicts)
+                        verdicts[cand[c].row] = (struct verdict) {
+                                .row = row, .kind = VERDICT_OVER, .reason = REASON_LIMIT, .rule = rule,
+                                .limit = LIMIT_SESSIONS, .elapsed_ms = d.elapsed_ms, .action = d.action,
+                                .dry_run = d.dry_run, .group_per = rule->per, .group_value = g->value,
+                                .sessions = g->sessions,
+                        };
+        }
+        j->caps = xreallocarray(j->caps, j->n_caps + n_over, sizeof(*j->caps));
+        for (size_t i = 0; i < n_over; i++) {
+                int64_t excess = over[i].sessions - rule->limit_ms[LIMIT_SESSIONS];
+                over[i].short_by = over[i].complete && (int64_t) over[i].ending < excess ?
+                                           (size_t) (excess - (int64_t) over[i].ending) : 0;
+                j->caps[j->n_caps++] = over[i];
+        }
 }
 
 /* Why a chain's root may not be signalled; NULL: it may. */
@@ -325,20 +561,21 @@ static void chain_warnings(const struct policy_input *in, const struct snapshot 
 
 void policy_judge(const struct policy_input *in, const struct snapshot *snap, struct judgement *ret) {
         const struct server *srv = in->server;
-        struct decision *out = xcalloc(snap->n_rows + 1, sizeof(*out));
+        _cleanup_free_ struct decision *best = xcalloc(snap->n_rows + 1, sizeof(*best));
+        struct decision *out;
         struct verdict *verdicts = in->verdicts ? xcalloc(snap->n_rows + 1, sizeof(*verdicts)) : NULL;
         size_t n = 0, kept = 0, signalling = 0, capped = 0;
         int64_t next = INT64_MAX;
         struct lock_graph graph = {};
+        struct judgement j = {};
 
         if (snap->has_graph)
                 lock_graph_build(snap, in->held_since, in->n_held_since, &graph);
 
         for (size_t i = 0; i < snap->n_rows; i++) {
                 const struct snapshot_row *row = &snap->rows[i];
-                struct decision best = {};
                 struct verdict v = { .row = row }, soon = {};
-                const struct rule *matched = NULL, *exempting = NULL;
+                const struct rule *matched = NULL, *exempting = NULL, *inactive = NULL;
                 int64_t row_next = INT64_MAX;
 
                 if (protected_session(in, row, &v.reason))
@@ -361,30 +598,38 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                                 exempting = exempting ? exempting : rule;
                                 continue;
                         }
+                        /* A condition, not a limit: below its threshold the rule is not judged. */
+                        if (!rule_pressure_on(rule, snap->connections, snap->connection_slots)) {
+                                inactive = inactive ? inactive : rule;
+                                continue;
+                        }
                         matched = matched ? matched : rule;
                         if (judge_rule(in, snap, row, graph.nodes ? &graph.nodes[i] : NULL, rule, &d, &row_next,
                                        verdicts ? &soon : NULL) &&
-                            (!best.rule || stronger(&d, &best)))
-                                best = d;
+                            (!best[i].rule || stronger(&d, &best[i])))
+                                best[i] = d;
                 }
                 if (row_next < next)
                         next = row_next;
-                if (best.rule)
-                        out[n++] = best;
                 if (!verdicts)
                         continue;
 
                 /* The verdict, strongest first: what happens now, what
                  * happens next, why nothing happens. */
-                if (best.rule)
-                        v = (struct verdict) { row, VERDICT_OVER, best.escalated ? REASON_ESCALATION : REASON_LIMIT,
-                                               best.rule, NULL, best.limit, best.elapsed_ms, 0, best.action,
-                                               best.dry_run, best.escalated, false, best.blocked };
+                if (best[i].rule)
+                        v = (struct verdict) {
+                                .row = row, .kind = VERDICT_OVER,
+                                .reason = best[i].escalated ? REASON_ESCALATION : REASON_LIMIT, .rule = best[i].rule,
+                                .limit = best[i].limit, .elapsed_ms = best[i].elapsed_ms, .action = best[i].action,
+                                .dry_run = best[i].dry_run, .escalated = best[i].escalated, .blocked = best[i].blocked,
+                        };
                 else if (soon.rule)
                         v = soon;
                 else if (exempting)
                         v = (struct verdict) { .row = row, .kind = VERDICT_EXEMPT, .reason = REASON_EXEMPT_RULE,
                                                .rule = exempting };
+                else if (inactive)
+                        v = (struct verdict) { .row = row, .reason = REASON_BELOW_THRESHOLD, .rule = inactive };
                 else
                         v = (struct verdict) { .row = row, .reason = matched ? REASON_NO_LIMIT : REASON_NO_RULE,
                                                .rule = matched };
@@ -393,8 +638,28 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                 verdicts[i] = v;
         }
 
-        for (size_t i = 0; i < n; i++)
-                out[i].server_role = !snap->role_known ? ROLE_ANY : snap->in_recovery ? ROLE_STANDBY : ROLE_PRIMARY;
+        /* Caps count groups, not one session at a time: judged once the
+         * sessions' own limits are, so that what those end counts. */
+        for (size_t r = 0; r < srv->n_rules; r++)
+                if (srv->rules[r].limit_ms[LIMIT_SESSIONS] > 0 && rule_active(&srv->rules[r], snap))
+                        judge_cap(in, snap, &srv->rules[r], best, verdicts, &next, &j);
+
+        out = xcalloc(snap->n_rows + 1, sizeof(*out));
+        for (size_t i = 0; i < snap->n_rows; i++) {
+                if (!best[i].rule)
+                        continue;
+                out[n] = best[i];
+                out[n].server_role = !snap->role_known ? ROLE_ANY : snap->in_recovery ? ROLE_STANDBY : ROLE_PRIMARY;
+                out[n].connections = snap->connections;
+                out[n].connection_slots = snap->connection_slots;
+                n++;
+        }
+        if (verdicts)
+                for (size_t i = 0; i < snap->n_rows; i++)
+                        if (verdicts[i].rule && verdicts[i].rule->connections_above > 0) {
+                                verdicts[i].connections = snap->connections;
+                                verdicts[i].connection_slots = snap->connection_slots;
+                        }
         if (n > 1)
                 qsort(out, n, sizeof(*out), decision_cmp);
 
@@ -413,7 +678,7 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
                 out[kept++] = out[i];
         }
         *ret = (struct judgement) { .decisions = out, .n_decisions = kept, .n_capped = capped, .next_deadline = next,
-                                    .verdicts = verdicts };
+                                    .verdicts = verdicts, .caps = j.caps, .n_caps = j.n_caps };
         if (graph.nodes)
                 chain_warnings(in, snap, &graph, ret);
         lock_graph_free(&graph);

@@ -92,6 +92,7 @@ struct server_state {
         uint64_t poll_started;          /* CLOCK_MONOTONIC, read when the snapshot is sent */
         uint64_t poll_usec;             /* from sending the snapshot to the end of the judgement */
         uint64_t snap_received;         /* CLOCK_MONOTONIC, when its answer was read */
+        struct snapshot_request req;    /* what this poll asks; a second read asks more */
         struct snapshot snap;
         struct judgement judgement;
         enum result *results;
@@ -127,6 +128,7 @@ static const char *name(const struct server_state *s) {
 static void cycle_reset(struct server_state *s) {
         judgement_free(&s->judgement);
         snapshot_free(&s->snap);
+        snapshot_request_done(&s->req);
         for (size_t i = 0; i < s->n_batches; i++)
                 action_batch_free(&s->batches[i]);
         s->n_batches = 0;
@@ -553,6 +555,8 @@ static void judge_and_act(struct server_state *s) {
         policy_judge(&in, &s->snap, &s->judgement);
         s->poll_usec = clock_usec() - s->poll_started;
         memory_warn_roots(&s->memory, name(s), &s->judgement);
+        memory_warn_caps(&s->memory, name(s), &s->judgement);
+        metrics_set_connections(s->settings.metrics, name(s), s->snap.connections, s->snap.connection_slots);
 
         s->results = xcalloc(s->judgement.n_decisions + 1, sizeof(*s->results));
         enforce_prepare(&s->judgement, s->results);
@@ -562,38 +566,41 @@ static void judge_and_act(struct server_state *s) {
                 cycle_complete(s);
 }
 
-/* What this cycle asks the server for; both statements of a poll take it. */
-static void poll_params(struct server_state *s, struct snapshot_params *ret) {
-        _cleanup_free_ int32_t *pids = NULL;
-        size_t n_pids = memory_watched_pids(&s->memory, &pids);
-        struct snapshot_request req;
+/* The statement of this cycle's request, prepared as name. */
+static void send_read(struct server_state *s, const char *name, pgconn_result_fn done) {
+        struct snapshot_params params;
 
-        plan_poll_request(s->config, s->server, pids, n_pids, &req);
-        snapshot_params_build(&req, ret);
-        snapshot_request_done(&req);
+        snapshot_params_build(&s->req, &params);
+        send_statement(s, PHASE_POLLING, SEND_PREPARED, name, NULL, SNAPSHOT_PARAMS,
+                       (const char *const *) params.values, done);
+        snapshot_params_free(&params);
+}
+
+/* A read's answer into s->snap; false when it failed (the server is failed). */
+static bool read_done(struct server_state *s, PGresult *res, const char *what, bool graph) {
+        if (result_failed(s, res, PGRES_TUPLES_OK, what))
+                return false;
+        snapshot_free(&s->snap);
+        if (snapshot_from_result(res, &s->snap) < 0) {
+                server_fail(s, what, "unexpected result shape");
+                return false;
+        }
+        s->snap_received = loop_usec(s);
+        s->snap.has_graph = graph;
+        snapshot_note_request(&s->snap, &s->req);
+        return true;
+}
+
+static void on_reread_done(void *userdata, PGresult *res) {
+        struct server_state *s = userdata;
+        if (read_done(s, res, "snapshot", false))
+                judge_and_act(s);
 }
 
 static void on_graph_done(void *userdata, PGresult *res) {
         struct server_state *s = userdata;
-        if (result_failed(s, res, PGRES_TUPLES_OK, "lock graph"))
-                return;
-        snapshot_free(&s->snap);
-        if (snapshot_from_result(res, &s->snap) < 0) {
-                server_fail(s, "lock graph", "unexpected result shape");
-                return;
-        }
-        s->snap_received = loop_usec(s);
-        s->snap.has_graph = true;
-        judge_and_act(s);
-}
-
-static void send_graph(struct server_state *s) {
-        struct snapshot_params params;
-
-        poll_params(s, &params);
-        send_statement(s, PHASE_POLLING, SEND_PREPARED, pg_lock_graph_name, NULL, SNAPSHOT_PARAMS,
-                       (const char *const *) params.values, on_graph_done);
-        snapshot_params_free(&params);
+        if (read_done(s, res, "lock graph", true))
+                judge_and_act(s);
 }
 
 static void on_graph_prepared(void *userdata, PGresult *res) {
@@ -601,41 +608,45 @@ static void on_graph_prepared(void *userdata, PGresult *res) {
         if (result_failed(s, res, PGRES_COMMAND_OK, "lock graph"))
                 return;
         s->graph_prepared = true;
-        send_graph(s);
+        send_read(s, pg_lock_graph_name, on_graph_done);
 }
 
+/* The first read of a poll. A second one follows when plan_reread() says
+ * so: the lock graph, or the idle sessions of a group over its cap. */
 static void on_snapshot_done(void *userdata, PGresult *res) {
         struct server_state *s = userdata;
-        if (result_failed(s, res, PGRES_TUPLES_OK, "snapshot"))
+        int version = PQserverVersion(pgconn_pq(s->pg));
+        const char *again;
+
+        if (!read_done(s, res, "snapshot", false))
                 return;
-        if (snapshot_from_result(res, &s->snap) < 0) {
-                server_fail(s, "snapshot", "unexpected result shape");
+        again = plan_reread(s->server, &s->snap, version, &s->req);
+        if (!again) {
+                judge_and_act(s);
                 return;
         }
-        s->snap_received = loop_usec(s);
-        if (!plan_wants_graph(s->server, &s->snap)) {
-                judge_and_act(s);
+        if (again == pg_snapshot_sql) {
+                send_read(s, pg_snapshot_name, on_reread_done);
                 return;
         }
         /* Prepared once per connection, the first time it is needed; its
          * text depends on the version (pg_locks.waitstart since 14). */
         if (!s->graph_prepared) {
-                send_statement(s, PHASE_POLLING, SEND_PREPARE, pg_lock_graph_name,
-                               pg_lock_graph_sql_for(PQserverVersion(pgconn_pq(s->pg))), SNAPSHOT_PARAMS, NULL,
+                send_statement(s, PHASE_POLLING, SEND_PREPARE, pg_lock_graph_name, again, SNAPSHOT_PARAMS, NULL,
                                on_graph_prepared);
                 return;
         }
-        send_graph(s);
+        send_read(s, pg_lock_graph_name, on_graph_done);
 }
 
 static void server_poll(struct server_state *s) {
-        struct snapshot_params params;
+        _cleanup_free_ int32_t *pids = NULL;
+        size_t n_pids = memory_watched_pids(&s->memory, &pids);
 
-        poll_params(s, &params);
+        snapshot_request_done(&s->req);
+        plan_poll_request(s->config, s->server, pids, n_pids, &s->req);
         s->poll_started = clock_usec();
-        send_statement(s, PHASE_POLLING, SEND_PREPARED, pg_snapshot_name, NULL, SNAPSHOT_PARAMS,
-                       (const char *const *) params.values, on_snapshot_done);
-        snapshot_params_free(&params);
+        send_read(s, pg_snapshot_name, on_snapshot_done);
 }
 
 static int on_timer(sd_event_source *source, uint64_t usec, void *userdata) {

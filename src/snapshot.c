@@ -36,7 +36,7 @@ enum {
         COL_PID, COL_CLIENT_BACKEND, COL_SUPERUSER, COL_STATE,
         COL_BACKEND_START, COL_STATE_CHANGE, COL_QUERY_START, COL_XACT_START,
         COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT_ADDR, COL_QUERY, COL_NOW,
-        COL_XMIN_AGE, COL_LOCK_WAIT, COL_IN_RECOVERY, COL_BLOCKERS, COL_WAIT_START,
+        COL_XMIN_AGE, COL_LOCK_WAIT, COL_IN_RECOVERY, COL_BLOCKERS, COL_WAIT_START, COL_COUNT, COL_SLOTS,
         _COL_MAX,
 };
 
@@ -101,6 +101,8 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
                         bytes += (size_t) PQgetlength(res, i, string_cols[c]) + 1;
         s.strings = xmalloc(bytes + 1);
         s.rows = xcalloc(n > 0 ? (size_t) n : 1, sizeof(*s.rows));
+        s.groups = xcalloc(n > 0 ? (size_t) n : 1, sizeof(*s.groups));
+        s.connections = s.connection_slots = -1;
         first_blocker = xcalloc(n > 0 ? (size_t) n : 1, sizeof(*first_blocker));
 
         for (int i = 0; i < n; i++) {
@@ -114,6 +116,32 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
                         s.now = ts_value(res, i, COL_NOW);
                         s.role_known = !PQgetisnull(res, i, COL_IN_RECOVERY);
                         s.in_recovery = PQgetvalue(res, i, COL_IN_RECOVERY)[0] == 't';
+                        s.connection_slots = ts_value(res, i, COL_SLOTS);
+                        if (s.connection_slots == TS_NULL)
+                                s.connection_slots = -1;
+                }
+                if (PQgetisnull(res, i, COL_PID) && !PQgetisnull(res, i, COL_COUNT)) {
+                        /* a group: its count, and the keys it was counted by */
+                        static const enum group_key keys[] = {
+                                GROUP_USER, GROUP_DATABASE, GROUP_APPLICATION, GROUP_CLIENT_ADDRESS,
+                        };
+                        struct snapshot_group *g = &s.groups[s.n_groups];
+
+                        if (ts_value(res, i, COL_COUNT) <= 0)
+                                continue;
+                        g->count = ts_value(res, i, COL_COUNT);
+                        for (size_t c = 0; c < ELEMENTSOF(keys); c++) {
+                                size_t len = (size_t) PQgetlength(res, i, string_cols[c]);
+                                if (PQgetisnull(res, i, string_cols[c]))
+                                        continue;
+                                memcpy(s.strings + off, PQgetvalue(res, i, string_cols[c]), len);
+                                s.strings[off + len] = '\0';
+                                g->key[keys[c]] = s.strings + off;
+                                off += len + 1;
+                        }
+                        s.connections = (s.connections < 0 ? 0 : s.connections) + g->count;
+                        s.n_groups++;
+                        continue;
                 }
                 if (parse_int64(PQgetvalue(res, i, COL_PID), &pid) < 0 || pid <= 0 || pid > INT32_MAX)
                         continue;
@@ -158,6 +186,33 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
 
 
 
+/* A text[] literal of arbitrary strings (names a server sent: quotes,
+ * backslashes, commas and braces included): every element quoted, " and \
+ * escaped. The server parses it as a parameter, never as SQL. */
+static char *text_array(const struct key_list *l) {
+        size_t len = 3;
+        char *buf, *p;
+
+        for (size_t i = 0; i < l->n; i++)
+                len += 2 * strlen(l->values[i]) + 3;
+        p = buf = xmalloc(len);
+        *p++ = '{';
+        for (size_t i = 0; i < l->n; i++) {
+                if (i)
+                        *p++ = ',';
+                *p++ = '"';
+                for (const char *c = l->values[i]; *c; c++) {
+                        if (*c == '"' || *c == '\\')
+                                *p++ = '\\';
+                        *p++ = *c;
+                }
+                *p++ = '"';
+        }
+        *p++ = '}';
+        *p = '\0';
+        return buf;
+}
+
 void snapshot_params_build(const struct snapshot_request *req, struct snapshot_params *ret) {
         static const enum limit_kind order[] = {
                 LIMIT_IDLE, LIMIT_IDLE_IN_TRANSACTION, LIMIT_QUERY_DURATION, LIMIT_TRANSACTION_AGE, LIMIT_SESSION_AGE,
@@ -184,6 +239,56 @@ void snapshot_params_build(const struct snapshot_request *req, struct snapshot_p
                 free(ret->values[5]);
                 ret->values[5] = xstrdup("0");
         }
+        for (enum group_key g = GROUP_USER; g < _GROUP_MAX; g++) {
+                ret->values[10 + g - GROUP_USER] = xstrdup(req->group_by[g] ? "t" : "f");
+                if (req->idle_keys[g].n > 0)
+                        ret->values[15 + g - GROUP_USER] = text_array(&req->idle_keys[g]);
+        }
+        ret->values[14] = xstrdup(req->idle_all ? "t" : "f");
+}
+
+static void key_list_done(struct key_list *l) {
+        for (size_t i = 0; i < l->n; i++)
+                free(l->values[i]);
+        free(l->values);
+        *l = (struct key_list) {};
+}
+
+static bool key_list_has(const struct key_list *l, const char *value) {
+        for (size_t i = 0; i < l->n; i++)
+                if (strcmp(l->values[i], value) == 0)
+                        return true;
+        return false;
+}
+
+static void key_list_add(struct key_list *l, const char *value) {
+        if (key_list_has(l, value))
+                return;
+        l->values = xreallocarray(l->values, l->n + 1, sizeof(*l->values));
+        l->values[l->n++] = xstrdup(value);
+}
+
+void snapshot_request_add_idle(struct snapshot_request *r, enum group_key per, const char *value) {
+        if (per == GROUP_ALL)
+                r->idle_all = true;
+        else if (per < _GROUP_MAX)
+                key_list_add(&r->idle_keys[per], value);
+}
+
+void snapshot_note_request(struct snapshot *snap, const struct snapshot_request *req) {
+        snap->idle_all = req->idle_all || req->every_session;
+        for (enum group_key g = GROUP_USER; g < _GROUP_MAX; g++)
+                for (size_t i = 0; i < req->idle_keys[g].n; i++)
+                        key_list_add(&snap->idle_keys[g], req->idle_keys[g].values[i]);
+}
+
+bool snapshot_has_idle(const struct snapshot *snap, enum group_key per, const char *value) {
+        return snap->idle_all || (per != GROUP_ALL && per < _GROUP_MAX && key_list_has(&snap->idle_keys[per], value));
+}
+
+void snapshot_idle_keys_free(struct snapshot *snap) {
+        for (enum group_key g = 0; g < _GROUP_MAX; g++)
+                key_list_done(&snap->idle_keys[g]);
 }
 
 void snapshot_params_free(struct snapshot_params *p) {
@@ -194,6 +299,8 @@ void snapshot_params_free(struct snapshot_params *p) {
 
 void snapshot_request_done(struct snapshot_request *r) {
         free(r->pids);
+        for (enum group_key g = 0; g < _GROUP_MAX; g++)
+                key_list_done(&r->idle_keys[g]);
         *r = (struct snapshot_request) {};
 }
 
@@ -298,18 +405,26 @@ static int fetch(PGconn *conn, const char *sql, const struct snapshot_params *p,
         return r;
 }
 
-int snapshot_fetch(PGconn *conn, const struct server *srv, const struct snapshot_request *req, uint64_t timeout_usec,
+int snapshot_fetch(PGconn *conn, const struct server *srv, struct snapshot_request *req, uint64_t timeout_usec,
                    struct snapshot *ret) {
         struct snapshot_params params;
+        const char *again;
         int r;
 
         *ret = (struct snapshot) {};
         snapshot_params_build(req, &params);
         r = fetch(conn, pg_snapshot_sql, &params, timeout_usec, ret);
-        if (r >= 0 && plan_wants_graph(srv, ret)) {
+        if (r >= 0)
+                snapshot_note_request(ret, req);
+        if (r >= 0 && (again = plan_reread(srv, ret, PQserverVersion(conn), req))) {
                 snapshot_free(ret);
-                r = fetch(conn, pg_lock_graph_sql_for(PQserverVersion(conn)), &params, timeout_usec, ret);
-                ret->has_graph = r >= 0;
+                snapshot_params_free(&params);
+                snapshot_params_build(req, &params);
+                r = fetch(conn, again, &params, timeout_usec, ret);
+                if (r >= 0) {
+                        ret->has_graph = again != pg_snapshot_sql;
+                        snapshot_note_request(ret, req);
+                }
         }
         snapshot_params_free(&params);
         return r;

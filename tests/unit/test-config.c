@@ -10,6 +10,8 @@
 #include "macro.h"
 #include "unit.h"
 
+static char *dump_text(const struct config *c);
+
 static struct config *load(const char *text, struct diagnostics *d) {
         struct config *c = NULL;
         *d = (struct diagnostics) {};
@@ -67,6 +69,223 @@ static void test_fields(void) {
         CHECK_INT(c->servers[1].rules[0].limit_ms[LIMIT_SESSION_AGE], 86400000, "session age");
         config_free(c);
         diagnostics_clear(&d);
+}
+
+static const char pressure_yaml[] =
+        "servers:\n"
+        "  - name: a\n"
+        "    conninfo: dbname=x\n"
+        "    rules:\n"
+        "      - {name: plain, max_idle: 1h}\n"
+        "      - {name: percent, max_idle: 5m, when_connections_above: 90%}\n"
+        "      - {name: count, max_idle: 5m, when_connections_above: 450}\n"
+        "      - {name: cap, max_sessions: 50, per: application, min_idle: 30s, applications: [\"web-*\"]}\n"
+        "      - {name: one-group, max_sessions: 1, action: log}\n"
+        "      - {name: per-user, max_sessions: 1000000, per: user, min_idle: 0s}\n"
+        "      - {name: per-db, max_sessions: 7, per: database, when_connections_above: 100%}\n"
+        "      - {name: per-addr, max_sessions: 3, per: client_address, min_idle: 1h30m,\n"
+        "         when_connections_above: 1%, max_idle: 1d}\n"
+        "      - {name: quoted, max_idle: 1m, when_connections_above: \"80%\"}\n";
+
+/* The SPEC 14 keys: values, percent or count, defaults. */
+static void test_pressure_fields(void) {
+        struct config *c = unit_config("t.yaml", pressure_yaml);
+        const struct rule *r;
+
+        if (!c)
+                return;
+        CHECK_INT(c->servers[0].n_rules, 9, "rules");
+        r = &c->servers[0].rules[0];
+        CHECK_INT(r->limit_ms[LIMIT_SESSIONS], 0, "plain: no max_sessions");
+        CHECK_INT(r->per, GROUP_ALL, "plain: per default");
+        CHECK_INT(r->min_idle_ms, 0, "plain: min_idle default");
+        CHECK_INT(r->connections_above, 0, "plain: no threshold");
+        CHECK(!r->connections_above_percent);
+
+        r = &c->servers[0].rules[1];
+        CHECK_INT(r->connections_above, 90, "90%");
+        CHECK(r->connections_above_percent);
+        CHECK_INT(r->limit_ms[LIMIT_IDLE], 300000, "threshold rule keeps its limit");
+
+        r = &c->servers[0].rules[2];
+        CHECK_INT(r->connections_above, 450, "450");
+        CHECK(!r->connections_above_percent);
+
+        r = &c->servers[0].rules[3];
+        CHECK_INT(r->limit_ms[LIMIT_SESSIONS], 50, "max_sessions");
+        CHECK_INT(r->per, GROUP_APPLICATION, "per application");
+        CHECK_INT(r->min_idle_ms, 30000, "min_idle");
+        CHECK_INT(r->connections_above, 0, "cap: no threshold");
+        CHECK_INT(r->action, ACTION_TERMINATE, "cap: default action");
+        CHECK(r->filter.applications.given && r->filter.applications.n == 1);
+        CHECK(!limit_is_duration(LIMIT_SESSIONS));
+        CHECK_STR(limit_kind_to_string(LIMIT_SESSIONS), "max_sessions", "limit name");
+
+        r = &c->servers[0].rules[4];
+        CHECK_INT(r->limit_ms[LIMIT_SESSIONS], 1, "max_sessions 1");
+        CHECK_INT(r->per, GROUP_ALL, "per omitted: one group");
+        CHECK_INT(r->min_idle_ms, 0, "min_idle default");
+        CHECK_INT(r->action, ACTION_LOG, "log with max_sessions");
+
+        r = &c->servers[0].rules[5];
+        CHECK_INT(r->limit_ms[LIMIT_SESSIONS], 1000000, "max_sessions at the top of its range");
+        CHECK_INT(r->per, GROUP_USER, "per user");
+        CHECK_INT(r->min_idle_ms, 0, "min_idle: 0s");
+
+        r = &c->servers[0].rules[6];
+        CHECK_INT(r->per, GROUP_DATABASE, "per database");
+        CHECK_INT(r->connections_above, 100, "100%");
+        CHECK(r->connections_above_percent);
+
+        r = &c->servers[0].rules[7];
+        CHECK_INT(r->per, GROUP_CLIENT_ADDRESS, "per client_address");
+        CHECK_INT(r->min_idle_ms, 5400000, "min_idle 1h30m");
+        CHECK_INT(r->connections_above, 1, "1%");
+        CHECK(r->connections_above_percent);
+        CHECK_INT(r->limit_ms[LIMIT_IDLE], 86400000, "max_idle next to max_sessions");
+
+        r = &c->servers[0].rules[8];
+        CHECK_INT(r->connections_above, 80, "quoted \"80%\"");
+        CHECK(r->connections_above_percent);
+        config_free(c);
+
+        CHECK_STR(group_key_to_string(GROUP_ALL), "all", "group name");
+        CHECK_STR(group_key_to_string(GROUP_CLIENT_ADDRESS), "client_address", "group name");
+        CHECK_INT(group_key_from_string("application"), GROUP_APPLICATION, "group from name");
+        CHECK(group_key_from_string("users") < 0);
+}
+
+/* One message per bad value, at the value, and the load fails. */
+static void test_pressure_errors(void) {
+        static const struct {
+                const char *rule, *want;
+        } cases[] = {
+                { "{name: r, max_idle: 1m, when_connections_above: 0}",
+                  "t.yaml:5:57: error: \"when_connections_above\" is out of range: 0 is not" },
+                { "{name: r, max_idle: 1m, when_connections_above: 0%}",
+                  "t.yaml:5:57: error: \"when_connections_above\" is out of range: 0% is not from 1% to 100%" },
+                { "{name: r, max_idle: 1m, when_connections_above: 101%}",
+                  "is out of range: 101% is not from 1% to 100%" },
+                { "{name: r, max_idle: 1m, when_connections_above: -1}", "not \"-1\"" },
+                { "{name: r, max_idle: 1m, when_connections_above: 1.5%}", "not \"1.5%\"" },
+                { "{name: r, max_idle: 1m, when_connections_above: lots}", "not \"lots\"" },
+                { "{name: r, max_idle: 1m, when_connections_above: }", "\"when_connections_above\" has no value" },
+                { "{name: r, max_idle: 1m, when_connections_above: [1]}", "not a list" },
+                { "{name: r, max_sessions: 0}",
+                  "t.yaml:5:33: error: \"max_sessions\" is out of range: 0 is not from 1 to 1000000" },
+                { "{name: r, max_sessions: 2.5}",
+                  "\"max_sessions\" must be a whole number of sessions from 1 to 1000000, not \"2.5\"" },
+                { "{name: r, max_sessions: 10%}", "not \"10%\"" },
+                { "{name: r, max_sessions: 5, per: role}",
+                  "t.yaml:5:41: error: \"per\" must be user, database, application or client_address, not \"role\"" },
+                { "{name: r, max_idle: 1m, per: user}",
+                  "t.yaml:5:38: error: \"per\" only works with \"max_sessions\"; rule \"r\" has no max_sessions" },
+                { "{name: r, max_idle: 1m, min_idle: 0s}", "\"min_idle\" only works with \"max_sessions\"" },
+                { "{name: r, max_sessions: 5, min_idle: 30}", "invalid duration \"30\" for \"min_idle\"" },
+                { "{name: r, max_sessions: 5, queries: [\"*\"]}",
+                  "t.yaml:5:45: error: \"queries\" does not work with \"max_sessions\"" },
+                { "{name: r, max_sessions: 5, action: cancel}",
+                  "t.yaml:5:44: error: \"action: cancel\" does not work with \"max_sessions\" (rule \"r\"): "
+                  "cancelling an idle session frees no connection slot; use terminate or log" },
+                { "{name: r, when_connections_above: 90%}",
+                  "t.yaml:5:9: error: rule \"r\" has no limit; set at least one of max_idle, "
+                  "max_idle_in_transaction, max_query_duration, max_transaction_age, max_session_age, "
+                  "max_blocking, max_lock_wait, max_xmin_age, max_sessions (when_connections_above is a condition, "
+                  "not a limit)" },
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                _cleanup_free_ char *text = NULL;
+                struct diagnostics d;
+                struct config *c;
+
+                CHECK(asprintf(&text, "servers:\n  - name: a\n    conninfo: dbname=x\n    rules:\n      - %s\n",
+                               cases[i].rule) > 0);
+                c = load(text, &d);
+                CHECK_AT(!c && d.n_errors == 1 && d.n_lines == 1, __FILE__, __LINE__,
+                         "%s: want one error, got %zu lines", cases[i].rule, d.n_lines);
+                if (d.n_lines > 0)
+                        CHECK_AT(strstr(d.lines[0], cases[i].want) != NULL, __FILE__, __LINE__,
+                                 "%s:\n got  %s\n want %s", cases[i].rule, d.lines[0], cases[i].want);
+                config_free(c);
+                diagnostics_clear(&d);
+        }
+}
+
+/* The dump of the SPEC 14 keys loads back to the same rules and the same dump. */
+static void test_pressure_dump_round_trip(void) {
+        struct config *c = unit_config("t.yaml", pressure_yaml), *again = NULL;
+        _cleanup_free_ char *dump = NULL, *dump2 = NULL;
+
+        if (!c)
+                return;
+        dump = dump_text(c);
+        CHECK(strstr(dump, "        when_connections_above: 90%\n") != NULL);
+        CHECK(strstr(dump, "        when_connections_above: 450\n") != NULL);
+        CHECK(strstr(dump, "        max_sessions: 50\n        per: application\n        min_idle: 30s\n") != NULL);
+        CHECK(strstr(dump, "        max_sessions: 1\n        min_idle: 0s\n") != NULL);  /* no "per: all" */
+        CHECK(strstr(dump, "per: all") == NULL);
+        again = unit_config("dump.yaml", dump);
+        if (again) {
+                dump2 = dump_text(again);
+                CHECK_STR(dump2, dump, "dump of the dump");
+                CHECK_INT(again->servers[0].n_rules, c->servers[0].n_rules, "rules");
+                for (size_t i = 0; i < c->servers[0].n_rules && i < again->servers[0].n_rules; i++) {
+                        const struct rule *a = &c->servers[0].rules[i], *b = &again->servers[0].rules[i];
+                        CHECK_STR(b->name, a->name, "name");
+                        CHECK(memcmp(a->limit_ms, b->limit_ms, sizeof(a->limit_ms)) == 0);
+                        CHECK_INT(b->per, a->per, "per");
+                        CHECK_INT(b->min_idle_ms, a->min_idle_ms, "min_idle");
+                        CHECK_INT(b->connections_above, a->connections_above, "when_connections_above");
+                        CHECK_INT(b->connections_above_percent, a->connections_above_percent, "percent");
+                        CHECK_INT(b->action, a->action, "action");
+                }
+        }
+        config_free(again);
+        config_free(c);
+}
+
+/* connections > P% of slots, exactly, in integers; > N for a count. */
+static void test_pressure_on(void) {
+        struct rule none = {}, count = { .connections_above = 450 };
+        struct rule pct = { .connections_above = 90, .connections_above_percent = true };
+        struct rule all = { .connections_above = 100, .connections_above_percent = true };
+        struct rule one = { .connections_above = 1, .connections_above_percent = true };
+
+        /* no threshold: always, even with unknown numbers */
+        CHECK(rule_pressure_on(&none, 0, 0));
+        CHECK(rule_pressure_on(&none, -1, -1));
+        CHECK(rule_pressure_on(&none, 1000, 20));
+        /* 90% of 20 slots is 18 */
+        CHECK(!rule_pressure_on(&pct, 18, 20));
+        CHECK(rule_pressure_on(&pct, 19, 20));
+        /* 90% of 25 is 22.5: 22 is under, 23 over */
+        CHECK(!rule_pressure_on(&pct, 22, 25));
+        CHECK(rule_pressure_on(&pct, 23, 25));
+        /* 90% of 100 */
+        CHECK(!rule_pressure_on(&pct, 90, 100));
+        CHECK(rule_pressure_on(&pct, 91, 100));
+        /* unknown numbers: off */
+        CHECK(!rule_pressure_on(&pct, -1, 20));
+        CHECK(!rule_pressure_on(&pct, 19, -1));
+        CHECK(!rule_pressure_on(&pct, 0, 0));
+        CHECK(rule_pressure_on(&pct, 1, 0));  /* no usable slots at all, and a connection */
+        /* a count */
+        CHECK(!rule_pressure_on(&count, 450, 500));
+        CHECK(rule_pressure_on(&count, 451, 500));
+        CHECK(rule_pressure_on(&count, 451, -1));  /* the slots do not matter for a count */
+        CHECK(!rule_pressure_on(&count, -1, 500));
+        CHECK(!rule_pressure_on(&count, 0, 500));
+        /* 100%: only beyond every usable slot (superusers in their reserve) */
+        CHECK(!rule_pressure_on(&all, 97, 97));
+        CHECK(rule_pressure_on(&all, 98, 97));
+        /* 1% of 100 is 1 */
+        CHECK(!rule_pressure_on(&one, 1, 100));
+        CHECK(rule_pressure_on(&one, 2, 100));
+        CHECK(rule_pressure_on(&one, 1, 99));
+        /* large numbers do not overflow */
+        CHECK(!rule_pressure_on(&pct, 900000, 1000000));
+        CHECK(rule_pressure_on(&pct, 900001, 1000000));
 }
 
 /* 100 servers x 100 rules x 3 lists x 100 names, written in 2 kB. */
@@ -453,5 +672,9 @@ int main(void) {
         test_alias_bomb();
         test_sorted();
         test_messages_escaped();
+        test_pressure_fields();
+        test_pressure_errors();
+        test_pressure_dump_round_trip();
+        test_pressure_on();
         return unit_finish("test-config");
 }

@@ -118,7 +118,51 @@ static void test_next_poll(void) {
         config_free(c);
 }
 
+/* Caps: counted per their per key and per the keys their filters select by;
+ * the idle sessions of a capped group asked for with the names quoted. */
+static void test_group_request(void) {
+        struct config *c = load(SERVER
+                                "      - {name: cap, max_sessions: 5, per: application, users: [app]}\n"
+                                "      - {name: idle, max_idle: 1m, databases: [x]}\n");
+        struct snapshot_request req;
+        struct snapshot_params p;
+
+        if (!c)
+                return;
+        plan_poll_request(c, &c->servers[0], NULL, 0, &req);
+        CHECK(req.group_by[GROUP_APPLICATION] && req.group_by[GROUP_USER]);
+        CHECK(!req.group_by[GROUP_DATABASE] && !req.group_by[GROUP_CLIENT_ADDRESS]);
+        snapshot_request_add_idle(&req, GROUP_APPLICATION, "we\"b,{1}\\");
+        snapshot_request_add_idle(&req, GROUP_APPLICATION, "we\"b,{1}\\");   /* once */
+        snapshot_request_add_idle(&req, GROUP_APPLICATION, "");
+        snapshot_params_build(&req, &p);
+        CHECK_STR(p.values[10], "t", "$11 per user");
+        CHECK_STR(p.values[11], "f", "$12 not per database");
+        CHECK_STR(p.values[12], "t", "$13 per application");
+        CHECK_STR(p.values[13], "f", "$14 not per address");
+        CHECK_STR(p.values[14], "f", "$15 not every idle session");
+        CHECK(p.values[15] == NULL && p.values[16] == NULL && p.values[18] == NULL);
+        CHECK_STR(p.values[17], "{\"we\\\"b,{1}\\\\\",\"\"}", "$18 quoted, escaped");
+        snapshot_params_free(&p);
+        snapshot_request_done(&req);
+        config_free(c);
+
+        c = load(SERVER "      - {name: all, max_sessions: 5}\n");
+        if (!c)
+                return;
+        plan_poll_request(c, &c->servers[0], NULL, 0, &req);
+        for (enum group_key g = 0; g < _GROUP_MAX; g++)
+                CHECK(!req.group_by[g]);
+        snapshot_request_add_idle(&req, GROUP_ALL, NULL);
+        snapshot_params_build(&req, &p);
+        CHECK_STR(p.values[14], "t", "$15 every idle session");
+        snapshot_params_free(&p);
+        snapshot_request_done(&req);
+        config_free(c);
+}
+
 int main(void) {
+        test_group_request();
         test_poll_request();
         test_explain_request();
         test_wants_graph();

@@ -1,10 +1,12 @@
 /* The policy table: session x rules x time -> decision and next deadline. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "lockgraph.h"
 #include "memory.h"
 #include "plan.h"
 #include "policy.h"
+#include "snapshot.h"
 #include "macro.h"
 #include "unit.h"
 
@@ -945,6 +947,220 @@ static void test_lock_graph_random(void) {
         }
 }
 
+/* --- max_sessions and when_connections_above (section 14) --- */
+
+static struct snapshot_row app_row(int32_t pid, const char *app, enum session_state st, int64_t age_s) {
+        struct snapshot_row r = row_base(pid, st, age_s);
+        r.application = app;
+        return r;
+}
+
+/* The groups the statement would count for these rows, per application. */
+static size_t count_apps(const struct snapshot_row *rows, size_t n, struct snapshot_group *ret) {
+        size_t g = 0;
+
+        for (size_t i = 0; i < n; i++) {
+                size_t k = 0;
+                while (k < g && strcmp(ret[k].key[GROUP_APPLICATION], rows[i].application) != 0)
+                        k++;
+                if (k == g)
+                        ret[g++] = (struct snapshot_group) { .key = { [GROUP_APPLICATION] = rows[i].application } };
+                ret[k].count++;
+        }
+        return g;
+}
+
+static bool decided(const struct judgement *j, int32_t pid, const char *rule) {
+        for (size_t i = 0; i < j->n_decisions; i++)
+                if (j->decisions[i].row->pid == pid)
+                        return !rule || strcmp(j->decisions[i].rule->name, rule) == 0;
+        return false;
+}
+
+static void judge_caps(struct rule *rules, size_t n_rules, struct snapshot_row *rows, size_t n, bool complete,
+                       const struct session_id *dying, size_t n_dying, unsigned max_actions, struct judgement *j,
+                       struct snapshot *snap_out) {
+        static struct snapshot_group groups[64];
+        struct server srv = { .name = (char *) "test", .rules = rules, .n_rules = n_rules,
+                              .max_actions_per_cycle = max_actions };
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = n, .groups = groups,
+                                 .idle_all = complete, .connection_slots = 20 };
+        struct policy_input in = { .server = &srv, .dying = dying, .n_dying = n_dying, .verdicts = true };
+
+        snap.n_groups = count_apps(rows, n, groups);
+        snap.connections = (int64_t) n;
+        policy_judge(&in, &snap, j);
+        if (snap_out)
+                *snap_out = snap;
+}
+
+static void test_max_sessions(void) {
+        struct rule cap = rule_make("web-cap", LIMIT_SESSIONS, 3, ACTION_TERMINATE);
+        struct judgement j;
+
+        cap.per = GROUP_APPLICATION;
+        {
+                /* 5 of web-a, 2 of web-b: the 2 longest idle of web-a go. */
+                struct snapshot_row rows[] = {
+                        app_row(11, "web-a", STATE_IDLE, 30), app_row(12, "web-a", STATE_IDLE, 50),
+                        app_row(13, "web-a", STATE_IDLE, 10), app_row(14, "web-a", STATE_IDLE, 40),
+                        app_row(15, "web-a", STATE_IDLE, 20), app_row(21, "web-b", STATE_IDLE, 900),
+                        app_row(22, "web-b", STATE_IDLE, 900),
+                };
+                judge_caps(&cap, 1, rows, ELEMENTSOF(rows), true, NULL, 0, 0, &j, NULL);
+                CHECK_INT(j.n_decisions, 2, "two victims");
+                CHECK(decided(&j, 12, "web-cap") && decided(&j, 14, "web-cap"));
+                CHECK(!decided(&j, 21, NULL) && !decided(&j, 22, NULL));
+                CHECK_INT(j.decisions[0].limit, LIMIT_SESSIONS, "limit");
+                CHECK_INT(j.decisions[0].row->pid, 12, "the longest idle first");
+                CHECK_STR(j.decisions[0].group_value, "web-a", "group");
+                CHECK_INT(j.decisions[0].sessions, 5, "count");
+                CHECK_INT(j.decisions[0].elapsed_ms, 50000, "idle for");
+                CHECK_INT(j.n_caps, 1, "one group over");
+                CHECK_INT(j.caps[0].short_by, 0, "brought under");
+                CHECK_STR(j.verdicts[1].group_value, "web-a", "verdict of a victim");
+                CHECK_INT(j.verdicts[1].kind, VERDICT_OVER, "verdict over");
+                CHECK_INT(j.verdicts[0].kind, VERDICT_NONE, "not a victim");
+                judgement_free(&j);
+
+                /* the blast-radius cap holds back the second */
+                judge_caps(&cap, 1, rows, ELEMENTSOF(rows), true, NULL, 0, 1, &j, NULL);
+                CHECK_INT(j.n_decisions, 1, "max_actions_per_cycle");
+                CHECK_INT(j.n_capped, 1, "one waits");
+                CHECK(decided(&j, 12, NULL));
+                judgement_free(&j);
+
+                /* the group's idle sessions were not all read: nothing yet, and a second read asks for them */
+                {
+                        struct snapshot snap;
+                        struct snapshot_request req = {};
+                        struct server srv = { .name = (char *) "test", .rules = &cap, .n_rules = 1 };
+
+                        judge_caps(&cap, 1, rows, ELEMENTSOF(rows), false, NULL, 0, 0, &j, &snap);
+                        CHECK_INT(j.n_decisions, 0, "incomplete group: no victim");
+                        CHECK_INT(j.n_caps, 1, "but it is over");
+                        CHECK(!j.caps[0].complete && j.caps[0].short_by == 0);
+                        CHECK_INT(policy_wants_idle(&srv, &snap, &req), 1, "one group wanted");
+                        CHECK_INT(req.idle_keys[GROUP_APPLICATION].n, 1, "by application");
+                        CHECK_STR(req.idle_keys[GROUP_APPLICATION].values[0], "web-a", "web-a");
+                        snapshot_request_done(&req);
+                        judgement_free(&j);
+                }
+        }
+        {
+                /* Ties: same state_change, the lower pid first. */
+                struct snapshot_row rows[] = {
+                        app_row(31, "web-a", STATE_IDLE, 60), app_row(30, "web-a", STATE_IDLE, 60),
+                        app_row(32, "web-a", STATE_IDLE, 60), app_row(33, "web-a", STATE_IDLE, 60),
+                };
+                judge_caps(&cap, 1, rows, ELEMENTSOF(rows), true, NULL, 0, 0, &j, NULL);
+                CHECK_INT(j.n_decisions, 1, "one over");
+                CHECK(decided(&j, 30, NULL));
+                judgement_free(&j);
+        }
+        {
+                /* Active, idle in transaction, exempt and superuser sessions
+                 * count and are never victims; what cannot be ended is said. */
+                struct rule c2 = cap;
+                struct snapshot_row rows[] = {
+                        app_row(41, "web-a", STATE_IDLE, 500), app_row(42, "web-a", STATE_ACTIVE, 400),
+                        app_row(43, "web-a", STATE_IDLE_IN_TRANSACTION, 300), app_row(44, "web-a", STATE_IDLE, 200),
+                        app_row(45, "web-a", STATE_IDLE, 20), app_row(46, "web-a", STATE_IDLE, 10),
+                };
+                rows[0].superuser = true;
+                rows[3].user = "backup";
+                c2.exempt.users = (struct name_list) { .patterns = (char *[]) { (char *) "backup" }, .n = 1,
+                                                       .given = true };
+                filter_finish(&c2.exempt);
+                c2.limit_ms[LIMIT_SESSIONS] = 2;   /* excess 4, two can go */
+                judge_caps(&c2, 1, rows, ELEMENTSOF(rows), true, NULL, 0, 0, &j, NULL);
+                CHECK_INT(j.n_decisions, 2, "only the plain idle ones");
+                CHECK(decided(&j, 45, NULL) && decided(&j, 46, NULL));
+                CHECK_INT(j.n_caps, 1, "over");
+                CHECK_INT(j.caps[0].sessions, 6, "everyone counts");
+                CHECK_INT(j.caps[0].ending, 2, "two ending");
+                CHECK_INT(j.caps[0].short_by, 2, "short by two");
+                CHECK_INT(j.verdicts[3].kind, VERDICT_EXEMPT, "exempt stays exempt");
+                CHECK_INT(j.verdicts[0].kind, VERDICT_PROTECTED, "superuser stays protected");
+                judgement_free(&j);
+
+                /* min_idle: the young ones wait, and the next poll comes when the first is old enough */
+                c2.min_idle_ms = 15000;
+                judge_caps(&c2, 1, rows, ELEMENTSOF(rows), true, NULL, 0, 0, &j, NULL);
+                CHECK_INT(j.n_decisions, 1, "only one idle 15s");
+                CHECK(decided(&j, 45, NULL) && !decided(&j, 46, NULL));
+                CHECK_INT(j.next_deadline, NOW - S(10) + S(15), "when pid 46 reaches min_idle");
+                judgement_free(&j);
+        }
+        {
+                /* What another rule terminates now, and what is still exiting,
+                 * counts toward the excess: no extra victim. */
+                struct rule rules[2] = { rule_make("idle", LIMIT_IDLE, 45000, ACTION_TERMINATE), cap };
+                struct snapshot_row rows[] = {
+                        app_row(51, "web-a", STATE_IDLE, 50), app_row(52, "web-a", STATE_IDLE, 40),
+                        app_row(53, "web-a", STATE_IDLE, 30), app_row(54, "web-a", STATE_IDLE, 20),
+                        app_row(55, "web-a", STATE_IDLE, 10),
+                };
+                struct session_id dying[] = { { 54, NOW - S(86400) } };
+
+                judge_caps(rules, 2, rows, ELEMENTSOF(rows), true, NULL, 0, 0, &j, NULL);
+                CHECK_INT(j.n_decisions, 2, "one by max_idle, one by the cap");
+                CHECK(decided(&j, 51, "idle") && decided(&j, 52, "web-cap"));
+                judgement_free(&j);
+                judge_caps(rules, 2, rows, ELEMENTSOF(rows), true, dying, 1, 0, &j, NULL);
+                CHECK_INT(j.n_decisions, 1, "the dying one counts too");
+                CHECK(decided(&j, 51, "idle") && !decided(&j, 52, NULL));
+                judgement_free(&j);
+        }
+        {
+                /* No per: one group, "all". */
+                struct rule all = rule_make("all-cap", LIMIT_SESSIONS, 2, ACTION_LOG);
+                struct snapshot_row rows[] = {
+                        app_row(61, "x", STATE_IDLE, 5), app_row(62, "y", STATE_IDLE, 6), app_row(63, "z", STATE_IDLE, 7),
+                };
+                judge_caps(&all, 1, rows, ELEMENTSOF(rows), true, NULL, 0, 0, &j, NULL);
+                CHECK_INT(j.n_decisions, 1, "one over the whole server");
+                CHECK(decided(&j, 63, NULL));
+                CHECK(j.decisions[0].group_per == GROUP_ALL && j.decisions[0].group_value == NULL);
+                CHECK_INT(j.decisions[0].sessions, 3, "all three");
+                judgement_free(&j);
+        }
+}
+
+static void test_connection_threshold(void) {
+        struct rule r = rule_make("free-slots", LIMIT_IDLE, 1000, ACTION_TERMINATE);
+        struct snapshot_row rows[] = { row_base(71, STATE_IDLE, 60) };
+        struct server srv = { .name = (char *) "test", .rules = &r, .n_rules = 1 };
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = 1, .connections = 18, .connection_slots = 20 };
+        struct policy_input in = { .server = &srv, .verdicts = true };
+        struct judgement j;
+
+        r.connections_above = 90;
+        r.connections_above_percent = true;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 0, "18 of 20 is not above 90%");
+        CHECK_INT(j.verdicts[0].reason, REASON_BELOW_THRESHOLD, "inactive");
+        CHECK_INT(j.verdicts[0].connections, 18, "with the numbers");
+        CHECK_INT(j.next_deadline, INT64_MAX, "an inactive rule plans nothing");
+        judgement_free(&j);
+        snap.connections = 19;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 1, "19 of 20 is");
+        CHECK_INT(j.decisions[0].connections, 19, "connections");
+        CHECK_INT(j.decisions[0].connection_slots, 20, "slots");
+        judgement_free(&j);
+        r.connections_above_percent = false;
+        r.connections_above = 19;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 0, "19 is not above 19");
+        judgement_free(&j);
+        snap.connections = -1;
+        r.connections_above = 1;
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_decisions, 0, "unknown numbers: inactive");
+        judgement_free(&j);
+}
+
 int main(void) {
         test_limits_by_state();
         test_session_age();
@@ -963,5 +1179,7 @@ int main(void) {
         test_blocking_is_its_own();
         test_job_queue_promoted_waiter();
         test_lock_graph_random();
+        test_max_sessions();
+        test_connection_threshold();
         return unit_finish("test-policy");
 }
