@@ -7,8 +7,10 @@ superusers, so 17 usable slots (reserved_connections, 16+, is 0 by default).
   pgsweeper's own included) are above it;
 - max_sessions, per user|database|application|client_address (or one group,
   `all`), min_idle: the excess of a group is ended, the longest idle first,
-  only among idle sessions that are neither exempt nor protected; a group
-  that cannot be brought under its cap says so once;
+  only among idle sessions that are neither exempt (global, server, rule)
+  nor protected (superusers, pgsweeper's own connections), though all of
+  them count; a group that cannot be brought under its cap says so once,
+  and again once it has been under;
 - the journal fields, the stderr line, the two gauges of the metrics file,
   dry-run and the blast-radius cap; and a storm that fills every slot.
 
@@ -202,7 +204,8 @@ def test_threshold_activates_a_rule_only_above_it(spg, sweeper, journal, tmp_pat
     assert connections(spg) == 8
     time.sleep(1.2)                              # every victim is past max_idle 1s by now
     wait_polls(d, metrics, 3)
-    assert alive(spg, vpids) == set(vpids), f"a rule below its threshold acted:\n{show(daemon_entries(journal, d, cursor))}"
+    assert alive(spg, vpids) == set(vpids), \
+        f"a rule below its threshold acted:\n{show(daemon_entries(journal, d, cursor))}"
     assert not acted(daemon_entries(journal, d, cursor))
     assert connections(spg) == 8
 
@@ -238,10 +241,10 @@ def test_threshold_on_a_cap_rule(spg, sweeper, journal):
     assert "[rule cap-hot]" not in r.stderr, r.stderr
 
     wait_until(lambda: connections(spg) == 4, 5, what="the first run's connection gone")
-    cursor = journal.cursor()
-    r = once(sweeper, spg, rule.format(4), target="journal")
     victims = idle_order(spg, pids(conns))[:2]
     assert victims == pids(conns)[:2]
+    cursor = journal.cursor()
+    r = once(sweeper, spg, rule.format(4), target="journal")
     assert all(spg.wait_pid_gone(p) for p in victims)
     assert_connection_alive(conns[2])
     got = acted(once_entries(journal, r, cursor, 2))
@@ -367,6 +370,59 @@ def test_active_iit_exempt_and_superusers_count_but_are_never_victims(spg, sweep
         stop(d)
         for q in [active] + extra:
             q.stop()
+
+
+def test_exempt_sessions_of_every_level_count_but_are_never_victims(spg, sweeper):
+    """Global, server and rule exempt blocks: the three longest idle of the
+    group are exempt, one by each; they count (5 > 2), the 2 plain ones go,
+    the group stays over its cap and that is said once."""
+    exempt = [open_idle(spg, 1, application_name=app)[0] for app in ("ex-global", "ex-server", "ex-rule")]
+    plain = open_idle(spg, 2, application_name="plain")
+    rules = "      - {name: cap-user, max_sessions: 2, per: user, users: [app], exempt: {applications: [ex-rule]}}\n"
+    r = sweeper.run_once(yaml_config([main_server(spg)], rules, interval=None,
+                                     top="exempt: {applications: [ex-global]}\n",
+                                     server_extra="    exempt: {applications: [ex-server]}\n"),
+                         "--once", "--log-target", "stderr")
+    assert r.returncode == 0, r.stderr
+    assert all(spg.wait_pid_gone(p) for p in pids(plain)), r.stderr
+    for c in exempt:
+        assert_connection_alive(c)
+        assert f" pid {c.info.backend_pid} " not in r.stderr, r.stderr
+    ended = re.findall(r"^main: terminated pid (\d+) .*: 5 sessions of user app > max_sessions 2, idle \S+ "
+                       r"\[rule cap-user\]$", r.stderr, re.M)
+    assert sorted(map(int, ended)) == sorted(pids(plain)), r.stderr
+    warnings = [l for l in r.stderr.splitlines() if WARNING in l]
+    assert len(warnings) == 1, r.stderr
+    w = warnings[0]      # with the group and the numbers
+    assert w.startswith("main: ") and "5 sessions" in w and "user app" in w and "max_sessions 2" in w \
+        and "[rule cap-user]" in w, w
+
+
+def test_own_connections_count_but_are_never_victims(spg, sweeper, journal, tmp_path):
+    """Two server entries on this cluster: pgsweeper's two connections (one
+    per entry) are a group of 2 over a cap of 1, and neither is a victim
+    for either entry (the other's connection is its own too, and sent to
+    it: only a session's own backend is left out of its snapshot). Each
+    entry says once that the group cannot be brought under."""
+    metrics = tmp_path / "own.prom"
+    rules = "      - {name: cap-own, max_sessions: 1, per: user, users: [pgsweeper]}\n"
+    cursor = journal.cursor()
+    d = sweeper.start_daemon(yaml_config([main_server(spg), main_server(spg, "twin")], rules, interval="300ms",
+                                         top=f"metrics_file: {metrics}\n"), "--log-target", "journal")
+    try:
+        wait_polls(d, metrics, 1)
+        own = set(spg.backend_pids_alive(user="pgsweeper"))
+        assert len(own) == 2, own
+        wait_polls(d, metrics, 5)
+        assert spg.backend_pids_alive(user="pgsweeper") == own, "pgsweeper ended one of its own connections"
+    finally:
+        stop(d)
+    entries = daemon_entries(journal, d, cursor)
+    assert not acted(entries), show(acted(entries))
+    warnings = cap_warnings(entries)
+    assert sorted(w["PGSWEEPER_SERVER"] for w in warnings) == ["main", "twin"], show(entries)
+    for w in warnings:
+        assert w["PGSWEEPER_GROUP"] == "user=pgsweeper" and w["PGSWEEPER_SESSIONS"] == "2", w
 
 
 def test_min_idle_spares_young_sessions_until_they_reach_it(spg, sweeper, tmp_path):
