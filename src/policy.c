@@ -307,6 +307,10 @@ static bool rule_active(const struct rule *rule, const struct snapshot *snap) {
         return rule_applies_to_role(rule, snap) && rule_pressure_on(rule, snap->connections, snap->connection_slots);
 }
 
+bool policy_rule_active(const struct rule *rule, const struct snapshot *snap) {
+        return rule_active(rule, snap);
+}
+
 static const char *row_key(const struct snapshot_row *row, enum group_key per) {
         switch (per) {
         case GROUP_USER:
@@ -453,7 +457,11 @@ static void judge_cap(const struct policy_input *in, const struct snapshot *snap
                     !(g = find_group(over, n_over, rule->per == GROUP_ALL ? NULL : row_key(row, rule->per))) ||
                     !g->complete)
                         continue;
-                if (is_dying(in, row) || (best[i].rule && !best[i].dry_run && best[i].action == ACTION_TERMINATE)) {
+                /* ended anyway: terminated last cycle and still exiting, or
+                 * terminated now by another rule (not a shadow one; a dry
+                 * run counts it, as the real run would) */
+                if (is_dying(in, row) ||
+                    (best[i].rule && !best[i].rule->dry_run && best[i].action == ACTION_TERMINATE)) {
                         g->ending++;
                         continue;
                 }
@@ -480,7 +488,6 @@ static void judge_cap(const struct policy_input *in, const struct snapshot *snap
 
                 if ((int64_t) g->ending >= g->sessions - rule->limit_ms[LIMIT_SESSIONS])
                         continue;
-                g->ending++;
                 d = (struct decision) {
                         .row = row, .rule = rule, .limit = LIMIT_SESSIONS,
                         .elapsed_ms = snap->now >= row->state_change ? (snap->now - row->state_change) / 1000 : 0,
@@ -488,7 +495,8 @@ static void judge_cap(const struct policy_input *in, const struct snapshot *snap
                         .group_per = rule->per, .group_value = g->value, .sessions = g->sessions,
                 };
                 if (best[cand[c].row].rule && !stronger(&d, &best[cand[c].row]))
-                        continue;
+                        continue;   /* a stronger decision stands (the cap is a shadow rule): not ended by it */
+                g->ending++;
                 best[cand[c].row] = d;
                 if (verdicts)
                         verdicts[cand[c].row] = (struct verdict) {
@@ -503,6 +511,8 @@ static void judge_cap(const struct policy_input *in, const struct snapshot *snap
                 int64_t excess = over[i].sessions - rule->limit_ms[LIMIT_SESSIONS];
                 over[i].short_by = over[i].complete && (int64_t) over[i].ending < excess ?
                                            (size_t) (excess - (int64_t) over[i].ending) : 0;
+                over[i].connections = snap->connections;
+                over[i].connection_slots = snap->connection_slots;
                 j->caps[j->n_caps++] = over[i];
         }
 }
