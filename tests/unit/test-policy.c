@@ -1093,6 +1093,9 @@ static void test_max_sessions(void) {
                 CHECK_INT(j.n_decisions, 1, "only one idle 15s");
                 CHECK(decided(&j, 45, NULL) && !decided(&j, 46, NULL));
                 CHECK_INT(j.next_deadline, NOW - S(10) + S(15), "when pid 46 reaches min_idle");
+                CHECK_INT(j.verdicts[5].kind, VERDICT_NEXT, "explain: 46 is next");
+                CHECK_INT(j.verdicts[5].limit, LIMIT_SESSIONS, "under the cap");
+                CHECK_INT(j.verdicts[5].remaining_ms, 5000, "in 5s");
                 judgement_free(&j);
         }
         {
