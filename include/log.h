@@ -48,6 +48,8 @@ void log_chain_warning(const char *server, const struct chain_warning *w);
 /* A group over its max_sessions cap that cannot be brought under (warning,
  * said once until it is under: memory.c). */
 void log_cap_short(const char *server, const struct cap_group *g);
+/* "application " before a group's value in a sentence; "" for GROUP_ALL. */
+const char *log_group_phrase(enum group_key per);
 /* "19 connections > 90% of 20 slots": a rule's when_connections_above
  * with the numbers of a poll. */
 const char *log_pressure_phrase(const struct rule *r, int64_t connections, int64_t slots, char buf[static 128]);

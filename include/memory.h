@@ -97,7 +97,8 @@ void memory_warn_roots(struct memory *m, const char *server, const struct judgem
 
 /* Groups over a cap that cannot be brought under: each said once, until a
  * poll finds it at or under its cap. */
-void memory_warn_caps(struct memory *m, const char *server, const struct judgement *j);
+void memory_warn_caps(struct memory *m, const struct server *srv, const struct snapshot *snap,
+                      const struct judgement *j);
 
 /* Was this log-only or dry-run decision logged at the last cycle? */
 bool memory_reported_before(const struct memory *m, const struct reported *k);

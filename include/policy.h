@@ -118,6 +118,8 @@ struct cap_group {
         size_t ending;              /* sessions ended for it now: victims, and those another rule ends */
         size_t short_by;            /* > 0: cannot be brought under max_sessions by that many */
         bool complete;              /* its idle sessions were all read (else judged at a later read) */
+        int64_t connections;        /* at the poll, for a rule with when_connections_above */
+        int64_t connection_slots;
 };
 
 /* A chain whose root may not be signalled (pid 0, or a protected session:
@@ -275,6 +277,8 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap,
 /* The groups over a max_sessions cap whose idle sessions snap lacks: asks
  * req for them (a second read of the same poll). Returns how many. */
 size_t policy_wants_idle(const struct server *srv, const struct snapshot *snap, struct snapshot_request *req);
+/* Is the rule judged at this poll: its role, and its connection threshold? */
+bool policy_rule_active(const struct rule *rule, const struct snapshot *snap);
 /* Does any rule of the server set max_sessions? */
 bool policy_counts_groups(const struct server *srv);
 

@@ -320,9 +320,8 @@ static char *verdict_text(const char *server, const struct verdict *v) {
                         bool all = v->group_per == GROUP_ALL;
 
                         snprintf(limit, sizeof(limit), "%" PRId64, v->rule->limit_ms[LIMIT_SESSIONS]);
-                        snprintf(group, sizeof(group), "%" PRId64 " sessions%s%s%s%s > ", v->sessions,
-                                 all ? "" : " of ", all ? "" : group_key_to_string(v->group_per), all ? "" : " ",
-                                 all ? "" : value);
+                        snprintf(group, sizeof(group), "%" PRId64 " sessions%s%s%s > ", v->sessions,
+                                 all ? "" : " of ", log_group_phrase(v->group_per), all ? "" : value);
                 } else if (!limit_is_duration(v->limit))
                         snprintf(limit, sizeof(limit), "%" PRId64, v->rule->limit_ms[v->limit]);
                 else
@@ -488,22 +487,30 @@ void explain_print_json(const struct explain_row *rows, size_t n, FILE *out) {
                 json_key_string(out, "action", !limited ? NULL : v->dry_run ? "dry-run" : action_to_string(v->action),
                                 true);
                 json_key_string(out, "reason", verdict_reason_to_string(v->reason), true);
-                if (limited && v->limit == LIMIT_SESSIONS) {
-                        _cleanup_free_ char *group = NULL;
-                        if (v->group_per == GROUP_ALL || asprintf(&group, "%s=%s", group_key_to_string(v->group_per),
-                                                                  v->group_value ? v->group_value : "") < 0)
-                                group = NULL;
-                        json_key_string(out, "group", group ? group : "all", true);
-                        fprintf(out, "\"sessions\": %" PRId64 ", \"max_sessions\": %" PRId64 ", ", v->sessions,
-                                v->rule->limit_ms[LIMIT_SESSIONS]);
-                }
-                if (v->rule && v->rule->connections_above > 0 && v->kind != VERDICT_EXEMPT)
-                        fprintf(out, "\"connections\": %" PRId64 ", \"connection_slots\": %" PRId64 ", ",
-                                v->connections, v->connection_slots);
                 if (limited && limit_is_chain(v->limit))
-                        fprintf(out, "\"blocked\": %zu}", v->blocked);
+                        fprintf(out, "\"blocked\": %zu, ", v->blocked);
                 else
-                        fputs("\"blocked\": null}", out);
+                        fputs("\"blocked\": null, ", out);
+                {
+                        /* every object has every key: null where it does not apply */
+                        bool capped = limited && v->limit == LIMIT_SESSIONS;
+                        bool gated = v->rule && v->rule->connections_above > 0 && v->kind != VERDICT_EXEMPT;
+                        _cleanup_free_ char *group = NULL;
+
+                        if (capped && v->group_per != GROUP_ALL &&
+                            asprintf(&group, "%s=%s", group_key_to_string(v->group_per),
+                                     v->group_value ? v->group_value : "") < 0)
+                                group = NULL;
+                        json_key_string(out, "group", !capped ? NULL : group ? group : "all", true);
+                        json_key_int(out, "sessions", capped, v->sessions);
+                        json_key_int(out, "max_sessions", capped, capped ? v->rule->limit_ms[LIMIT_SESSIONS] : 0);
+                        json_key_int(out, "connections", gated, v->connections);
+                        if (gated)
+                                fprintf(out, "\"connection_slots\": %" PRId64 "}", v->connection_slots);
+                        else
+                                fputs("\"connection_slots\": null}", out);
+                }
+
         }
         fputs(n ? "\n]\n" : "]\n", out);
 }

@@ -187,8 +187,7 @@ void log_outcome(const char *server, const struct unknown_signal *u, enum outcom
              u->rule);
 }
 
-/* "application " before a group's value in a sentence; "" for GROUP_ALL. */
-static const char *group_phrase(enum group_key per) {
+const char *log_group_phrase(enum group_key per) {
         switch (per) {
         case GROUP_USER:
                 return "user ";
@@ -236,11 +235,15 @@ void log_cap_short(const char *server, const struct cap_group *g) {
         field_add(&f, "PGSWEEPER_LIMIT", "max_sessions");
         log_group_fields(&f, g->rule, g->rule->per, g->value, g->sessions);
         field_add(&f, "PGSWEEPER_ENDING", "%zu", g->ending);
+        if (g->rule->connections_above > 0) {
+                field_add(&f, "PGSWEEPER_CONNECTIONS", "%" PRId64, g->connections);
+                field_add(&f, "PGSWEEPER_CONNECTION_SLOTS", "%" PRId64, g->connection_slots);
+        }
         field_add(&f, "PGSWEEPER_SHORT_BY", "%zu", g->short_by);
         emit(LOG_WARNING, MESSAGE_ID_CAP_SHORT, &f, true,
              "%s: %" PRId64 " sessions%s%s%s > max_sessions %" PRId64 " cannot be brought under: %zu ending, "
              "the others are not idle for %s or are exempt or protected [rule %s] (said once until it is under)",
-             server, g->sessions, g->rule->per == GROUP_ALL ? "" : " of ", group_phrase(g->rule->per),
+             server, g->sessions, g->rule->per == GROUP_ALL ? "" : " of ", log_group_phrase(g->rule->per),
              g->rule->per == GROUP_ALL ? "" : g->value ? g->value : "", g->rule->limit_ms[LIMIT_SESSIONS], g->ending,
              idle, g->rule->name);
 }
@@ -346,7 +349,7 @@ void log_decision(const char *server, const struct decision *d, enum result r, i
                 /* "53 sessions of application web-1 > max_sessions 50, idle 12m3s" */
                 duration_format(d->elapsed_ms, elapsed, sizeof(elapsed));
                 snprintf(why, sizeof(why), "%" PRId64 " sessions%s%s%s > max_sessions %" PRId64 ", idle %s",
-                         d->sessions, d->group_per == GROUP_ALL ? "" : " of ", group_phrase(d->group_per),
+                         d->sessions, d->group_per == GROUP_ALL ? "" : " of ", log_group_phrase(d->group_per),
                          d->group_per == GROUP_ALL ? "" : d->group_value ? d->group_value : "",
                          d->rule->limit_ms[LIMIT_SESSIONS], elapsed);
         } else {

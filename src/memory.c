@@ -72,9 +72,20 @@ void memory_switch(struct memory *m, const struct server *srv) {
         m->n_escalations = kept;
 }
 
-void memory_warn_caps(struct memory *m, const char *server, const struct judgement *j) {
-        struct warned_cap *now = xcalloc(j->n_caps + 1, sizeof(*now));
+void memory_warn_caps(struct memory *m, const struct server *srv, const struct snapshot *snap,
+                      const struct judgement *j) {
+        struct warned_cap *now = xcalloc(j->n_caps + m->n_warned_caps + 1, sizeof(*now));
         size_t n = 0;
+
+        /* A rule not judged at this poll (its role, its threshold) cannot
+         * say its groups went under: what was said stays said. */
+        for (size_t k = 0; k < m->n_warned_caps; k++) {
+                const struct rule *rule = rule_named(srv, m->warned_caps[k].rule);
+                if (rule && !policy_rule_active(rule, snap))
+                        now[n++] = (struct warned_cap) { xstrdup(m->warned_caps[k].rule),
+                                                         m->warned_caps[k].value ? xstrdup(m->warned_caps[k].value)
+                                                                                 : NULL };
+        }
 
         for (size_t i = 0; i < j->n_caps; i++) {
                 const struct cap_group *g = &j->caps[i];
@@ -87,7 +98,7 @@ void memory_warn_caps(struct memory *m, const char *server, const struct judgeme
                 if (!seen && g->short_by == 0)
                         continue;   /* over, but being brought under */
                 if (!seen)
-                        log_cap_short(server, g);
+                        log_cap_short(srv->name, g);
                 now[n++] = (struct warned_cap) { xstrdup(g->rule->name), g->value ? xstrdup(g->value) : NULL };
         }
         warned_caps_free(m->warned_caps, m->n_warned_caps);

@@ -307,6 +307,10 @@ static bool rule_active(const struct rule *rule, const struct snapshot *snap) {
         return rule_applies_to_role(rule, snap) && rule_pressure_on(rule, snap->connections, snap->connection_slots);
 }
 
+bool policy_rule_active(const struct rule *rule, const struct snapshot *snap) {
+        return rule_active(rule, snap);
+}
+
 static const char *row_key(const struct snapshot_row *row, enum group_key per) {
         switch (per) {
         case GROUP_USER:
@@ -437,12 +441,13 @@ static void judge_cap(const struct policy_input *in, const struct snapshot *snap
                       struct decision *best, struct verdict *verdicts, int64_t *next, struct judgement *j) {
         const struct server *srv = in->server;
         _cleanup_free_ struct cap_group *over = NULL;
-        _cleanup_free_ struct candidate *cand = NULL;
-        size_t n_over = groups_over(rule, snap, &over), n_cand = 0;
+        _cleanup_free_ struct candidate *cand = NULL, *waiting = NULL;
+        size_t n_over = groups_over(rule, snap, &over), n_cand = 0, n_waiting = 0;
 
         if (n_over == 0)
                 return;
         cand = xcalloc(snap->n_rows + 1, sizeof(*cand));
+        waiting = xcalloc(snap->n_rows + 1, sizeof(*waiting));
         for (size_t i = 0; i < snap->n_rows; i++) {
                 const struct snapshot_row *row = &snap->rows[i];
                 struct cap_group *g;
@@ -453,7 +458,11 @@ static void judge_cap(const struct policy_input *in, const struct snapshot *snap
                     !(g = find_group(over, n_over, rule->per == GROUP_ALL ? NULL : row_key(row, rule->per))) ||
                     !g->complete)
                         continue;
-                if (is_dying(in, row) || (best[i].rule && !best[i].dry_run && best[i].action == ACTION_TERMINATE)) {
+                /* ended anyway: terminated last cycle and still exiting, or
+                 * terminated now by another rule (not a shadow one; a dry
+                 * run counts it, as the real run would) */
+                if (is_dying(in, row) ||
+                    (best[i].rule && !best[i].rule->dry_run && best[i].action == ACTION_TERMINATE)) {
                         g->ending++;
                         continue;
                 }
@@ -464,6 +473,7 @@ static void judge_cap(const struct policy_input *in, const struct snapshot *snap
                 if (snap->now < since) {
                         if (since < *next)
                                 *next = since;     /* a victim once it has been idle min_idle */
+                        waiting[n_waiting++] = (struct candidate) { i, g };
                         continue;
                 }
                 cand[n_cand++] = (struct candidate) { i, g };
@@ -480,7 +490,6 @@ static void judge_cap(const struct policy_input *in, const struct snapshot *snap
 
                 if ((int64_t) g->ending >= g->sessions - rule->limit_ms[LIMIT_SESSIONS])
                         continue;
-                g->ending++;
                 d = (struct decision) {
                         .row = row, .rule = rule, .limit = LIMIT_SESSIONS,
                         .elapsed_ms = snap->now >= row->state_change ? (snap->now - row->state_change) / 1000 : 0,
@@ -488,7 +497,8 @@ static void judge_cap(const struct policy_input *in, const struct snapshot *snap
                         .group_per = rule->per, .group_value = g->value, .sessions = g->sessions,
                 };
                 if (best[cand[c].row].rule && !stronger(&d, &best[cand[c].row]))
-                        continue;
+                        continue;   /* a stronger decision stands (the cap is a shadow rule): not ended by it */
+                g->ending++;
                 best[cand[c].row] = d;
                 if (verdicts)
                         verdicts[cand[c].row] = (struct verdict) {
@@ -498,11 +508,30 @@ static void judge_cap(const struct policy_input *in, const struct snapshot *snap
                                 .sessions = g->sessions,
                         };
         }
+        /* explain: the idle sessions of a group still over, once they have been idle min_idle */
+        for (size_t w = 0; verdicts && w < n_waiting; w++) {
+                const struct cap_group *g = waiting[w].group;
+                const struct snapshot_row *row = &snap->rows[waiting[w].row];
+                struct verdict *v = &verdicts[waiting[w].row];
+                int64_t left = (row->state_change + rule->min_idle_ms * 1000 - snap->now + 999) / 1000;
+
+                if ((int64_t) g->ending >= g->sessions - rule->limit_ms[LIMIT_SESSIONS] || v->kind == VERDICT_OVER ||
+                    (v->kind == VERDICT_NEXT && v->remaining_ms <= left))
+                        continue;
+                *v = (struct verdict) {
+                        .row = row, .kind = VERDICT_NEXT, .reason = REASON_LIMIT, .rule = rule,
+                        .limit = LIMIT_SESSIONS, .elapsed_ms = (snap->now - row->state_change) / 1000,
+                        .remaining_ms = left, .action = rule->action, .dry_run = in->dry_run || rule->dry_run,
+                        .group_per = rule->per, .group_value = g->value, .sessions = g->sessions,
+                };
+        }
         j->caps = xreallocarray(j->caps, j->n_caps + n_over, sizeof(*j->caps));
         for (size_t i = 0; i < n_over; i++) {
                 int64_t excess = over[i].sessions - rule->limit_ms[LIMIT_SESSIONS];
                 over[i].short_by = over[i].complete && (int64_t) over[i].ending < excess ?
                                            (size_t) (excess - (int64_t) over[i].ending) : 0;
+                over[i].connections = snap->connections;
+                over[i].connection_slots = snap->connection_slots;
                 j->caps[j->n_caps++] = over[i];
         }
 }

@@ -555,7 +555,7 @@ static void judge_and_act(struct server_state *s) {
         policy_judge(&in, &s->snap, &s->judgement);
         s->poll_usec = clock_usec() - s->poll_started;
         memory_warn_roots(&s->memory, name(s), &s->judgement);
-        memory_warn_caps(&s->memory, name(s), &s->judgement);
+        memory_warn_caps(&s->memory, s->server, &s->snap, &s->judgement);
         metrics_set_connections(s->settings.metrics, name(s), s->snap.connections, s->snap.connection_slots);
 
         s->results = xcalloc(s->judgement.n_decisions + 1, sizeof(*s->results));

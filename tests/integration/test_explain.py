@@ -16,7 +16,8 @@ from pgs_helpers import assert_connection_alive, events, main_server, parse_dura
 from tcpproxy import TcpProxy
 
 KEYS = ["server", "pid", "user", "database", "application", "client_addr", "state", "verdict", "rule",
-        "limit", "limit_ms", "elapsed_ms", "remaining_ms", "action", "reason", "blocked"]
+        "limit", "limit_ms", "elapsed_ms", "remaining_ms", "action", "reason", "blocked",
+        "group", "sessions", "max_sessions", "connections", "connection_slots"]
 
 
 def explain(sweeper, text, *args, expect=0):

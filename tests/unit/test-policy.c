@@ -977,6 +977,8 @@ static bool decided(const struct judgement *j, int32_t pid, const char *rule) {
         return false;
 }
 
+static bool caps_dry_run;   /* judge_caps(): a global dry run */
+
 static void judge_caps(struct rule *rules, size_t n_rules, struct snapshot_row *rows, size_t n, bool complete,
                        const struct session_id *dying, size_t n_dying, unsigned max_actions, struct judgement *j,
                        struct snapshot *snap_out) {
@@ -985,7 +987,8 @@ static void judge_caps(struct rule *rules, size_t n_rules, struct snapshot_row *
                               .max_actions_per_cycle = max_actions };
         struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = n, .groups = groups,
                                  .idle_all = complete, .connection_slots = 20 };
-        struct policy_input in = { .server = &srv, .dying = dying, .n_dying = n_dying, .verdicts = true };
+        struct policy_input in = { .server = &srv, .dying = dying, .n_dying = n_dying, .verdicts = true,
+                                   .dry_run = caps_dry_run };
 
         snap.n_groups = count_apps(rows, n, groups);
         snap.connections = (int64_t) n;
@@ -1090,6 +1093,9 @@ static void test_max_sessions(void) {
                 CHECK_INT(j.n_decisions, 1, "only one idle 15s");
                 CHECK(decided(&j, 45, NULL) && !decided(&j, 46, NULL));
                 CHECK_INT(j.next_deadline, NOW - S(10) + S(15), "when pid 46 reaches min_idle");
+                CHECK_INT(j.verdicts[5].kind, VERDICT_NEXT, "explain: 46 is next");
+                CHECK_INT(j.verdicts[5].limit, LIMIT_SESSIONS, "under the cap");
+                CHECK_INT(j.verdicts[5].remaining_ms, 5000, "in 5s");
                 judgement_free(&j);
         }
         {
@@ -1106,6 +1112,20 @@ static void test_max_sessions(void) {
                 judge_caps(rules, 2, rows, ELEMENTSOF(rows), true, NULL, 0, 0, &j, NULL);
                 CHECK_INT(j.n_decisions, 2, "one by max_idle, one by the cap");
                 CHECK(decided(&j, 51, "idle") && decided(&j, 52, "web-cap"));
+                judgement_free(&j);
+                /* a dry run judges exactly as the real run: the same two */
+                caps_dry_run = true;
+                judge_caps(rules, 2, rows, ELEMENTSOF(rows), true, NULL, 0, 0, &j, NULL);
+                caps_dry_run = false;
+                CHECK_INT(j.n_decisions, 2, "dry run: the same two");
+                CHECK(decided(&j, 51, "idle") && decided(&j, 52, "web-cap") && j.decisions[0].dry_run);
+                judgement_free(&j);
+                /* a shadow rule's termination ends nothing: the cap picks as without it */
+                rules[0].dry_run = true;
+                judge_caps(rules, 2, rows, ELEMENTSOF(rows), true, NULL, 0, 0, &j, NULL);
+                rules[0].dry_run = false;
+                CHECK_INT(j.n_decisions, 2, "shadow idle rule on 51, and the cap on 51 and 52");
+                CHECK(decided(&j, 51, "web-cap") && decided(&j, 52, "web-cap"));
                 judgement_free(&j);
                 judge_caps(rules, 2, rows, ELEMENTSOF(rows), true, dying, 1, 0, &j, NULL);
                 CHECK_INT(j.n_decisions, 1, "the dying one counts too");
