@@ -1311,10 +1311,264 @@ def quiet_main():
         print(f"a2 {variant}: " + str({k: v for k, v in x.items() if k != "sessions"}))
 
 
+# --- connection pressure (issue 19, SPEC 14): caps and thresholds that do not act ---
+
+PRESSURE_ROUNDS = int(os.environ.get("BENCH_PRESSURE_ROUNDS", "5"))
+PRESSURE_SECONDS = float(os.environ.get("BENCH_PRESSURE_SECONDS", "15"))
+PRESSURE_APPS = int(os.environ.get("BENCH_PRESSURE_APPS", "7"))          # web-0 .. web-6
+PRESSURE_CAP = int(os.environ.get("BENCH_PRESSURE_CAP", "500"))
+
+
+def write_pressure_config(name, with_pressure):
+    """Configuration A (without): the cpu_bench rule, max_idle 1h for users
+    [app], interval and min_interval 100ms. B (with): the same plus a
+    per-application cap on web-* that no group reaches and a rule with a
+    connection threshold that 1000 sessions stay under."""
+    path = os.path.join(WORK, name + ".yaml")
+    lines = ["interval: 100ms", "min_interval: 100ms", f"metrics_file: {os.path.join(WORK, name + '.prom')}",
+             "servers:", "  - name: bench", f'    conninfo: "{conninfo()}"', "    rules:",
+             "      - {name: idle, max_idle: 1h, users: [app]}"]
+    if with_pressure:
+        lines += [f'      - {{name: web-cap, max_sessions: {PRESSURE_CAP}, per: application, applications: ["web-*"]}}',
+                  "      - {name: free-slots, when_connections_above: 95%, max_idle: 1h, users: [app]}"]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def read_metric(path, prefix):
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(prefix):
+                    return float(line.split()[-1])
+    except OSError:
+        pass
+    return None
+
+
+def measure_aligned(admin, cfg, name, seconds, binary=None):
+    """CPU per poll of a pgsweeper process and of its one backend
+    (/proc/PID/schedstat) over about `seconds`, the window opened and closed
+    right after a rewrite of the metrics file (as sweeper_cost), so the polls
+    counted (pgsweeper_polls_total) line up with the CPU read."""
+    metrics = cfg[:-len(".yaml")] + ".prom"
+    if os.path.exists(metrics):
+        os.unlink(metrics)                  # the previous round's count
+    err = open(os.path.join(WORK, name + ".stderr"), "w")
+    p = subprocess.Popen([binary or BIN, "-c", cfg, "--log-target", "stderr"], stdin=subprocess.DEVNULL,
+                         stdout=err, stderr=err)
+    children.append(p)
+    try:
+        end = time.monotonic() + 20
+        while (read_polls(metrics) or 0) < 5 and time.monotonic() < end and p.poll() is None:
+            time.sleep(0.05)
+        backends = sweeper_backends(admin)
+        if len(backends) != 1:
+            raise RuntimeError(f"{name}: expected one pgsweeper backend, found {backends} (see {err.name})")
+        be = backends[0]
+        polls0 = next_metrics_write(metrics)
+        t0, sw0, be0 = time.monotonic(), proc_cpu(p.pid), proc_cpu(be)
+        time.sleep(max(0.0, seconds - 1.0))
+        polls1 = next_metrics_write(metrics)
+        t1, sw1, be1 = time.monotonic(), proc_cpu(p.pid), proc_cpu(be)
+        conns = read_metric(metrics, "pgsweeper_server_connections{")
+        slots = read_metric(metrics, "pgsweeper_server_connection_slots{")
+    finally:
+        stop_sweeper(p)
+        err.close()
+    n = polls1 - polls0
+    return {"polls": n, "seconds": t1 - t0, "client": (sw1 - sw0) / n, "backend": (be1 - be0) / n,
+            "connections": conns, "slots": slots,
+            "terminated": count_lines(err.name, "terminated"), "warnings": count_lines(err.name, "warning")}
+
+
+def snapshot_sql_cpp(root):
+    """pg_snapshot_sql of root/src/sql.c as the server receives it: the C
+    preprocessor expands the macros (the statement is built from nested
+    ones since 4c31c1c), Python joins the string literals."""
+    import re
+    out = subprocess.run(["cc", "-E", "-P", "-I", os.path.join(root, "include"), os.path.join(root, "src", "sql.c")],
+                         check=True, capture_output=True, text=True).stdout
+    body = out[out.index("pg_snapshot_sql[] ="):]
+    body = body[body.index("=") + 1:body.index(";")]
+    return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', body))
+
+
+def statements_alone_cost(stmts, rounds, runs, spacing):
+    """Backend CPU per run of each snapshot statement run by the bench on ONE
+    pgsweeper-role connection (kept open, as pgsweeper keeps its own),
+    prepared with plan_cache_mode = force_generic_plan, the statements taking
+    turns run by run (the order rotates), one run every `spacing` s.
+    stmts: [(key, sql, {N: value for $N})]. Returns {key: [CPU per run, one
+    figure per round]}. (A fresh connection per statement, tried first, made
+    the old statement look 1.2-1.4x dearer than on a long-lived one.)"""
+    import re
+    prepared = []
+    for key, sql, params in stmts:
+        q = re.sub(r"\$(\d+)", lambda m: f"%(p{m.group(1)})s", sql.replace("%", "%%"))
+        prepared.append((key, q, {f"p{k}": v for k, v in params.items()}))
+    out = {key: [] for key, _, _ in stmts}
+    with psycopg.connect(host=PGHOST, port=PGPORT, user="pgsweeper", dbname="postgres", autocommit=True) as c:
+        c.execute("SET plan_cache_mode = force_generic_plan")
+        be = c.info.backend_pid
+        for _ in range(6):
+            for key, q, args in prepared:
+                c.execute(q, args, prepare=True).fetchall()
+        for r in range(rounds):
+            spent = {key: 0.0 for key in out}
+            for k in range(runs):
+                n = (r * runs + k) % len(prepared)
+                for key, q, args in prepared[n:] + prepared[:n]:
+                    b0 = proc_cpu(be)
+                    c.execute(q, args, prepare=True).fetchall()
+                    spent[key] += proc_cpu(be) - b0
+                    time.sleep(spacing)
+            for key in out:
+                out[key].append(spent[key] / runs)
+            log(f"statement alone, round {r + 1}: " + ", ".join(f"{k} {ms(v[-1])}" for k, v in out.items()))
+    return out
+
+
+# What pgsweeper sends for config A (max_idle 1h at a 100 ms gap: bound 1h -
+# 100ms, no other limit, no pids, no superusers, no lock waiters, no xmin
+# age) and, from 4c31c1c on, no group key, no idle sessions wanted; B counts
+# per application ($13). As text of type unknown (psycopg sends a str so),
+# like pgsweeper, which prepares with no parameter types: the statement's
+# casts type them. Typed Python values (a bool, an int4 for 3599900) gave
+# the old statement another generic plan, 1.4x the cost of the one the
+# daemon runs.
+PRESSURE_PARAMS_OLD = {1: "f", 2: str(3600000 - 100), 3: None, 4: None, 5: None, 6: None, 7: "{}", 8: "f", 9: "f",
+                       10: None}
+PRESSURE_PARAMS_A = {**PRESSURE_PARAMS_OLD, 11: "f", 12: "f", 13: "f", 14: "f", 15: "f",
+                     16: None, 17: None, 18: None, 19: None}
+PRESSURE_PARAMS_B = {**PRESSURE_PARAMS_A, 13: "t"}
+PRESSURE_STMT_RUNS = int(os.environ.get("BENCH_PRESSURE_STMT_RUNS", "50"))
+
+
+def pressure_main():
+    """BENCH_ONLY=pressure: issue 19. With 1000 idle app sessions spread over
+    PRESSURE_APPS application names, the CPU per poll of A (one plain rule),
+    B (A plus a cap no group reaches and a threshold not crossed; target B/A
+    <= 1.2) and, with BENCH_BASELINE_BIN, C (that older binary with A: the
+    snapshot statement before the one-pass counting), in alternating rounds."""
+    admin = connect(user="postgres", dbname="postgres")
+    server_version = admin.execute("SHOW server_version").fetchone()[0]
+    baseline = os.environ.get("BENCH_BASELINE_BIN")
+    cfg_a, cfg_b = write_pressure_config("pr-a", False), write_pressure_config("pr-b", True)
+    cfg_c = write_pressure_config("pr-c", False)
+    for cfg in (cfg_a, cfg_b):
+        r = subprocess.run([BIN, "--check", "-c", cfg], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{cfg} rejected: {r.stderr}")
+    methods = [("A", cfg_a, None), ("B", cfg_b, None)] + ([("C", cfg_c, baseline)] if baseline else [])
+    runs = {m[0]: [] for m in methods}
+    stmt_runs = {}
+    log(f"pressure: opening {CPU_SESSIONS} idle app sessions over {PRESSURE_APPS} application names")
+    conns = []
+    try:
+        for i in range(CPU_SESSIONS):
+            conns.append(psycopg.connect(host=PGHOST, port=PGPORT, user="app", dbname="appdb", autocommit=True,
+                                         application_name=f"web-{i % PRESSURE_APPS}"))
+            if i and i % 250 == 0:
+                log(f"  {i} sessions open")
+        groups = admin.execute("SELECT application_name, count(*) FROM pg_stat_activity "
+                               "WHERE backend_type = 'client backend' GROUP BY 1 ORDER BY 1").fetchall()
+        log(f"pressure: client backends per application: {groups}")
+        # What B's rules say about this cluster: --explain renders caps and thresholds.
+        ex = subprocess.run([BIN, "--explain", "-c", cfg_b], capture_output=True, text=True)
+        with open(os.path.join(WORK, "pr-b.explain"), "w") as f:
+            f.write(ex.stdout + ex.stderr)
+        import collections
+        import re
+        verdicts = collections.Counter(re.sub(r"[0-9][0-9hms.]*", "N", re.split(r"\s{2,}", line.strip())[-1])
+                                       for line in ex.stdout.splitlines()[1:] if line.strip())
+        log(f"pressure: --explain with B (exit {ex.returncode}), verdicts: {dict(verdicts.most_common(6))}")
+        for i in range(PRESSURE_ROUNDS):
+            order = methods[i % len(methods):] + methods[:i % len(methods)]
+            for key, cfg, binary in order:
+                x = measure_aligned(admin, cfg, f"pr-{key.lower()}", PRESSURE_SECONDS, binary)
+                runs[key].append(x)
+                log(f"round {i + 1} {key}: {x['polls']} polls in {x['seconds']:.1f} s, "
+                    f"process {ms(x['client'])}, backend {ms(x['backend'])} per poll, "
+                    f"connections {x['connections']}, slots {x['slots']}, terminated {x['terminated']}")
+        # The statements alone, run by the bench: the old one (BENCH_BASELINE_SRC)
+        # and the new one with A's and with B's parameters, 100 ms apart.
+        stmts = [("A", snapshot_sql_cpp(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")),
+                  PRESSURE_PARAMS_A)]
+        stmts.append(("B", stmts[0][1], PRESSURE_PARAMS_B))
+        if os.environ.get("BENCH_BASELINE_SRC"):
+            stmts.append(("C", snapshot_sql_cpp(os.environ["BENCH_BASELINE_SRC"]), PRESSURE_PARAMS_OLD))
+        for key, sql, params in stmts:
+            if (sql.count("$19") > 0) != (19 in params):
+                raise RuntimeError(f"statement {key}: parameters do not match")
+        stmt_runs = statements_alone_cost(stmts, PRESSURE_ROUNDS, PRESSURE_STMT_RUNS, 0.1)
+        left = app_count(admin)
+    finally:
+        for p in list(children):
+            stop_sweeper(p)
+        close_all(conns)
+
+    def med(key, field):
+        return statistics.median(x[field] for x in runs[key])
+    out = {}
+    for key in runs:
+        out[key] = {f: med(key, f) for f in ("client", "backend")}
+        out[key]["total"] = statistics.median(x["client"] + x["backend"] for x in runs[key])
+        out[key]["polls"] = sum(x["polls"] for x in runs[key])
+        out[key]["seconds"] = sum(x["seconds"] for x in runs[key])
+    a = out["A"]
+    labels = {"A": "A. without: max_idle 1h, users [app]",
+              "B": f"B. with: A + max_sessions {PRESSURE_CAP} per application + 95% threshold",
+              "C": "C. BENCH_BASELINE_BIN (statement before 4c31c1c), config A"}
+    print()
+    print(f"pgsweeper connection pressure (issue 19): PostgreSQL {server_version}, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, {CPU_SESSIONS} idle app sessions over {PRESSURE_APPS} "
+          f"applications, interval 100ms, {PRESSURE_ROUNDS} rounds of {PRESSURE_SECONDS:g} s, medians")
+    print(f"{'method':<72}  {'polls/s':>7}  {'daemon/poll':>11}  {'backend/poll':>12}  {'total/poll':>10}  "
+          f"{'x A (d / b / total)':>22}  target")
+    for key in runs:
+        x = out[key]
+        rd, rb, rt = x["client"] / a["client"], x["backend"] / a["backend"], x["total"] / a["total"]
+        ratio = "" if key == "A" else f"{rd:.2f} / {rb:.2f} / {rt:.2f}"
+        target = f"<= 1.2  {verdict(rt <= 1.2)}" if key == "B" else ""
+        print(f"{labels[key]:<72}  {x['polls'] / x['seconds']:>7.1f}  {ms(x['client']):>11}  "
+              f"{ms(x['backend']):>12}  {ms(x['total']):>10}  {ratio:>22}  {target}")
+    print("per round, total ms/poll (process + backend); the order of the methods rotates each round:")
+    for i in range(PRESSURE_ROUNDS):
+        cells = []
+        for key in runs:
+            x = runs[key][i]
+            cells.append(f"{key} {(x['client'] + x['backend']) * 1000:.2f}")
+        pair = (runs["B"][i]["client"] + runs["B"][i]["backend"]) / (runs["A"][i]["client"] + runs["A"][i]["backend"])
+        extra = ""
+        if "C" in runs:
+            pc = (runs["C"][i]["client"] + runs["C"][i]["backend"]) / (runs["A"][i]["client"] + runs["A"][i]["backend"])
+            extra = f", C/A {pc:.2f}"
+        print(f"  round {i + 1}: " + ", ".join(cells) + f"   B/A {pair:.2f}{extra}")
+    if stmt_runs:
+        sa = statistics.median(stmt_runs["A"])
+        print(f"statement alone, backend CPU per run (one connection, prepared, generic plan, the statements "
+              f"taking turns 100 ms apart, {PRESSURE_STMT_RUNS} runs each per round, median of {PRESSURE_ROUNDS} "
+              "rounds):")
+        for key, label in (("A", "new statement (4c31c1c), A's parameters"),
+                           ("B", "new statement, B's parameters (counted per application)"),
+                           ("C", "old statement (before 4c31c1c), A's parameters")):
+            if key in stmt_runs:
+                v = stmt_runs[key]
+                print(f"  {label:<58}  {ms(statistics.median(v)):>9}  x A {statistics.median(v) / sa:.2f}   "
+                      f"rounds {' '.join(f'{x * 1000:.2f}' for x in v)}")
+    term = {k: sum(x["terminated"] for x in runs[k]) for k in runs}
+    warn = {k: sum(x["warnings"] for x in runs[k]) for k in runs}
+    print(f"stderr lines 'terminated' / 'warning' per method: {term} / {warn}; app sessions left at the end: {left} of {CPU_SESSIONS}; "
+          f"B's gauges: connections {runs['B'][-1]['connections']}, slots {runs['B'][-1]['slots']}")
+
+
 if __name__ == "__main__":
     # BENCH_ONLY=locks bench/run: only the wave-2 rules' figures (section f);
     # BENCH_ONLY=quiet: only the quiet-server latency (a2);
-    # BENCH_ONLY=lockqueue: only the lock queue of issue 18.
+    # BENCH_ONLY=lockqueue: only the lock queue of issue 18;
+    # BENCH_ONLY=pressure: only the connection-pressure rows of issue 19.
     if os.environ.get("BENCH_ONLY") == "locks" or "--locks" in sys.argv[1:]:
         locks_main()
     elif os.environ.get("BENCH_ONLY") == "quiet":
@@ -1323,5 +1577,7 @@ if __name__ == "__main__":
         storm_main()
     elif os.environ.get("BENCH_ONLY") == "lockqueue":
         lockqueue_main()
+    elif os.environ.get("BENCH_ONLY") == "pressure":
+        pressure_main()
     else:
         main()
