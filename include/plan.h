@@ -33,11 +33,15 @@ void plan_explain_request(const struct config *c, const struct server *srv, stru
  * lock rule, and only when the snapshot saw a session waiting for a lock. */
 bool plan_wants_graph(const struct server *srv, const struct snapshot *snap);
 
+/* The first read of a poll: pg_snapshot_groups_sql for a server with a
+ * max_sessions rule (it counts per key), else pg_snapshot_sql. */
+const char *plan_snapshot_sql(const struct server *srv);
+
 /* After the snapshot (read with req): read again in the same poll? When
  * the lock graph is wanted, or a cap found a group over it whose idle
  * sessions the read did not send (req then asks for them too). Returns the
  * statement for the second read (pg_lock_graph_sql_for(server_version) or
- * pg_snapshot_sql), NULL for none. */
+ * pg_snapshot_groups_sql), NULL for none. */
 const char *plan_reread(const struct server *srv, const struct snapshot *snap, int server_version,
                         struct snapshot_request *req);
 

@@ -8,6 +8,12 @@
  * snapshot_params_build(). */
 extern const char pg_snapshot_sql[];
 extern const char pg_snapshot_name[];
+/* The same, counting the client backends per user, database, application
+ * and client address as $11..$14 ask (for a server with a max_sessions
+ * rule): the same parameters, the same result. The lock graph counts so
+ * too. */
+extern const char pg_snapshot_groups_sql[];
+extern const char pg_snapshot_groups_name[];
 /* The lock graph: the snapshot's rows and parameters, plus every lock
  * waiter with its blockers and wait start, and every session waited for.
  * pg_lock_graph_sql_13 for servers without pg_locks.waitstart (< 14). */

@@ -81,13 +81,17 @@ bool plan_wants_graph(const struct server *srv, const struct snapshot *snap) {
         return snap->n_lock_waiting > 0 && policy_reads_locks(srv);
 }
 
+const char *plan_snapshot_sql(const struct server *srv) {
+        return policy_counts_groups(srv) ? pg_snapshot_groups_sql : pg_snapshot_sql;
+}
+
 const char *plan_reread(const struct server *srv, const struct snapshot *snap, int server_version,
                         struct snapshot_request *req) {
         bool graph = plan_wants_graph(srv, snap);
 
         if (policy_wants_idle(srv, snap, req) == 0 && !graph)
                 return NULL;
-        return graph ? pg_lock_graph_sql_for(server_version) : pg_snapshot_sql;
+        return graph ? pg_lock_graph_sql_for(server_version) : pg_snapshot_groups_sql;
 }
 
 uint64_t plan_next_poll(const struct config *c, const struct server *srv, const struct plan_cycle *p) {

@@ -413,6 +413,11 @@ static void on_prepare_done(void *userdata, PGresult *res) {
         server_poll(s);
 }
 
+static void on_prepare_first_done(void *userdata, PGresult *res) {
+        struct server_state *s = userdata;
+        result_failed(s, res, PGRES_COMMAND_OK, "setup");
+}
+
 /* Polls run a prepared statement: planned once per connection, not per poll. */
 static void on_setup_done(void *userdata, PGresult *res) {
         struct server_state *s = userdata;
@@ -425,8 +430,11 @@ static void on_setup_done(void *userdata, PGresult *res) {
         registry_connected(s->own, s->id.cluster, (struct session_id) { s->backend_pid, s->id.backend_start });
         server_up(s);
         check_privileges(s);
+        /* both forms of the snapshot: a reload may add or drop a cap on this connection */
         send_statement(s, PHASE_SETUP, SEND_PREPARE, pg_snapshot_name, pg_snapshot_sql, SNAPSHOT_PARAMS, NULL,
-                       on_prepare_done);
+                       on_prepare_first_done);
+        send_statement(s, PHASE_SETUP, SEND_PREPARE, pg_snapshot_groups_name, pg_snapshot_groups_sql,
+                       SNAPSHOT_PARAMS, NULL, on_prepare_done);
 }
 
 static void on_pg_connected(void *userdata) {
@@ -625,8 +633,8 @@ static void on_snapshot_done(void *userdata, PGresult *res) {
                 judge_and_act(s);
                 return;
         }
-        if (again == pg_snapshot_sql) {
-                send_read(s, pg_snapshot_name, on_reread_done);
+        if (again == pg_snapshot_groups_sql) {
+                send_read(s, pg_snapshot_groups_name, on_reread_done);
                 return;
         }
         /* Prepared once per connection, the first time it is needed; its
@@ -646,7 +654,9 @@ static void server_poll(struct server_state *s) {
         snapshot_request_done(&s->req);
         plan_poll_request(s->config, s->server, pids, n_pids, &s->req);
         s->poll_started = clock_usec();
-        send_read(s, pg_snapshot_name, on_snapshot_done);
+        send_read(s, plan_snapshot_sql(s->server) == pg_snapshot_groups_sql ? pg_snapshot_groups_name
+                                                                              : pg_snapshot_name,
+                  on_snapshot_done);
 }
 
 static int on_timer(sd_event_source *source, uint64_t usec, void *userdata) {

@@ -413,7 +413,7 @@ int snapshot_fetch(PGconn *conn, const struct server *srv, struct snapshot_reque
 
         *ret = (struct snapshot) {};
         snapshot_params_build(req, &params);
-        r = fetch(conn, pg_snapshot_sql, &params, timeout_usec, ret);
+        r = fetch(conn, plan_snapshot_sql(srv), &params, timeout_usec, ret);
         if (r >= 0)
                 snapshot_note_request(ret, req);
         if (r >= 0 && (again = plan_reread(srv, ret, PQserverVersion(conn), req))) {
@@ -422,7 +422,7 @@ int snapshot_fetch(PGconn *conn, const struct server *srv, struct snapshot_reque
                 snapshot_params_build(req, &params);
                 r = fetch(conn, again, &params, timeout_usec, ret);
                 if (r >= 0) {
-                        ret->has_graph = again != pg_snapshot_sql;
+                        ret->has_graph = again != pg_snapshot_groups_sql;
                         snapshot_note_request(ret, req);
                 }
         }
