@@ -518,39 +518,25 @@ def bare_scan_cost(runs, spacing):
         return (proc_cpu(be) - b0) / runs
 
 
-def snapshot_sql():
-    """pgsweeper's snapshot statement, pg_snapshot_sql of src/sql.c, as the
-    server receives it (C string literals joined, the US() macro expanded)."""
-    import re
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "sql.c")) as f:
-        src = f.read()
-    body = src[src.index("const char pg_snapshot_sql[] ="):]
-    body = body[body.index("=") + 1:body.index(";\n")]
-    body = re.sub(r'US\(("[^"]*")\)', lambda m: '"(extract(epoch FROM " ' + m.group(1) + ' ") * 1000000)::int8"', body)
-    return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', body))
-
-
-# The parameters pgsweeper sends for one rule max_idle 1h at a 100 ms gap:
-# no query text, idle bound 1h - 100ms, no other limit, no pids, no superusers.
-SNAPSHOT_PARAMS = (False, 3600000 - 100, None, None, None, None, [], False)
-
-
 def snapshot_cost(runs, spacing):
-    """Backend CPU of pgsweeper's own statement run by the bench the way
-    pgsweeper runs it (prepared, plan_cache_mode = force_generic_plan), one
-    run every `spacing` s: tells the statement from the client's way of
-    sending it."""
-    sql = snapshot_sql().replace("$", "%") .replace("%1", "%s").replace("%2", "%s").replace("%3", "%s") \
-        .replace("%4", "%s").replace("%5", "%s").replace("%6", "%s").replace("%7", "%s").replace("%8", "%s")
+    """Backend CPU of pgsweeper's own statement (pg_snapshot_sql, the form of
+    a server without a cap) run by the bench the way pgsweeper runs it
+    (prepared, plan_cache_mode = force_generic_plan, parameters as untyped
+    text), one run every `spacing` s: tells the statement from the client's
+    way of sending it. The parameters: one rule max_idle 1h at a 100 ms gap."""
+    import re
+    sql = snapshot_sql_cpp(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    q = re.sub(r"\$(\d+)", lambda m: f"%(p{m.group(1)})s", sql.replace("%", "%%"))
+    args = {f"p{k}": v for k, v in PRESSURE_PARAMS_A.items()}
     with psycopg.connect(host=PGHOST, port=PGPORT, user="pgsweeper", dbname="postgres",
                          autocommit=True) as c:
         c.execute("SET plan_cache_mode = force_generic_plan")
         be = c.info.backend_pid
         for _ in range(5):
-            c.execute(sql, SNAPSHOT_PARAMS, prepare=True).fetchall()
+            c.execute(q, args, prepare=True).fetchall()
         b0, t0 = proc_cpu(be), time.monotonic()
         for k in range(runs):
-            c.execute(sql, SNAPSHOT_PARAMS, prepare=True).fetchall()
+            c.execute(q, args, prepare=True).fetchall()
             if spacing:
                 time.sleep(max(0.0, t0 + (k + 1) * spacing - time.monotonic()))
         return (proc_cpu(be) - b0) / runs
@@ -1383,14 +1369,14 @@ def measure_aligned(admin, cfg, name, seconds, binary=None):
             "terminated": count_lines(err.name, "terminated"), "warnings": count_lines(err.name, "warning")}
 
 
-def snapshot_sql_cpp(root):
-    """pg_snapshot_sql of root/src/sql.c as the server receives it: the C
-    preprocessor expands the macros (the statement is built from nested
-    ones since 4c31c1c), Python joins the string literals."""
+def snapshot_sql_cpp(root, name="pg_snapshot_sql"):
+    """A statement of root/src/sql.c (pg_snapshot_sql, or name) as the server
+    receives it: the C preprocessor expands the macros (the statement is
+    built from nested ones since 4c31c1c), Python joins the string literals."""
     import re
     out = subprocess.run(["cc", "-E", "-P", "-I", os.path.join(root, "include"), os.path.join(root, "src", "sql.c")],
                          check=True, capture_output=True, text=True).stdout
-    body = out[out.index("pg_snapshot_sql[] ="):]
+    body = out[out.index(name + "[] ="):]
     body = body[body.index("=") + 1:body.index(";")]
     return "".join(re.findall(r'"((?:[^"\\]|\\.)*)"', body))
 
@@ -1496,7 +1482,13 @@ def pressure_main():
         # and the new one with A's and with B's parameters, 100 ms apart.
         stmts = [("A", snapshot_sql_cpp(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")),
                   PRESSURE_PARAMS_A)]
-        stmts.append(("B", stmts[0][1], PRESSURE_PARAMS_B))
+        # B: a server with a cap reads with the form that counts per key
+        # (pg_snapshot_groups_sql); before it existed, one statement did both.
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        try:
+            stmts.append(("B", snapshot_sql_cpp(root, "pg_snapshot_groups_sql"), PRESSURE_PARAMS_B))
+        except ValueError:
+            stmts.append(("B", stmts[0][1], PRESSURE_PARAMS_B))
         if os.environ.get("BENCH_BASELINE_SRC"):
             stmts.append(("C", snapshot_sql_cpp(os.environ["BENCH_BASELINE_SRC"]), PRESSURE_PARAMS_OLD))
         for key, sql, params in stmts:

@@ -610,3 +610,42 @@ def test_storm_frees_slots_then_stops_under_the_threshold(spg, sweeper, journal,
         assert e["PGSWEEPER_RULE"] == "storm" and e["PGSWEEPER_RESULT"] == "terminated", e
         assert int(e["PGSWEEPER_CONNECTIONS"]) * 100 > 80 * SLOTS, e
         assert e["PGSWEEPER_CONNECTION_SLOTS"] == str(SLOTS), e
+
+
+HOSTILE_DB = 'cap"db\\,{x}\nz\u202e'
+
+
+def test_cap_group_named_by_hostile_bytes(spg, sweeper):
+    """A group's value comes from the server: a database name with a quote, a
+    backslash, a comma, braces, a newline and a bidi control. The second read
+    asks for that group's idle sessions as an element of a text[] parameter
+    (a wrong quoting would miss them, and nothing would be ended), and the
+    line shows the name escaped, one line per entry."""
+    from psycopg import sql
+    with psycopg.connect(spg.conninfo(user="postgres", dbname="postgres"), autocommit=True) as su:
+        su.execute(sql.SQL("CREATE DATABASE {} OWNER app").format(sql.Identifier(HOSTILE_DB)))
+    conns = []
+    try:
+        for _ in range(3):
+            c = psycopg.connect(spg.conninfo(user="app", dbname="appdb"), dbname=HOSTILE_DB, autocommit=True)
+            c.execute("SELECT 1")
+            conns.append(c)
+            time.sleep(0.05)
+        first = conns[0].info.backend_pid
+        r = once(sweeper, spg, "      - {name: db-cap, max_sessions: 2, per: database, users: [app]}\n")
+        assert spg.wait_pid_gone(first), r.stderr
+        for c in conns[1:]:
+            assert_connection_alive(c)
+        ended = [l for l in r.stderr.splitlines() if " terminated pid " in l]
+        assert len(ended) == 1, r.stderr
+        shown = 'cap"db\\\\,{x}\\x0az\\u202e'
+        assert f"(user app, db {shown}, app -, local): 3 sessions of database {shown} > max_sessions 2" in ended[0], \
+            ended[0]
+    finally:
+        for c in conns:
+            c.close()
+        spg.admin_query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (HOSTILE_DB,))
+        wait_until(lambda: not spg.admin_query("SELECT 1 FROM pg_stat_activity WHERE datname = %s", (HOSTILE_DB,)),
+                   10, what="no session left in the database")
+        with psycopg.connect(spg.conninfo(user="postgres", dbname="postgres"), autocommit=True) as su:
+            su.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(HOSTILE_DB)))
