@@ -1543,8 +1543,8 @@ def pressure_main():
         print(f"statement alone, backend CPU per run (one connection, prepared, generic plan, the statements "
               f"taking turns 100 ms apart, {PRESSURE_STMT_RUNS} runs each per round, median of {PRESSURE_ROUNDS} "
               "rounds):")
-        for key, label in (("A", "new statement (4c31c1c), A's parameters"),
-                           ("B", "new statement, B's parameters (counted per application)"),
+        for key, label in (("A", "pg_snapshot_sql, A's parameters"),
+                           ("B", "pg_snapshot_groups_sql, B's (per application)"),
                            ("C", "old statement (before 4c31c1c), A's parameters")):
             if key in stmt_runs:
                 v = stmt_runs[key]
