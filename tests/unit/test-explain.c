@@ -294,7 +294,59 @@ static void test_text_order(void) {
         config_free(c);
 }
 
+/* Limits that are counts read as counts (max_xmin_age was shown as a
+ * duration, "max_xmin_age 200ms", with the age as "312ms"); a cap names its
+ * group; a gated rule below its threshold says so with the numbers. */
+static void test_text_counts(void) {
+        struct config *c = load("servers:\n  - name: s\n    conninfo: \"dbname=x\"\n    rules:\n"
+                                "      - {name: horizon, max_xmin_age: 200, users: [tx]}\n"
+                                "      - {name: cap, max_sessions: 1, per: application, users: [app]}\n"
+                                "      - {name: free, when_connections_above: 90%, max_idle: 1s, users: [gated]}\n");
+        struct snapshot_row rows[] = {
+                row_make(1, "tx", "psql", STATE_IDLE_IN_TRANSACTION, 60),
+                row_make(2, "app", "web", STATE_IDLE, 30),
+                row_make(3, "app", "web", STATE_IDLE, 20),
+                row_make(4, "gated", "psql", STATE_IDLE, 60),
+        };
+        struct snapshot_group groups[] = {
+                { .key = { [GROUP_USER] = "tx", [GROUP_APPLICATION] = "psql" }, .count = 1 },
+                { .key = { [GROUP_USER] = "app", [GROUP_APPLICATION] = "web" }, .count = 2 },
+                { .key = { [GROUP_USER] = "gated", [GROUP_APPLICATION] = "psql" }, .count = 1 },
+        };
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = ELEMENTSOF(rows), .groups = groups,
+                                 .n_groups = ELEMENTSOF(groups), .connections = 4, .connection_slots = 20,
+                                 .idle_all = true };
+        struct explain_row er[ELEMENTSOF(rows)];
+        _cleanup_free_ char *text = NULL;
+        struct policy_input in;
+        struct judgement j;
+        size_t len = 0;
+        FILE *f;
+
+        if (!c)
+                return;
+        rows[0].xmin_age = 312;
+        in = (struct policy_input) { .server = &c->servers[0], .verdicts = true };
+        policy_judge(&in, &snap, &j);
+        for (size_t i = 0; i < ELEMENTSOF(rows); i++)
+                er[i] = (struct explain_row) { "s", &j.verdicts[i] };
+        explain_sort(er, ELEMENTSOF(er));
+        f = open_memstream(&text, &len);
+        explain_print_text(er, ELEMENTSOF(er), f);
+        fclose(f);
+        CHECK_STR(text,
+                  "SERVER  PID  USER   DATABASE  APPLICATION  CLIENT  STATE                ELAPSED  VERDICT\n"
+                  "s       2    app    appdb     web          local   idle                 30s      over cap: 2 sessions of application web > max_sessions 1 -> terminate\n"
+                  "s       1    tx     appdb     psql         local   idle in transaction  312      over horizon: max_xmin_age 200 -> terminate\n"
+                  "s       3    app    appdb     web          local   idle                 -        none: counted by rule cap (max_sessions 1), not a victim\n"
+                  "s       4    gated  appdb     psql         local   idle                 -        none: rule free is inactive, not 4 connections > 90% of 20 slots\n",
+                  "text table");
+        judgement_free(&j);
+        config_free(c);
+}
+
 int main(void) {
+        test_text_counts();
         test_every_kind();
         test_escalation_reason();
         test_cell();
