@@ -98,9 +98,13 @@ struct server {
         bool terminate_superusers;
         struct filter exempt;          /* this server's own block; see global_exempt */
         const struct filter *global_exempt;  /* &config->exempt of the owning config */
-        struct rule *rules;
+        struct rule *rules;            /* its rule sets' rules, in order, then its own */
         size_t n_rules;
         struct source_pos pos;
+        char *file;                    /* the included file that defines it; NULL: the main file */
+        char **rule_sets;              /* the names of its rule_sets, as written */
+        struct source_pos *rule_set_pos;
+        size_t n_rule_sets;
 };
 
 struct config {
@@ -112,8 +116,11 @@ struct config {
         char *metrics_file;            /* absolute path, or NULL */
         unsigned max_actions_per_cycle;
         struct filter exempt;          /* global block, applies to every server */
-        struct server *servers;
+        struct server *servers;        /* the main file's, then each included file's */
         size_t n_servers;
+        char **includes;               /* the globs of "include", as written */
+        size_t n_includes;
+        size_t n_rule_sets;            /* "rule_sets" of the main file (their rules are in the servers) */
 };
 
 #define CONFIG_DEFAULT_INTERVAL_MS     INT64_C(10000)
@@ -129,6 +136,8 @@ struct diagnostics {
         size_t n_lines;
         size_t n_errors;
         size_t n_warnings;
+        char **error_files;         /* the files with an error, as named (not escaped), each once, in the order read */
+        size_t n_error_files;
 };
 
 void diagnostics_clear(struct diagnostics *d);
@@ -137,7 +146,8 @@ void diagnostics_clear(struct diagnostics *d);
  * (-EINVAL for a bad file, other errno when it cannot be read); every problem
  * is appended to diag either way. */
 int config_load(const char *path, struct config **ret, struct diagnostics *diag);
-/* The same from a buffer; name is used in messages. For tests and the fuzzer. */
+/* The same from a buffer; name is used in messages. For tests and the
+ * fuzzer: "include" is checked but not followed (no file is read). */
 int config_load_buffer(const char *name, const char *buf, size_t len, struct config **ret,
                        struct diagnostics *diag);
 void config_free(struct config *c);

@@ -100,6 +100,11 @@ void config_dump(const struct config *c, FILE *f) {
         for (size_t i = 0; i < c->n_servers; i++) {
                 const struct server *s = &c->servers[i];
 
+                if (s->file) {
+                        /* where it came from; a comment, so the dump still loads as it is */
+                        _cleanup_free_ char *file = escape_string(s->file);
+                        fprintf(f, "  # from %s\n", file);
+                }
                 fputs("  - name: ", f);
                 dump_string(f, s->name);
                 fputs("\n    conninfo: ", f);

@@ -2,6 +2,8 @@
  * size), then the YAML, whose shape is checked before libyaml builds it. */
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,9 @@
 #define CONFIG_MAX_DEPTH       32
 #define CONFIG_MAX_ANCHORS     1000
 #define CONFIG_MAX_ALIASES     10000
+/* A fleet: files "include" may match, and servers in all of them. */
+#define CONFIG_MAX_INCLUDED    10000
+#define CONFIG_MAX_SERVERS_TOTAL 10000
 
 static void report_yaml_error(struct parser *p, const yaml_parser_t *yp) {
         struct source_pos pos = { (unsigned) yp->problem_mark.line + 1, (unsigned) yp->problem_mark.column + 1 };
@@ -101,68 +106,6 @@ static bool shape_ok(struct parser *p, const char *buf, size_t len) {
         return ok;
 }
 
-int config_load_buffer(const char *name, const char *buf, size_t len, struct config **ret, struct diagnostics *diag) {
-        struct parser p = { .file = name, .diag = diag };
-        yaml_parser_t yp;
-        struct config *c = NULL;
-        yaml_node_t *root;
-        int r = -EINVAL;
-
-        *ret = NULL;
-        if (!shape_ok(&p, buf, len)) {
-                config_flush_diagnostics(&p);
-                return -EINVAL;
-        }
-        if (!yaml_parser_initialize(&yp)) {
-                fputs("out of memory\n", stderr);
-                abort();
-        }
-        yaml_parser_set_input_string(&yp, (const unsigned char *) buf, len);
-        if (!yaml_parser_load(&yp, &p.doc)) {
-                report_yaml_error(&p, &yp);
-                yaml_parser_delete(&yp);
-                config_flush_diagnostics(&p);
-                return -EINVAL;
-        }
-
-        root = yaml_document_get_root_node(&p.doc);
-        if (!root) {
-                config_report(&p, true, (struct source_pos) { 1, 1 },
-                              "the file is empty; it needs at least \"servers\"");
-                goto out;
-        }
-        {
-                yaml_document_t next;
-                if (yaml_parser_load(&yp, &next)) {
-                        yaml_node_t *extra = yaml_document_get_root_node(&next);
-                        if (extra)
-                                config_report(&p, true, pos_of(extra), "only one YAML document is allowed");
-                        yaml_document_delete(&next);
-                } else
-                        report_yaml_error(&p, &yp);
-        }
-
-        p.unknown_key_reported = xcalloc((size_t) (p.doc.nodes.top - p.doc.nodes.start), 1);
-        c = xcalloc(1, sizeof(*c));
-        config_walk(&p, root, c);
-        /* warnings about a half-read file would only confuse */
-        if (!p.failed)
-                config_cross_checks(&p, c, root);
-out:
-        if (p.failed || !c)
-                goto fail;
-        c->path = xstrdup(name);
-        *ret = TAKE_PTR(c);
-        r = 0;
-fail:
-        config_free(c);
-        free(p.unknown_key_reported);
-        yaml_document_delete(&p.doc);
-        yaml_parser_delete(&yp);
-        config_flush_diagnostics(&p);
-        return r;
-}
-
 static const char *file_type(mode_t mode) {
         if (S_ISDIR(mode))
                 return "a directory";
@@ -209,40 +152,244 @@ static int read_bounded(int fd, size_t max, char **ret, size_t *ret_len) {
         return 0;
 }
 
-int config_load(const char *path, struct config **ret, struct diagnostics *diag) {
-        struct parser p = { .file = path, .diag = diag };
+/* Parse buf into p->doc: its shape first, then libyaml's loader; one
+ * document. Returns its root, or NULL (reported). */
+static yaml_node_t *load_document(struct parser *p, const char *buf, size_t len) {
+        yaml_parser_t yp;
+        yaml_node_t *root;
+
+        if (!shape_ok(p, buf, len))
+                return NULL;
+        if (!yaml_parser_initialize(&yp)) {
+                fputs("out of memory\n", stderr);
+                abort();
+        }
+        yaml_parser_set_input_string(&yp, (const unsigned char *) buf, len);
+        if (!yaml_parser_load(&yp, &p->doc)) {
+                report_yaml_error(p, &yp);
+                yaml_parser_delete(&yp);
+                return NULL;
+        }
+        p->doc_loaded = true;
+        root = yaml_document_get_root_node(&p->doc);
+        if (!root)
+                config_report(p, true, (struct source_pos) { 1, 1 },
+                              p->included ? "the file is empty; an included file needs \"servers\""
+                                          : "the file is empty; it needs at least \"servers\"");
+        else {
+                yaml_document_t next;
+                if (yaml_parser_load(&yp, &next)) {
+                        yaml_node_t *extra = yaml_document_get_root_node(&next);
+                        if (extra)
+                                config_report(p, true, pos_of(extra), "only one YAML document is allowed");
+                        yaml_document_delete(&next);
+                } else
+                        report_yaml_error(p, &yp);
+        }
+        yaml_parser_delete(&yp);
+        if (root)
+                p->unknown_key_reported = xcalloc((size_t) (p->doc.nodes.top - p->doc.nodes.start), 1);
+        return root;
+}
+
+static void parser_free(struct parser *p) {
+        free(p->unknown_key_reported);
+        p->unknown_key_reported = NULL;
+        if (p->doc_loaded)
+                yaml_document_delete(&p->doc);
+        p->doc_loaded = false;
+        config_parser_done(p);
+}
+
+/* A configuration file (the main one or an included one) into *ret: a
+ * regular file, at most CONFIG_MAX_BYTES, opened so that a FIFO cannot
+ * make it wait. Problems are reported on p. */
+static int read_file(struct parser *p, const char *path, char **ret, size_t *ret_len) {
         _cleanup_free_ char *buf = NULL;
         struct stat st;
         size_t len = 0;
         int fd, r;
 
-        *ret = NULL;
         /* O_NONBLOCK: opening a FIFO without a writer would wait forever */
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         if (fd < 0) {
                 r = -errno;
-                config_report(&p, true, (struct source_pos) { 0, 0 }, "cannot open: %s", strerror(-r));
-                config_flush_diagnostics(&p);
+                config_report(p, true, (struct source_pos) { 0, 0 }, "cannot open: %s", strerror(-r));
                 return r;
         }
         if (fstat(fd, &st) < 0) {
                 r = -errno;
-                config_report(&p, true, (struct source_pos) { 0, 0 }, "cannot stat: %s", strerror(-r));
+                config_report(p, true, (struct source_pos) { 0, 0 }, "cannot stat: %s", strerror(-r));
         } else if (!S_ISREG(st.st_mode)) {
                 r = -EINVAL;
-                config_report(&p, true, (struct source_pos) { 0, 0 }, "is %s; the configuration must be a regular file",
-                              file_type(st.st_mode));
+                config_report(p, true, (struct source_pos) { 0, 0 }, "is %s; %s must be a regular file",
+                              file_type(st.st_mode), p->included ? "an included file" : "the configuration");
         } else if ((r = read_bounded(fd, CONFIG_MAX_BYTES, &buf, &len)) < 0)
-                config_report(&p, true, (struct source_pos) { 0, 0 }, "cannot read: %s", strerror(-r));
+                config_report(p, true, (struct source_pos) { 0, 0 }, "cannot read: %s", strerror(-r));
         else if (len > CONFIG_MAX_BYTES) {
                 r = -EINVAL;
-                config_report(&p, true, (struct source_pos) { 0, 0 }, "the file is larger than %d bytes (1 MiB), "
+                config_report(p, true, (struct source_pos) { 0, 0 }, "the file is larger than %d bytes (1 MiB), "
                               "the most a configuration may have", CONFIG_MAX_BYTES);
         }
         close(fd);
-        if (r < 0) {
-                config_flush_diagnostics(&p);
+        if (r < 0)
                 return r;
+        *ret = TAKE_PTR(buf);
+        *ret_len = len;
+        return 0;
+}
+
+/* The files "include" names: each glob relative to the main file's
+ * directory (unless absolute), matched in sorted order, each file once. */
+static size_t include_paths(struct parser *main, const struct config *c, char ***ret) {
+        _cleanup_free_ char *copy = xstrdup(main->file);
+        const char *dir = dirname(copy);
+        char **paths = NULL;
+        size_t n = 0;
+
+        for (size_t i = 0; i < c->n_includes; i++) {
+                _cleanup_free_ char *pattern = c->includes[i][0] == '/' || strcmp(dir, ".") == 0 ?
+                                                       xstrdup(c->includes[i]) :
+                                                       xasprintf("%s/%s", dir, c->includes[i]);
+                glob_t g = {};
+                int r = glob(pattern, 0, NULL, &g);
+
+                if (r == GLOB_NOSPACE) {
+                        fputs("out of memory\n", stderr);
+                        abort();
+                }
+                if (r == GLOB_ABORTED)
+                        config_report(main, true, (struct source_pos) { 0, 0 },
+                                      "include \"%s\": a directory on the way cannot be read", c->includes[i]);
+                for (size_t k = 0; r == 0 && k < g.gl_pathc; k++) {
+                        bool seen = false;
+
+                        for (size_t j = 0; j < n && !seen; j++)
+                                seen = strcmp(paths[j], g.gl_pathv[k]) == 0;
+                        if (seen)
+                                continue;
+                        if (n >= CONFIG_MAX_INCLUDED) {
+                                config_report(main, true, (struct source_pos) { 0, 0 },
+                                              "\"include\" matches more than %d files; stopped there",
+                                              CONFIG_MAX_INCLUDED);
+                                break;
+                        }
+                        paths = xreallocarray(paths, n + 1, sizeof(char *));
+                        paths[n++] = xstrdup(g.gl_pathv[k]);
+                }
+                globfree(&g);
         }
-        return config_load_buffer(path, buf, len, ret, diag);
+        *ret = paths;
+        return n;
+}
+
+/* One included file: its servers appended to c, their rule sets resolved
+ * from the main file's. Its problems go to diag. Returns false on error. */
+static bool load_included(struct parser *main, struct config *c, const char *path, struct diagnostics *diag) {
+        struct parser p = { .file = path, .diag = diag, .included = true };
+        _cleanup_free_ char *buf = NULL;
+        struct config part = {};
+        yaml_node_t *root;
+        size_t len = 0, from = c->n_servers;
+        bool ok;
+
+        if (read_file(&p, path, &buf, &len) >= 0 && (root = load_document(&p, buf, len))) {
+                config_walk(&p, root, &part);
+                if (c->n_servers + part.n_servers > CONFIG_MAX_SERVERS_TOTAL)
+                        config_report(&p, true, pos_of(root), "more than %d servers in all the files",
+                                      CONFIG_MAX_SERVERS_TOTAL);
+                else if (part.n_servers > 0) {
+                        c->servers = xreallocarray(c->servers, c->n_servers + part.n_servers, sizeof(*c->servers));
+                        memcpy(c->servers + c->n_servers, part.servers, part.n_servers * sizeof(*c->servers));
+                        for (size_t i = 0; i < part.n_servers; i++)
+                                c->servers[c->n_servers + i].file = xstrdup(path);
+                        c->n_servers += part.n_servers;
+                        free(part.servers);
+                        part.servers = NULL;
+                        part.n_servers = 0;
+                        config_resolve_sets(&p, main, c, from);
+                        config_check_server_names(&p, c, from);
+                }
+        }
+        ok = !p.failed;
+        part.path = NULL;
+        config_free_parts(&part);
+        parser_free(&p);
+        config_flush_diagnostics(&p);
+        return ok;
+}
+
+static void diagnostics_append(struct diagnostics *to, struct diagnostics *from) {
+        to->lines = xreallocarray(to->lines, to->n_lines + from->n_lines + 1, sizeof(char *));
+        memcpy(to->lines + to->n_lines, from->lines, from->n_lines * sizeof(char *));
+        to->n_lines += from->n_lines;
+        to->n_errors += from->n_errors;
+        to->n_warnings += from->n_warnings;
+        to->error_files = xreallocarray(to->error_files, to->n_error_files + from->n_error_files + 1, sizeof(char *));
+        memcpy(to->error_files + to->n_error_files, from->error_files, from->n_error_files * sizeof(char *));
+        to->n_error_files += from->n_error_files;
+        free(from->lines);
+        free(from->error_files);
+        *from = (struct diagnostics) {};
+}
+
+/* The main file's text: walked, its servers' rule sets resolved, then
+ * (follow) every included file; a problem anywhere fails the whole load. */
+static int load_config(const char *name, const char *buf, size_t len, bool follow, struct config **ret,
+                       struct diagnostics *diag) {
+        struct parser p = { .file = name, .diag = diag };
+        struct diagnostics included = {};
+        struct config *c = NULL;
+        yaml_node_t *root;
+        bool failed = false;
+        int r = -EINVAL;
+
+        *ret = NULL;
+        root = load_document(&p, buf, len);
+        if (root) {
+                c = xcalloc(1, sizeof(*c));
+                c->path = xstrdup(name);
+                config_walk(&p, root, c);
+                config_resolve_sets(&p, &p, c, 0);
+                if (follow && c->n_includes > 0) {
+                        _cleanup_free_ char **paths = NULL;
+                        size_t n = include_paths(&p, c, &paths);
+
+                        for (size_t i = 0; i < n; i++) {
+                                failed |= !load_included(&p, c, paths[i], &included);
+                                free(paths[i]);
+                        }
+                }
+                /* warnings about a half-read configuration would only confuse */
+                if (!p.failed && !failed)
+                        config_cross_checks(&p, c, root);
+                config_finish(c);
+        }
+        if (!p.failed && !failed && c) {
+                *ret = TAKE_PTR(c);
+                r = 0;
+        }
+        config_free(c);
+        parser_free(&p);
+        config_flush_diagnostics(&p);
+        diagnostics_append(diag, &included);
+        return r;
+}
+
+int config_load_buffer(const char *name, const char *buf, size_t len, struct config **ret, struct diagnostics *diag) {
+        return load_config(name, buf, len, false, ret, diag);
+}
+
+int config_load(const char *path, struct config **ret, struct diagnostics *diag) {
+        struct parser p = { .file = path, .diag = diag };
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0;
+        int r;
+
+        *ret = NULL;
+        r = read_file(&p, path, &buf, &len);
+        config_flush_diagnostics(&p);
+        if (r < 0)
+                return r;
+        return load_config(path, buf, len, true, ret, diag);
 }

@@ -27,6 +27,7 @@
 #define CONFIG_MAX_WORK        1000000
 #endif
 #define NAME_MAX_LEN           63
+#define INCLUDE_MAX_LEN        4096
 #define PATTERN_MAX_LEN        255
 #define MAX_KEYS               24
 
@@ -661,6 +662,13 @@ static size_t key_index(const struct table *t, const char *name) {
         abort();
 }
 
+static bool table_has(const struct table *t, const char *name) {
+        for (size_t i = 0; i < t->n_keys; i++)
+                if (strcmp(t->keys[i].name, name) == 0)
+                        return true;
+        return false;
+}
+
 #define KEY(type, field, fn, req) { #field, fn, offsetof(type, field), req }
 #define TABLE(id, what, keys) { id, what, keys, ELEMENTSOF(keys) }
 
@@ -848,31 +856,148 @@ static void rule_init(void *item) {
         ((struct rule *) item)->min_blocked = -1;
 }
 
-static void parse_rules(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
-        struct server *s = (struct server *) ((char *) dest - offsetof(struct server, rules));
+static void rules_free(struct rule *rules, size_t n) {
+        for (size_t j = 0; j < n; j++) {
+                free(rules[j].name);
+                filter_done(&rules[j].filter);
+                filter_done(&rules[j].exempt);
+        }
+        free(rules);
+}
 
-        s->rules = walk_sequence(p, k, node, CONFIG_MAX_RULES, sizeof(struct rule), &s->n_rules, &rule_table,
-                                 rule_init, rule_check);
-        for (size_t i = 0; i < s->n_rules; i++) {
-                struct rule *r = &s->rules[i];
+/* A list of rules (a server's "rules", or a rule set), each name once. */
+static struct rule *walk_rules(struct parser *p, const struct key *k, yaml_node_t *node, size_t *ret_n) {
+        struct rule *rules = walk_sequence(p, k, node, CONFIG_MAX_RULES, sizeof(struct rule), ret_n, &rule_table,
+                                           rule_init, rule_check);
+
+        for (size_t i = 0; i < *ret_n; i++) {
+                struct rule *r = &rules[i];
                 yaml_node_t *item = sequence_item(p, node, i);
 
                 for (size_t j = 0; j < i && r->name; j++) {
-                        if (!s->rules[j].name || strcmp(s->rules[j].name, r->name) != 0)
+                        if (!rules[j].name || strcmp(rules[j].name, r->name) != 0)
                                 continue;
                         if (item == sequence_item(p, node, j))
-                                error_at(p, item, "rule \"%s\" is listed twice in \"rules\" at line %u (the same "
-                                         "alias used twice)", r->name, pos_of(node).line);
+                                error_at(p, item, "rule \"%s\" is listed twice in \"%s\" at line %u (the same "
+                                         "alias used twice)", r->name, k->name, pos_of(node).line);
                         else
                                 error_at(p, item, "duplicate rule name \"%s\" (first at line %u)", r->name,
-                                         s->rules[j].pos.line);
+                                         rules[j].pos.line);
                         break;
                 }
         }
+        return rules;
 }
+
+static void parse_rules(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        struct server *s = (struct server *) ((char *) dest - offsetof(struct server, rules));
+
+        s->rules = walk_rules(p, k, node, &s->n_rules);
+}
+
+/* A server's "rule_sets": names, resolved once every file is read. */
+static void parse_server_sets(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        struct server *s = (struct server *) ((char *) dest - offsetof(struct server, rule_sets));
+        size_t n;
+
+        if (!list_prologue(p, k, node, "[standard]"))
+                return;
+        n = sequence_length(node);
+        s->rule_sets = xcalloc(n + 1, sizeof(char *));
+        s->rule_set_pos = xcalloc(n + 1, sizeof(*s->rule_set_pos));
+        for (size_t i = 0; i < n && !p->over_budget; i++) {
+                yaml_node_t *item = sequence_item(p, node, i);
+                const char *v;
+
+                if (!item || !(v = list_entry(p, k, item, "names of rule sets")))
+                        continue;
+                for (size_t j = 0; j < s->n_rule_sets; j++)
+                        if (strcmp(s->rule_sets[j], v) == 0) {
+                                error_at(p, item, "rule set \"%s\" is named twice in \"rule_sets\"", v);
+                                v = NULL;
+                                break;
+                        }
+                if (!v)
+                        continue;
+                s->rule_set_pos[s->n_rule_sets] = pos_of(item);
+                s->rule_sets[s->n_rule_sets++] = xstrdup(v);
+        }
+}
+
+/* "rule_sets" at the top level: a mapping of names to lists of rules. Each
+ * set is checked here, once; its nodes are kept, and walked again for each
+ * server that names it (config_resolve_sets). */
+static void parse_rule_sets(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        static const struct key set_key = { .name = "rule_sets" };
+
+        if (node->type != YAML_MAPPING_NODE) {
+                error_at(p, node, "\"rule_sets\" must be a mapping of set names to lists of rules, not %s",
+                         kind_or_empty(node));
+                return;
+        }
+        for (yaml_node_pair_t *pair = node->data.mapping.pairs.start; pair < node->data.mapping.pairs.top; pair++) {
+                yaml_node_t *knode = yaml_document_get_node(&p->doc, pair->key);
+                yaml_node_t *vnode = yaml_document_get_node(&p->doc, pair->value);
+                _cleanup_free_ char *name = NULL;
+                struct rule *rules;
+                size_t n;
+                bool dup = false;
+
+                if (!knode || !vnode || !spend(p, knode, 1))
+                        break;
+                parse_name(p, &set_key, knode, &name);
+                if (!name)
+                        continue;
+                for (size_t i = 0; i < p->n_sets && !dup; i++)
+                        if (strcmp(p->sets[i].name, name) == 0) {
+                                error_at(p, knode, "duplicate rule set \"%s\" (first at line %u)", name,
+                                         p->sets[i].pos.line);
+                                dup = true;
+                        }
+                rules = walk_rules(p, &(struct key) { .name = name }, vnode, &n);
+                rules_free(rules, n);
+                if (dup)
+                        continue;
+                p->sets = xreallocarray(p->sets, p->n_sets + 1, sizeof(*p->sets));
+                p->sets[p->n_sets++] = (struct set_node) { TAKE_PTR(name), vnode, pos_of(knode) };
+        }
+        *(size_t *) dest = p->n_sets;
+}
+
+/* "include": globs, followed by config_load() once the main file is read. */
+static void parse_include(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        struct config *c = (struct config *) ((char *) dest - offsetof(struct config, includes));
+        size_t n;
+
+        if (!list_prologue(p, k, node, "[\"conf.d/*.yaml\"]"))
+                return;
+        n = sequence_length(node);
+        c->includes = xcalloc(n + 1, sizeof(char *));
+        for (size_t i = 0; i < n && !p->over_budget; i++) {
+                yaml_node_t *item = sequence_item(p, node, i);
+                const char *v;
+
+                if (!item || !(v = list_entry(p, k, item, "file names or glob patterns")))
+                        continue;
+                if (!*v) {
+                        error_at(p, item, "an entry of \"include\" must not be empty");
+                        continue;
+                }
+                if (strlen(v) > INCLUDE_MAX_LEN) {
+                        error_at(p, item, "an entry of \"include\" is longer than %d characters", INCLUDE_MAX_LEN);
+                        continue;
+                }
+                c->includes[c->n_includes++] = xstrdup(v);
+        }
+}
+
+static const struct table server_table;
 
 static void server_check(struct parser *p, void *item, yaml_node_t *node, yaml_node_t **seen) {
         ((struct server *) item)->pos = pos_of(node);
+        if (node->type == YAML_MAPPING_NODE && !seen[key_index(&server_table, "rules")] &&
+            !seen[key_index(&server_table, "rule_sets")])
+                error_at(p, node, "a server is missing the required key \"rules\" (or \"rule_sets\")");
 }
 
 static const struct key server_keys[] = {
@@ -882,7 +1007,8 @@ static const struct key server_keys[] = {
         KEY(struct server, max_actions_per_cycle, parse_action_count, false),
         KEY(struct server, terminate_superusers, parse_bool, false),
         KEY(struct server, exempt, parse_exempt, false),
-        KEY(struct server, rules, parse_rules, true),
+        KEY(struct server, rule_sets, parse_server_sets, false),
+        KEY(struct server, rules, parse_rules, false),
 };
 static const struct table server_table = TABLE(2, "a server", server_keys);
 
@@ -916,6 +1042,8 @@ static const struct key top_keys[] = {
         KEY(struct config, max_actions_per_cycle, parse_action_count, false),
         KEY(struct config, exempt, parse_exempt, false),
         KEY(struct config, servers, parse_servers, true),
+        { "include", parse_include, offsetof(struct config, includes), false },
+        { "rule_sets", parse_rule_sets, offsetof(struct config, n_rule_sets), false },
 };
 static const struct table top_table = TABLE(3, "the top level", top_keys);
 
@@ -996,29 +1124,196 @@ static void finish(struct config *c) {
         }
 }
 
+/* An included file holds "servers" only. */
+static void walk_included(struct parser *p, yaml_node_t *root, struct config *c) {
+        static const struct key servers_key = KEY(struct config, servers, parse_servers, true);
+        bool servers = false;
+
+        if (root->type != YAML_MAPPING_NODE) {
+                error_at(p, root, "an included file must be a mapping with \"servers\", not %s", kind_or_empty(root));
+                return;
+        }
+        for (yaml_node_pair_t *pair = root->data.mapping.pairs.start; pair < root->data.mapping.pairs.top; pair++) {
+                yaml_node_t *knode = yaml_document_get_node(&p->doc, pair->key);
+                yaml_node_t *vnode = yaml_document_get_node(&p->doc, pair->value);
+                const char *name;
+
+                if (!knode || !vnode || !spend(p, knode, 1))
+                        break;
+                if (knode->type != YAML_SCALAR_NODE) {
+                        error_at(p, knode, "keys in an included file must be plain names, not %s", node_kind(knode));
+                        continue;
+                }
+                name = (const char *) knode->data.scalar.value;
+                if (strncmp(name, "x-", 2) == 0)
+                        continue;
+                if (strcmp(name, "servers") == 0) {
+                        if (servers)
+                                error_at(p, knode, "duplicate key \"servers\" in an included file");
+                        else
+                                parse_servers(p, &servers_key, vnode, &c->servers);
+                        servers = true;
+                } else if (strcmp(name, "include") == 0)
+                        error_at(p, knode, "an included file cannot include; list every glob in \"include\" of "
+                                 "the main file");
+                else if (table_has(&top_table, name))
+                        error_at(p, knode, "key \"%s\" belongs in the main file; an included file holds "
+                                 "\"servers\" only", name);
+                else
+                        error_at(p, knode, "unknown key \"%s\" in an included file, which holds \"servers\" only",
+                                 name);
+        }
+        if (!servers && !p->over_budget)
+                error_at(p, root, "an included file is missing the required key \"servers\"");
+}
+
 void config_walk(struct parser *p, yaml_node_t *root, struct config *c) {
-        walk_mapping(p, root, &top_table, c, NULL);
+        if (p->included)
+                walk_included(p, root, c);
+        else
+                walk_mapping(p, root, &top_table, c, NULL);
+}
+
+void config_finish(struct config *c) {
         finish(c);
+}
+
+void config_parser_done(struct parser *p) {
+        for (size_t i = 0; i < p->n_sets; i++)
+                free(p->sets[i].name);
+        free(p->sets);
+        p->sets = NULL;
+        p->n_sets = 0;
+}
+
+static const struct set_node *find_set(const struct parser *main, const char *name) {
+        for (size_t i = 0; i < main->n_sets; i++)
+                if (strcmp(main->sets[i].name, name) == 0)
+                        return &main->sets[i];
+        return NULL;
+}
+
+/* A set's rules again, for one server: the main file's nodes walked by a
+ * parser whose messages are dropped (they were reported when the set was). */
+static struct rule *walk_set_quietly(struct parser *main, const struct set_node *set, size_t *ret_n) {
+        struct parser q = *main;
+        struct rule *rules;
+
+        q.pending = NULL;
+        q.n_pending = 0;
+        q.failed = false;
+        memset(q.slots, 0, sizeof(q.slots));
+        rules = walk_rules(&q, &(struct key) { .name = set->name }, set->rules, ret_n);
+        for (size_t i = 0; i < q.n_pending; i++)
+                free(q.pending[i].text);
+        free(q.pending);
+        main->work = q.work;
+        main->over_budget = q.over_budget;
+        return rules;
+}
+
+void config_resolve_sets(struct parser *p, struct parser *main, struct config *c, size_t from) {
+        for (size_t i = from; i < c->n_servers; i++) {
+                struct server *s = &c->servers[i];
+                _cleanup_free_ struct source_pos *origin = NULL;   /* per set rule: the set's name in the server */
+                struct rule *rules = NULL;
+                size_t n = 0;
+                bool ok = true;
+
+                for (size_t k = 0; k < s->n_rule_sets; k++) {
+                        const struct set_node *set = find_set(main, s->rule_sets[k]);
+                        struct rule *more;
+                        size_t n_more;
+
+                        if (!set) {
+                                char known[256] = "";
+                                size_t used = 0;
+
+                                for (size_t m = 0; m < main->n_sets && used < sizeof(known) - 8; m++) {
+                                        int w = snprintf(known + used, sizeof(known) - used, "%s%s", m ? ", " : "",
+                                                         main->sets[m].name);
+                                        used += w > 0 ? (size_t) w : 0;
+                                }
+                                if (used >= sizeof(known) - 8)
+                                        snprintf(known + sizeof(known) - 8, 8, ", ...");
+                                config_report(p, true, s->rule_set_pos[k], "rule set \"%s\" is not defined; the "
+                                              "main file %s defines %s%s", s->rule_sets[k], main->file,
+                                              main->n_sets ? "" : "none (\"rule_sets\", at its top level)", known);
+                                ok = false;
+                                continue;
+                        }
+                        more = walk_set_quietly(main, set, &n_more);
+                        if (!more)
+                                continue;
+                        rules = xreallocarray(rules, n + n_more + s->n_rules + 1, sizeof(*rules));
+                        origin = xreallocarray(origin, n + n_more + 1, sizeof(*origin));
+                        memcpy(rules + n, more, n_more * sizeof(*rules));
+                        for (size_t m = 0; m < n_more; m++)
+                                origin[n + m] = s->rule_set_pos[k];
+                        free(more);
+                        n += n_more;
+                }
+                if (!ok || n == 0) {
+                        rules_free(rules, n);
+                        continue;
+                }
+                /* the sets' rules first, then its own; every name once */
+                rules = xreallocarray(rules, n + s->n_rules + 1, sizeof(*rules));
+                memcpy(rules + n, s->rules, s->n_rules * sizeof(*rules));
+                for (size_t a = 0; a < n + s->n_rules; a++)
+                        for (size_t b = 0; b < a && rules[a].name; b++)
+                                if (rules[b].name && strcmp(rules[a].name, rules[b].name) == 0) {
+                                        config_report(p, true, a >= n ? rules[a].pos : origin[a],
+                                                      "rule \"%s\" appears twice in server \"%s\": %s line %u "
+                                                      "and %s line %u", rules[a].name, s->name ? s->name : "",
+                                                      b < n ? main->file : p->file, rules[b].pos.line,
+                                                      a < n ? main->file : p->file, rules[a].pos.line);
+                                        break;
+                                }
+                free(s->rules);
+                s->rules = rules;
+                s->n_rules += n;
+        }
+}
+
+void config_check_server_names(struct parser *p, const struct config *c, size_t from) {
+        for (size_t i = from; i < c->n_servers; i++)
+                for (size_t j = 0; j < from && c->servers[i].name; j++)
+                        if (c->servers[j].name && strcmp(c->servers[j].name, c->servers[i].name) == 0) {
+                                config_report(p, true, c->servers[i].pos, "server \"%s\" is defined twice: here "
+                                              "and at %s:%u:%u", c->servers[i].name,
+                                              c->servers[j].file ? c->servers[j].file : c->path ? c->path : "",
+                                              c->servers[j].pos.line, c->servers[j].pos.column);
+                                break;
+                        }
 }
 
 void config_free(struct config *c) {
         if (!c)
                 return;
+        config_free_parts(c);
+        free(c);
+}
+
+void config_free_parts(struct config *c) {
         for (size_t i = 0; i < c->n_servers; i++) {
                 struct server *s = &c->servers[i];
-                for (size_t j = 0; j < s->n_rules; j++) {
-                        free(s->rules[j].name);
-                        filter_done(&s->rules[j].filter);
-                        filter_done(&s->rules[j].exempt);
-                }
-                free(s->rules);
+                rules_free(s->rules, s->n_rules);
+                for (size_t j = 0; j < s->n_rule_sets; j++)
+                        free(s->rule_sets[j]);
+                free(s->rule_sets);
+                free(s->rule_set_pos);
+                free(s->file);
                 free(s->name);
                 free(s->conninfo);
                 filter_done(&s->exempt);
         }
         free(c->servers);
+        for (size_t i = 0; i < c->n_includes; i++)
+                free(c->includes[i]);
+        free(c->includes);
         filter_done(&c->exempt);
         free(c->metrics_file);
         free(c->path);
-        free(c);
+        *c = (struct config) {};
 }

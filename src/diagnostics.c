@@ -82,6 +82,21 @@ void config_flush_diagnostics(struct parser *p) {
                 else
                         d->n_warnings++;
         }
+        for (size_t i = 0; i < p->n_pending; i++)
+                if (p->pending[i].error || p->truncated) {
+                        char *file = xstrdup(p->file);
+                        bool seen = false;
+
+                        for (size_t k = 0; k < d->n_error_files && !seen; k++)
+                                seen = strcmp(d->error_files[k], file) == 0;
+                        if (seen) {
+                                free(file);
+                                break;
+                        }
+                        d->error_files = xreallocarray(d->error_files, d->n_error_files + 1, sizeof(char *));
+                        d->error_files[d->n_error_files++] = file;
+                        break;
+                }
         if (p->truncated) {
                 _cleanup_free_ char *file = escape_string(p->file);
                 if (asprintf(&d->lines[d->n_lines], "%s: note: stopped reporting after %d problems", file,
@@ -97,5 +112,8 @@ void diagnostics_clear(struct diagnostics *d) {
         for (size_t i = 0; i < d->n_lines; i++)
                 free(d->lines[i]);
         free(d->lines);
+        for (size_t i = 0; i < d->n_error_files; i++)
+                free(d->error_files[i]);
+        free(d->error_files);
         *d = (struct diagnostics) {};
 }

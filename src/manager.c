@@ -311,13 +311,22 @@ static int on_reload(sd_event_source *source, const struct signalfd_siginfo *si,
         r = config_load(m->opts->config_path, &c, &diag);
         for (size_t i = 0; i < diag.n_lines; i++)
                 log_diagnostic(r < 0 ? LOG_ERR : LOG_WARNING, diag.lines[i]);
-        diagnostics_clear(&diag);
         metrics_count_reload(m->metrics, r >= 0);
         if (r < 0) {
+                /* which files: the main one, or included ones (log_event escapes) */
+                _cleanup_free_ char *files = NULL;
+                for (size_t i = 0; i < diag.n_error_files; i++) {
+                        char *more = xasprintf("%s%s%s", files ? files : "", i ? ", " : "", diag.error_files[i]);
+                        free(files);
+                        files = more;
+                }
                 log_event(LOG_ERR, MESSAGE_ID_RELOAD_FAILED, NULL,
-                          "reload failed, keeping the running configuration");
-        } else if (apply_config(m, c) < 0)
+                          "reload failed (errors in %s), keeping the running configuration", files ? files : "?");
+        } else if (apply_config(m, c) < 0) {
+                diagnostics_clear(&diag);
                 return sd_event_exit(m->event, 1);
+        }
+        diagnostics_clear(&diag);
         write_metrics(m, true);
         sd_notify(0, "READY=1");
         notify_status(m);

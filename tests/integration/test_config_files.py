@@ -136,7 +136,7 @@ def test_reload_of_a_bad_file_keeps_enforcing(pg, sweeper, tmp_path, bad):
         stop_process(proc)
         notify.close()
     err = proc.stderr.read()
-    assert "reload failed, keeping the running configuration" in err, err
+    assert f"reload failed (errors in {conf}), keeping the running configuration" in err, err
     if bad == "fifo":
         assert f"{conf}: error: is a FIFO; the configuration must be a regular file" in err, err
     else:
@@ -163,7 +163,7 @@ def test_reload_messages_are_escaped_once(pg, sweeper, tmp_path):
         stop_process(proc)
         notify.close()
     err = proc.stderr.read()
-    assert "reload failed, keeping the running configuration" in err, err
+    assert f"reload failed (errors in {conf}), keeping the running configuration" in err, err
     assert 'error: name "x\\x0afake.yaml:1:1: configuration OK\\x1b[31m\\u202e\\\\" may only contain' in err, err
     assert not any(line.startswith("fake.yaml") for line in err.splitlines()), err
     for bad in ("\x1b", "\u202e"):

@@ -114,7 +114,7 @@ def test_bad_reload_keeps_the_running_rules(pg, sweeper):
     assert stop_process(proc) == 0
     err = proc.stderr.read()
     assert f"{conf}:1:11: error:" in err, err     # file:line:col of the bad interval
-    assert "reload failed, keeping the running configuration" in err, err
+    assert f"reload failed (errors in {conf}), keeping the running configuration" in err, err
 
 
 def test_good_reload_changes_rules_and_keeps_unchanged_connections(pg, sweeper):
