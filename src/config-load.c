@@ -360,6 +360,11 @@ static int load_config(const char *name, const char *buf, size_t len, bool follo
                                 free(paths[i]);
                         }
                 }
+                if (c->n_servers == 0 && c->n_includes > 0 && !p.failed && !failed)
+                        config_report(&p, true, (struct source_pos) { 0, 0 },
+                                      follow ? "no server: the main file has no \"servers\", and no file of "
+                                               "\"include\" defines one"
+                                             : "no server in the main file (its \"include\" is not followed here)");
                 /* warnings about a half-read configuration would only confuse */
                 if (!p.failed && !failed)
                         config_cross_checks(&p, c, root);

@@ -1041,7 +1041,7 @@ static const struct key top_keys[] = {
         KEY(struct config, metrics_file, parse_path, false),
         KEY(struct config, max_actions_per_cycle, parse_action_count, false),
         KEY(struct config, exempt, parse_exempt, false),
-        KEY(struct config, servers, parse_servers, true),
+        KEY(struct config, servers, parse_servers, false),   /* required unless "include" (config_walk) */
         { "include", parse_include, offsetof(struct config, includes), false },
         { "rule_sets", parse_rule_sets, offsetof(struct config, n_rule_sets), false },
 };
@@ -1168,10 +1168,17 @@ static void walk_included(struct parser *p, yaml_node_t *root, struct config *c)
 }
 
 void config_walk(struct parser *p, yaml_node_t *root, struct config *c) {
-        if (p->included)
+        yaml_node_t *seen[MAX_KEYS] = {};
+
+        if (p->included) {
                 walk_included(p, root, c);
-        else
-                walk_mapping(p, root, &top_table, c, NULL);
+                return;
+        }
+        walk_mapping(p, root, &top_table, c, seen);
+        /* a fleet's main file may leave every server to its included files */
+        if (root->type == YAML_MAPPING_NODE && !p->over_budget && !seen[key_index(&top_table, "servers")] &&
+            !seen[key_index(&top_table, "include")])
+                error_at(p, root, "%s is missing the required key \"servers\"", top_table.what);
 }
 
 void config_finish(struct config *c) {
