@@ -239,20 +239,48 @@ static int read_file(struct parser *p, const char *path, char **ret, size_t *ret
         return 0;
 }
 
+/* The main file's directory as the start of a glob: its own "*", "?", "["
+ * and backslash stand for themselves (/etc/pgsweeper[1]/ is a directory, not a
+ * pattern). */
+static char *glob_escape(const char *s) {
+        char *out = xmalloc(2 * strlen(s) + 1), *o = out;
+
+        for (; *s; s++) {
+                if (strchr("*?[\\", *s))
+                        *o++ = '\\';
+                *o++ = *s;
+        }
+        *o = '\0';
+        return out;
+}
+
+/* glob() skips a directory it cannot read unless told: one that does not
+ * exist is a glob that matches nothing, any other error stops the glob. */
+static int glob_error(const char *path, int error) {
+        (void) path;
+        return error != ENOENT && error != ENOTDIR;
+}
+
 /* The files "include" names: each glob relative to the main file's
- * directory (unless absolute), matched in sorted order, each file once. */
+ * directory (unless absolute), matched in sorted order, each file once
+ * (however it is spelled: the same device and inode is the same file). */
 static size_t include_paths(struct parser *main, const struct config *c, char ***ret) {
-        _cleanup_free_ char *copy = xstrdup(main->file);
-        const char *dir = dirname(copy);
+        _cleanup_free_ char *copy = xstrdup(main->file), *dir = NULL;
+        struct file_id {
+                dev_t dev;
+                ino_t ino;
+                bool known;
+        } *ids = NULL;
         char **paths = NULL;
         size_t n = 0;
 
+        dir = glob_escape(dirname(copy));
         for (size_t i = 0; i < c->n_includes; i++) {
                 _cleanup_free_ char *pattern = c->includes[i][0] == '/' || strcmp(dir, ".") == 0 ?
                                                        xstrdup(c->includes[i]) :
                                                        xasprintf("%s/%s", dir, c->includes[i]);
                 glob_t g = {};
-                int r = glob(pattern, 0, NULL, &g);
+                int r = glob(pattern, 0, glob_error, &g);
 
                 if (r == GLOB_NOSPACE) {
                         fputs("out of memory\n", stderr);
@@ -262,10 +290,12 @@ static size_t include_paths(struct parser *main, const struct config *c, char **
                         config_report(main, true, (struct source_pos) { 0, 0 },
                                       "include \"%s\": a directory on the way cannot be read", c->includes[i]);
                 for (size_t k = 0; r == 0 && k < g.gl_pathc; k++) {
-                        bool seen = false;
+                        struct stat st;
+                        bool known = stat(g.gl_pathv[k], &st) == 0, seen = false;
 
                         for (size_t j = 0; j < n && !seen; j++)
-                                seen = strcmp(paths[j], g.gl_pathv[k]) == 0;
+                                seen = known && ids[j].known ? ids[j].dev == st.st_dev && ids[j].ino == st.st_ino
+                                                             : strcmp(paths[j], g.gl_pathv[k]) == 0;
                         if (seen)
                                 continue;
                         if (n >= CONFIG_MAX_INCLUDED) {
@@ -275,10 +305,13 @@ static size_t include_paths(struct parser *main, const struct config *c, char **
                                 break;
                         }
                         paths = xreallocarray(paths, n + 1, sizeof(char *));
+                        ids = xreallocarray(ids, n + 1, sizeof(*ids));
+                        ids[n] = (struct file_id) { known ? st.st_dev : 0, known ? st.st_ino : 0, known };
                         paths[n++] = xstrdup(g.gl_pathv[k]);
                 }
                 globfree(&g);
         }
+        free(ids);
         *ret = paths;
         return n;
 }
@@ -320,14 +353,20 @@ static bool load_included(struct parser *main, struct config *c, const char *pat
 }
 
 static void diagnostics_append(struct diagnostics *to, struct diagnostics *from) {
-        to->lines = xreallocarray(to->lines, to->n_lines + from->n_lines + 1, sizeof(char *));
-        memcpy(to->lines + to->n_lines, from->lines, from->n_lines * sizeof(char *));
-        to->n_lines += from->n_lines;
+        /* memcpy() from NULL is undefined even for 0 bytes: an empty part has NULL arrays */
+        if (from->n_lines > 0) {
+                to->lines = xreallocarray(to->lines, to->n_lines + from->n_lines + 1, sizeof(char *));
+                memcpy(to->lines + to->n_lines, from->lines, from->n_lines * sizeof(char *));
+                to->n_lines += from->n_lines;
+        }
         to->n_errors += from->n_errors;
         to->n_warnings += from->n_warnings;
-        to->error_files = xreallocarray(to->error_files, to->n_error_files + from->n_error_files + 1, sizeof(char *));
-        memcpy(to->error_files + to->n_error_files, from->error_files, from->n_error_files * sizeof(char *));
-        to->n_error_files += from->n_error_files;
+        if (from->n_error_files > 0) {
+                to->error_files = xreallocarray(to->error_files, to->n_error_files + from->n_error_files + 1,
+                                                sizeof(char *));
+                memcpy(to->error_files + to->n_error_files, from->error_files, from->n_error_files * sizeof(char *));
+                to->n_error_files += from->n_error_files;
+        }
         free(from->lines);
         free(from->error_files);
         *from = (struct diagnostics) {};

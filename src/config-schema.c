@@ -903,12 +903,21 @@ static void parse_server_sets(struct parser *p, const struct key *k, yaml_node_t
         if (!list_prologue(p, k, node, "[standard]"))
                 return;
         n = sequence_length(node);
+        if (n == 0) {
+                /* as "rules: []": a server would be left without a rule */
+                error_at(p, node, "\"%s\" must not be empty", k->name);
+                return;
+        }
         s->rule_sets = xcalloc(n + 1, sizeof(char *));
         s->rule_set_pos = xcalloc(n + 1, sizeof(*s->rule_set_pos));
         for (size_t i = 0; i < n && !p->over_budget; i++) {
                 yaml_node_t *item = sequence_item(p, node, i);
                 const char *v;
 
+                if (item && scalar_is_null(item)) {
+                        error_at(p, item, "empty entry in \"%s\"; expected the name of a rule set", k->name);
+                        continue;
+                }
                 if (!item || !(v = list_entry(p, k, item, "names of rule sets")))
                         continue;
                 for (size_t j = 0; j < s->n_rule_sets; j++)
@@ -945,6 +954,14 @@ static void parse_rule_sets(struct parser *p, const struct key *k, yaml_node_t *
 
                 if (!knode || !vnode || !spend(p, knode, 1))
                         break;
+                if (knode->type != YAML_SCALAR_NODE) {
+                        error_at(p, knode, "the names of rule sets must be plain names, not %s", node_kind(knode));
+                        continue;
+                }
+                if (scalar_is_null(knode) || !knode->data.scalar.value[0]) {
+                        error_at(p, knode, "a rule set needs a name; this one is empty");
+                        continue;
+                }
                 parse_name(p, &set_key, knode, &name);
                 if (!name)
                         continue;
@@ -977,6 +994,10 @@ static void parse_include(struct parser *p, const struct key *k, yaml_node_t *no
                 yaml_node_t *item = sequence_item(p, node, i);
                 const char *v;
 
+                if (item && scalar_is_null(item)) {
+                        error_at(p, item, "an entry of \"include\" must not be empty");
+                        continue;
+                }
                 if (!item || !(v = list_entry(p, k, item, "file names or glob patterns")))
                         continue;
                 if (!*v) {
@@ -1229,8 +1250,8 @@ void config_resolve_sets(struct parser *p, struct parser *main, struct config *c
 
                 for (size_t k = 0; k < s->n_rule_sets; k++) {
                         const struct set_node *set = find_set(main, s->rule_sets[k]);
-                        struct rule *more;
-                        size_t n_more;
+                        struct rule *more = NULL;
+                        size_t n_more = 0;
 
                         if (!set) {
                                 char known[256] = "";
@@ -1249,7 +1270,21 @@ void config_resolve_sets(struct parser *p, struct parser *main, struct config *c
                                 ok = false;
                                 continue;
                         }
-                        more = walk_set_quietly(main, set, &n_more);
+                        /* The walk drops its messages, the spent budget's too: say it
+                         * here, once, or the server would keep the rules walked so far,
+                         * nameless. Spent before (reported then), nothing is walked. */
+                        if (!main->over_budget) {
+                                more = walk_set_quietly(main, set, &n_more);
+                                if (main->over_budget)
+                                        config_report(p, true, s->rule_set_pos[k], "the configuration is too large "
+                                                      "once the rule sets are copied into every server that names "
+                                                      "them; stopped at rule set \"%s\" here", s->rule_sets[k]);
+                        }
+                        if (main->over_budget) {
+                                rules_free(more, n_more);
+                                ok = false;
+                                continue;
+                        }
                         if (!more)
                                 continue;
                         rules = xreallocarray(rules, n + n_more + s->n_rules + 1, sizeof(*rules));
@@ -1266,7 +1301,8 @@ void config_resolve_sets(struct parser *p, struct parser *main, struct config *c
                 }
                 /* the sets' rules first, then its own; every name once */
                 rules = xreallocarray(rules, n + s->n_rules + 1, sizeof(*rules));
-                memcpy(rules + n, s->rules, s->n_rules * sizeof(*rules));
+                if (s->n_rules > 0)  /* no rules of its own: s->rules is NULL */
+                        memcpy(rules + n, s->rules, s->n_rules * sizeof(*rules));
                 for (size_t a = 0; a < n + s->n_rules; a++)
                         for (size_t b = 0; b < a && rules[a].name; b++)
                                 if (rules[b].name && strcmp(rules[a].name, rules[b].name) == 0) {

@@ -6,7 +6,9 @@
 # print nothing on stdout and exactly X.err on stderr.
 # tests/fixtures/valid/X.yaml: --check prints "configuration OK", exits 0,
 # stderr is exactly X.err (warnings) or empty; --dump prints exactly X.dump,
-# and the dump loads back to the same dump.
+# and the dump loads back to the same dump (less its "# from FILE" comments).
+# Only the top level of invalid/ and valid/ holds main files: the files they
+# include live in subdirectories (X.d/) and are checked through them.
 # conf/*.yaml: --check passes without any warning.
 # PGSWEEPER_FIXTURES_UPDATE=1 rewrites the expected files instead (review the diff!).
 set -u
@@ -64,7 +66,10 @@ for f in valid/*.yaml; do
         grep -q hunter2 "$tmp/dump" && fail "$f: a password leaked into the dump"
         cp "$tmp/dump" "$tmp/again.yaml"
         "$bin" --dump -c "$tmp/again.yaml" >"$tmp/dump2" 2>/dev/null || fail "$f: its dump does not load"
-        cmp -s "$tmp/dump" "$tmp/dump2" || fail "$f: its dump does not load back to the same dump"
+        # A fleet's dump names the included file of each server in a "# from"
+        # comment; read back, the dump is one file, so its dump has none.
+        sed '/^  # from /d' "$tmp/dump" >"$tmp/dump-merged"
+        cmp -s "$tmp/dump-merged" "$tmp/dump2" || fail "$f: its dump does not load back to the same dump"
 done
 
 cd "$root" || exit 1

@@ -1,8 +1,11 @@
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
+#include <grp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -661,6 +664,610 @@ static void test_messages_escaped(void) {
         diagnostics_clear(&d);
 }
 
+/* SPEC 16, the fleet: files written to a scratch directory, loaded with
+ * config_load() as the daemon does. */
+
+#define SERVER(name) "  - {name: " name ", conninfo: dbname=x, rules: [{name: r, max_idle: 1h}]}\n"
+#define SERVERS(name) "servers:\n" SERVER(name)
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+        (void) st;
+        (void) flag;
+        (void) ftw;
+        return remove(path);
+}
+
+static char *scratch_dir(void) {
+        char *dir = xstrdup("/tmp/test-config-XXXXXX");
+
+        if (!mkdtemp(dir)) {
+                fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
+                abort();
+        }
+        return dir;
+}
+
+static void remove_tree(char *dir) {
+        CHECK(nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0);
+        free(dir);
+}
+
+/* dir/name with text; the directories on the way are made. */
+static void put(const char *dir, const char *name, const char *text) {
+        _cleanup_free_ char *path = xasprintf("%s/%s", dir, name);
+        FILE *f;
+
+        for (char *slash = strchr(path + strlen(dir) + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
+                *slash = '\0';
+                CHECK_AT(mkdir(path, 0755) == 0 || errno == EEXIST, __FILE__, __LINE__, "mkdir %s", path);
+                *slash = '/';
+        }
+        f = fopen(path, "we");
+        CHECK_AT(f != NULL, __FILE__, __LINE__, "cannot write %s", path);
+        if (!f)
+                return;
+        fputs(text, f);
+        fclose(f);
+}
+
+/* config_load(dir/name); the diagnostics are printed when the load fails unexpectedly. */
+static struct config *load_in(const char *dir, const char *name, struct diagnostics *d, int *ret) {
+        _cleanup_free_ char *path = xasprintf("%s/%s", dir, name);
+        return load_file(path, d, ret);
+}
+
+static void show(const struct diagnostics *d) {
+        for (size_t i = 0; i < d->n_lines; i++)
+                fprintf(stderr, "  %s\n", d->lines[i]);
+}
+
+static bool has_line(const struct diagnostics *d, const char *want) {
+        for (size_t i = 0; i < d->n_lines; i++)
+                if (strstr(d->lines[i], want))
+                        return true;
+        return false;
+}
+
+#define CHECK_LINE(d, want) CHECK_AT(has_line(d, want), __FILE__, __LINE__, "no message with: %s", want)
+
+/* The servers' names, then the files they come from, in order: "main a b | - conf.d/a.yaml ...". */
+static char *servers_of(const struct config *c, const char *dir) {
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+
+        for (size_t i = 0; c && i < c->n_servers; i++)
+                fprintf(f, "%s%s", i ? " " : "", c->servers[i].name);
+        fputs(" |", f);
+        for (size_t i = 0; c && i < c->n_servers; i++) {
+                const char *file = c->servers[i].file;
+                if (file && strncmp(file, dir, strlen(dir)) == 0 && file[strlen(dir)] == '/')
+                        file += strlen(dir) + 1;
+                fprintf(f, " %s", file ? file : "-");
+        }
+        fclose(f);
+        return text;
+}
+
+/* Each glob's files in sorted order (whatever the order they were made in),
+ * the globs in the order written, after the main file's own servers; each
+ * included server knows its file, the main file's have none. */
+static void test_include_order(void) {
+        char *dir = scratch_dir();
+        _cleanup_free_ char *got = NULL, *got2 = NULL;
+        struct diagnostics d;
+        struct config *c;
+        int r;
+
+        put(dir, "main.yaml", "include: [\"conf.d/*.yaml\"]\n" SERVERS("main") SERVER("main2"));
+        put(dir, "conf.d/b.yaml", SERVERS("b") SERVER("b2"));
+        put(dir, "conf.d/c.yaml", SERVERS("c"));
+        put(dir, "conf.d/a.yaml", SERVERS("a"));
+        put(dir, "conf.d/10-z.yaml", SERVERS("z"));
+        put(dir, "conf.d/ignored.yml", SERVERS("ignored"));
+        c = load_in(dir, "main.yaml", &d, &r);
+        CHECK_INT(r, 0, "load");
+        if (r < 0)
+                show(&d);
+        CHECK_INT(d.n_lines, 0, "diagnostics");
+        got = servers_of(c, dir);
+        CHECK_STR(got, "main main2 z a b b2 c | - - conf.d/10-z.yaml conf.d/a.yaml conf.d/b.yaml conf.d/b.yaml "
+                       "conf.d/c.yaml", "servers in order");
+        CHECK_INT(c ? c->n_includes : 0, 1, "includes");
+        config_free(c);
+        diagnostics_clear(&d);
+
+        /* two globs: the first one's files first */
+        put(dir, "main.yaml", "include: [\"later/*.yaml\", \"conf.d/a.yaml\", \"conf.d/[bc].yaml\"]\n"
+                              SERVERS("main"));
+        put(dir, "later/x.yaml", SERVERS("x"));
+        c = load_in(dir, "main.yaml", &d, &r);
+        CHECK_INT(r, 0, "load");
+        got2 = servers_of(c, dir);
+        CHECK_STR(got2, "main x a b b2 c | - later/x.yaml conf.d/a.yaml conf.d/b.yaml conf.d/b.yaml conf.d/c.yaml",
+                  "globs in the order written");
+        config_free(c);
+        diagnostics_clear(&d);
+        remove_tree(dir);
+}
+
+/* A glob that matches nothing, or whose directory does not exist, is fine. */
+static void test_include_nothing(void) {
+        char *dir = scratch_dir();
+        struct diagnostics d;
+        struct config *c;
+        int r;
+
+        put(dir, "main.yaml", "include: [\"conf.d/*.yaml\", \"missing.d/*.yaml\", \"missing.yaml\", \"/nonexistent/*\"]\n"
+                              SERVERS("main"));
+        put(dir, "conf.d/README", "not a yaml file\n");
+        c = load_in(dir, "main.yaml", &d, &r);
+        CHECK_INT(r, 0, "load");
+        CHECK_INT(d.n_lines, 0, "diagnostics");
+        CHECK_INT(c ? c->n_servers : 0, 1, "servers");
+        CHECK_INT(c ? c->n_includes : 0, 4, "includes kept as written");
+        if (c && c->n_includes == 4)
+                CHECK_STR(c->includes[1], "missing.d/*.yaml", "include as written");
+        config_free(c);
+        diagnostics_clear(&d);
+        remove_tree(dir);
+}
+
+/* The same file matched by several globs, or by another spelling of its
+ * path, or through a symbolic link, is read once: no "defined twice". */
+static void test_include_once(void) {
+        char *dir = scratch_dir();
+        _cleanup_free_ char *got = NULL, *link = xasprintf("%s/links/web.yaml", dir);
+        struct diagnostics d;
+        struct config *c;
+        int r;
+
+        put(dir, "main.yaml", "include: [\"conf.d/*.yaml\", \"conf.d/web.yaml\", \"conf.d/w*\", \"./conf.d/web.yaml\",\n"
+                              "          \"conf.d/../conf.d/web.yaml\", \"links/*.yaml\"]\n" SERVERS("main"));
+        put(dir, "conf.d/web.yaml", SERVERS("web"));
+        put(dir, "links/README", "");
+        CHECK(symlink("../conf.d/web.yaml", link) == 0);
+        c = load_in(dir, "main.yaml", &d, &r);
+        CHECK_INT(r, 0, "load");
+        if (r < 0)
+                show(&d);
+        got = servers_of(c, dir);
+        CHECK_STR(got, "main web | - conf.d/web.yaml", "read once");
+        config_free(c);
+        diagnostics_clear(&d);
+        remove_tree(dir);
+}
+
+/* An absolute glob is used as it is; a relative one is relative to the main
+ * file's directory, not to the working directory. */
+static void test_include_absolute(void) {
+        char *dir = scratch_dir();
+        _cleanup_free_ char *main_text = xasprintf("include: [\"%s/fleet/*.yaml\", \"../rel/*.yaml\"]\n" SERVERS("main"), dir);
+        _cleanup_free_ char *got = NULL, *got2 = NULL, *fleet = xasprintf("%s/fleet/a.yaml", dir);
+        char cwd[4096];
+        struct diagnostics d;
+        struct config *c;
+        int r;
+
+        put(dir, "etc/main.yaml", main_text);
+        put(dir, "fleet/a.yaml", SERVERS("a"));
+        put(dir, "rel/b.yaml", SERVERS("b"));
+        put(dir, "etc/fleet/decoy.yaml", SERVERS("decoy"));
+        c = load_in(dir, "etc/main.yaml", &d, &r);
+        CHECK_INT(r, 0, "load");
+        got = servers_of(c, dir);
+        CHECK_STR(got, "main a b | - fleet/a.yaml etc/../rel/b.yaml", "absolute and relative globs");
+        if (c && c->n_servers > 1)
+                CHECK_STR(c->servers[1].file, fleet, "absolute file name");
+        config_free(c);
+        diagnostics_clear(&d);
+
+        /* the main file named relative to the working directory */
+        CHECK(getcwd(cwd, sizeof(cwd)) != NULL);
+        CHECK(chdir(dir) == 0);
+        c = load_file("etc/main.yaml", &d, &r);
+        CHECK_INT(r, 0, "load, relative name");
+        got2 = servers_of(c, dir);
+        CHECK_AT(strstr(got2, "main a b | - ") && strstr(got2, " etc/../rel/b.yaml"), __FILE__, __LINE__, "%s", got2);
+        config_free(c);
+        diagnostics_clear(&d);
+        CHECK(chdir(cwd) == 0);
+        remove_tree(dir);
+}
+
+/* The main file's directory is a directory, not a pattern: a "[1]" in it
+ * does not match "1" (and read another directory's files). */
+static void test_include_dir_with_glob_chars(void) {
+        char *dir = scratch_dir();
+        _cleanup_free_ char *got = NULL;
+        struct diagnostics d;
+        struct config *c;
+        int r;
+
+        put(dir, "etc[1]*?/main.yaml", "include: [\"conf.d/*.yaml\"]\n" SERVERS("main"));
+        put(dir, "etc[1]*?/conf.d/web.yaml", SERVERS("web"));
+        put(dir, "etc1xy/conf.d/decoy.yaml", SERVERS("decoy"));
+        c = load_in(dir, "etc[1]*?/main.yaml", &d, &r);
+        CHECK_INT(r, 0, "load");
+        got = servers_of(c, dir);
+        CHECK_STR(got, "main web | - etc[1]*?/conf.d/web.yaml", "the directory as it is");
+        config_free(c);
+        diagnostics_clear(&d);
+        remove_tree(dir);
+}
+
+/* A rule set's rules come first, in the order the server names the sets,
+ * then its own; every server owns a copy (its own names, patterns, lists),
+ * so freeing the configuration frees each once (ASan in build-sanitize). */
+static void test_rule_sets(void) {
+        static const char main_text[] =
+                "include: [\"conf.d/*.yaml\"]\n"
+                "rule_sets:\n"
+                "  standard:\n"
+                "    - {name: s1, max_idle: 1h, users: [\"app_*\"], client_addresses: [10.0.0.0/8]}\n"
+                "    - {name: s2, max_idle_in_transaction: 5m, exempt: {applications: [pg_dump]}}\n"
+                "  ops:\n"
+                "    - {name: o1, max_query_duration: 15m, action: cancel, escalate_after: 1m}\n"
+                "servers:\n"
+                "  - name: m\n"
+                "    conninfo: dbname=x\n"
+                "    rule_sets: [standard]\n"
+                "    rules: [{name: own-m, max_session_age: 1d}]\n"
+                "  - {name: n, conninfo: dbname=x, rule_sets: [standard]}\n";
+        static const char web[] =
+                "servers:\n"
+                "  - name: x\n"
+                "    conninfo: dbname=x\n"
+                "    rule_sets: [ops, standard]\n"
+                "    rules: [{name: own-x, max_idle: 2h}]\n"
+                "  - {name: y, conninfo: dbname=x, rule_sets: [standard]}\n";
+        static const char *const want[][5] = {
+                { "s1", "s2", "own-m" }, { "s1", "s2" }, { "o1", "s1", "s2", "own-x" }, { "s1", "s2" },
+        };
+        char *dir = scratch_dir();
+        _cleanup_free_ char *dump = NULL, *dump2 = NULL;
+        struct config *c, *again;
+        struct diagnostics d;
+        int r;
+
+        put(dir, "main.yaml", main_text);
+        put(dir, "conf.d/web.yaml", web);
+        c = load_in(dir, "main.yaml", &d, &r);
+        CHECK_INT(r, 0, "load");
+        if (r < 0)
+                show(&d);
+        diagnostics_clear(&d);
+        if (!c) {
+                remove_tree(dir);
+                return;
+        }
+        CHECK_INT(c->n_rule_sets, 2, "rule sets");
+        CHECK_INT(c->n_servers, 4, "servers");
+        for (size_t i = 0; i < c->n_servers && i < ELEMENTSOF(want); i++) {
+                size_t n = 0;
+                while (n < ELEMENTSOF(want[i]) && want[i][n])
+                        n++;
+                CHECK_INT(c->servers[i].n_rules, n, c->servers[i].name);
+                for (size_t j = 0; j < n && j < c->servers[i].n_rules; j++)
+                        CHECK_STR(c->servers[i].rules[j].name, want[i][j], c->servers[i].name);
+        }
+        if (c->n_servers == 4 && c->servers[0].n_rules == 3 && c->servers[2].n_rules == 4) {
+                const struct server *m = &c->servers[0], *n = &c->servers[1], *x = &c->servers[2];
+                const struct rule *s1 = &m->rules[0];
+
+                /* the set's values, and its place in the main file */
+                CHECK_INT(s1->limit_ms[LIMIT_IDLE], 3600000, "s1 max_idle");
+                CHECK(s1->filter.users.n == 1 && s1->filter.client_addresses.n == 1);
+                CHECK_INT(s1->pos.line, 4, "s1 line");
+                CHECK_INT(x->rules[0].action, ACTION_CANCEL, "o1 action");
+                CHECK_INT(x->rules[0].escalate_after_ms, 60000, "o1 escalate_after");
+                CHECK(m->rules[1].exempt.set && m->rules[1].exempt.applications.n == 1);
+                CHECK_INT(x->rules[3].limit_ms[LIMIT_IDLE], 7200000, "own-x max_idle");
+                /* copies, not shared: nothing of one server's rules is another's */
+                CHECK(m->rules != n->rules && m->rules[0].name != n->rules[0].name &&
+                      m->rules[0].name != x->rules[1].name);
+                CHECK(m->rules[0].filter.users.patterns != n->rules[0].filter.users.patterns);
+                CHECK(m->rules[0].filter.users.patterns[0] != x->rules[1].filter.users.patterns[0]);
+                CHECK(m->rules[0].filter.client_addresses.masks != x->rules[1].filter.client_addresses.masks);
+                CHECK(m->rules[1].exempt.applications.patterns != n->rules[1].exempt.applications.patterns);
+                CHECK_STR(m->rule_sets[0], "standard", "rule_sets as written");
+                CHECK(x->n_rule_sets == 2 && strcmp(x->rule_sets[0], "ops") == 0);
+        }
+        /* the dump: every rule written out in every server, no rule_sets, no include */
+        dump = dump_text(c);
+        CHECK(strstr(dump, "rule_sets") == NULL && strstr(dump, "include") == NULL);
+        CHECK(strstr(dump, "  # from ") != NULL);
+        again = unit_config("dump.yaml", dump);
+        if (again) {
+                CHECK_INT(again->n_servers, 4, "servers in the dump");
+                CHECK_INT(again->servers[2].n_rules, 4, "x's rules in the dump");
+                dump2 = dump_text(again);
+                /* the same, less the "# from" comments (one file now) */
+                CHECK(strstr(dump2, "# from") == NULL);
+        }
+        config_free(again);
+        config_free(c);
+        remove_tree(dir);
+}
+
+/* A FIFO (or any file that is not regular) matched by a glob is an error in
+ * that file, and opening it never waits for a writer. */
+static void test_include_fifo(void) {
+        char *dir = scratch_dir();
+        _cleanup_free_ char *fifo = xasprintf("%s/conf.d/pipe.yaml", dir);
+        struct diagnostics d;
+        int r;
+
+        put(dir, "main.yaml", "include: [\"conf.d/*.yaml\"]\n" SERVERS("main"));
+        put(dir, "conf.d/web.yaml", SERVERS("web"));
+        CHECK(mkfifo(fifo, 0600) == 0);
+        signal(SIGALRM, on_alarm);
+        alarm(10);
+        CHECK(load_in(dir, "main.yaml", &d, &r) == NULL);
+        alarm(0);
+        CHECK_INT(r, -EINVAL, "FIFO");
+        CHECK_INT(d.n_lines, 1, "lines");
+        if (d.n_lines == 1) {
+                _cleanup_free_ char *want = xasprintf("%s: error: is a FIFO; an included file must be a regular file",
+                                                      fifo);
+                CHECK_STR(d.lines[0], want, "FIFO message");
+        }
+        CHECK(d.n_error_files == 1 && strcmp(d.error_files[0], fifo) == 0);
+        diagnostics_clear(&d);
+        remove_tree(dir);
+}
+
+/* An included file has the main file's cap: 1 MiB is read, a byte more is not. */
+static void test_include_too_large(void) {
+        char *dir = scratch_dir();
+        _cleanup_free_ char *big = xasprintf("%s/conf.d/big.yaml", dir), *text = xmalloc(1024 * 1024 + 2);
+        struct diagnostics d;
+        struct config *c;
+        size_t len;
+        int fd, r;
+
+        put(dir, "main.yaml", "include: [\"conf.d/*.yaml\"]\n" SERVERS("main"));
+        /* exactly 1 MiB: a server, then comment lines */
+        len = (size_t) sprintf(text, SERVERS("big"));
+        while (len < 1024 * 1024) {
+                size_t line = 1024 * 1024 - len < 80 ? 1024 * 1024 - len : 80;
+                memset(text + len, ' ', line);
+                text[len] = '#';
+                text[len + line - 1] = '\n';
+                len += line;
+        }
+        text[len] = '\0';
+        put(dir, "conf.d/big.yaml", text);
+        c = load_in(dir, "main.yaml", &d, &r);
+        CHECK_INT(r, 0, "1 MiB loads");
+        if (r < 0)
+                show(&d);
+        CHECK_INT(c ? c->n_servers : 0, 2, "servers");
+        config_free(c);
+        diagnostics_clear(&d);
+
+        fd = open(big, O_WRONLY | O_APPEND | O_CLOEXEC);
+        CHECK(fd >= 0 && write(fd, "\n", 1) == 1);
+        close(fd);
+        CHECK(load_in(dir, "main.yaml", &d, &r) == NULL);
+        CHECK_INT(r, -EINVAL, "a byte over");
+        CHECK_INT(d.n_lines, 1, "lines");
+        if (d.n_lines == 1) {
+                _cleanup_free_ char *want = xasprintf("%s: error: the file is larger than 1048576 bytes (1 MiB), the "
+                                                      "most a configuration may have", big);
+                CHECK_STR(d.lines[0], want, "too large");
+        }
+        diagnostics_clear(&d);
+        remove_tree(dir);
+}
+
+/* diagnostics.error_files: the files with an error, each once, in the order
+ * read; a file with warnings only is not one of them. */
+static void test_error_files(void) {
+        char *dir = scratch_dir();
+        _cleanup_free_ char *a = xasprintf("%s/conf.d/a.yaml", dir), *c_file = xasprintf("%s/conf.d/c.yaml", dir),
+                            *main_file = xasprintf("%s/main.yaml", dir);
+        struct diagnostics d;
+        struct config *c;
+        int r;
+
+        put(dir, "main.yaml", "include: [\"conf.d/*.yaml\"]\n" SERVERS("main"));
+        put(dir, "conf.d/a.yaml", "servers:\n  - {name: a, conninfo: dbname=x, rules: [{name: r, max_idle: 30}]}\n"
+                                  "  - {name: a2, conninfo: dbname=x, rules: [{name: r, max_idle: 0s}]}\n");
+        put(dir, "conf.d/b.yaml", "servers:\n  - {name: b, conninfo: dbname=x, rules: [{name: r, max_idle: 1h, "
+                                  "users: []}]}\n");
+        put(dir, "conf.d/c.yaml", "servers:\n" SERVER("c") "bogus: 1\n");
+        put(dir, "conf.d/d.yaml", SERVERS("d"));
+        c = load_in(dir, "main.yaml", &d, &r);
+        CHECK(c == NULL);
+        CHECK_INT(r, -EINVAL, "load");
+        CHECK_INT(d.n_errors, 3, "errors");
+        CHECK_INT(d.n_warnings, 1, "warnings");
+        CHECK_INT(d.n_error_files, 2, "error files");
+        if (d.n_error_files == 2) {
+                CHECK_STR(d.error_files[0], a, "first file with an error");
+                CHECK_STR(d.error_files[1], c_file, "second file with an error");
+        }
+        /* in the order read, each at its place in its file */
+        CHECK_INT(d.n_lines, 4, "lines");
+        if (d.n_lines == 4) {
+                CHECK(strstr(d.lines[0], "/conf.d/a.yaml:2:63: error: invalid duration \"30\"") != NULL);
+                CHECK(strstr(d.lines[1], "/conf.d/a.yaml:3:64: error: \"max_idle\" must be longer than zero") != NULL);
+                CHECK(strstr(d.lines[2], "/conf.d/b.yaml:2:74: warning: rule \"r\" can never match") != NULL);
+                CHECK(strstr(d.lines[3], "/conf.d/c.yaml:3:1: error: unknown key \"bogus\" in an included file") != NULL);
+        }
+        diagnostics_clear(&d);
+
+        /* the main file too, first */
+        put(dir, "main.yaml", "include: [\"conf.d/*.yaml\"]\nbogus: 1\n" SERVERS("main"));
+        CHECK(load_in(dir, "main.yaml", &d, &r) == NULL);
+        CHECK_INT(d.n_error_files, 3, "error files");
+        if (d.n_error_files == 3) {
+                CHECK_STR(d.error_files[0], main_file, "main file");
+                CHECK_STR(d.error_files[1], a, "a");
+                CHECK_STR(d.error_files[2], c_file, "c");
+        }
+        diagnostics_clear(&d);
+
+        /* a duplicate server is the later file's error */
+        put(dir, "main.yaml", "include: [\"conf.d/*.yaml\"]\n" SERVERS("d"));
+        put(dir, "conf.d/a.yaml", SERVERS("a"));
+        put(dir, "conf.d/c.yaml", SERVERS("c"));
+        CHECK(load_in(dir, "main.yaml", &d, &r) == NULL);
+        CHECK_INT(d.n_errors, 1, "errors");
+        CHECK(d.n_error_files == 1 && strstr(d.error_files[0], "/conf.d/d.yaml"));
+        if (d.n_lines == 2) {
+                _cleanup_free_ char *want = xasprintf("%s/conf.d/d.yaml:2:5: error: server \"d\" is defined twice: "
+                                                      "here and at %s:3:5", dir, main_file);
+                CHECK_STR(d.lines[1], want, "defined twice");
+        } else
+                show(&d);
+        diagnostics_clear(&d);
+
+        /* warnings only: it loads, and no file has an error */
+        put(dir, "conf.d/d.yaml", SERVERS("d"));
+        put(dir, "main.yaml", "include: [\"conf.d/*.yaml\"]\n" SERVERS("main"));
+        c = load_in(dir, "main.yaml", &d, &r);
+        CHECK(c != NULL);
+        CHECK_INT(d.n_error_files, 0, "error files");
+        CHECK_INT(d.n_warnings, 1, "warnings");
+        config_free(c);
+        diagnostics_clear(&d);
+        remove_tree(dir);
+}
+
+/* config_load_buffer checks "include" but reads no file: a glob naming a
+ * real file with an error changes nothing. */
+static void test_buffer_does_not_follow(void) {
+        char *dir = scratch_dir();
+        _cleanup_free_ char *text = xasprintf("include: [\"%s/conf.d/*.yaml\", \"conf.d/*.yaml\"]\n" SERVERS("main"), dir);
+        struct diagnostics d = {};
+        struct config *c = NULL;
+        int r;
+
+        put(dir, "conf.d/bad.yaml", "servers: 1\nbogus: 2\n");
+        put(dir, "conf.d/main.yaml", SERVERS("main"));
+        put(dir, "main.yaml", text);
+        r = config_load_buffer("t.yaml", text, strlen(text), &c, &d);
+        CHECK_INT(r, 0, "load_buffer");
+        CHECK_INT(d.n_lines, 0, "diagnostics");
+        CHECK_INT(c ? c->n_servers : 0, 1, "servers");
+        CHECK_INT(c ? c->n_includes : 0, 2, "includes");
+        config_free(c);
+        diagnostics_clear(&d);
+
+        /* the same text from the file follows it */
+        c = load_in(dir, "main.yaml", &d, &r);
+        CHECK(c == NULL);
+        CHECK_LINE(&d, "/conf.d/bad.yaml:1:10: error: \"servers\" must be a list, not a scalar");
+        CHECK_LINE(&d, "/conf.d/main.yaml:2:5: error: server \"main\" is defined twice");
+        diagnostics_clear(&d);
+        remove_tree(dir);
+}
+
+/* A directory glob() cannot read is an error, not "matches nothing": the
+ * servers in it would be dropped without a word. As root (who reads any
+ * directory) the check runs in a child as nobody. */
+static void test_include_unreadable_dir(void) {
+        char *dir = scratch_dir();
+        _cleanup_free_ char *conf = xasprintf("%s/conf.d", dir);
+        pid_t pid;
+        int status = 0;
+
+        put(dir, "main.yaml", "include: [\"conf.d/*.yaml\"]\n" SERVERS("main"));
+        put(dir, "conf.d/web.yaml", SERVERS("web"));
+        CHECK(chmod(dir, 0755) == 0 && chmod(conf, 0311) == 0);
+        pid = fork();
+        if (pid == 0) {
+                struct diagnostics d;
+                struct config *c;
+                int r;
+
+                if (geteuid() == 0 && (setgroups(0, NULL) < 0 || setresgid(65534, 65534, 65534) < 0 ||
+                                       setresuid(65534, 65534, 65534) < 0))
+                        _exit(77);
+                c = load_in(dir, "main.yaml", &d, &r);
+                if (c || d.n_lines != 1 ||
+                    !strstr(d.lines[0], "/main.yaml: error: include \"conf.d/*.yaml\": a directory on the way cannot "
+                                        "be read")) {
+                        show(&d);
+                        _exit(1);
+                }
+                _exit(0);
+        }
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+        CHECK_AT(WIFEXITED(status) && WEXITSTATUS(status) == 0, __FILE__, __LINE__, "child: status %d", status);
+        CHECK(chmod(conf, 0755) == 0);
+        remove_tree(dir);
+}
+
+/* The rules of a set are copied into each server that names it, and the
+ * copies are charged: past the budget the load fails, once, where it
+ * stopped; no server is left with the rules copied so far. */
+static void test_rule_set_budget(void) {
+        size_t cap = 512 * 1024, n = 0;
+        _cleanup_free_ char *text = xmalloc(cap);
+        struct diagnostics d = {};
+        struct config *c = NULL;
+        int r;
+
+        n += (size_t) snprintf(text + n, cap - n, "rule_sets:\n  big:\n");
+        for (int i = 0; i < 50; i++)
+                n += (size_t) snprintf(text + n, cap - n, "    - {name: r%d, max_idle: 1h, users: [a, b, c, d]}\n", i);
+        n += (size_t) snprintf(text + n, cap - n, "servers:\n");
+        for (int i = 0; i < 4000; i++)
+                n += (size_t) snprintf(text + n, cap - n, "  - {name: s%04d, conninfo: dbname=x, rule_sets: [big]}\n", i);
+        CHECK(n < cap - 1);
+        r = config_load_buffer("t.yaml", text, n, &c, &d);
+        CHECK_INT(r, -EINVAL, "over the budget");
+        CHECK(c == NULL);
+        CHECK_INT(d.n_lines, 1, "one message");
+        if (d.n_lines == 1)
+                CHECK_AT(strncmp(d.lines[0], "t.yaml:", 7) == 0 &&
+                                 strstr(d.lines[0], ":51: error: the configuration is too large once the rule sets "
+                                                    "are copied into every server that names them; stopped at rule "
+                                                    "set \"big\" here"),
+                         __FILE__, __LINE__, "%s", d.lines[0]);
+        diagnostics_clear(&d);
+
+        /* a fleet of 400 servers with the same set is far from it */
+        n = 0;
+        n += (size_t) snprintf(text + n, cap - n, "rule_sets:\n  big:\n");
+        for (int i = 0; i < 50; i++)
+                n += (size_t) snprintf(text + n, cap - n, "    - {name: r%d, max_idle: 1h, users: [a, b, c, d]}\n", i);
+        n += (size_t) snprintf(text + n, cap - n, "servers:\n");
+        for (int i = 0; i < 400; i++)
+                n += (size_t) snprintf(text + n, cap - n, "  - {name: s%d, conninfo: dbname=x, rule_sets: [big]}\n", i);
+        r = config_load_buffer("t.yaml", text, n, &c, &d);
+        CHECK_INT(r, 0, "400 servers");
+        CHECK(c && c->n_servers == 400 && c->servers[399].n_rules == 50 && c->servers[399].rules[49].name);
+        config_free(c);
+        diagnostics_clear(&d);
+}
+
+/* A hostile file name stays on its line in the dump's "# from" comment. */
+static void test_dump_from_escaped(void) {
+        char *dir = scratch_dir();
+        _cleanup_free_ char *dump = NULL;
+        struct config *c, *again;
+        struct diagnostics d;
+        int r;
+
+        put(dir, "main.yaml", "include: [\"conf.d/*.yaml\"]\n" SERVERS("main"));
+        put(dir, "conf.d/a\nservers: []\n#.yaml", SERVERS("web"));
+        c = load_in(dir, "main.yaml", &d, &r);
+        CHECK_INT(r, 0, "load");
+        dump = dump_text(c);
+        CHECK_AT(strstr(dump, "/conf.d/a\\x0aservers: []\\x0a#.yaml\n  - name: \"web\"\n"), __FILE__, __LINE__, "%s",
+                 dump);
+        again = unit_config("dump.yaml", dump);
+        CHECK_INT(again ? again->n_servers : 0, 2, "the dump loads");
+        config_free(again);
+        config_free(c);
+        diagnostics_clear(&d);
+        remove_tree(dir);
+}
+
 int main(void) {
         test_conninfo_never_echoed();
         test_conninfo_positions();
@@ -676,5 +1283,18 @@ int main(void) {
         test_pressure_errors();
         test_pressure_dump_round_trip();
         test_pressure_on();
+        test_include_order();
+        test_include_nothing();
+        test_include_once();
+        test_include_absolute();
+        test_include_dir_with_glob_chars();
+        test_rule_sets();
+        test_include_fifo();
+        test_include_too_large();
+        test_error_files();
+        test_buffer_does_not_follow();
+        test_include_unreadable_dir();
+        test_rule_set_budget();
+        test_dump_from_escaped();
         return unit_finish("test-config");
 }
