@@ -14,21 +14,11 @@
 #define CONFIG_MAX_DIAGNOSTICS 1000
 #define DIAG_SLOTS             2048  /* > 2 * CONFIG_MAX_DIAGNOSTICS, power of two */
 
-/* A rule set of the main file: its rules are walked again for every server
- * that names it, so that each server owns its rules. */
-struct set_node {
-        char *name;
-        yaml_node_t *rules;
-        struct source_pos pos;
-};
-
 /* One load of one file: the document, and what was found in it so far. */
 struct parser {
         const char *file;
         bool included;              /* an included file: "servers" only */
         bool doc_loaded;
-        struct set_node *sets;      /* the main file's rule_sets */
-        size_t n_sets;
         yaml_document_t doc;
         struct diagnostics *diag;
         /* unsorted diagnostics with their position, sorted into diag at the end */
@@ -74,9 +64,9 @@ void config_flush_diagnostics(struct parser *p);
  * defaults once every file is read. */
 void config_walk(struct parser *p, yaml_node_t *root, struct config *c);
 void config_finish(struct config *c);
-/* Give servers[from..] (walked by p) the rules of the rule sets they name,
- * walked again from the main file's document (main), before their own. */
-void config_resolve_sets(struct parser *p, struct parser *main, struct config *c, size_t from);
+/* Give servers[from..] (walked by p) the rules of the rule sets they name
+ * (c->rule_sets, from the main file), before their own. */
+void config_resolve_sets(struct parser *p, struct config *c, size_t from);
 /* A server of servers[from..] (walked by p) whose name an earlier one has. */
 void config_check_server_names(struct parser *p, const struct config *c, size_t from);
 void config_parser_done(struct parser *p);

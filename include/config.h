@@ -88,6 +88,16 @@ struct rule {
         struct filter filter;          /* users, databases, applications, client_addresses */
         struct filter exempt;          /* this rule's own exempt block */
         struct source_pos pos;
+        bool shared;                   /* a copy of a rule set's rule: its name and filters belong to the set */
+};
+
+/* A rule set of the main file ("rule_sets"): servers that name it hold
+ * copies of its rules (shared: one name and one set of filters for all). */
+struct rule_set {
+        char *name;
+        struct rule *rules;
+        size_t n_rules;
+        struct source_pos pos;
 };
 
 struct server {
@@ -120,7 +130,9 @@ struct config {
         size_t n_servers;
         char **includes;               /* the globs of "include", as written */
         size_t n_includes;
-        size_t n_rule_sets;            /* "rule_sets" of the main file (their rules are in the servers) */
+        struct rule_set *rule_sets;    /* of the main file; their rules are in the servers that name them */
+        size_t n_rule_sets;
+        size_t n_rule_copies;          /* rules of sets copied into servers, in all */
 };
 
 #define CONFIG_DEFAULT_INTERVAL_MS     INT64_C(10000)

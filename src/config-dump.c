@@ -82,6 +82,58 @@ static void dump_conninfo(FILE *f, const char *conninfo) {
         fputc('\n', f);
 }
 
+/* A list of rules (a set's, or a server's own: a set's copies are skipped). */
+static void dump_rules(FILE *f, const char *item, const char *field, const char *sub, const struct rule *rules,
+               size_t n) {
+        for (size_t j = 0; j < n; j++) {
+                const struct rule *r = &rules[j];
+
+                if (r->shared)
+                        continue;   /* its set is written out, and named by the server */
+
+                fprintf(f, "%s- name: ", item);
+                dump_string(f, r->name);
+                fputc('\n', f);
+                for (enum limit_kind l = 0; l < _LIMIT_MAX; l++)
+                        if (r->limit_ms[l] > 0 && !limit_is_duration(l))
+                                fprintf(f, "%s%s: %" PRId64 "\n", field, limit_kind_to_string(l),
+                                        r->limit_ms[l]);
+                        else if (r->limit_ms[l] > 0) {
+                                fprintf(f, "%s%s: ", field, limit_kind_to_string(l));
+                                dump_duration(f, r->limit_ms[l]);
+                        }
+                /* With both lock limits and no min_blocked, each has its own
+                 * default: no single value says that. */
+                if (r->min_blocked >= 0 || (rule_reads_locks(r) &&
+                                            !(r->limit_ms[LIMIT_BLOCKING] > 0 && r->limit_ms[LIMIT_LOCK_WAIT] > 0)))
+                        fprintf(f, "%smin_blocked: %" PRId64 "\n", field,
+                                rule_min_blocked(r, r->limit_ms[LIMIT_BLOCKING] > 0 ? LIMIT_BLOCKING
+                                                                                    : LIMIT_LOCK_WAIT));
+                if (r->limit_ms[LIMIT_SESSIONS] > 0) {
+                        if (r->per != GROUP_ALL)
+                                fprintf(f, "%sper: %s\n", field, group_key_to_string(r->per));
+                        fprintf(f, "%smin_idle: ", field);
+                        if (r->min_idle_ms > 0)
+                                dump_duration(f, r->min_idle_ms);
+                        else
+                                fputs("0s\n", f);
+                }
+                if (r->connections_above > 0)
+                        fprintf(f, "%swhen_connections_above: %" PRId64 "%s\n", field, r->connections_above,
+                                r->connections_above_percent ? "%" : "");
+                fprintf(f, "%saction: %s\n", field, action_to_string(r->action));
+                if (r->escalate_after_ms > 0) {
+                        fprintf(f, "%sescalate_after: ", field);
+                        dump_duration(f, r->escalate_after_ms);
+                }
+                fprintf(f, "%sdry_run: %s\n", field, r->dry_run ? "true" : "false");
+                fprintf(f, "%srole: %s\n", field, server_role_to_string(r->role));
+                dump_filter(f, field, &r->filter);
+                dump_exempt(f, field, sub, &r->exempt);
+        }
+}
+
+
 void config_dump(const struct config *c, FILE *f) {
         fputs("interval: ", f);
         dump_duration(f, c->interval_ms);
@@ -96,6 +148,15 @@ void config_dump(const struct config *c, FILE *f) {
         }
         fprintf(f, "max_actions_per_cycle: %u\n", c->max_actions_per_cycle);
         dump_exempt(f, "", "  ", &c->exempt);
+        if (c->n_rule_sets > 0) {
+                fputs("rule_sets:\n", f);
+                for (size_t i = 0; i < c->n_rule_sets; i++) {
+                        fputs("  ", f);
+                        dump_string(f, c->rule_sets[i].name);
+                        fputs(":\n", f);
+                        dump_rules(f, "    ", "      ", "        ", c->rule_sets[i].rules, c->rule_sets[i].n_rules);
+                }
+        }
         fputs("servers:\n", f);
         for (size_t i = 0; i < c->n_servers; i++) {
                 const struct server *s = &c->servers[i];
@@ -114,49 +175,19 @@ void config_dump(const struct config *c, FILE *f) {
                 fprintf(f, "    max_actions_per_cycle: %u\n", s->max_actions_per_cycle);
                 fprintf(f, "    terminate_superusers: %s\n", s->terminate_superusers ? "true" : "false");
                 dump_exempt(f, "    ", "      ", &s->exempt);
-                fputs("    rules:\n", f);
-                for (size_t j = 0; j < s->n_rules; j++) {
-                        const struct rule *r = &s->rules[j];
-
-                        fputs("      - name: ", f);
-                        dump_string(f, r->name);
-                        fputc('\n', f);
-                        for (enum limit_kind l = 0; l < _LIMIT_MAX; l++)
-                                if (r->limit_ms[l] > 0 && !limit_is_duration(l))
-                                        fprintf(f, "        %s: %" PRId64 "\n", limit_kind_to_string(l),
-                                                r->limit_ms[l]);
-                                else if (r->limit_ms[l] > 0) {
-                                        fprintf(f, "        %s: ", limit_kind_to_string(l));
-                                        dump_duration(f, r->limit_ms[l]);
-                                }
-                        /* With both lock limits and no min_blocked, each has its own
-                         * default: no single value says that. */
-                        if (r->min_blocked >= 0 || (rule_reads_locks(r) &&
-                                                    !(r->limit_ms[LIMIT_BLOCKING] > 0 && r->limit_ms[LIMIT_LOCK_WAIT] > 0)))
-                                fprintf(f, "        min_blocked: %" PRId64 "\n",
-                                        rule_min_blocked(r, r->limit_ms[LIMIT_BLOCKING] > 0 ? LIMIT_BLOCKING
-                                                                                            : LIMIT_LOCK_WAIT));
-                        if (r->limit_ms[LIMIT_SESSIONS] > 0) {
-                                if (r->per != GROUP_ALL)
-                                        fprintf(f, "        per: %s\n", group_key_to_string(r->per));
-                                fputs("        min_idle: ", f);
-                                if (r->min_idle_ms > 0)
-                                        dump_duration(f, r->min_idle_ms);
-                                else
-                                        fputs("0s\n", f);
+                if (s->n_rule_sets > 0) {
+                        fputs("    rule_sets: [", f);
+                        for (size_t k = 0; k < s->n_rule_sets; k++) {
+                                fputs(k ? ", " : "", f);
+                                dump_string(f, s->rule_sets[k]);
                         }
-                        if (r->connections_above > 0)
-                                fprintf(f, "        when_connections_above: %" PRId64 "%s\n", r->connections_above,
-                                        r->connections_above_percent ? "%" : "");
-                        fprintf(f, "        action: %s\n", action_to_string(r->action));
-                        if (r->escalate_after_ms > 0) {
-                                fputs("        escalate_after: ", f);
-                                dump_duration(f, r->escalate_after_ms);
-                        }
-                        fprintf(f, "        dry_run: %s\n", r->dry_run ? "true" : "false");
-                        fprintf(f, "        role: %s\n", server_role_to_string(r->role));
-                        dump_filter(f, "        ", &r->filter);
-                        dump_exempt(f, "        ", "          ", &r->exempt);
+                        fputs("]\n", f);
                 }
+                for (size_t j = 0; j < s->n_rules; j++)
+                        if (!s->rules[j].shared) {
+                                fputs("    rules:\n", f);
+                                break;
+                        }
+                dump_rules(f, "      ", "        ", "          ", s->rules, s->n_rules);
         }
 }

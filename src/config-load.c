@@ -340,7 +340,7 @@ static bool load_included(struct parser *main, struct config *c, const char *pat
                         free(part.servers);
                         part.servers = NULL;
                         part.n_servers = 0;
-                        config_resolve_sets(&p, main, c, from);
+                        config_resolve_sets(&p, c, from);
                         config_check_server_names(&p, c, from);
                 }
         }
@@ -389,7 +389,7 @@ static int load_config(const char *name, const char *buf, size_t len, bool follo
                 c = xcalloc(1, sizeof(*c));
                 c->path = xstrdup(name);
                 config_walk(&p, root, c);
-                config_resolve_sets(&p, &p, c, 0);
+                config_resolve_sets(&p, c, 0);
                 if (follow && c->n_includes > 0) {
                         _cleanup_free_ char **paths = NULL;
                         size_t n = include_paths(&p, c, &paths);

@@ -28,6 +28,9 @@
 #endif
 #define NAME_MAX_LEN           63
 #define INCLUDE_MAX_LEN        4096
+/* Rules copied from rule sets into servers, in all: a fleet of 4000 servers
+ * with a set of 50 rules fits. */
+#define CONFIG_MAX_RULE_COPIES 200000
 #define PATTERN_MAX_LEN        255
 #define MAX_KEYS               24
 
@@ -858,6 +861,8 @@ static void rule_init(void *item) {
 
 static void rules_free(struct rule *rules, size_t n) {
         for (size_t j = 0; j < n; j++) {
+                if (rules[j].shared)
+                        continue;
                 free(rules[j].name);
                 filter_done(&rules[j].filter);
                 filter_done(&rules[j].exempt);
@@ -933,11 +938,12 @@ static void parse_server_sets(struct parser *p, const struct key *k, yaml_node_t
         }
 }
 
-/* "rule_sets" at the top level: a mapping of names to lists of rules. Each
- * set is checked here, once; its nodes are kept, and walked again for each
- * server that names it (config_resolve_sets). */
+/* "rule_sets" at the top level: a mapping of names to lists of rules, each
+ * checked and kept once; servers that name a set hold copies of its rules
+ * (config_resolve_sets). */
 static void parse_rule_sets(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
         static const struct key set_key = { .name = "rule_sets" };
+        struct config *c = (struct config *) ((char *) dest - offsetof(struct config, rule_sets));
 
         if (node->type != YAML_MAPPING_NODE) {
                 error_at(p, node, "\"rule_sets\" must be a mapping of set names to lists of rules, not %s",
@@ -965,20 +971,21 @@ static void parse_rule_sets(struct parser *p, const struct key *k, yaml_node_t *
                 parse_name(p, &set_key, knode, &name);
                 if (!name)
                         continue;
-                for (size_t i = 0; i < p->n_sets && !dup; i++)
-                        if (strcmp(p->sets[i].name, name) == 0) {
+                for (size_t i = 0; i < c->n_rule_sets && !dup; i++)
+                        if (strcmp(c->rule_sets[i].name, name) == 0) {
                                 error_at(p, knode, "duplicate rule set \"%s\" (first at line %u)", name,
-                                         p->sets[i].pos.line);
+                                         c->rule_sets[i].pos.line);
                                 dup = true;
                         }
                 rules = walk_rules(p, &(struct key) { .name = name }, vnode, &n);
-                rules_free(rules, n);
-                if (dup)
+                if (dup) {
+                        rules_free(rules, n);
                         continue;
-                p->sets = xreallocarray(p->sets, p->n_sets + 1, sizeof(*p->sets));
-                p->sets[p->n_sets++] = (struct set_node) { TAKE_PTR(name), vnode, pos_of(knode) };
+                }
+                /* kept even when wrong (reported here): a server naming it is not told it is undefined */
+                c->rule_sets = xreallocarray(c->rule_sets, c->n_rule_sets + 1, sizeof(*c->rule_sets));
+                c->rule_sets[c->n_rule_sets++] = (struct rule_set) { TAKE_PTR(name), rules, n, pos_of(knode) };
         }
-        *(size_t *) dest = p->n_sets;
 }
 
 /* "include": globs, followed by config_load() once the main file is read. */
@@ -1064,7 +1071,7 @@ static const struct key top_keys[] = {
         KEY(struct config, exempt, parse_exempt, false),
         KEY(struct config, servers, parse_servers, false),   /* required unless "include" (config_walk) */
         { "include", parse_include, offsetof(struct config, includes), false },
-        { "rule_sets", parse_rule_sets, offsetof(struct config, n_rule_sets), false },
+        { "rule_sets", parse_rule_sets, offsetof(struct config, rule_sets), false },
 };
 static const struct table top_table = TABLE(3, "the top level", top_keys);
 
@@ -1207,40 +1214,17 @@ void config_finish(struct config *c) {
 }
 
 void config_parser_done(struct parser *p) {
-        for (size_t i = 0; i < p->n_sets; i++)
-                free(p->sets[i].name);
-        free(p->sets);
-        p->sets = NULL;
-        p->n_sets = 0;
+        (void) p;
 }
 
-static const struct set_node *find_set(const struct parser *main, const char *name) {
-        for (size_t i = 0; i < main->n_sets; i++)
-                if (strcmp(main->sets[i].name, name) == 0)
-                        return &main->sets[i];
+static const struct rule_set *find_set(const struct config *c, const char *name) {
+        for (size_t i = 0; i < c->n_rule_sets; i++)
+                if (strcmp(c->rule_sets[i].name, name) == 0)
+                        return &c->rule_sets[i];
         return NULL;
 }
 
-/* A set's rules again, for one server: the main file's nodes walked by a
- * parser whose messages are dropped (they were reported when the set was). */
-static struct rule *walk_set_quietly(struct parser *main, const struct set_node *set, size_t *ret_n) {
-        struct parser q = *main;
-        struct rule *rules;
-
-        q.pending = NULL;
-        q.n_pending = 0;
-        q.failed = false;
-        memset(q.slots, 0, sizeof(q.slots));
-        rules = walk_rules(&q, &(struct key) { .name = set->name }, set->rules, ret_n);
-        for (size_t i = 0; i < q.n_pending; i++)
-                free(q.pending[i].text);
-        free(q.pending);
-        main->work = q.work;
-        main->over_budget = q.over_budget;
-        return rules;
-}
-
-void config_resolve_sets(struct parser *p, struct parser *main, struct config *c, size_t from) {
+void config_resolve_sets(struct parser *p, struct config *c, size_t from) {
         for (size_t i = from; i < c->n_servers; i++) {
                 struct server *s = &c->servers[i];
                 _cleanup_free_ struct source_pos *origin = NULL;   /* per set rule: the set's name in the server */
@@ -1249,51 +1233,42 @@ void config_resolve_sets(struct parser *p, struct parser *main, struct config *c
                 bool ok = true;
 
                 for (size_t k = 0; k < s->n_rule_sets; k++) {
-                        const struct set_node *set = find_set(main, s->rule_sets[k]);
-                        struct rule *more = NULL;
-                        size_t n_more = 0;
+                        const struct rule_set *set = find_set(c, s->rule_sets[k]);
 
                         if (!set) {
                                 char known[256] = "";
                                 size_t used = 0;
 
-                                for (size_t m = 0; m < main->n_sets && used < sizeof(known) - 8; m++) {
+                                for (size_t m = 0; m < c->n_rule_sets && used < sizeof(known) - 8; m++) {
                                         int w = snprintf(known + used, sizeof(known) - used, "%s%s", m ? ", " : "",
-                                                         main->sets[m].name);
+                                                         c->rule_sets[m].name);
                                         used += w > 0 ? (size_t) w : 0;
                                 }
                                 if (used >= sizeof(known) - 8)
                                         snprintf(known + sizeof(known) - 8, 8, ", ...");
                                 config_report(p, true, s->rule_set_pos[k], "rule set \"%s\" is not defined; the "
-                                              "main file %s defines %s%s", s->rule_sets[k], main->file,
-                                              main->n_sets ? "" : "none (\"rule_sets\", at its top level)", known);
+                                              "main file %s defines %s%s", s->rule_sets[k], c->path ? c->path : "",
+                                              c->n_rule_sets ? "" : "none (\"rule_sets\", at its top level)", known);
                                 ok = false;
                                 continue;
                         }
-                        /* The walk drops its messages, the spent budget's too: say it
-                         * here, once, or the server would keep the rules walked so far,
-                         * nameless. Spent before (reported then), nothing is walked. */
-                        if (!main->over_budget) {
-                                more = walk_set_quietly(main, set, &n_more);
-                                if (main->over_budget)
-                                        config_report(p, true, s->rule_set_pos[k], "the configuration is too large "
-                                                      "once the rule sets are copied into every server that names "
-                                                      "them; stopped at rule set \"%s\" here", s->rule_sets[k]);
-                        }
-                        if (main->over_budget) {
-                                rules_free(more, n_more);
+                        c->n_rule_copies += set->n_rules;
+                        if (c->n_rule_copies > CONFIG_MAX_RULE_COPIES) {
+                                config_report(p, true, s->rule_set_pos[k], "more than %d rules in all the servers "
+                                              "once the rule sets are copied into every server that names them; "
+                                              "stopped at rule set \"%s\" here", CONFIG_MAX_RULE_COPIES,
+                                              s->rule_sets[k]);
                                 ok = false;
-                                continue;
+                                break;
                         }
-                        if (!more)
-                                continue;
-                        rules = xreallocarray(rules, n + n_more + s->n_rules + 1, sizeof(*rules));
-                        origin = xreallocarray(origin, n + n_more + 1, sizeof(*origin));
-                        memcpy(rules + n, more, n_more * sizeof(*rules));
-                        for (size_t m = 0; m < n_more; m++)
+                        rules = xreallocarray(rules, n + set->n_rules + s->n_rules + 1, sizeof(*rules));
+                        origin = xreallocarray(origin, n + set->n_rules + 1, sizeof(*origin));
+                        for (size_t m = 0; m < set->n_rules; m++) {
+                                rules[n + m] = set->rules[m];
+                                rules[n + m].shared = true;
                                 origin[n + m] = s->rule_set_pos[k];
-                        free(more);
-                        n += n_more;
+                        }
+                        n += set->n_rules;
                 }
                 if (!ok || n == 0) {
                         rules_free(rules, n);
@@ -1309,8 +1284,8 @@ void config_resolve_sets(struct parser *p, struct parser *main, struct config *c
                                         config_report(p, true, a >= n ? rules[a].pos : origin[a],
                                                       "rule \"%s\" appears twice in server \"%s\": %s line %u "
                                                       "and %s line %u", rules[a].name, s->name ? s->name : "",
-                                                      b < n ? main->file : p->file, rules[b].pos.line,
-                                                      a < n ? main->file : p->file, rules[a].pos.line);
+                                                      b < n ? c->path : p->file, rules[b].pos.line,
+                                                      a < n ? c->path : p->file, rules[a].pos.line);
                                         break;
                                 }
                 free(s->rules);
@@ -1355,6 +1330,11 @@ void config_free_parts(struct config *c) {
         for (size_t i = 0; i < c->n_includes; i++)
                 free(c->includes[i]);
         free(c->includes);
+        for (size_t i = 0; i < c->n_rule_sets; i++) {
+                free(c->rule_sets[i].name);
+                rules_free(c->rule_sets[i].rules, c->rule_sets[i].n_rules);
+        }
+        free(c->rule_sets);
         filter_done(&c->exempt);
         free(c->metrics_file);
         free(c->path);

@@ -963,19 +963,20 @@ static void test_rule_sets(void) {
                 CHECK_INT(x->rules[0].escalate_after_ms, 60000, "o1 escalate_after");
                 CHECK(m->rules[1].exempt.set && m->rules[1].exempt.applications.n == 1);
                 CHECK_INT(x->rules[3].limit_ms[LIMIT_IDLE], 7200000, "own-x max_idle");
-                /* copies, not shared: nothing of one server's rules is another's */
-                CHECK(m->rules != n->rules && m->rules[0].name != n->rules[0].name &&
-                      m->rules[0].name != x->rules[1].name);
-                CHECK(m->rules[0].filter.users.patterns != n->rules[0].filter.users.patterns);
-                CHECK(m->rules[0].filter.users.patterns[0] != x->rules[1].filter.users.patterns[0]);
-                CHECK(m->rules[0].filter.client_addresses.masks != x->rules[1].filter.client_addresses.masks);
-                CHECK(m->rules[1].exempt.applications.patterns != n->rules[1].exempt.applications.patterns);
+                /* each server its own array of rules; a set's rules are copies
+                 * sharing the set's name and filters (freed with the set, once) */
+                CHECK(m->rules != n->rules && m->rules[0].shared && n->rules[0].shared);
+                CHECK(m->rules[0].name == n->rules[0].name && m->rules[0].name == x->rules[1].name);
+                CHECK(m->rules[0].filter.users.patterns == n->rules[0].filter.users.patterns);
+                CHECK(!x->rules[3].shared);
+                CHECK(c->n_rule_sets >= 1 && c->rule_sets[0].rules[0].name == m->rules[0].name);
                 CHECK_STR(m->rule_sets[0], "standard", "rule_sets as written");
                 CHECK(x->n_rule_sets == 2 && strcmp(x->rule_sets[0], "ops") == 0);
         }
         /* the dump: every rule written out in every server, no rule_sets, no include */
         dump = dump_text(c);
-        CHECK(strstr(dump, "rule_sets") == NULL && strstr(dump, "include") == NULL);
+        /* the sets written once and named by the servers; no include (every server is in the dump) */
+        CHECK(strstr(dump, "\nrule_sets:\n") != NULL && strstr(dump, "include") == NULL);
         CHECK(strstr(dump, "  # from ") != NULL);
         again = unit_config("dump.yaml", dump);
         if (again) {
@@ -1201,49 +1202,50 @@ static void test_include_unreadable_dir(void) {
         remove_tree(dir);
 }
 
-/* The rules of a set are copied into each server that names it, and the
- * copies are charged: past the budget the load fails, once, where it
- * stopped; no server is left with the rules copied so far. */
+/* The rules of a set are copied into each server that names it (sharing
+ * its names and filters), at most CONFIG_MAX_RULE_COPIES (200000) in all:
+ * 4000 servers with a set of 50 fit; one more server fails the load, once,
+ * where it stopped; no server is left with the rules copied so far. */
 static void test_rule_set_budget(void) {
-        size_t cap = 512 * 1024, n = 0;
-        _cleanup_free_ char *text = xmalloc(cap);
+        size_t cap = 512 * 1024;
         struct diagnostics d = {};
         struct config *c = NULL;
-        int r;
 
-        n += (size_t) snprintf(text + n, cap - n, "rule_sets:\n  big:\n");
-        for (int i = 0; i < 50; i++)
-                n += (size_t) snprintf(text + n, cap - n, "    - {name: r%d, max_idle: 1h, users: [a, b, c, d]}\n", i);
-        n += (size_t) snprintf(text + n, cap - n, "servers:\n");
-        for (int i = 0; i < 4000; i++)
-                n += (size_t) snprintf(text + n, cap - n, "  - {name: s%04d, conninfo: dbname=x, rule_sets: [big]}\n", i);
-        CHECK(n < cap - 1);
-        r = config_load_buffer("t.yaml", text, n, &c, &d);
-        CHECK_INT(r, -EINVAL, "over the budget");
-        CHECK(c == NULL);
-        CHECK_INT(d.n_lines, 1, "one message");
-        if (d.n_lines == 1)
-                CHECK_AT(strncmp(d.lines[0], "t.yaml:", 7) == 0 &&
-                                 strstr(d.lines[0], ":51: error: the configuration is too large once the rule sets "
-                                                    "are copied into every server that names them; stopped at rule "
-                                                    "set \"big\" here"),
-                         __FILE__, __LINE__, "%s", d.lines[0]);
-        diagnostics_clear(&d);
+        for (int servers = 4000; servers <= 4001; servers++) {
+                _cleanup_free_ char *text = xmalloc(cap);
+                size_t n = 0;
+                int r;
 
-        /* a fleet of 400 servers with the same set is far from it */
-        n = 0;
-        n += (size_t) snprintf(text + n, cap - n, "rule_sets:\n  big:\n");
-        for (int i = 0; i < 50; i++)
-                n += (size_t) snprintf(text + n, cap - n, "    - {name: r%d, max_idle: 1h, users: [a, b, c, d]}\n", i);
-        n += (size_t) snprintf(text + n, cap - n, "servers:\n");
-        for (int i = 0; i < 400; i++)
-                n += (size_t) snprintf(text + n, cap - n, "  - {name: s%d, conninfo: dbname=x, rule_sets: [big]}\n", i);
-        r = config_load_buffer("t.yaml", text, n, &c, &d);
-        CHECK_INT(r, 0, "400 servers");
-        CHECK(c && c->n_servers == 400 && c->servers[399].n_rules == 50 && c->servers[399].rules[49].name);
-        config_free(c);
-        diagnostics_clear(&d);
+                n += (size_t) snprintf(text + n, cap - n, "rule_sets:\n  big:\n");
+                for (int i = 0; i < 50; i++)
+                        n += (size_t) snprintf(text + n, cap - n, "    - {name: r%d, max_idle: 1h, users: [a, b, c, d]}\n",
+                                               i);
+                n += (size_t) snprintf(text + n, cap - n, "servers:\n");
+                for (int i = 0; i < servers; i++)
+                        n += (size_t) snprintf(text + n, cap - n,
+                                               "  - {name: s%04d, conninfo: dbname=x, rule_sets: [big]}\n", i);
+                CHECK(n < cap - 1);
+                r = config_load_buffer("t.yaml", text, n, &c, &d);
+                if (servers == 4000) {
+                        CHECK_INT(r, 0, "4000 servers with a set of 50 rules");
+                        CHECK(c && c->n_servers == 4000 && c->servers[3999].n_rules == 50);
+                        config_free(c);
+                        diagnostics_clear(&d);
+                        continue;
+                }
+                CHECK_INT(r, -EINVAL, "one more server");
+                CHECK(c == NULL);
+                CHECK_INT(d.n_lines, 1, "one message");
+                if (d.n_lines == 1)
+                        CHECK_AT(strncmp(d.lines[0], "t.yaml:4054:", 12) == 0 &&
+                                         strstr(d.lines[0], ": error: more than 200000 rules in all the servers once "
+                                                            "the rule sets are copied into every server that names "
+                                                            "them; stopped at rule set \"big\" here"),
+                                 __FILE__, __LINE__, "%s", d.lines[0]);
+                diagnostics_clear(&d);
+        }
 }
+
 
 /* A hostile file name stays on its line in the dump's "# from" comment. */
 static void test_dump_from_escaped(void) {
