@@ -369,9 +369,12 @@ def test_dump_names_the_file_of_each_included_server(pg, sweeper, tmp_path):
     for i, f in zip(names[1:], ("a-alpha.yaml", "b-bravo.yaml", "c-charlie.yaml")):
         assert lines[i - 1] == f"  # from {confd / f}", r.stdout
     assert sum(line.startswith("  # from ") for line in lines) == 3, r.stdout
-    # bravo: the set's rule, then its own
+    # bravo: names its set (written once, at the top) and has its own rule
     bravo = "\n".join(lines[names[2]:names[3]])
-    assert re.findall(r'      - name: "([^"]+)"', bravo) == ["std-idle", "bravo-own"], bravo
+    assert '    rule_sets: ["standard"]' in bravo, bravo
+    assert re.findall(r'      - name: "([^"]+)"', bravo) == ["bravo-own"], bravo
+    top = "\n".join(lines[:names[0]])
+    assert re.search(r'^rule_sets:\n  "standard":\n    - name: "std-idle"$', top, re.M), top
     # the dump is a configuration of its own, the same servers in the same order
     again = tmp_path / "dumped.yaml"
     again.write_text(r.stdout)
