@@ -1228,6 +1228,7 @@ void config_resolve_sets(struct parser *p, struct config *c, size_t from) {
         for (size_t i = from; i < c->n_servers; i++) {
                 struct server *s = &c->servers[i];
                 _cleanup_free_ struct source_pos *origin = NULL;   /* per set rule: the set's name in the server */
+                _cleanup_free_ const char **set_of = NULL;          /* per set rule: its set */
                 struct rule *rules = NULL;
                 size_t n = 0;
                 bool ok = true;
@@ -1263,10 +1264,12 @@ void config_resolve_sets(struct parser *p, struct config *c, size_t from) {
                         }
                         rules = xreallocarray(rules, n + set->n_rules + s->n_rules + 1, sizeof(*rules));
                         origin = xreallocarray(origin, n + set->n_rules + 1, sizeof(*origin));
+                        set_of = xreallocarray(set_of, n + set->n_rules + 1, sizeof(*set_of));
                         for (size_t m = 0; m < set->n_rules; m++) {
                                 rules[n + m] = set->rules[m];
                                 rules[n + m].shared = true;
                                 origin[n + m] = s->rule_set_pos[k];
+                                set_of[n + m] = set->name;
                         }
                         n += set->n_rules;
                 }
@@ -1281,11 +1284,18 @@ void config_resolve_sets(struct parser *p, struct config *c, size_t from) {
                 for (size_t a = 0; a < n + s->n_rules; a++)
                         for (size_t b = 0; b < a && rules[a].name; b++)
                                 if (rules[b].name && strcmp(rules[a].name, rules[b].name) == 0) {
+                                        char first[128], second[128];
+
+                                        snprintf(first, sizeof(first), b < n ? "rule set \"%s\"" : "%s",
+                                                 b < n ? set_of[b] : "its own rules");
+                                        snprintf(second, sizeof(second), a < n ? "rule set \"%s\"" : "%s",
+                                                 a < n ? set_of[a] : "its own rules");
                                         config_report(p, true, a >= n ? rules[a].pos : origin[a],
-                                                      "rule \"%s\" appears twice in server \"%s\": %s line %u "
-                                                      "and %s line %u", rules[a].name, s->name ? s->name : "",
-                                                      b < n ? c->path : p->file, rules[b].pos.line,
-                                                      a < n ? c->path : p->file, rules[a].pos.line);
+                                                      "rule \"%s\" appears twice in server \"%s\": in %s (%s "
+                                                      "line %u) and in %s (%s line %u)", rules[a].name,
+                                                      s->name ? s->name : "", first, b < n ? c->path : p->file,
+                                                      rules[b].pos.line, second, a < n ? c->path : p->file,
+                                                      rules[a].pos.line);
                                         break;
                                 }
                 free(s->rules);
