@@ -17,10 +17,13 @@ import os
 import random
 import resource
 import select
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -30,10 +33,11 @@ os.environ.setdefault("PSYCOPG_WAIT_FUNC", "wait_epoll")
 import psycopg  # noqa: E402
 
 BIN = os.environ["PGSWEEPER_BIN"]
-PGHOST = os.environ["PGHOST"]
-PGPORT = os.environ["PGPORT"]
-PG_PID = int(os.environ["PG_PID"])
-PG_DIR = os.environ["PG_DIR"]
+# BENCH_ONLY=fleet runs without a cluster: bench/run starts none and sets none of these.
+PGHOST = os.environ.get("PGHOST", "")
+PGPORT = os.environ.get("PGPORT", "")
+PG_PID = int(os.environ.get("PG_PID") or 0)
+PG_DIR = os.environ.get("PG_DIR", "")
 PG_BINDIR = os.environ.get("PG_BINDIR", "/usr/lib/postgresql/15/bin")
 WORK = os.environ["BENCH_WORK"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -1297,6 +1301,226 @@ def quiet_main():
         print(f"a2 {variant}: " + str({k: v for k, v in x.items() if k != "sessions"}))
 
 
+# --- fleet configuration (SPEC 16): include and rule_sets, no PostgreSQL ------
+
+FLEET_POINTS = [int(x) for x in os.environ.get("BENCH_FLEET_POINTS", "250,500,1000,2000").split(",")]
+FLEET_RUNS = int(os.environ.get("BENCH_FLEET_RUNS", "5"))
+FLEET_SERVERS = int(os.environ.get("BENCH_FLEET_SERVERS", "1000"))
+FLEET_CPU_WINDOW = float(os.environ.get("BENCH_FLEET_CPU_SECONDS", "10"))
+# A closed port: every connect is refused at once, nothing is ever polled.
+FLEET_CONNINFO = "host=127.0.0.1 port=1 connect_timeout=1 dbname=postgres user=pgsweeper"
+FLEET_SET = """rule_sets:
+  standard:
+    - name: idle-in-transaction
+      max_idle_in_transaction: 30m
+    - name: long-queries
+      max_query_duration: 1h
+      action: cancel
+"""
+
+
+def fleet_server(i):
+    """One server: the main file's rule set, then 2 rules of its own."""
+    return (f"  - name: db{i:05d}\n"
+            f'    conninfo: "{FLEET_CONNINFO} application_name=bench-{i}"\n'
+            "    rule_sets: [standard]\n"
+            "    rules:\n"
+            "      - name: idle-sessions\n"
+            "        max_idle: 8h\n"
+            "        users: [app, \"report_*\"]\n"
+            "      - name: old-sessions\n"
+            "        max_session_age: 7d\n"
+            "        action: log\n")
+
+
+def fleet_tree(n, included=True):
+    """A main file (include, the rule set, one server of its own: it needs
+    one) and n server files in conf.d/, one server each; or, included=False,
+    the same n + 1 servers in the main file alone. Returns the main file."""
+    d = tempfile.mkdtemp(prefix=f"fleet{n}-", dir=WORK)
+    main = os.path.join(d, "pgsweeper.yaml")
+    body = "interval: 60s\n" + ('include: ["conf.d/*.yaml"]\n' if included else "") + FLEET_SET
+    body += "servers:\n" + fleet_server(0).replace("db00000", "local")
+    if included:
+        os.mkdir(os.path.join(d, "conf.d"))
+        for i in range(1, n + 1):
+            with open(os.path.join(d, "conf.d", f"db{i:05d}.yaml"), "w") as f:
+                f.write("servers:\n" + fleet_server(i))
+    else:
+        body += "".join(fleet_server(i) for i in range(1, n + 1))
+    with open(main, "w") as f:
+        f.write(body)
+    return main
+
+
+def fleet_check(main, runs):
+    """Wall time of `pgsweeper --check -c main`: one warm-up, then `runs`."""
+    times = []
+    for k in range(runs + 1):
+        t0 = time.monotonic()
+        r = subprocess.run([BIN, "--check", "-c", main], capture_output=True, text=True)
+        dt = time.monotonic() - t0
+        if r.returncode != 0 or r.stdout != "configuration OK\n":
+            raise SystemExit(f"--check -c {main} failed ({r.returncode}): {r.stdout}{r.stderr[:2000]}")
+        if k:
+            times.append(dt)
+    return times
+
+
+def fleet_servers_in_dump(main):
+    r = subprocess.run([BIN, "--dump", "-c", main], capture_output=True, text=True, check=True)
+    return (sum(line.startswith("  - name: ") for line in r.stdout.splitlines()),
+            sum(line.startswith("  # from ") for line in r.stdout.splitlines()),
+            sum(line.startswith("      - name: ") for line in r.stdout.splitlines()))
+
+
+def fleet_start(main, servers, settle=2.0, cpu_window=0.0):
+    """Start the daemon with NOTIFY_SOCKET on a datagram socket of ours,
+    drained by a thread as systemd would (sd_notify blocks on a full queue):
+    the seconds from Popen to READY=1, then (after `settle` s, every server
+    refused and backing off) its memory from /proc/PID/status."""
+    path = os.path.join(WORK, f"notify-{os.getpid()}-{time.monotonic_ns()}.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.1)
+    messages = []           # (monotonic time, text)
+    stop = threading.Event()
+
+    def drain():
+        while not stop.is_set():
+            try:
+                data = sock.recv(65536).decode()
+                messages.append((time.monotonic(), data))
+            except socket.timeout:
+                continue
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    err = open(os.path.join(WORK, "fleet-daemon.stderr"), "w")
+    env = dict(os.environ, NOTIFY_SOCKET=path)
+    t0 = time.monotonic()
+    p = subprocess.Popen([BIN, "-c", main, "--log-target", "stderr"], stdin=subprocess.DEVNULL,
+                         stdout=err, stderr=err, env=env)
+    children.append(p)
+    ready = None
+    try:
+        while ready is None and time.monotonic() < t0 + 60 and p.poll() is None:
+            ready = next((t - t0 for t, m in list(messages) if "READY=1" in m.split("\n")), None)
+            time.sleep(0.001)
+        if ready is None:
+            raise SystemExit(f"no READY=1 within 60 s (exit {p.poll()}); see {err.name}")
+        cpu_ready = proc_cpu(p.pid)
+        time.sleep(settle)
+        mem = {k: vm_kib(p.pid, k) for k in ("RssAnon", "RssFile", "VmRSS", "VmHWM")}
+        cpu_settle = proc_cpu(p.pid)
+        at_settle = list(messages)
+        # every server refused and retrying with backoff: what it costs
+        cpu_idle = None
+        if cpu_window:
+            time.sleep(cpu_window)
+            cpu_idle = (proc_cpu(p.pid) - cpu_settle) / cpu_window
+        # a reload: every file read again, the servers matched by name and
+        # conninfo (all kept); SIGHUP to the READY=1 that follows RELOADING=1
+        n_before = len(messages)
+        t_hup = time.monotonic()
+        p.send_signal(signal.SIGHUP)
+        reload_s = None
+        while reload_s is None and time.monotonic() < t_hup + 60 and p.poll() is None:
+            seen = False
+            for t, m in list(messages)[n_before:]:
+                seen = seen or "RELOADING=1" in m.split("\n")
+                if seen and "READY=1" in m.split("\n"):
+                    reload_s = t - t_hup
+                    break
+            time.sleep(0.001)
+    finally:
+        stop_sweeper(p)
+        stop.set()
+        reader.join(2)
+        sock.close()
+        os.unlink(path)
+        err.close()
+    with open(err.name) as f:
+        text = f.read()
+    started = [line for line in text.splitlines() if " started, servers: " in line]
+    reloaded = [line for line in text.splitlines() if "configuration reloaded" in line]
+    return {"ready_s": ready, "mem": mem, "reload_s": reload_s, "cpu_ready": cpu_ready,
+            "cpu_settle": cpu_settle - cpu_ready, "cpu_idle": cpu_idle, "reloaded": reloaded[0] if reloaded else "?", "started": started[0] if started else "?",
+            "refused_lines": text.count("could not connect"), "servers": servers,
+            "notify_messages": len(at_settle), "settle_s": at_settle[-1][0] - t0 if at_settle else 0.0,
+            "status_messages": sum("STATUS=" in m for _, m in at_settle),
+            "notify_bytes": sum(len(m) for _, m in at_settle),
+            "last_status": next((m for _, m in reversed(messages) if "STATUS=" in m), "")}
+
+
+def fleet_main():
+    """BENCH_ONLY=fleet: SPEC 16's bench row. No PostgreSQL: bench/run starts
+    none. 1. --check of a main file with a rule set and N included server
+    files (one server each: the set + 2 rules), median of FLEET_RUNS, at each
+    of FLEET_POINTS, and at 0 files for the fixed cost; the same servers in
+    one file for comparison. 2. Start-up to READY=1 and RssAnon with
+    FLEET_SERVERS included servers on a closed port (never connected)."""
+    log(f"fleet: --check at {FLEET_POINTS} included files, {FLEET_RUNS} runs each (+1 warm-up)")
+    rows = []
+    base = statistics.median(fleet_check(fleet_tree(0), FLEET_RUNS))
+    for n in FLEET_POINTS:
+        main = fleet_tree(n)
+        servers, froms, rules = fleet_servers_in_dump(main)
+        if servers != n + 1 or froms != n or rules != 4 * (n + 1):
+            raise SystemExit(f"{n} files: --dump shows {servers} servers, {froms} '# from', {rules} rules")
+        t = fleet_check(main, FLEET_RUNS)
+        one = statistics.median(fleet_check(fleet_tree(n, included=False), FLEET_RUNS)) if n <= 3000 else None  # one file: at most 1 MiB
+        rows.append((n, statistics.median(t), min(t), max(t), one))
+        shutil.rmtree(os.path.dirname(main))
+        log(f"  {n} files: median {statistics.median(t) * 1000:.1f} ms")
+    log(f"fleet: daemon start-up with {FLEET_SERVERS} included servers on {FLEET_CONNINFO.split(' connect')[0]}")
+    main = fleet_tree(FLEET_SERVERS)
+    starts = [fleet_start(main, FLEET_SERVERS + 1, cpu_window=FLEET_CPU_WINDOW if k == 0 else 0.0)
+              for k in range(FLEET_RUNS)]
+    # the same servers in the main file alone (at most 1 MiB: about 3000 servers)
+    one = fleet_start(fleet_tree(FLEET_SERVERS, included=False), FLEET_SERVERS + 1) if FLEET_SERVERS <= 3000 else None
+
+    print()
+    print(f"Fleet configuration (SPEC 16): main file with rule set 'standard' (2 rules) and one server, "
+          f"+ N files in conf.d/ with one server each (rule_sets: [standard] + 2 own rules); "
+          f"{os.cpu_count()} CPUs; median of {FLEET_RUNS} warm runs")
+    print(f"  --check, main file only (fixed cost): {ms(base)}")
+    print(f"  {'files':>6}  {'--check median':>14}  {'min..max':>17}  {'per file':>9}  {'(t - fixed)/N':>13}  "
+          f"{'same servers, one file':>22}")
+    for n, med, lo, hi, one_file in rows:
+        print(f"  {n:>6}  {ms(med):>14}  {lo * 1000:>7.1f}..{hi * 1000:.1f} ms  {med / n * 1e6:>6.0f} us  "
+              f"{(med - base) / n * 1e6:>10.0f} us  {ms(one_file) if one_file else '-':>22}")
+    if len(rows) >= 2:
+        (n0, t0, *_), (n1, t1, *_) = rows[0], rows[-1]
+        print(f"  growth {n0} -> {n1} files: x{t1 / t0:.2f} for x{n1 / n0:.2f} the files; "
+              f"slope {(t1 - t0) / (n1 - n0) * 1e6:.0f} us per file")
+    at1000 = [r for r in rows if r[0] == 1000]
+    if at1000:
+        print(f"  target: 1000 files check in under 1 s: {verdict(at1000[0][1] < 1.0)} ({ms(at1000[0][1])})")
+    ready = [x["ready_s"] for x in starts]
+    anon = [x["mem"]["RssAnon"] for x in starts]
+    print(f"  start-up, {FLEET_SERVERS} included files ({FLEET_SERVERS + 1} servers, port 1: refused), "
+          f"Popen to READY=1 on NOTIFY_SOCKET: median {ms(statistics.median(ready))} "
+          f"(runs {' '.join(f'{x * 1000:.0f}' for x in ready)} ms); '{starts[0]['started']}'")
+    print(f"  first run: {starts[0]['refused_lines']} servers logged 'could not connect' (none of the "
+          f"{FLEET_SERVERS + 1} connected); {starts[0]['notify_messages']} sd_notify datagrams from start to "
+          f"2 s after READY=1, {starts[0]['status_messages']} of them with STATUS= "
+          f"({starts[0]['notify_bytes'] / 1024:.0f} KiB)")
+    print(f"  memory 2 s after READY=1: RssAnon median {statistics.median(anon) / 1024:.1f} MiB "
+          f"(runs {' '.join(str(x) for x in anon)} kB), VmHWM {starts[0]['mem']['VmHWM'] / 1024:.1f} MiB, "
+          f"VmRSS {starts[0]['mem']['VmRSS'] / 1024:.1f} MiB")
+    x = starts[0]
+    print(f"  CPU of the daemon (first run): {x['cpu_ready'] * 1000:.0f} ms to READY=1, "
+          f"{x['cpu_settle'] * 1000:.0f} ms in the {2.0:.0f} s after (every server refused once), then "
+          f"{x['cpu_idle'] * 100:.1f}% of a core over {FLEET_CPU_WINDOW:.0f} s of retries with backoff")
+    rel = [x["reload_s"] for x in starts]
+    print(f"  reload (SIGHUP to READY=1 after RELOADING=1), 2 s after start-up: median "
+          f"{ms(statistics.median(rel))} (runs {' '.join(f'{x * 1000:.0f}' for x in rel)} ms); "
+          f"'{starts[0]['reloaded']}'")
+    if one:
+        print(f"  the same {FLEET_SERVERS + 1} servers in one file: READY=1 after {ms(one['ready_s'])}, "
+              f"RssAnon {one['mem']['RssAnon'] / 1024:.1f} MiB, VmHWM {one['mem']['VmHWM'] / 1024:.1f} MiB")
+
+
 # --- connection pressure (issue 19, SPEC 14): caps and thresholds that do not act ---
 
 PRESSURE_ROUNDS = int(os.environ.get("BENCH_PRESSURE_ROUNDS", "5"))
@@ -1560,8 +1784,11 @@ if __name__ == "__main__":
     # BENCH_ONLY=locks bench/run: only the wave-2 rules' figures (section f);
     # BENCH_ONLY=quiet: only the quiet-server latency (a2);
     # BENCH_ONLY=lockqueue: only the lock queue of issue 18;
-    # BENCH_ONLY=pressure: only the connection-pressure rows of issue 19.
-    if os.environ.get("BENCH_ONLY") == "locks" or "--locks" in sys.argv[1:]:
+    # BENCH_ONLY=pressure: only the connection-pressure rows of issue 19;
+    # BENCH_ONLY=fleet: only the fleet configuration rows (SPEC 16, no cluster).
+    if os.environ.get("BENCH_ONLY") == "fleet":
+        fleet_main()
+    elif os.environ.get("BENCH_ONLY") == "locks" or "--locks" in sys.argv[1:]:
         locks_main()
     elif os.environ.get("BENCH_ONLY") == "quiet":
         quiet_main()

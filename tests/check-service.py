@@ -11,9 +11,11 @@ verify    systemd-analyze verify on the unit installed into a temp root (with
           the binary and the man pages, so ExecStart= and Documentation= are
           checked too): exit 0 and no output at all.
 install   meson install --destdir lays out every file, the installed config
-          is the safe default and passes --check with the installed binary,
-          the every-key file is an example under share/doc, the man pages
-          are roff.
+          is the safe default and passes --check with the installed binary
+          (its conf.d/ holds the README only), a server file dropped into
+          conf.d/ is read (--dump shows it, "# from" its file), the
+          every-key file is an example under share/doc, the man pages are
+          roff.
 catalog   every MESSAGE_ID of include/message-ids.h has exactly one catalog
           entry with Subject/Defined-By/Support and a text, no entry is
           unknown, every @FIELD@ is a field pgsweeper logs, and the file loads
@@ -188,9 +190,25 @@ def cmd_install(src, build, meson):
         with open(os.path.join(src, "conf", "pgsweeper.yaml"), "rb") as a:
             check(os.path.isfile(example) and open(example, "rb").read() == a.read(),
                   "the every-key conf/pgsweeper.yaml is installed under share/doc/pgsweeper/examples")
+        confd = os.path.join(o["sysconfdir"], "pgsweeper", "conf.d")
+        with open(os.path.join(src, "conf", "conf.d", "README"), "rb") as a:
+            check(open(dest + confd + "/README", "rb").read() == a.read(),
+                  f"{confd}/README is conf/conf.d/README")
+        check(sorted(os.listdir(dest + confd)) == ["README"], f"{confd} holds the README only")
         r = run([binary, "--check", "-c", dest + config])
-        check(r.returncode == 0 and r.stdout == "configuration OK\n",
-              f"installed binary accepts the installed configuration ({r.returncode}: {r.stdout}{r.stderr})")
+        check(r.returncode == 0 and r.stdout == "configuration OK\n" and r.stderr == "",
+              f"installed binary accepts the installed configuration with an empty conf.d "
+              f"({r.returncode}: {r.stdout}{r.stderr})")
+        # the include of the installed configuration reads a dropped-in file
+        dropped = dest + confd + "/db1.yaml"
+        with open(dropped, "w") as f:
+            f.write('servers:\n  - name: db1\n    conninfo: "host=db1.example.net dbname=postgres user=pgsweeper"\n'
+                    '    rule_sets: [standard]\n')
+        r = run([binary, "--dump", "-c", dest + config])
+        os.unlink(dropped)
+        check(r.returncode == 0 and f"  # from {dropped}\n  - name: \"db1\"\n" in r.stdout,
+              f"a server file dropped into {confd} is read, using the rule set of the main file "
+              f"({r.returncode}: {r.stdout[-300:]}{r.stderr})")
         r = run([binary, "--version"])
         check(r.returncode == 0 and r.stdout.startswith("pgsweeper "), "installed binary runs")
 
@@ -219,7 +237,7 @@ def cmd_install(src, build, meson):
                 check(r.returncode == 0 and r.stderr.strip() == "" and name in r.stdout,
                       f"{name}.{section} renders at 80 columns without a troff warning {r.stderr.strip()!r}")
 
-        expected = {binary, dest + config, example, dest + unit, dest + catalog} | {
+        expected = {binary, dest + config, dest + confd + "/README", example, dest + unit, dest + catalog} | {
             dest + os.path.join(o["mandir"], "man" + sec, f"{n}.{sec}") for n, sec in pages}
         installed = {os.path.join(d, f) for d, _, fs in os.walk(dest) for f in fs}
         print("installed:", *sorted(p[len(dest):] for p in installed), sep="\n  ")

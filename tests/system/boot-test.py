@@ -21,6 +21,12 @@ a configuration with one enforcing rule, then check (each prints "ok:"):
  reload     a good edit applies (a renamed rule with a new limit ends the next
             session); a broken file fails the reload, the same process keeps
             enforcing the old rules
+ fleet      a server file dropped into /etc/pgsweeper/conf.d (read through the
+            main file's include, by the sandboxed service) with a rule set of
+            the main file: reload, and its server ends the next session; that
+            file broken and SIGHUP sent past ExecReload='s check: "reload
+            failed (errors in /etc/pgsweeper/conf.d/...)", the same process
+            keeps enforcing
  watchdog   SIGSTOP of the main process: "Watchdog timeout", a new main process
  startlimit a broken file plus systemctl restart ends in the start limit; once
             fixed, start is refused until systemctl reset-failed (pgsweeper(8))
@@ -53,6 +59,8 @@ DEB_DIR = "/srv/pgsweeper-deb"
 CONFIG = "/etc/pgsweeper/pgsweeper.yaml"
 DROPIN_DIR = "/etc/systemd/system/pgsweeper.service.d"
 MESSAGE_ID_TERMINATED = "c8d9cef8c7894f4eb8061eb514d27d30"
+MESSAGE_ID_RELOAD_FAILED = "421a2c1e79b6437694b1c6771eba2ecf"
+CONFD_FILE = "/etc/pgsweeper/conf.d/50-systest-tcp.yaml"
 APP_PASSWORD = "systest-app-pw"
 SWEEPER_PASSWORD = "systest-sweeper-pw"
 # commands run inside get a plain environment, not this process's
@@ -442,6 +450,61 @@ def check_reload(ct):
     ct.write(CONFIG, config("idle-app", "4s"))
 
 
+def check_fleet(ct):
+    """SPEC 16 under the real unit: the main file includes conf.d/*.yaml and
+    defines a rule set; the server of the dropped-in file (over TCP, so its
+    sessions are told apart from the main file's server) uses it."""
+    main_pid = ct.show("MainPID")["MainPID"]
+    ct.write(CONFIG, f"""interval: 1s
+include: ["conf.d/*.yaml"]
+rule_sets:
+  fleet:
+    - name: idle-app-fleet
+      max_idle: 5s
+      users: [app]
+      action: terminate
+servers:
+  - name: local
+    conninfo: "host=/run/postgresql dbname=postgres user=pgsweeper"
+    rules:
+      - name: idle-app-slow
+        max_idle: 1h
+        users: [app]
+""")
+    server = f"""servers:
+  - name: fleet-tcp
+    conninfo: "host=127.0.0.1 dbname=postgres user=pgsweeper password={SWEEPER_PASSWORD} connect_timeout=3"
+    rule_sets: [fleet]
+"""
+    ct.write(CONFD_FILE, server)
+    r = ct.run("systemctl", "reload", "pgsweeper", check=False)
+    check(r.returncode == 0, f"systemctl reload with a server file in conf.d: exit 0 ({r.stdout}{r.stderr})")
+    _, e = enforce(ct, "idle-app-fleet", 5, "fleet")
+    check(e.get("PGSWEEPER_SERVER") == "fleet-tcp", f"fleet: ended by the included server ({e.get('PGSWEEPER_SERVER')})")
+
+    cursor = ct.cursor()
+    ct.write(CONFD_FILE, server + "    interval: [\n")
+    r = ct.run("systemctl", "reload", "pgsweeper", check=False)
+    check(r.returncode != 0 and CONFD_FILE in r.stdout + r.stderr + ct.run(
+        "systemctl", "status", "--no-pager", "-l", "-n", "20", "pgsweeper", check=False, quiet=True).stdout,
+          f"systemctl reload with a broken included file fails and names it (exit {r.returncode})")
+    # past ExecReload='s check: the daemon's own reload reads every file again
+    ct.run("systemctl", "kill", "-s", "HUP", "--kill-whom=main", "pgsweeper")
+    want = f"reload failed (errors in {CONFD_FILE}), keeping the running configuration"
+    # journalctl 252 ignores matches combined with --after-cursor: filter here
+    wait_for(lambda: any(e.get("MESSAGE_ID") == MESSAGE_ID_RELOAD_FAILED and want in e.get("MESSAGE", "")
+                         for e in ct.journal(cursor=cursor)),
+             10, f"the journal entry {want!r}")
+    passed(f"SIGHUP with a broken included file: {want!r}")
+    s = ct.show("ActiveState", "MainPID")
+    check(s["ActiveState"] == "active" and s["MainPID"] == main_pid,
+          f"after the failed reload the same process is still active ({s})")
+    enforce(ct, "idle-app-fleet", 5, "fleet, broken included file")
+    ct.run("rm", "-f", CONFD_FILE)
+    ct.write(CONFIG, config("idle-app", "4s"))
+    ct.run("systemctl", "reload", "pgsweeper")
+
+
 def check_watchdog(ct):
     ct.write(f"{DROPIN_DIR}/50-systest-watchdog.conf", "[Service]\nWatchdogSec=2s\nRestartSec=1s\n")
     ct.run("systemctl", "daemon-reload")
@@ -566,8 +629,8 @@ def main():
         log(f"boot took {time.monotonic() - t0:.1f}s")
         check_install(ct)
         setup_database(ct)
-        for step in (check_start, check_enforce_and_journal, check_reload, check_watchdog, check_start_limit,
-                     check_stop, check_ip_address_deny):
+        for step in (check_start, check_enforce_and_journal, check_reload, check_fleet, check_watchdog,
+                     check_start_limit, check_stop, check_ip_address_deny):
             log(f"== {step.__name__}")
             step(ct)
     except Skip as e:

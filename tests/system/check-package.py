@@ -6,11 +6,13 @@
 DEB defaults to $PGSWEEPER_DEB; without either, tools/build-deb builds one
 into a temp dir. Checks:
 - the file list: binary, unit, catalog, both man pages, the examples file, the
-  configuration as the one conffile;
+  configuration and the README of its conf.d/ as the two conffiles;
 - the installed /etc/pgsweeper/pgsweeper.yaml is conf/pgsweeper-default.yaml
   and is safe, as the packaged binary itself reads it (--check, then --dump
   parsed as YAML): one server, the local one over /run/postgresql, every rule
   a shadow rule (dry_run: true), no metrics file or one under /run/pgsweeper;
+- /etc/pgsweeper/conf.d/ holds conf/conf.d/README only, and a server file
+  dropped in there is read by the shipped configuration (its include);
 - /usr/share/doc/pgsweeper/examples/pgsweeper.yaml is conf/pgsweeper.yaml;
 - the package version is meson.build's project version and the binary's.
 """
@@ -26,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from checklib import Failed, check, find_deb, run  # noqa: E402  (tests/checklib.py)
 
 CONFIG = "/etc/pgsweeper/pgsweeper.yaml"
+CONFD = "/etc/pgsweeper/conf.d"
 
 
 def gunzip_text(path):
@@ -52,7 +55,8 @@ def main():
         check(run(["dpkg-deb", "-e", deb, ctl]).returncode == 0, "dpkg-deb -e extracts the control files")
         with open(os.path.join(ctl, "conffiles")) as f:
             conffiles = f.read().split()
-        check(conffiles == [CONFIG], f"the one conffile is {CONFIG} ({conffiles})")
+        check(sorted(conffiles) == sorted([CONFIG, CONFD + "/README"]),
+              f"the conffiles are {CONFIG} and {CONFD}/README ({conffiles})")
         postinst = open(os.path.join(ctl, "postinst")).read()
         check("deb-systemd-helper enable 'pgsweeper.service'" in postinst, "postinst enables the unit (dh_installsystemd)")
 
@@ -60,7 +64,8 @@ def main():
         print("files:", *sorted(files), sep="\n  ")
         for path in ("/usr/sbin/pgsweeper", CONFIG, "/lib/systemd/system/pgsweeper.service",
                      "/usr/lib/systemd/catalog/pgsweeper.catalog", "/usr/share/man/man8/pgsweeper.8.gz",
-                     "/usr/share/man/man5/pgsweeper.yaml.5.gz", "/usr/share/doc/pgsweeper/copyright"):
+                     "/usr/share/man/man5/pgsweeper.yaml.5.gz", "/usr/share/doc/pgsweeper/copyright",
+                     CONFD + "/README"):
             check(path in files, f"ships {path}")
         examples = [p for p in files if p.startswith("/usr/share/doc/pgsweeper/examples/pgsweeper.yaml")]
         check(len(examples) == 1, f"ships the every-key example under /usr/share/doc/pgsweeper/examples ({examples})")
@@ -74,6 +79,9 @@ def main():
         config = root + CONFIG
         check(open(config).read() == open(os.path.join(src, "conf", "pgsweeper-default.yaml")).read(),
               "the shipped configuration is conf/pgsweeper-default.yaml")
+        check(sorted(os.listdir(root + CONFD)) == ["README"], f"{CONFD} holds the README only")
+        check(open(root + CONFD + "/README").read() == open(os.path.join(src, "conf", "conf.d", "README")).read(),
+              f"{CONFD}/README is conf/conf.d/README")
         binary = root + "/usr/sbin/pgsweeper"
         r = run([binary, "--version"])
         check(r.returncode == 0 and r.stdout.split()[:2] == ["pgsweeper", meson_version],
@@ -98,6 +106,20 @@ def main():
         metrics = dump.get("metrics_file")
         check(metrics is None or (os.path.normpath(metrics).startswith("/run/pgsweeper/")),
               f"no metrics file, or one under /run/pgsweeper ({metrics})")
+        # a server file dropped into conf.d is read (include: ["conf.d/*.yaml"])
+        dropped = root + CONFD + "/db1.yaml"
+        with open(dropped, "w") as f:
+            f.write('servers:\n  - name: db1\n    conninfo: "host=db1.example.net dbname=postgres user=pgsweeper"\n'
+                    '    rule_sets: [standard]\n')
+        r = run([binary, "--dump", "-c", config])
+        os.unlink(dropped)
+        check(r.returncode == 0, f"--dump with a server file in {CONFD} works ({r.stderr})")
+        check(f"  # from {dropped}\n" in r.stdout, f"--dump says the server came from {dropped}")
+        names = [(s["name"], [x.get("dry_run") for x in s.get("rules") or []])
+                 for s in yaml.safe_load(r.stdout).get("servers") or []]
+        check(names[0][0] == "local" and names[1][0] == "db1" and len(names) == 2 and names[1][1]
+              and all(names[1][1]),
+              f"the dropped-in server comes after local, with the shadow rules of its rule set ({names})")
         unit = open(root + "/lib/systemd/system/pgsweeper.service").read()
         check(f"\nExecStart=/usr/sbin/pgsweeper -c {CONFIG} " in unit,
               "the packaged unit runs /usr/sbin/pgsweeper on the shipped configuration")
