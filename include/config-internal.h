@@ -67,8 +67,15 @@ void config_finish(struct config *c);
 /* Give servers[from..] (walked by p) the rules of the rule sets they name
  * (c->rule_sets, from the main file), before their own. */
 void config_resolve_sets(struct parser *p, struct config *c, size_t from);
-/* A server of servers[from..] (walked by p) whose name an earlier one has. */
-void config_check_server_names(struct parser *p, const struct config *c, size_t from);
+/* A server of servers[from..] (walked by p) whose name one of an earlier
+ * file has; idx indexes the names seen so far (zeroed before the first call,
+ * its slots freed after the last). */
+struct name_index {
+        size_t *slots;
+        size_t n_slots;
+        size_t indexed;
+};
+void config_check_server_names(struct parser *p, const struct config *c, size_t from, struct name_index *idx);
 void config_parser_done(struct parser *p);
 /* Free what a config holds, not the struct itself (a part of one, on the stack). */
 void config_free_parts(struct config *c);

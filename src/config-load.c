@@ -264,18 +264,51 @@ static int glob_error(const char *path, int error) {
 /* The files "include" names: each glob relative to the main file's
  * directory (unless absolute), matched in sorted order, each file once
  * (however it is spelled: the same device and inode is the same file). */
+struct match {
+        char *path;
+        dev_t dev;
+        ino_t ino;
+        bool known;                 /* stat() said dev and ino */
+        size_t seq;                 /* order of matching */
+        bool dup;
+};
+
+static int match_cmp(const void *a, const void *b) {
+        const struct match *x = a, *y = b;
+
+        if (x->known != y->known)
+                return x->known ? -1 : 1;
+        if (x->known && (x->dev != y->dev || x->ino != y->ino))
+                return x->dev != y->dev ? (x->dev < y->dev ? -1 : 1) : (x->ino < y->ino ? -1 : 1);
+        if (!x->known) {
+                int c = strcmp(x->path, y->path);
+                if (c)
+                        return c;
+        }
+        return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static int seq_cmp(const void *a, const void *b) {
+        const struct match *x = a, *y = b;
+        return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* The files "include" names: each glob relative to the main file's
+ * directory (unless absolute; the directory's own glob characters
+ * escaped), its matches in sorted order, the globs in the order written;
+ * each file once (by device and inode: another spelling or a symlink is
+ * the same file), the main file never. Sorting, not comparing every pair:
+ * a fleet of n files costs n log n. */
 static size_t include_paths(struct parser *main, const struct config *c, char ***ret) {
         _cleanup_free_ char *copy = xstrdup(main->file), *dir = NULL;
-        struct file_id {
-                dev_t dev;
-                ino_t ino;
-                bool known;
-        } *ids = NULL;
+        struct match *m = NULL;
+        struct stat self;
+        bool self_known = stat(main->file, &self) == 0, over = false;
         char **paths = NULL;
-        size_t n = 0;
+        size_t n = 0, kept = 0;
 
         dir = glob_escape(dirname(copy));
-        for (size_t i = 0; i < c->n_includes; i++) {
+        for (size_t i = 0; i < c->n_includes && !over; i++) {
                 _cleanup_free_ char *pattern = c->includes[i][0] == '/' || strcmp(dir, ".") == 0 ?
                                                        xstrdup(c->includes[i]) :
                                                        xasprintf("%s/%s", dir, c->includes[i]);
@@ -291,34 +324,51 @@ static size_t include_paths(struct parser *main, const struct config *c, char **
                                       "include \"%s\": a directory on the way cannot be read", c->includes[i]);
                 for (size_t k = 0; r == 0 && k < g.gl_pathc; k++) {
                         struct stat st;
-                        bool known = stat(g.gl_pathv[k], &st) == 0, seen = false;
+                        bool known = stat(g.gl_pathv[k], &st) == 0;
 
-                        for (size_t j = 0; j < n && !seen; j++)
-                                seen = known && ids[j].known ? ids[j].dev == st.st_dev && ids[j].ino == st.st_ino
-                                                             : strcmp(paths[j], g.gl_pathv[k]) == 0;
-                        if (seen)
-                                continue;
-                        if (n >= CONFIG_MAX_INCLUDED) {
-                                config_report(main, true, (struct source_pos) { 0, 0 },
-                                              "\"include\" matches more than %d files; stopped there",
-                                              CONFIG_MAX_INCLUDED);
+                        if (known && self_known && st.st_dev == self.st_dev && st.st_ino == self.st_ino)
+                                continue;   /* "*.yaml" next to the main file: not itself */
+                        if (n >= 4 * (size_t) CONFIG_MAX_INCLUDED) {
+                                over = true;
                                 break;
                         }
-                        paths = xreallocarray(paths, n + 1, sizeof(char *));
-                        ids = xreallocarray(ids, n + 1, sizeof(*ids));
-                        ids[n] = (struct file_id) { known ? st.st_dev : 0, known ? st.st_ino : 0, known };
-                        paths[n++] = xstrdup(g.gl_pathv[k]);
+                        m = xreallocarray(m, n + 1, sizeof(*m));
+                        m[n] = (struct match) { xstrdup(g.gl_pathv[k]), known ? st.st_dev : 0, known ? st.st_ino : 0,
+                                                known, n, false };
+                        n++;
                 }
                 globfree(&g);
         }
-        free(ids);
+        if (n > 1) {
+                qsort(m, n, sizeof(*m), match_cmp);
+                for (size_t i = 1; i < n; i++)
+                        m[i].dup = m[i].known && m[i - 1].known ? m[i].dev == m[i - 1].dev && m[i].ino == m[i - 1].ino
+                                                                : !m[i].known && !m[i - 1].known &&
+                                                                          strcmp(m[i].path, m[i - 1].path) == 0;
+                qsort(m, n, sizeof(*m), seq_cmp);
+        }
+        for (size_t i = 0; i < n; i++) {
+                if (m[i].dup || over || kept >= CONFIG_MAX_INCLUDED) {
+                        if (!m[i].dup && !over && kept == CONFIG_MAX_INCLUDED)
+                                over = true;
+                        free(m[i].path);
+                        continue;
+                }
+                paths = xreallocarray(paths, kept + 1, sizeof(char *));
+                paths[kept++] = m[i].path;
+        }
+        if (over)
+                config_report(main, true, (struct source_pos) { 0, 0 }, "\"include\" matches more than %d files",
+                              CONFIG_MAX_INCLUDED);
+        free(m);
         *ret = paths;
-        return n;
+        return kept;
 }
 
 /* One included file: its servers appended to c, their rule sets resolved
  * from the main file's. Its problems go to diag. Returns false on error. */
-static bool load_included(struct parser *main, struct config *c, const char *path, struct diagnostics *diag) {
+static bool load_included(struct parser *main, struct config *c, const char *path, struct diagnostics *diag,
+                          struct name_index *names) {
         struct parser p = { .file = path, .diag = diag, .included = true };
         _cleanup_free_ char *buf = NULL;
         struct config part = {};
@@ -341,7 +391,7 @@ static bool load_included(struct parser *main, struct config *c, const char *pat
                         part.servers = NULL;
                         part.n_servers = 0;
                         config_resolve_sets(&p, c, from);
-                        config_check_server_names(&p, c, from);
+                        config_check_server_names(&p, c, from, names);
                 }
         }
         ok = !p.failed;
@@ -394,10 +444,14 @@ static int load_config(const char *name, const char *buf, size_t len, bool follo
                         _cleanup_free_ char **paths = NULL;
                         size_t n = include_paths(&p, c, &paths);
 
+                        struct name_index names = {};
+
+                        config_check_server_names(&p, c, c->n_servers, &names);   /* the main file's */
                         for (size_t i = 0; i < n; i++) {
-                                failed |= !load_included(&p, c, paths[i], &included);
+                                failed |= !load_included(&p, c, paths[i], &included, &names);
                                 free(paths[i]);
                         }
+                        free(names.slots);
                 }
                 if (c->n_servers == 0 && c->n_includes > 0 && !p.failed && !failed)
                         config_report(&p, true, (struct source_pos) { 0, 0 },

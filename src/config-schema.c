@@ -1281,8 +1281,12 @@ void config_resolve_sets(struct parser *p, struct config *c, size_t from) {
                 rules = xreallocarray(rules, n + s->n_rules + 1, sizeof(*rules));
                 if (s->n_rules > 0)  /* no rules of its own: s->rules is NULL */
                         memcpy(rules + n, s->rules, s->n_rules * sizeof(*rules));
+                if (n + s->n_rules > CONFIG_MAX_RULES)
+                        config_report(p, true, s->pos, "server \"%s\" has %zu rules with its rule sets; at most %d "
+                                      "are allowed", s->name ? s->name : "", n + s->n_rules, CONFIG_MAX_RULES);
+                /* a name twice among its own rules was reported by their walk */
                 for (size_t a = 0; a < n + s->n_rules; a++)
-                        for (size_t b = 0; b < a && rules[a].name; b++)
+                        for (size_t b = 0; b < a && b < n && rules[a].name; b++)
                                 if (rules[b].name && strcmp(rules[a].name, rules[b].name) == 0) {
                                         char first[128], second[128];
 
@@ -1304,16 +1308,48 @@ void config_resolve_sets(struct parser *p, struct config *c, size_t from) {
         }
 }
 
-void config_check_server_names(struct parser *p, const struct config *c, size_t from) {
-        for (size_t i = from; i < c->n_servers; i++)
-                for (size_t j = 0; j < from && c->servers[i].name; j++)
-                        if (c->servers[j].name && strcmp(c->servers[j].name, c->servers[i].name) == 0) {
+static uint32_t name_hash(const char *s) {
+        uint32_t h = 2166136261u;
+        for (; *s; s++)
+                h = (h ^ (uint8_t) *s) * 16777619u;
+        return h;
+}
+
+/* The servers' names in an open-addressing table (slot: index + 1), so that a
+ * fleet of n files costs n lookups, not n^2 comparisons. */
+void config_check_server_names(struct parser *p, const struct config *c, size_t from, struct name_index *idx) {
+        if (idx->n_slots < 2 * (c->n_servers + 1)) {
+                size_t n_slots = 1024;
+                while (n_slots < 2 * (c->n_servers + 1))
+                        n_slots *= 2;
+                free(idx->slots);
+                idx->slots = xcalloc(n_slots, sizeof(*idx->slots));
+                idx->n_slots = n_slots;
+                idx->indexed = 0;
+        }
+        for (size_t i = idx->indexed; i < c->n_servers; i++) {
+                const char *name = c->servers[i].name;
+                size_t slot;
+
+                if (!name)
+                        continue;
+                for (slot = name_hash(name) & (idx->n_slots - 1); idx->slots[slot];
+                     slot = (slot + 1) & (idx->n_slots - 1)) {
+                        const struct server *j = &c->servers[idx->slots[slot] - 1];
+
+                        if (strcmp(j->name, name) != 0)
+                                continue;
+                        /* a duplicate inside one file was reported by that file's walk */
+                        if (i >= from && idx->slots[slot] - 1 < from)
                                 config_report(p, true, c->servers[i].pos, "server \"%s\" is defined twice: here "
-                                              "and at %s:%u:%u", c->servers[i].name,
-                                              c->servers[j].file ? c->servers[j].file : c->path ? c->path : "",
-                                              c->servers[j].pos.line, c->servers[j].pos.column);
-                                break;
-                        }
+                                              "and at %s:%u:%u", name, j->file ? j->file : c->path ? c->path : "",
+                                              j->pos.line, j->pos.column);
+                        break;
+                }
+                if (!idx->slots[slot])
+                        idx->slots[slot] = i + 1;
+        }
+        idx->indexed = c->n_servers;
 }
 
 void config_free(struct config *c) {

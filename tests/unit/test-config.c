@@ -1270,7 +1270,61 @@ static void test_dump_from_escaped(void) {
         remove_tree(dir);
 }
 
+/* "*.yaml" next to the main file matches the main file too: it is never
+ * read again as an included file (it would define its servers twice). And
+ * a fleet's main file may leave every server to its included files. */
+static void test_include_skips_the_main_file(void) {
+        char *dir = scratch_dir();
+        _cleanup_free_ char *got = NULL;
+        struct diagnostics d;
+        struct config *c;
+        int r;
+
+        put(dir, "main.yaml", "include: [\"*.yaml\"]\n" SERVERS("main"));
+        put(dir, "web.yaml", SERVERS("web"));
+        c = load_in(dir, "main.yaml", &d, &r);
+        CHECK_INT(r, 0, "load");
+        if (r < 0)
+                show(&d);
+        got = servers_of(c, dir);
+        CHECK_STR(got, "main web | - web.yaml", "the main file is not included");
+        config_free(c);
+        diagnostics_clear(&d);
+
+        put(dir, "main.yaml", "include: [\"conf.d/*.yaml\"]\nrule_sets:\n  std:\n    - {name: idle, max_idle: 1h}\n");
+        put(dir, "conf.d/a.yaml", "servers:\n  - {name: a, conninfo: dbname=x, rule_sets: [std]}\n");
+        c = load_in(dir, "main.yaml", &d, &r);
+        CHECK_INT(r, 0, "servers only in included files");
+        if (r < 0)
+                show(&d);
+        CHECK(c && c->n_servers == 1 && c->servers[0].n_rules == 1 && c->servers[0].rules[0].shared);
+        config_free(c);
+        diagnostics_clear(&d);
+
+        remove_tree(dir);
+}
+
+/* A name twice among a server's own rules is said once, by their walk,
+ * even when the server also names a set. */
+static void test_own_duplicate_said_once(void) {
+        static const char text[] =
+                "rule_sets:\n  std:\n    - {name: idle, max_idle: 1h}\n"
+                "servers:\n  - name: s\n    conninfo: dbname=x\n    rule_sets: [std]\n    rules:\n"
+                "      - {name: x, max_idle: 1m}\n      - {name: x, max_idle: 2m}\n";
+        struct diagnostics d = {};
+        struct config *c = NULL;
+        int r = config_load_buffer("t.yaml", text, strlen(text), &c, &d);
+
+        CHECK_INT(r, -EINVAL, "a duplicate");
+        CHECK_INT(d.n_lines, 1, "said once");
+        if (d.n_lines)
+                CHECK_STR(d.lines[0], "t.yaml:10:9: error: duplicate rule name \"x\" (first at line 9)", "the walk's");
+        diagnostics_clear(&d);
+}
+
 int main(void) {
+        test_include_skips_the_main_file();
+        test_own_duplicate_said_once();
         test_conninfo_never_echoed();
         test_conninfo_positions();
         test_deep_nesting();
