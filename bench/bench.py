@@ -1369,9 +1369,12 @@ def fleet_check(main, runs):
 
 def fleet_servers_in_dump(main):
     r = subprocess.run([BIN, "--dump", "-c", main], capture_output=True, text=True, check=True)
-    return (sum(line.startswith("  - name: ") for line in r.stdout.splitlines()),
-            sum(line.startswith("  # from ") for line in r.stdout.splitlines()),
-            sum(line.startswith("      - name: ") for line in r.stdout.splitlines()))
+    lines = r.stdout.splitlines()
+    # servers, their "# from" comments, their own rules, and the set's rules (written once, at the top)
+    return (sum(line.startswith("  - name: ") for line in lines),
+            sum(line.startswith("  # from ") for line in lines),
+            sum(line.startswith("      - name: ") for line in lines),
+            sum(line.startswith("    - name: ") for line in lines))
 
 
 def fleet_start(main, servers, settle=2.0, cpu_window=0.0):
@@ -1464,9 +1467,10 @@ def fleet_main():
     base = statistics.median(fleet_check(fleet_tree(0), FLEET_RUNS))
     for n in FLEET_POINTS:
         main = fleet_tree(n)
-        servers, froms, rules = fleet_servers_in_dump(main)
-        if servers != n + 1 or froms != n or rules != 4 * (n + 1):
-            raise SystemExit(f"{n} files: --dump shows {servers} servers, {froms} '# from', {rules} rules")
+        servers, froms, rules, set_rules = fleet_servers_in_dump(main)
+        if servers != n + 1 or froms != n or rules != 2 * (n + 1) or set_rules != 2:
+            raise SystemExit(f"{n} files: --dump shows {servers} servers, {froms} '# from', {rules} own rules, "
+                             f"{set_rules} rules of the set")
         t = fleet_check(main, FLEET_RUNS)
         one = statistics.median(fleet_check(fleet_tree(n, included=False), FLEET_RUNS)) if n <= 3000 else None  # one file: at most 1 MiB
         rows.append((n, statistics.median(t), min(t), max(t), one))
