@@ -99,7 +99,14 @@ def main():
         check(conninfo.get("host") == "/run/postgresql" and "hostaddr" not in conninfo and "service" not in conninfo
               and "port" not in conninfo,
               f"the server is the local one over /run/postgresql ({conninfo})")
-        rules = [(s["name"], r) for s in servers for r in s.get("rules") or []]
+        # a server's rules: those of the sets it names (written once at the top of the dump), then its own
+        sets = dump.get("rule_sets") or {}
+
+        def rules_of(server):
+            return [r for name in server.get("rule_sets") or [] for r in sets.get(name) or []] + \
+                   (server.get("rules") or [])
+
+        rules = [(s["name"], r) for s in servers for r in rules_of(s)]
         check(len(rules) >= 1, f"there are rules to shadow ({len(rules)})")
         for server, rule in rules:
             check(rule.get("dry_run") is True, f"{server}/{rule['name']}: dry_run: true (a shadow rule)")
@@ -115,8 +122,9 @@ def main():
         os.unlink(dropped)
         check(r.returncode == 0, f"--dump with a server file in {CONFD} works ({r.stderr})")
         check(f"  # from {dropped}\n" in r.stdout, f"--dump says the server came from {dropped}")
-        names = [(s["name"], [x.get("dry_run") for x in s.get("rules") or []])
-                 for s in yaml.safe_load(r.stdout).get("servers") or []]
+        dumped = yaml.safe_load(r.stdout)
+        sets = dumped.get("rule_sets") or {}
+        names = [(s["name"], [x.get("dry_run") for x in rules_of(s)]) for s in dumped.get("servers") or []]
         check(names[0][0] == "local" and names[1][0] == "db1" and len(names) == 2 and names[1][1]
               and all(names[1][1]),
               f"the dropped-in server comes after local, with the shadow rules of its rule set ({names})")
