@@ -74,10 +74,27 @@ def slow_factor():
 # --------------------------------------------------------------------------
 
 def free_tcp_port():
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing uses right now, below the
+    ephemeral range (32768-60999 on Linux): a port the kernel hands out (bind
+    to 0) is also the local port of the next outgoing connection, and the
+    many parallel tests' connections took one from a cluster about to listen
+    on it ("could not bind ... Address already in use"; seen once in CI)."""
+    import random
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class PortTaken(RuntimeError):
+    """postgres could not listen on its port: another process took it meanwhile."""
 
 
 def wait_until(predicate, timeout, interval=0.05, what="condition"):
@@ -234,7 +251,16 @@ class PgCluster:
             kw = dict(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
         self._log_fh = open(self.logfile, "ab")
         self._argv, self._kw = argv, kw
-        self._launch()
+        for attempt in range(5):
+            try:
+                self._launch()
+                break
+            except PortTaken:
+                if attempt == 4:
+                    raise
+                # the port went between free_tcp_port() and postgres' bind: another one
+                self.port = free_tcp_port()
+                self._argv[self._argv.index("-p") + 1] = str(self.port)
         for stmt in ("CREATE ROLE pgsweeper LOGIN",
                      "GRANT pg_monitor, pg_signal_backend TO pgsweeper",
                      "CREATE ROLE app LOGIN",
@@ -245,6 +271,7 @@ class PgCluster:
     def _launch(self):
         # Direct child (no pg_ctl, no runuser in between): self.proc.pid is the
         # postmaster pid, so teardown stops exactly this server.
+        log_start = self.logfile.stat().st_size if self.logfile.exists() else 0
         self.proc = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL,
                                      stdout=self._log_fh, stderr=subprocess.STDOUT,
                                      cwd=str(self.base), start_new_session=True, **self._kw)
@@ -252,8 +279,10 @@ class PgCluster:
         last_err = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"postgres exited with {self.proc.returncode}:\n"
-                                   + self.logfile.read_text(errors="replace"))
+                log = self.logfile.read_text(errors="replace")
+                if "Address already in use" in log[log_start:]:
+                    raise PortTaken(f"port {self.port} taken:\n" + log[log_start:])
+                raise RuntimeError(f"postgres exited with {self.proc.returncode}:\n" + log)
             try:
                 c = psycopg.connect(self.conninfo(user="postgres"), autocommit=True,
                                     connect_timeout=2)
