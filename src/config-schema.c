@@ -219,23 +219,30 @@ static void parse_bool(struct parser *p, const struct key *k, yaml_node_t *node,
         error_at(p, node, "\"%s\" must be true or false, not \"%s\"", k->name, v);
 }
 
-/* A positive duration in milliseconds. */
-static void parse_duration(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+/* A duration in milliseconds; zero allowed or not. Returns -1 when reported. */
+static int64_t duration_value(struct parser *p, const struct key *k, yaml_node_t *node, bool zero_ok) {
         const char *v = expect_scalar(p, k, node, "a duration such as \"30s\"");
         const char *why;
         int64_t ms;
 
         if (!v)
-                return;
+                return -1;
         if (duration_parse(v, &ms, &why) < 0) {
                 error_at(p, node, "invalid duration \"%s\" for \"%s\": %s", v, k->name, why);
-                return;
+                return -1;
         }
-        if (ms == 0) {
+        if (ms == 0 && !zero_ok) {
                 error_at(p, node, "\"%s\" must be longer than zero", k->name);
-                return;
+                return -1;
         }
-        *(int64_t *) dest = ms;
+        return ms;
+}
+
+/* A positive duration in milliseconds. */
+static void parse_duration(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
+        int64_t ms = duration_value(p, k, node, false);
+        if (ms >= 0)
+                *(int64_t *) dest = ms;
 }
 
 static void parse_action(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
@@ -351,17 +358,9 @@ static void parse_max_sessions(struct parser *p, const struct key *k, yaml_node_
 
 /* A duration that may be zero ("0s"): min_idle, whose default is 0. */
 static void parse_duration_or_zero(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
-        const char *v = expect_scalar(p, k, node, "a duration such as \"30s\"");
-        const char *why;
-        int64_t ms;
-
-        if (!v)
-                return;
-        if (duration_parse(v, &ms, &why) < 0) {
-                error_at(p, node, "invalid duration \"%s\" for \"%s\": %s", v, k->name, why);
-                return;
-        }
-        *(int64_t *) dest = ms;
+        int64_t ms = duration_value(p, k, node, true);
+        if (ms >= 0)
+                *(int64_t *) dest = ms;
 }
 
 static void parse_group_key(struct parser *p, const struct key *k, yaml_node_t *node, void *dest) {
