@@ -17,11 +17,20 @@ struct explain_options {
 
 /* A server the configuration does not name: exit status 2. */
 #define EXPLAIN_UNKNOWN_SERVER 2
+/* A file that is not a capture: EX_CONFIG. */
+#define EXPLAIN_BAD_CAPTURE 78
 
 /* Explain every selected server on out; errors go to stderr. Returns the
  * exit status: 0, 1 when a server could not be explained (the others are
  * still shown), EXPLAIN_UNKNOWN_SERVER. */
 int explain_run(const struct config *c, const struct explain_options *o, FILE *out);
+
+/* --explain --from: the capture at path (capture.h) judged as live explain
+ * judges a snapshot, at the capture's now(), connecting nowhere: each
+ * captured server by the configured server of its name, or every one (or
+ * the one of that name) by o->server's. The same output. Returns 0,
+ * EXPLAIN_BAD_CAPTURE (the error said), EXPLAIN_UNKNOWN_SERVER. */
+int explain_replay(const struct config *c, const struct explain_options *o, const char *path, FILE *out);
 
 /* One session's verdict on a server, as explain shows it. */
 struct explain_row {

@@ -29,6 +29,12 @@ void plan_poll_request(const struct config *c, const struct server *srv, const i
  * protected), with no lookahead; the rest as a poll. */
 void plan_explain_request(const struct config *c, const struct server *srv, struct snapshot_request *ret);
 
+/* What a capture asks for, whatever the rules (a replay may judge it with
+ * others): every client backend with its query, superusers, every lock
+ * waiter and the sessions waited for, counted per every group key; its
+ * parameters are pg_capture_sql's first SNAPSHOT_PARAMS. */
+void plan_capture_request(struct snapshot_request *ret);
+
 /* After the snapshot: read the lock graph too? Only for a server with a
  * lock rule, and only when the snapshot saw a session waiting for a lock. */
 bool plan_wants_graph(const struct server *srv, const struct snapshot *snap);

@@ -23,6 +23,13 @@ extern const char pg_lock_graph_name[];
 /* The right one of the two for a server of that PQserverVersion(). */
 const char *pg_lock_graph_sql_for(int server_version);
 #define SNAPSHOT_PARAMS 19
+/* A capture of a server (capture.h): the lock graph statement with every
+ * client backend wanted, as one JSON object; the snapshot's parameters,
+ * then $20 the server's name. */
+extern const char pg_capture_sql[];
+extern const char pg_capture_sql_13[];
+const char *pg_capture_sql_for(int server_version);
+#define CAPTURE_PARAMS (SNAPSHOT_PARAMS + 1)
 
 /* Run once per connection: bounds our statements, forces the generic plan,
  * and says who we are there (see struct pg_identity). */

@@ -4,34 +4,29 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
-#include <pthread.h>
-#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "capture.h"
 #include "duration.h"
 #include "escape.h"
 #include "explain.h"
 #include "log.h"
 #include "macro.h"
+#include "oneshot.h"
 #include "pgconn.h"
 #include "plan.h"
 #include "snapshot.h"
 #include "sql.h"
 
-/* The daemon's bounds (pgconn.h): PG_CONNECT_TIMEOUT_SEC, PG_STATEMENT_WAIT_SEC. */
-#define USEC_PER_SEC UINT64_C(1000000)
 #define ELLIPSIS "\xe2\x80\xa6"     /* … */
-/* Servers asked at the same time: one hanging server costs its own bound,
- * not the others'. */
-#define EXPLAIN_WORKERS 16
 
 /* One server's snapshot and its judgement: the verdicts point into both. */
 struct explained {
         struct snapshot snap;
         struct judgement judgement;
-        bool asked;                 /* --server did not leave it out */
-        bool ok;                    /* its snapshot was read and judged */
+        const struct server *server;    /* whose rules judged it; NULL: not judged */
 };
 
 static void explained_done(struct explained *e) {
@@ -39,181 +34,175 @@ static void explained_done(struct explained *e) {
         snapshot_free(&e->snap);
 }
 
-static void PQfinishp(PGconn **c) {
-        if (*c)
-                PQfinish(*c);
-}
-
-static void PQclearp(PGresult **r) {
-        if (*r)
-                PQclear(*r);
-}
-
-static void explain_error(const struct server *srv, const char *what, const char *detail) {
-        _cleanup_free_ char *d = xstrdup(detail ? detail : ""), *name = escape_string(srv->name), *msg = NULL;
-
-        join_lines(d);
-        msg = escape_string(d);
-        fprintf(stderr, "pgsweeper: %s: %s%s%s\n", name, what, *msg ? ": " : "", msg);
-}
-
-/* A failed wait for the server: the bound it hit, or libpq's word. */
-static void explain_wait_error(const struct server *srv, const char *what, int r, unsigned bound_sec, PGconn *conn) {
-        char timeout[64];
-
-        if (r == -ETIMEDOUT) {
-                snprintf(timeout, sizeof(timeout), "no answer within %us", bound_sec);
-                explain_error(srv, what, timeout);
-        } else
-                explain_error(srv, what, PQerrorMessage(conn));
-}
-
-/* Connect, say who we are there, take one snapshot of every client backend
- * and judge it. Only SELECTs are sent. Blocking, as a one-shot command may
- * be, but every wait is bounded: a server that stops answering fails alone. */
-static int explain_server(const struct config *c, const struct server *srv, bool dry_run, struct explained *ret) {
-        /* The daemon's connection: its fallback application name, so a
-         * running daemon sees explain as a pgsweeper. */
-        _cleanup_(PQfinishp) PGconn *conn = pg_connect_start(srv->conninfo);
-        _cleanup_(PQclearp) PGresult *setup = NULL;
-        unsigned connect_sec = pg_connect_timeout_sec(srv->conninfo, PG_CONNECT_TIMEOUT_SEC);
-        struct snapshot_request req;
-        struct pg_identity id;
-        struct session_id self;
-        int r;
-
-        ret->snap = (struct snapshot) {};
-        ret->judgement = (struct judgement) {};
-        if (!conn || PQstatus(conn) == CONNECTION_BAD) {
-                explain_error(srv, "cannot connect", conn ? PQerrorMessage(conn) : strerror(ENOMEM));
-                return -ECONNREFUSED;
-        }
-        r = pg_connect_bounded(conn, connect_sec * USEC_PER_SEC);
-        if (r < 0) {
-                explain_wait_error(srv, "cannot connect", r, connect_sec, conn);
-                return r;
-        }
-        r = pg_exec_bounded(conn, pg_setup_sql, 0, NULL, PG_STATEMENT_WAIT_SEC * USEC_PER_SEC, &setup);
-        if (r < 0) {
-                explain_wait_error(srv, "set-up failed", r, PG_STATEMENT_WAIT_SEC, conn);
-                return r;
-        }
-        if (pg_identity_from_result(setup, &id) < 0) {
-                explain_error(srv, "set-up failed", PQresultErrorMessage(setup));
-                return -EBADMSG;
-        }
-
-        /* The daemon's own read: the same statements and parsing, the lock
-         * graph included when a rule needs it. */
-        plan_explain_request(c, srv, &req);
-        r = snapshot_fetch(conn, srv, &req, PG_STATEMENT_WAIT_SEC * USEC_PER_SEC, &ret->snap);
-        snapshot_request_done(&req);
-        if (r < 0) {
-                explain_wait_error(srv, "snapshot failed", r, PG_STATEMENT_WAIT_SEC, conn);
-                pg_identity_done(&id);
-                return r;
-        }
-
-        self = (struct session_id) { PQbackendPID(conn), id.backend_start };
+/* The judgement, live or replayed: the daemon's policy_judge(), verdicts
+ * included, with no memory of earlier polls (no escalation, no session
+ * still exiting, no lock seen before). */
+static void explain_judge(const struct config *c, const struct server *srv, bool dry_run, const struct session_id *own,
+                          size_t n_own, const char *own_role, struct explained *e) {
         policy_judge(&(struct policy_input) {
                              .server = srv,
                              .dry_run = dry_run || c->dry_run,
-                             .own = &self,
-                             .n_own = 1,
-                             .own_role = id.role,
+                             .own = own,
+                             .n_own = n_own,
+                             .own_role = own_role,
                              .verdicts = true,
                      },
-                     &ret->snap, &ret->judgement);
-        pg_identity_done(&id);
-        return 0;
+                     &e->snap, &e->judgement);
+        e->server = srv;
 }
 
-/* The servers are asked by up to EXPLAIN_WORKERS threads at once, each
- * taking the next server not yet taken; each server's wait is bounded on
- * its own, so the whole run takes about the longest of them. */
-struct explain_work {
-        const struct config *config;
-        const struct explain_options *options;
-        struct explained *ex;
-        atomic_size_t next;
-};
-
-static void *explain_worker(void *arg) {
-        struct explain_work *w = arg;
-
-        for (size_t i; (i = atomic_fetch_add(&w->next, 1)) < w->config->n_servers;)
-                if (w->ex[i].asked)
-                        w->ex[i].ok = explain_server(w->config, &w->config->servers[i], w->options->dry_run,
-                                                     &w->ex[i]) == 0;
-        return NULL;
-}
-
-static void explain_all(const struct config *c, const struct explain_options *o, struct explained *ex) {
-        struct explain_work w = { .config = c, .options = o, .ex = ex };
-        pthread_t threads[EXPLAIN_WORKERS];
-        size_t n = 0, asked = 0;
-
-        for (size_t i = 0; i < c->n_servers; i++)
-                asked += ex[i].asked;
-        atomic_init(&w.next, 0);
-        /* One server needs no thread; a thread that cannot start leaves the
-         * work to the others (or to this one). */
-        while (asked > 1 && n < asked && n < EXPLAIN_WORKERS && pthread_create(&threads[n], NULL, explain_worker, &w) == 0)
-                n++;
-        explain_worker(&w);
-        for (size_t i = 0; i < n; i++)
-                pthread_join(threads[i], NULL);
-}
-
-int explain_run(const struct config *c, const struct explain_options *o, FILE *out) {
-        _cleanup_free_ struct explained *ex = NULL;
+/* Every judged server's verdicts, sorted and printed; the exit status. */
+static int explain_report(const struct explained *ex, size_t n, const struct explain_options *o, bool failed,
+                          FILE *out) {
         _cleanup_free_ struct explain_row *rows = NULL;
         size_t n_rows = 0;
-        bool failed = false;
-        int status;
 
-        if (o->server) {
-                bool found = false;
-                for (size_t i = 0; i < c->n_servers && !found; i++)
-                        found = strcmp(c->servers[i].name, o->server) == 0;
-                if (!found) {
-                        _cleanup_free_ char *name = escape_string(o->server), *path = escape_string(c->path);
-                        fprintf(stderr, "pgsweeper: --server \"%s\": no such server in %s\n", name, path);
-                        return EXPLAIN_UNKNOWN_SERVER;
-                }
-        }
-
-        ex = xcalloc(c->n_servers + 1, sizeof(*ex));
-        for (size_t i = 0; i < c->n_servers; i++)
-                ex[i].asked = !o->server || strcmp(c->servers[i].name, o->server) == 0;
-        explain_all(c, o, ex);
-        for (size_t i = 0; i < c->n_servers; i++) {
-                const struct server *srv = &c->servers[i];
-
-                if (!ex[i].asked)
+        for (size_t i = 0; i < n; i++) {
+                if (!ex[i].server)
                         continue;
-                if (!ex[i].ok) {
-                        failed = true;
-                        continue;
-                }
                 rows = xreallocarray(rows, n_rows + ex[i].snap.n_rows + 1, sizeof(*rows));
                 for (size_t k = 0; k < ex[i].snap.n_rows; k++) {
                         const struct verdict *v = &ex[i].judgement.verdicts[k];
                         /* Only client backends are sessions to explain. */
                         if (v->kind == VERDICT_PROTECTED && v->reason == REASON_NOT_CLIENT)
                                 continue;
-                        rows[n_rows++] = (struct explain_row) { srv->name, v };
+                        rows[n_rows++] = (struct explain_row) { ex[i].server->name, v };
                 }
         }
-
         explain_sort(rows, n_rows);
         if (o->json)
                 explain_print_json(rows, n_rows, out);
         else
                 explain_print_text(rows, n_rows, out);
-        status = fflush(out) == 0 && !ferror(out) && !failed ? 0 : 1;
+        return fflush(out) == 0 && !ferror(out) && !failed ? 0 : 1;
+}
+
+/* ---- live ---- */
+
+struct live {
+        const struct explain_options *options;
+        struct explained *ex;
+};
+
+/* Connect, say who we are there, take one snapshot of every client backend
+ * and judge it. Only SELECTs are sent. Blocking, as a one-shot command may
+ * be, but every wait is bounded: a server that stops answering fails alone. */
+static void explain_server(const struct config *c, size_t i, void *arg) {
+        const struct server *srv = &c->servers[i];
+        struct live *l = arg;
+        struct explained *e = &l->ex[i];
+        struct snapshot_request req;
+        struct pg_identity id;
+        struct session_id self;
+        PGconn *conn;
+        int r;
+
+        if (oneshot_connect(srv, &conn, &id) < 0)
+                return;
+        /* The daemon's own read: the same statements and parsing, the lock
+         * graph included when a rule needs it. */
+        plan_explain_request(c, srv, &req);
+        r = snapshot_fetch(conn, srv, &req, PG_STATEMENT_WAIT_SEC * UINT64_C(1000000), &e->snap);
+        snapshot_request_done(&req);
+        if (r < 0)
+                oneshot_wait_error(srv, "snapshot failed", r, conn);
+        else {
+                self = (struct session_id) { PQbackendPID(conn), id.backend_start };
+                explain_judge(c, srv, l->options->dry_run, &self, 1, id.role, e);
+        }
+        pg_identity_done(&id);
+        PQfinish(conn);
+}
+
+int explain_run(const struct config *c, const struct explain_options *o, FILE *out) {
+        _cleanup_free_ bool *asked = oneshot_select(c, o->server);
+        _cleanup_free_ struct explained *ex = NULL;
+        bool failed = false;
+        int status;
+
+        if (!asked)
+                return EXPLAIN_UNKNOWN_SERVER;
+        ex = xcalloc(c->n_servers + 1, sizeof(*ex));
+        oneshot_each(c, asked, explain_server, &(struct live) { .options = o, .ex = ex });
+        for (size_t i = 0; i < c->n_servers; i++)
+                failed = failed || (asked[i] && !ex[i].server);
+        status = explain_report(ex, c->n_servers, o, failed, out);
         for (size_t i = 0; i < c->n_servers; i++)
                 explained_done(&ex[i]);
+        return status;
+}
+
+/* ---- replay ---- */
+
+/* The configured server a captured one is judged by: --server's, or the
+ * one of the same name. */
+static const struct server *replay_server(const struct config *c, const struct capture *cap, size_t k,
+                                          const char *server) {
+        const char *name = server ? server : cap->servers[k].name;
+
+        for (size_t i = 0; i < c->n_servers; i++)
+                if (strcmp(c->servers[i].name, name) == 0)
+                        return &c->servers[i];
+        return NULL;
+}
+
+int explain_replay(const struct config *c, const struct explain_options *o, const char *path, FILE *out) {
+        _cleanup_free_ struct explained *ex = NULL;
+        _cleanup_free_ char *error = NULL;
+        struct capture cap = {};
+        size_t pick = SIZE_MAX;
+        int status;
+
+        if (capture_read(path, &cap, &error) < 0) {
+                fprintf(stderr, "%s\n", error);
+                return EXPLAIN_BAD_CAPTURE;
+        }
+        /* --server: its rules judge the captured server of that name, or
+         * the capture's only one (another host's snapshot judged with these
+         * rules). Without: each captured server by its own rules. */
+        if (o->server) {
+                for (size_t k = 0; k < cap.n_servers && pick == SIZE_MAX; k++)
+                        if (strcmp(cap.servers[k].name, o->server) == 0)
+                                pick = k;
+                if (pick == SIZE_MAX && cap.n_servers == 1)
+                        pick = 0;
+        }
+        for (size_t k = 0; k < cap.n_servers; k++) {
+                _cleanup_free_ char *name = escape_string(o->server ? o->server : cap.servers[k].name),
+                                    *file = escape_string(path), *config = escape_string(c->path);
+
+                if (o->server && pick == SIZE_MAX) {
+                        fprintf(stderr, "pgsweeper: --server \"%s\": %s holds %zu servers, none of that name\n", name,
+                                file, cap.n_servers);
+                        capture_free(&cap);
+                        return EXPLAIN_UNKNOWN_SERVER;
+                }
+                if ((pick == SIZE_MAX || pick == k) && !replay_server(c, &cap, k, o->server)) {
+                        if (o->server)
+                                fprintf(stderr, "pgsweeper: --server \"%s\": no such server in %s\n", name, config);
+                        else
+                                fprintf(stderr, "pgsweeper: %s: server \"%s\" is not in %s (name the one whose rules "
+                                        "judge it with --server)\n", file, name, config);
+                        capture_free(&cap);
+                        return EXPLAIN_UNKNOWN_SERVER;
+                }
+        }
+
+        ex = xcalloc(cap.n_servers + 1, sizeof(*ex));
+        for (size_t k = 0; k < cap.n_servers; k++) {
+                if (pick != SIZE_MAX && pick != k)
+                        continue;
+                /* The capture's own connection is not in it; pgsweeper's
+                 * other sessions are told by the role that took it. */
+                ex[k].snap = cap.servers[k].snap;
+                cap.servers[k].snap = (struct snapshot) {};
+                explain_judge(c, replay_server(c, &cap, k, o->server), o->dry_run, NULL, 0,
+                              cap.servers[k].current_user, &ex[k]);
+        }
+        status = explain_report(ex, cap.n_servers, o, false, out);
+        for (size_t k = 0; k < cap.n_servers; k++)
+                explained_done(&ex[k]);
+        capture_free(&cap);
         return status;
 }
 

@@ -12,6 +12,7 @@
 #include "explain.h"
 #include "log.h"
 #include "manager.h"
+#include "oneshot.h"
 
 #define EXIT_USAGE  2
 #define EXIT_CONFIG 78 /* EX_CONFIG */
@@ -19,7 +20,8 @@
 static void usage(FILE *f) {
         fprintf(f,
                 "Usage: pgsweeper [OPTIONS]\n"
-                "       pgsweeper --explain [-c FILE] [--server NAME] [--json]\n"
+                "       pgsweeper --explain [--from CAPTURE] [-c FILE] [--server NAME] [--json]\n"
+                "       pgsweeper --capture [-c FILE] [--server NAME]\n"
                 "Cancel or terminate PostgreSQL sessions that break the configured rules.\n\n"
                 "  -c, --config FILE        configuration file (default %s)\n"
                 "      --check              validate the configuration and exit\n"
@@ -27,7 +29,9 @@ static void usage(FILE *f) {
                 "      --once               run one cycle against every server and exit\n"
                 "      --dry-run            judge and log, but never cancel or terminate\n"
                 "      --explain            show what would happen to every session, and why\n"
-                "      --server NAME        with --explain: only this server\n"
+                "      --from CAPTURE       with --explain: judge a capture, connecting nowhere\n"
+                "      --capture            print every session the rules read, as JSON\n"
+                "      --server NAME        with --explain or --capture: only this server\n"
                 "      --json               with --explain: one JSON array\n"
                 "      --log-target TARGET  auto, journal or stderr (default auto)\n"
                 "  -v, --verbose            log debug messages too\n"
@@ -42,7 +46,8 @@ struct cli {
         struct manager_options opts;
         struct explain_options explain_opts;
         enum log_target target;
-        bool check, dump, explain;
+        bool check, dump, explain, capture;
+        const char *from;                   /* --explain --from CAPTURE */
         int verbose;
 };
 
@@ -51,7 +56,8 @@ struct cli {
 /* Parse argv into cli. CLI_CONTINUE, or the exit status (--help, --version,
  * a usage error). */
 static int parse_args(int argc, char *argv[], struct cli *cli) {
-        enum { OPT_CHECK = 0x100, OPT_DUMP, OPT_ONCE, OPT_DRY_RUN, OPT_LOG_TARGET, OPT_EXPLAIN, OPT_SERVER, OPT_JSON };
+        enum { OPT_CHECK = 0x100, OPT_DUMP, OPT_ONCE, OPT_DRY_RUN, OPT_LOG_TARGET, OPT_EXPLAIN, OPT_SERVER, OPT_JSON,
+               OPT_CAPTURE, OPT_FROM };
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
                 { "check", no_argument, NULL, OPT_CHECK },
@@ -62,6 +68,8 @@ static int parse_args(int argc, char *argv[], struct cli *cli) {
                 { "explain", no_argument, NULL, OPT_EXPLAIN },
                 { "server", required_argument, NULL, OPT_SERVER },
                 { "json", no_argument, NULL, OPT_JSON },
+                { "capture", no_argument, NULL, OPT_CAPTURE },
+                { "from", required_argument, NULL, OPT_FROM },
                 { "verbose", no_argument, NULL, 'v' },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, 'V' },
@@ -97,6 +105,12 @@ static int parse_args(int argc, char *argv[], struct cli *cli) {
                         break;
                 case OPT_JSON:
                         cli->explain_opts.json = true;
+                        break;
+                case OPT_CAPTURE:
+                        cli->capture = true;
+                        break;
+                case OPT_FROM:
+                        cli->from = optarg;
                         break;
                 case OPT_LOG_TARGET:
                         r = log_target_from_string(optarg);
@@ -135,12 +149,20 @@ static int parse_args(int argc, char *argv[], struct cli *cli) {
                 usage(stderr);
                 return EXIT_USAGE;
         }
-        if (!cli->explain && (cli->explain_opts.json || cli->explain_opts.server)) {
-                fprintf(stderr, "pgsweeper: %s needs --explain\n", cli->explain_opts.json ? "--json" : "--server");
+        if (!cli->explain && (cli->explain_opts.json || cli->from)) {
+                fprintf(stderr, "pgsweeper: %s needs --explain\n", cli->explain_opts.json ? "--json" : "--from");
                 return EXIT_USAGE;
         }
-        if (cli->explain && (cli->check || cli->dump || cli->opts.once)) {
-                fprintf(stderr, "pgsweeper: --explain cannot be combined with --check, --dump or --once\n");
+        if (!cli->explain && !cli->capture && cli->explain_opts.server) {
+                fprintf(stderr, "pgsweeper: --server needs --explain or --capture\n");
+                return EXIT_USAGE;
+        }
+        if (cli->explain && (cli->check || cli->dump || cli->opts.once || cli->capture)) {
+                fprintf(stderr, "pgsweeper: --explain cannot be combined with --check, --dump, --once or --capture\n");
+                return EXIT_USAGE;
+        }
+        if (cli->capture && (cli->check || cli->dump || cli->opts.once || cli->opts.dry_run)) {
+                fprintf(stderr, "pgsweeper: --capture cannot be combined with --check, --dump, --once or --dry-run\n");
                 return EXIT_USAGE;
         }
         return CLI_CONTINUE;
@@ -173,7 +195,13 @@ int main(int argc, char *argv[]) {
         if (cli.explain) {
                 /* Never the journal: explain reports on stdout and stderr only. */
                 cli.explain_opts.dry_run = cli.opts.dry_run;
-                r = explain_run(config, &cli.explain_opts, stdout);
+                r = cli.from ? explain_replay(config, &cli.explain_opts, cli.from, stdout)
+                             : explain_run(config, &cli.explain_opts, stdout);
+                config_free(config);
+                return r;
+        }
+        if (cli.capture) {
+                r = capture_run(config, cli.explain_opts.server, stdout);
                 config_free(config);
                 return r;
         }

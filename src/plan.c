@@ -77,6 +77,16 @@ void plan_explain_request(const struct config *c, const struct server *srv, stru
         ret->every_session = true;
 }
 
+void plan_capture_request(struct snapshot_request *ret) {
+        *ret = (struct snapshot_request) {
+                .with_query = true, .superusers = true, .every_session = true, .lock_waiters = true, .idle_all = true,
+        };
+        for (enum limit_kind k = 0; k < _LIMIT_MAX; k++)
+                ret->bound_ms[k] = -1;
+        for (enum group_key g = GROUP_USER; g < _GROUP_MAX; g++)
+                ret->group_by[g] = true;
+}
+
 bool plan_wants_graph(const struct server *srv, const struct snapshot *snap) {
         return snap->n_lock_waiting > 0 && policy_reads_locks(srv);
 }

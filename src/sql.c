@@ -79,10 +79,10 @@
 
 /* graph_cols: the lock graph's two columns for the session rows, with
  * graph_join to read them (empty for the snapshot). */
-#define SNAPSHOT_SELECT(graph_cols, graph_join)                                                              \
+#define SNAPSHOT_SELECT(graph_cols, graph_join, more_cols)                                                   \
         "SELECT c.pid, c.client, c.super, c.state, c.bs, c.sc, c.qs, c.xs, c.rolname, c.datname, c.app, c.addr, " \
-        "  c.query, " US("now()") ", c.xmin_age, c.lock_wait, pg_is_in_recovery(), c.blockers, c.wait_start, "  \
-        "  c.n, g.slots "                                                                                     \
+        "  c.query, " US("now()") " AS now_us, c.xmin_age, c.lock_wait, pg_is_in_recovery() AS in_recovery, "  \
+        "  c.blockers, c.wait_start, c.n, g.slots " more_cols " "                                              \
         "FROM (SELECT current_setting('max_connections')::int4 "                                               \
         "             - current_setting('superuser_reserved_connections')::int4 "                               \
         "             - coalesce(current_setting('reserved_connections', true)::int4, 0) AS slots) g "           \
@@ -93,20 +93,21 @@
         "  r.rolname, d.datname, a.application_name AS app, " ADDR_EXPR " AS addr, "                           \
         "  CASE WHEN $1::bool THEN left(a.query, 1024) END AS query, "                                         \
         "  greatest(age(a.backend_xmin), age(a.backend_xid)) AS xmin_age, "                                    \
-        "  coalesce(a.wait_event_type = 'Lock', false) AS lock_wait, " graph_cols ", NULL::int8 AS n "         \
+        "  coalesce(a.wait_event_type = 'Lock', false) AS lock_wait, " graph_cols ", NULL::int8 AS n, "        \
+        "  a.backend_type, a.wait_event_type "                                                                \
         "FROM k CROSS JOIN LATERAL unnest(k.pids) p(pid) CROSS JOIN LATERAL pg_stat_get_activity(p.pid) a "     \
         "LEFT JOIN pg_roles r ON r.oid = a.usesysid LEFT JOIN pg_database d ON d.oid = a.datid " graph_join    \
         "UNION ALL "                                                                                          \
         "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "                                                \
         "  CASE WHEN $11::bool THEN coalesce(r.rolname, '') END, CASE WHEN $12::bool THEN coalesce(d.datname, '') END, " \
         "  CASE WHEN $13::bool THEN coalesce(k.app, '') END, CASE WHEN $14::bool THEN coalesce(k.addr, '') END, NULL, " \
-        "  NULL, NULL, NULL, NULL, k.n "                                                                      \
+        "  NULL, NULL, NULL, NULL, k.n, NULL, NULL "                                                          \
         "FROM k LEFT JOIN pg_roles r ON r.oid = k.u LEFT JOIN pg_database d ON d.oid = k.d WHERE k.n > 0"       \
         ") c ON true"
 
 #define SNAPSHOT_SQL(keys, group_by)                                                                         \
         "WITH " SNAPSHOT_GROUPS("", keys, group_by)                                                            \
-        SNAPSHOT_SELECT("NULL::int4[] AS blockers, NULL::int8 AS wait_start", "")
+        SNAPSHOT_SELECT("NULL::int4[] AS blockers, NULL::int8 AS wait_start", "", "")
 
 const char pg_snapshot_sql[] = SNAPSHOT_SQL(NO_GROUP_KEYS, "");
 const char pg_snapshot_groups_sql[] = SNAPSHOT_SQL(GROUP_KEYS, "GROUP BY 1, 2, 3, 4");
@@ -129,7 +130,7 @@ const char pg_snapshot_groups_name[] = "pgsweeper_snapshot_groups";
  * every waiter, and every holder of a lock that someone waits for (from
  * one read of pg_locks, a parallel worker as its leader); a holder whose
  * mode conflicts with no waiter is a row with no edge, harmless. */
-#define LOCK_GRAPH_SQL(waitstart_col, waitstart)                                                                \
+#define LOCK_GRAPH_SQL(waitstart_col, waitstart, more_cols)                                                     \
         "WITH w AS MATERIALIZED (SELECT coalesce(a.leader_pid, a.pid) AS pid, a.pid AS waiter, "                \
         "                               pg_blocking_pids(a.pid) AS blockers, a.query_start "                    \
         "          FROM pg_stat_get_activity(NULL) a "                                                          \
@@ -149,13 +150,47 @@ const char pg_snapshot_groups_name[] = "pgsweeper_snapshot_groups";
         "        LEFT JOIN pg_stat_get_activity(NULL) x ON x.pid = h.pid "                                      \
         "        WHERE h.granted AND h.tag IN (SELECT tag FROM lk WHERE NOT granted)), "                        \
         SNAPSHOT_GROUPS("OR a.pid IN (SELECT pid FROM ids)", GROUP_KEYS, "GROUP BY 1, 2, 3, 4")                                                \
-        SNAPSHOT_SELECT("lg.blockers, " US("lg.wait_start") " AS wait_start", "LEFT JOIN lg ON lg.pid = a.pid ")
+        SNAPSHOT_SELECT("lg.blockers, " US("lg.wait_start") " AS wait_start", "LEFT JOIN lg ON lg.pid = a.pid ",  \
+                        more_cols)
 
 /* pg_locks.waitstart exists from PostgreSQL 14; before, the waiter's
  * query_start stands in (the wait began at or after it). */
-const char pg_lock_graph_sql[] = LOCK_GRAPH_SQL("l.waitstart", "ls.waitstart");
-const char pg_lock_graph_sql_13[] = LOCK_GRAPH_SQL("NULL::timestamptz", "w.query_start");
+const char pg_lock_graph_sql[] = LOCK_GRAPH_SQL("l.waitstart", "ls.waitstart", "");
+const char pg_lock_graph_sql_13[] = LOCK_GRAPH_SQL("NULL::timestamptz", "w.query_start", "");
 const char pg_lock_graph_name[] = "pgsweeper_lock_graph";
+
+/* A capture (--capture, capture.sql): the lock graph statement itself, with
+ * every client backend wanted, read into one JSON object (capture.h says
+ * its keys); $20 the server's name. The rows are the daemon's, so a replay
+ * judges what a live read would have judged; only the rendering is added:
+ * timestamps as UTC ISO 8601 text (exact: the interval arithmetic is in
+ * integer microseconds), backend and wait event types as the server says
+ * them. */
+#define ISO(us) "to_char(timestamp 'epoch' + (" us ") * interval '1 microsecond', " \
+                "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+#define CAPTURE_SQL(waitstart_col, waitstart)                                                                   \
+        "SELECT json_build_object('pgsweeper_capture', 1, 'server', $20::text, "                                \
+        "  'server_version', current_setting('server_version'), 'now', " ISO("max(s.now_us)") ", "             \
+        "  'role', CASE WHEN bool_or(s.in_recovery) THEN 'standby' ELSE 'primary' END, "                      \
+        "  'current_user', current_user, 'connections', sum(s.n), 'connection_slots', max(s.slots), "          \
+        "  'groups', coalesce(json_agg(json_build_object('user', s.rolname, 'database', s.datname, "          \
+        "      'application', s.app, 'client_addr', s.addr, 'count', s.n) "                                    \
+        "    ORDER BY s.rolname, s.datname, s.app, s.addr) FILTER (WHERE s.n IS NOT NULL), '[]'), "            \
+        "  'sessions', coalesce(json_agg(json_build_object('pid', s.pid, 'backend_type', s.backend_type, "    \
+        "      'superuser', s.super, 'state', s.state, 'backend_start', " ISO("s.bs") ", "                     \
+        "      'state_change', " ISO("s.sc") ", 'query_start', " ISO("s.qs") ", "                               \
+        "      'xact_start', " ISO("s.xs") ", 'wait_start', " ISO("s.wait_start") ", "                          \
+        "      'user', s.rolname, 'database', s.datname, 'application', s.app, 'client_addr', s.addr, "        \
+        "      'wait_event_type', s.wait_event_type, 'blocking_pids', s.blockers, 'xmin_age', s.xmin_age, "   \
+        "      'query', s.query) ORDER BY s.pid) FILTER (WHERE s.pid IS NOT NULL), '[]')) "                    \
+        "FROM (" LOCK_GRAPH_SQL(waitstart_col, waitstart, ", c.backend_type, c.wait_event_type") ") s"
+
+const char pg_capture_sql[] = CAPTURE_SQL("l.waitstart", "ls.waitstart");
+const char pg_capture_sql_13[] = CAPTURE_SQL("NULL::timestamptz", "w.query_start");
+
+const char *pg_capture_sql_for(int server_version) {
+        return server_version >= 140000 ? pg_capture_sql : pg_capture_sql_13;
+}
 
 /* Two clusters (other hosts, containers, pid namespaces) can have backends
  * with the same pid: own connections are told apart by cluster, pid and
