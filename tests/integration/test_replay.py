@@ -1,0 +1,707 @@
+"""Replay (SPEC 17, issue 21): `--capture` (and sql/capture.sql through psql)
+saves every session the rules read; `--explain --from FILE` judges that
+capture with the configured rules, at the capture's now(), connecting
+nowhere; its verdicts are the live --explain's taken at the same moment.
+
+The capture side runs against real PostgreSQL 13 to 18; the replay side
+judges what the capture holds (a server stopped, a config it never had)."""
+
+import contextlib
+import datetime
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from conftest import HOSTILE, PG_BINDIR, REPO, free_tcp_port, start_cluster, stop_process, wait_until
+from pgs_helpers import ActiveQuery, assert_connection_alive, main_server, yaml_config, yaml_str
+from test_explain import KEYS, assert_no_unsafe, json_name_bytes
+from test_locks import idle_blocker, start_waiters, table, waiting  # noqa: F401  (table: a fixture)
+
+CAPTURE_SQL = REPO / "sql" / "capture.sql"
+CAPTURE_KEYS = ["pgsweeper_capture", "server", "server_version", "now", "role", "current_user", "connections",
+                "connection_slots", "groups", "sessions"]
+SESSION_KEYS = ["pid", "backend_type", "superuser", "state", "backend_start", "state_change", "query_start",
+                "xact_start", "wait_start", "user", "database", "application", "client_addr", "wait_event_type",
+                "blocking_pids", "xmin_age", "query"]
+# what differs between two reads of the same sessions a moment apart
+TIMED = ("elapsed_ms", "remaining_ms")
+
+
+# -- running the binary ----------------------------------------------------------
+
+def run(sweeper, cfg, *args, expect=0, timeout=60):
+    """The binary with a config (text, written to a file); stdout and stderr
+    as bytes (a capture holds what the server holds: bytes that are not
+    UTF-8 included). .pid is the process's."""
+    argv = sweeper.argv(cfg, args)
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError(f"{argv} did not finish within {timeout}s\nstdout:\n{out!r}\nstderr:\n{err!r}")
+    assert p.returncode == expect, \
+        f"{argv}: exit {p.returncode}, wanted {expect}\nstdout:\n{out!r}\nstderr:\n{err.decode(errors='replace')}"
+    r = subprocess.CompletedProcess(argv, p.returncode, out, err)
+    r.pid = p.pid
+    r.config = argv[2]
+    return r
+
+
+def take_capture(sweeper, cfg, path, *args, expect=0):
+    """--capture into path; the parsed array."""
+    r = run(sweeper, cfg, "--capture", *args, expect=expect)
+    path.write_bytes(r.stdout)
+    data = parse_capture(r.stdout)
+    assert isinstance(data, list), data
+    for obj in data:
+        check_capture_shape(obj)
+    return data, r
+
+
+def parse_capture(raw):
+    """A capture's JSON: strings may hold bytes that are not UTF-8 (a role
+    renamed to one); those come back as surrogates."""
+    return json.loads(raw.decode("utf-8", errors="surrogateescape"))
+
+
+def check_capture_shape(obj):
+    assert list(obj) == CAPTURE_KEYS, list(obj)
+    assert obj["pgsweeper_capture"] == 1
+    for s in obj["sessions"]:
+        assert list(s) == SESSION_KEYS, s
+
+
+def explain_json(sweeper, cfg, *args, expect=0):
+    r = run(sweeper, cfg, "--explain", "--json", *args, expect=expect)
+    out = r.stdout.decode("utf-8")          # strict: --json is valid UTF-8 whatever the names hold
+    assert_no_unsafe(out)
+    rows = json.loads(out)
+    assert isinstance(rows, list), rows
+    for row in rows:
+        assert list(row) == KEYS, row
+    return rows, r
+
+
+def explain_text(sweeper, cfg, *args, expect=0):
+    r = run(sweeper, cfg, "--explain", *args, expect=expect)
+    out = r.stdout.decode("utf-8")
+    assert_no_unsafe(out)
+    return out, r
+
+
+def replay_json(sweeper, cfg, path, *args, expect=0):
+    rows, r = explain_json(sweeper, cfg, "--from", str(path), *args, expect=expect)
+    assert r.stderr == b"", r.stderr
+    return rows, r
+
+
+def replay_text(sweeper, cfg, path, *args, expect=0):
+    out, r = explain_text(sweeper, cfg, "--from", str(path), *args, expect=expect)
+    assert r.stderr == b"", r.stderr
+    return out
+
+
+def by_pid(rows, server="main"):
+    out = {}
+    for row in rows:
+        if row["server"] == server:
+            assert row["pid"] not in out, f"two rows for pid {row['pid']}"
+            out[row["pid"]] = row
+    return out
+
+
+def text_cells(out):
+    """{pid: {COLUMN: cell}} of explain's text form, cut where the header's
+    titles start (every row is aligned on them), and the pids in order."""
+    lines = out.splitlines()
+    assert lines and lines[0].startswith("SERVER"), out
+    titles = [(m.group(), m.start()) for m in re.finditer(r"\S+", lines[0])]
+    assert [t for t, _ in titles] == ["SERVER", "PID", "USER", "DATABASE", "APPLICATION", "CLIENT", "STATE",
+                                      "ELAPSED", "VERDICT"], lines[0]
+    rows, order = {}, []
+    for line in lines[1:]:
+        cells = {}
+        for k, (title, start) in enumerate(titles):
+            end = titles[k + 1][1] if k + 1 < len(titles) else None
+            assert start == 0 or line[start - 2:start] == "  ", (title, line)
+            cells[title] = line[start:end].rstrip() if end else line[start:]
+        pid = int(cells["PID"])
+        rows[pid] = cells
+        order.append(pid)
+    return rows, order
+
+
+def untimed(cells):
+    """A text row without what moves with the clock: ELAPSED, and the time
+    left in a `next` verdict."""
+    c = dict(cells)
+    del c["ELAPSED"]
+    c["VERDICT"] = re.sub(r" in \S+ -> ", " in ... -> ", c["VERDICT"])
+    return c
+
+
+def ts_us(text):
+    """A capture TIMESTAMP (UTC, as capture writes it) in microseconds."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?Z", text)
+    assert m, text
+    dt = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+    return int(dt.timestamp()) * 1000000 + int((m.group(2) or "0").ljust(6, "0"))
+
+
+def session(capture_obj, pid):
+    got = [s for s in capture_obj["sessions"] if s["pid"] == pid]
+    assert len(got) == 1, f"pid {pid} in the capture {len(got)} times"
+    return got[0]
+
+
+def no_sweeper_backends(pg):
+    """pgsweeper's role has no backend left (the last run's connection is
+    gone): two reads count the same connections."""
+    return pg.admin_query("SELECT count(*) FROM pg_stat_activity WHERE usename = 'pgsweeper'")[0][0] == 0
+
+
+def same_rows(live, replay, gap_ms, pids):
+    """Row for row the same verdicts; elapsed and remaining moved by at most
+    the gap between the two reads (the capture first)."""
+    for pid in pids:
+        a, b = live[pid], replay[pid]
+        for k in KEYS:
+            if k not in TIMED:
+                assert a[k] == b[k], f"pid {pid} {k}: live {a[k]!r}, replay {b[k]!r}\nlive {a}\nreplay {b}"
+        for k in TIMED:
+            assert (a[k] is None) == (b[k] is None), (k, a, b)
+        if a["elapsed_ms"] is not None:
+            assert 0 <= a["elapsed_ms"] - b["elapsed_ms"] <= gap_ms, (gap_ms, a, b)
+        if a["remaining_ms"] is not None:
+            assert 0 <= b["remaining_ms"] - a["remaining_ms"] <= gap_ms, (gap_ms, a, b)
+
+
+def psql_binary():
+    own = Path(PG_BINDIR) / "psql"
+    return str(own) if os.access(own, os.X_OK) else "/usr/lib/postgresql/15/bin/psql"
+
+
+def psql_capture(pg, *variables, expect=0):
+    argv = [psql_binary(), "-XAt"]
+    for v in variables:
+        argv += ["-v", v]
+    argv += ["-f", str(CAPTURE_SQL), pg.conninfo(user="pgsweeper", dbname="postgres")]
+    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    if expect == 0:
+        assert p.returncode == 0, f"{argv}: exit {p.returncode}\n{p.stderr.decode(errors='replace')}"
+    else:
+        assert p.returncode != 0, f"{argv} succeeded: {p.stdout!r}"
+    return p
+
+
+# -- a cluster this file may stop ----------------------------------------------
+
+@pytest.fixture
+def own_pg():
+    """A cluster of this test's own, small, that the test stops (the session's
+    `pg` stays up for the other tests); whatever is left is stopped at the end."""
+    c = start_cluster({"max_connections": 40, "superuser_reserved_connections": 3})
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def make_lock_table(pg):
+    c = pg.connect()
+    c.execute("DROP TABLE IF EXISTS lk")
+    c.execute("CREATE TABLE lk (id int PRIMARY KEY, v int)")
+    c.execute("INSERT INTO lk SELECT g, 0 FROM generate_series(1, 100) g")
+    c.close()
+
+
+# -- 1. every verdict kind: live and replay of the same moment -------------------
+
+VERDICT_RULES = (
+    "      - name: idle-fast\n"
+    "        max_idle: 1s\n"
+    "        users: [app]\n"
+    "        applications: [over-me, exempt-global, exempt-server, exempt-rule]\n"
+    "        exempt:\n"
+    "          applications: [exempt-rule]\n"
+    "      - {name: idle-slow, max_idle: 1h, action: cancel, users: [other]}\n"
+    "      - {name: lock-blockers, max_blocking: 1s, applications: [blocker]}\n"
+    "      - name: lock-queue\n"
+    "        max_lock_wait: 1h\n"
+    "        action: cancel\n"
+    "        applications: [\"writer-*\"]\n"
+    "        exempt:\n"
+    "          applications: [writer-1]\n"
+    "      - {name: cap, max_sessions: 2, per: application, applications: [capped]}\n"
+    "      - {name: hot, when_connections_above: 1, max_idle: 1h, action: log, applications: [pressured]}\n")
+
+
+def verdict_config(pg, tmp_path):
+    return yaml_config([main_server(pg)], VERDICT_RULES, interval=None,
+                       top=(f"metrics_file: {tmp_path / 'metrics.prom'}\n"
+                            "exempt:\n"
+                            "  applications: [exempt-global]\n"),
+                       server_extra="    exempt:\n      applications: [exempt-server]\n")
+
+
+# name: (verdict, rule, limit, action, reason, blocked)
+EXPECTED = {
+    "over-me": ("over", "idle-fast", "max_idle", "terminate", "limit", None),
+    "next-me": ("next", "idle-slow", "max_idle", "cancel", "limit", None),
+    "super-me": ("protected", None, None, None, "superuser", None),
+    "exempt-global": ("exempt", None, None, None, "exempt-global", None),
+    "exempt-server": ("exempt", None, None, None, "exempt-server", None),
+    "exempt-rule": ("exempt", "idle-fast", None, None, "exempt-rule", None),
+    "none-me": ("none", None, None, None, "no-rule", None),
+    "blocker": ("over", "lock-blockers", "max_blocking", "terminate", "limit", 2),
+    "writer-0": ("next", "lock-queue", "max_lock_wait", "cancel", "limit", 1),
+    "writer-1": ("exempt", "lock-queue", None, None, "exempt-rule", None),
+    "capped-0": ("over", "cap", "max_sessions", "terminate", "limit", None),
+    "capped-1": ("none", "cap", None, None, "no-limit", None),
+    "capped-2": ("none", "cap", None, None, "no-limit", None),
+    "pressured": ("next", "hot", "max_idle", "log", "limit", None),
+}
+
+
+def open_verdict_sessions(pg):
+    """A session of each verdict kind, and a lock chain: blocker (idle in
+    transaction, holding a row) with writer-0 queued behind it and writer-1
+    behind both. Returns {name: pid}, {name: connection}, the writers."""
+    su = pg.connect(user="postgres", dbname="postgres")
+    su.execute("CREATE ROLE lonely LOGIN")
+    su.close()
+    make_lock_table(pg)
+    conns = {"over-me": pg.connect(user="app", application_name="over-me"),
+             "next-me": pg.connect(user="other", application_name="next-me"),
+             "super-me": pg.connect(user="postgres", dbname="postgres", application_name="super-me"),
+             "exempt-global": pg.connect(user="app", application_name="exempt-global"),
+             "exempt-server": pg.connect(user="app", application_name="exempt-server"),
+             "exempt-rule": pg.connect(user="app", application_name="exempt-rule"),
+             "none-me": pg.connect(user="lonely", dbname="postgres", application_name="none-me"),
+             "pressured": pg.connect(user="app", application_name="pressured")}
+    for i in range(3):                 # idle in this order: capped-0 the longest
+        conns[f"capped-{i}"] = pg.connect(user="app", application_name="capped")
+        conns[f"capped-{i}"].execute("SELECT 1")
+        time.sleep(0.1)
+    conns["blocker"] = idle_blocker(pg)
+    writers = start_waiters(pg, 2, "UPDATE lk SET v = v + 1 WHERE id = 1")
+    for i, w in enumerate(writers):
+        conns[f"writer-{i}"] = w.conn
+    # every limit that is passed is passed by 1 s or more at the capture, every
+    # limit not reached is an hour away: the moments of the reads cannot matter
+    time.sleep(2.0)
+    return {k: c.info.backend_pid for k, c in conns.items()}, conns, writers
+
+
+def test_replay_gives_the_live_verdicts_with_the_server_stopped(own_pg, sweeper, tmp_path):
+    pg = own_pg
+    pids, conns, writers = open_verdict_sessions(pg)
+    cfg = verdict_config(pg, tmp_path)
+    cap_path = tmp_path / "capture.json"
+
+    t0 = time.monotonic()
+    cap, _ = take_capture(sweeper, cfg, cap_path)
+    wait_until(lambda: no_sweeper_backends(pg), 10, what="the capture's connection gone")
+    live, _ = explain_json(sweeper, cfg)
+    gap_ms = (time.monotonic() - t0) * 1000 + 5
+    live_text, _ = explain_text(sweeper, cfg)
+
+    # nothing was signalled by any of it
+    assert all(pg.pid_alive(p) for p in pids.values())
+    assert not any(w.done.is_set() for w in writers)
+
+    # the capture: one server, with every session the rules read
+    assert len(cap) == 1
+    obj = cap[0]
+    assert (obj["server"], obj["role"], obj["current_user"]) == ("main", "primary", "pgsweeper")
+    assert obj["connection_slots"] == 37
+    for name, pid in pids.items():
+        s = session(obj, pid)
+        app = "capped" if name.startswith("capped") else name
+        assert (s["backend_type"], s["application"]) == ("client backend", app), s
+    assert session(obj, pids["blocker"])["state"] == "idle in transaction"
+    assert session(obj, pids["blocker"])["blocking_pids"] is None
+    assert session(obj, pids["writer-0"])["blocking_pids"] == [pids["blocker"]]
+    w1 = session(obj, pids["writer-1"])["blocking_pids"]
+    assert w1 and set(w1) <= {pids["blocker"], pids["writer-0"]}, w1
+    assert session(obj, pids["super-me"])["superuser"] is True
+    assert session(obj, pids["over-me"])["superuser"] is False
+
+    # live, each kind is what it should be (so that "the same" means something)
+    live_rows = {p: r for p, r in by_pid(live).items() if r["user"] != "pgsweeper"}
+    for name, want in EXPECTED.items():
+        row = live_rows[pids[name]]
+        assert (row["verdict"], row["rule"], row["limit"], row["action"], row["reason"], row["blocked"]) == want, \
+            (name, row)
+
+    # the server goes away: the replay connects nowhere
+    stop_process(pg.proc, signal.SIGINT, timeout=30)
+    assert pg.proc.poll() is not None
+    replay, _ = replay_json(sweeper, cfg, cap_path)
+    text = replay_text(sweeper, cfg, cap_path)
+
+    # the same rows, live and replayed (pgsweeper's own connections aside:
+    # each read shows the other's if it lingers)
+    replay_rows = {p: r for p, r in by_pid(replay).items() if r["user"] != "pgsweeper"}
+    assert set(live_rows) == set(replay_rows), (live, replay)
+    assert set(pids.values()) <= set(replay_rows)
+    same_rows(live_rows, replay_rows, gap_ms, replay_rows)
+
+    # each kind is what it should be (not merely the same twice)
+    for name, (verdict, rule, limit, action, reason, blocked) in EXPECTED.items():
+        row = replay_rows[pids[name]]
+        assert (row["verdict"], row["rule"], row["limit"], row["action"], row["reason"], row["blocked"]) == \
+            (verdict, rule, limit, action, reason, blocked), (name, row)
+    cap_row = replay_rows[pids["capped-0"]]
+    assert (cap_row["group"], cap_row["sessions"], cap_row["max_sessions"]) == ("application=capped", 3, 2), cap_row
+    hot = replay_rows[pids["pressured"]]
+    assert hot["connections"] == obj["connections"] and hot["connection_slots"] == 37, hot
+    assert replay_rows[pids["super-me"]]["elapsed_ms"] is None
+
+    # judged at the capture's now(), to the millisecond
+    now = ts_us(obj["now"])
+    over = replay_rows[pids["over-me"]]
+    assert over["elapsed_ms"] == (now - ts_us(session(obj, pids["over-me"])["state_change"])) // 1000, over
+    assert over["elapsed_ms"] >= 2000, over
+    w0 = replay_rows[pids["writer-0"]]
+    assert w0["elapsed_ms"] == (now - ts_us(session(obj, pids["writer-0"])["wait_start"])) // 1000, w0
+    assert w0["remaining_ms"] == 3600000 - w0["elapsed_ms"], w0
+
+    # the text form, row for row the live one's (the clock's columns aside)
+    live_cells, live_order = text_cells(live_text)
+    cells, order = text_cells(text)
+    mine = set(pids.values())
+    assert [p for p in order if p in mine] == [p for p in live_order if p in mine], (live_text, text)
+    for pid in mine:
+        assert untimed(cells[pid]) == untimed(live_cells[pid]), (cells[pid], live_cells[pid])
+    assert cells[pids["blocker"]]["VERDICT"] == \
+        "over lock-blockers: max_blocking 1s (2 waiting behind it) -> terminate", cells[pids["blocker"]]
+    assert cells[pids["exempt-rule"]]["VERDICT"] == "exempt: exempt block of rule idle-fast"
+    assert cells[pids["super-me"]]["VERDICT"] == "protected: superuser (terminate_superusers is off)"
+    assert not (tmp_path / "metrics.prom").exists(), "a capture or a replay wrote the metrics file"
+
+
+# -- 2. the capture's time is the judgement's ------------------------------------
+
+def test_judged_at_the_captures_now_not_the_replays(pg, sweeper, tmp_path):
+    conn = pg.connect(user="app", application_name="half-idle")
+    conn.execute("SELECT 1")
+    pid = conn.info.backend_pid
+    cfg = yaml_config([main_server(pg)], "      - {name: idle-2s, max_idle: 2s, applications: [half-idle]}\n",
+                      interval=None)
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    cap, _ = take_capture(sweeper, cfg, tmp_path / "capture.json")
+    s = session(cap[0], pid)
+    idle_ms = (ts_us(cap[0]["now"]) - ts_us(s["state_change"])) // 1000
+    assert 500 <= idle_ms < 2000, s
+    time.sleep(max(0.0, 3.0 - (time.monotonic() - t0)))
+
+    rows, _ = replay_json(sweeper, cfg, tmp_path / "capture.json")
+    row = by_pid(rows)[pid]
+    assert (row["verdict"], row["rule"], row["limit"]) == ("next", "idle-2s", "max_idle"), row
+    assert row["elapsed_ms"] == idle_ms and row["remaining_ms"] == 2000 - idle_ms, row
+    assert 0 < row["remaining_ms"] <= 1500, row
+    line = [l for l in replay_text(sweeper, cfg, tmp_path / "capture.json").splitlines() if f"  {pid}  " in l]
+    assert len(line) == 1 and re.search(r"  next idle-2s: max_idle 2s in \S+ -> terminate$", line[0]), line
+    # the wall clock says otherwise: a live read now finds it over
+    live, _ = explain_json(sweeper, cfg)
+    assert by_pid(live)[pid]["verdict"] == "over", by_pid(live)[pid]
+    assert_connection_alive(conn)
+
+
+# -- 3. capture.sql through psql -----------------------------------------------
+
+SQL_RULES = ("      - {name: idle-fast, max_idle: 1s, users: [app], applications: [over-me]}\n"
+             "      - {name: idle-slow, max_idle: 1h, users: [other]}\n"
+             "      - {name: lock-blockers, max_blocking: 1s, applications: [blocker]}\n"
+             "      - {name: lock-queue, max_lock_wait: 1h, action: cancel, applications: [\"writer-*\"]}\n")
+
+
+def test_capture_sql_through_psql_gives_the_same_verdicts(pg, sweeper, tmp_path, table):
+    conns = [pg.connect(user="app", application_name="over-me"), pg.connect(user="other", application_name="n"),
+             pg.connect(user="postgres", dbname="postgres", application_name="su")]
+    blocker = idle_blocker(pg)
+    writers = start_waiters(pg, 2, "UPDATE lk SET v = v + 1 WHERE id = 1")
+    mine = {c.info.backend_pid for c in conns} | {blocker.info.backend_pid} | {w.pid for w in writers}
+    time.sleep(1.5)
+    cfg = yaml_config([main_server(pg)], SQL_RULES, interval=None)
+
+    t0 = time.monotonic()
+    ours, _ = take_capture(sweeper, cfg, tmp_path / "pgsweeper.json")
+    p = psql_capture(pg, "server=main")
+    gap_ms = (time.monotonic() - t0) * 1000 + 5
+    assert p.stderr == b"", p.stderr
+    (tmp_path / "psql.json").write_bytes(p.stdout)
+    (tmp_path / "psql-list.json").write_bytes(b"[" + p.stdout + b"]")
+    theirs = parse_capture(p.stdout)
+    assert isinstance(theirs, dict), theirs          # one object, not an array
+    check_capture_shape(theirs)
+
+    # the same sessions, field for field (nothing of theirs moved meanwhile)
+    ours = ours[0]
+    assert (theirs["server"], theirs["role"], theirs["current_user"], theirs["connection_slots"]) == \
+        (ours["server"], ours["role"], ours["current_user"], ours["connection_slots"])
+    assert theirs["server_version"] == ours["server_version"]
+    assert ts_us(ours["now"]) <= ts_us(theirs["now"])
+    for pid in mine:
+        a, b = session(ours, pid), session(theirs, pid)
+        # an xid handed out meanwhile (autovacuum's analyze) ages a horizon
+        assert {k: v for k, v in a.items() if k != "xmin_age"} == {k: v for k, v in b.items() if k != "xmin_age"}
+        assert (a["xmin_age"] is None) == (b["xmin_age"] is None) and (a["xmin_age"] or 0) <= (b["xmin_age"] or 0)
+
+    rows, _ = replay_json(sweeper, cfg, tmp_path / "pgsweeper.json")
+    via_psql, r1 = replay_json(sweeper, cfg, tmp_path / "psql.json")
+    _, r2 = replay_json(sweeper, cfg, tmp_path / "psql-list.json")
+    assert r1.stdout == r2.stdout, "--from takes the object or an array of it alike"
+    # replay's elapsed is the capture's: psql's read came after ours
+    same_rows({p: r for p, r in by_pid(via_psql).items()}, by_pid(rows), gap_ms, mine)
+    got = by_pid(via_psql)
+    assert got[blocker.info.backend_pid]["verdict"] == "over" and got[blocker.info.backend_pid]["blocked"] == 2
+    assert [got[w.pid]["verdict"] for w in writers] == ["next", "next"]
+    blocker.rollback()
+    for w in writers:
+        w.thread.join(10)
+
+
+def test_capture_sql_needs_the_servers_name(pg):
+    p = psql_capture(pg, expect=1)
+    assert p.stdout == b"", p.stdout
+    assert b"capture.sql needs the server's name: psql -XAt -v server=NAME -f capture.sql" in p.stderr, p.stderr
+
+
+# -- 4. replay with rules the capture never had -------------------------------
+
+NIGHT_RULES = "      - {name: idle-long, max_idle: 1h, users: [app]}\n"
+NEW_RULE = ("      - name: lock-blockers\n"
+            "        max_blocking: 1s\n"
+            "        exempt:\n"
+            "          applications: [nightly-backup]\n")
+
+
+@pytest.fixture
+def last_night(pg, table, tmp_path, sweeper):
+    """A batch job (idle in transaction) blocking two writers, and the backup
+    blocking one; captured under rules that have nothing for either."""
+    batch = idle_blocker(pg, app="nightly-batch")
+    backup = pg.connect(application_name="nightly-backup", autocommit=False)
+    backup.execute("UPDATE lk SET v = v + 1 WHERE id = 2")
+    writers = start_waiters(pg, 2, "UPDATE lk SET v = v + 1 WHERE id = 1")
+    behind_backup = start_waiters(pg, 1, "UPDATE lk SET v = v + 1 WHERE id = 2", app="reporter")
+    time.sleep(1.5)
+    cfg_a = yaml_config([main_server(pg)], NIGHT_RULES, interval=None)
+    path = tmp_path / "last-night.json"
+    take_capture(sweeper, cfg_a, path)
+    yield dict(path=path, cfg_a=cfg_a, batch=batch.info.backend_pid, backup=backup.info.backend_pid,
+               writers=[w.pid for w in writers], reporter=behind_backup[0].pid)
+    batch.rollback()
+    backup.rollback()
+    for w in writers + behind_backup:
+        w.thread.join(10)
+
+
+def test_new_rule_ends_the_blocker_and_spares_the_backup(pg, sweeper, last_night):
+    n = last_night
+    before, _ = replay_json(sweeper, n["cfg_a"], n["path"])
+    got = by_pid(before)
+    for pid in (n["batch"], n["backup"]):
+        assert (got[pid]["verdict"], got[pid]["reason"], got[pid]["rule"]) == ("none", "no-limit", "idle-long"), \
+            got[pid]
+    assert all(r["verdict"] != "over" for r in before), before
+
+    cfg_b = yaml_config([main_server(pg)], NIGHT_RULES + NEW_RULE, interval=None)
+    after, _ = replay_json(sweeper, cfg_b, n["path"])
+    got = by_pid(after)
+    batch = got[n["batch"]]
+    assert (batch["verdict"], batch["rule"], batch["limit"], batch["action"], batch["blocked"]) == \
+        ("over", "lock-blockers", "max_blocking", "terminate", 2), batch
+    assert batch["elapsed_ms"] >= 1500, batch
+    backup = got[n["backup"]]
+    assert (backup["verdict"], backup["reason"], backup["rule"]) == ("exempt", "exempt-rule", "lock-blockers"), backup
+    text = replay_text(sweeper, cfg_b, n["path"])
+    cells, order = text_cells(text)
+    assert order[0] == n["batch"], text
+    assert cells[n["batch"]]["VERDICT"] == "over lock-blockers: max_blocking 1s (2 waiting behind it) -> terminate"
+    assert cells[n["backup"]]["VERDICT"] == "exempt: exempt block of rule lock-blockers"
+
+    # --dry-run: the same verdicts, the actions as a dry run
+    dry, _ = replay_json(sweeper, cfg_b, n["path"], "--dry-run")
+    assert by_pid(dry)[n["batch"]]["action"] == "dry-run", by_pid(dry)[n["batch"]]
+    assert {k: v for k, v in by_pid(dry)[n["batch"]].items() if k != "action"} == \
+        {k: v for k, v in batch.items() if k != "action"}
+    cells, _ = text_cells(replay_text(sweeper, cfg_b, n["path"], "--dry-run"))
+    assert cells[n["batch"]]["VERDICT"].endswith("-> terminate (dry-run)"), cells[n["batch"]]
+    # the replay signalled nothing
+    assert all(pg.pid_alive(p) for p in [n["batch"], n["backup"], *n["writers"], n["reporter"]])
+
+
+def test_server_option_and_servers_not_configured(pg, sweeper, last_night, tmp_path):
+    n = last_night
+    dead = f"host=127.0.0.1 port={free_tcp_port()} dbname=postgres user=pgsweeper connect_timeout=1"
+    # two servers, neither reachable: the rules are all a replay needs
+    cfg = ("servers:\n"
+           f"  - name: main\n    conninfo: {yaml_str(dead)}\n    rules:\n{NIGHT_RULES}"
+           f"  - name: candidate\n    conninfo: {yaml_str(dead)}\n    rules:\n{NIGHT_RULES + NEW_RULE}")
+    rows, _ = replay_json(sweeper, cfg, n["path"])
+    assert {r["server"] for r in rows} == {"main"}
+    assert by_pid(rows)[n["batch"]]["verdict"] == "none"
+
+    # --server: the single captured server judged with another server's rules
+    rows, _ = replay_json(sweeper, cfg, n["path"], "--server", "candidate")
+    assert rows and {r["server"] for r in rows} == {"candidate"}, rows
+    assert by_pid(rows, "candidate")[n["batch"]]["verdict"] == "over"
+
+    r = run(sweeper, cfg, "--explain", "--from", str(n["path"]), "--server", "nowhere", expect=2)
+    assert r.stdout == b""
+    assert r.stderr.decode() == f'pgsweeper: --server "nowhere": no such server in {r.config}\n', r.stderr
+
+    # a captured server the configuration does not have
+    other = yaml_config([("elsewhere", dead)], NIGHT_RULES, interval=None)
+    r = run(sweeper, other, "--explain", "--from", str(n["path"]), expect=2)
+    assert r.stdout == b""
+    assert r.stderr.decode() == (f'pgsweeper: {n["path"]}: server "main" is not in {r.config} '
+                                 "(name the one whose rules judge it with --server)\n"), r.stderr
+    rows, _ = replay_json(sweeper, other, n["path"], "--server", "elsewhere")
+    assert {r["server"] for r in rows} == {"elsewhere"}
+
+    # a capture of two servers: --server picks one of them, by name only
+    two = yaml_config([main_server(pg), main_server(pg, "mirror")], NIGHT_RULES, interval=None)
+    path2 = tmp_path / "two.json"
+    cap, _ = take_capture(sweeper, two, path2)
+    assert [o["server"] for o in cap] == ["main", "mirror"]
+    rows, _ = replay_json(sweeper, two, path2)
+    assert {r["server"] for r in rows} == {"main", "mirror"}
+    rows, _ = replay_json(sweeper, two, path2, "--server", "mirror")
+    assert {r["server"] for r in rows} == {"mirror"}
+    r = run(sweeper, cfg, "--explain", "--from", str(path2), "--server", "candidate", expect=2)
+    assert r.stderr.decode() == f'pgsweeper: --server "candidate": {path2} holds 2 servers, none of that name\n', \
+        r.stderr
+    assert r.stdout == b""
+
+
+# -- 5. hostile names ------------------------------------------------------------
+
+HOSTILE_DB = "d\u202e\n\"q'\t\\x41\x1b[1m\u2028"
+HOSTILE_APP = "q\"uo\\te'x \\x41"
+
+
+@pytest.fixture
+def hostile_db(pg):
+    su = pg.connect(user="postgres", dbname="postgres")
+    ident = '"' + HOSTILE_DB.replace('"', '""') + '"'
+    su.execute(f"CREATE DATABASE {ident} OWNER app")
+    conns = []
+
+    def connect(**kw):
+        c = psycopg.connect(host=pg.host, port=pg.port, dbname=HOSTILE_DB, user="app", autocommit=True, **kw)
+        conns.append(c)
+        return c
+    yield connect
+    for c in conns:
+        with contextlib.suppress(Exception):
+            c.close()
+    wait_until(lambda: not pg.admin_query("SELECT 1 FROM pg_stat_activity WHERE datname = %s", (HOSTILE_DB,)),
+               10, what="the hostile database's sessions gone")
+    su.execute(f"DROP DATABASE {ident}")
+
+
+def test_hostile_names_escaped_as_live(pg, sweeper, tmp_path, hostile_sessions, hostile_db):
+    h, = hostile_sessions(application_name=HOSTILE_APP)
+    d = hostile_db(application_name="in-hostile-db")
+    pids = [h.info.backend_pid, d.info.backend_pid]
+    cfg = yaml_config([main_server(pg)], "      - {name: idle, max_idle: 1h}\n", interval=None)
+    path = tmp_path / "capture.json"
+
+    live, _ = explain_json(sweeper, cfg)
+    live_text, _ = explain_text(sweeper, cfg)
+    cap, _ = take_capture(sweeper, cfg, path)
+    # the capture holds the names as the server has them
+    assert session(cap[0], pids[0])["user"].encode("utf-8", errors="surrogateescape") == HOSTILE
+    assert session(cap[0], pids[0])["application"] == HOSTILE_APP
+    assert session(cap[0], pids[1])["database"] == HOSTILE_DB
+
+    replay, _ = replay_json(sweeper, cfg, path)
+    text = replay_text(sweeper, cfg, path)
+
+    lrows, rrows = by_pid(live), by_pid(replay)
+    for pid in pids:
+        for k in ("user", "database", "application", "client_addr", "state", "verdict", "rule"):
+            assert lrows[pid][k] == rrows[pid][k], (k, lrows[pid], rrows[pid])
+    assert json_name_bytes(rrows[pids[0]]["user"]) == HOSTILE, rrows[pids[0]]
+    assert json_name_bytes(rrows[pids[0]]["application"]) == HOSTILE_APP.encode()
+    assert rrows[pids[1]]["database"] == HOSTILE_DB.replace("\\x41", "\\x5cx41"), rrows[pids[1]]
+    lcells, _ = text_cells(live_text)
+    cells, _ = text_cells(text)
+    for pid in pids:
+        assert untimed(cells[pid]) == untimed(lcells[pid]), (cells[pid], lcells[pid])
+    assert cells[pids[0]]["USER"] == "h\\u202e\\x0aE\u2026", cells[pids[0]]
+    assert cells[pids[1]]["DATABASE"] == "d\\u202e\\x0a\"q'\u2026", cells[pids[1]]
+
+
+# -- 6. --capture touches nothing ------------------------------------------------
+
+def test_capture_signals_nothing_and_writes_nothing(pg, sweeper, journal, tmp_path):
+    conns = [pg.connect(user="app", application_name=f"victim-{i}") for i in range(3)]
+    conns[0].execute("SELECT 1")
+    pids = [c.info.backend_pid for c in conns]
+    time.sleep(1.2)
+    # rules that would end every one of them, a metrics file to write
+    cfg = yaml_config([main_server(pg)], "      - {name: idle, max_idle: 1s, users: [app]}\n", interval=None,
+                      top=f"metrics_file: {tmp_path / 'metrics.prom'}\n")
+    cursor = journal.cursor()
+    cap, r = take_capture(sweeper, cfg, tmp_path / "c.json")
+    assert r.stderr == b"", r.stderr
+    # every session is in it, as pg_stat_activity has it
+    obj = cap[0]
+    for c, pid in zip(conns, pids):
+        s = session(obj, pid)
+        row = pg.admin_query("SELECT usename, datname, application_name, state, "
+                             "(extract(epoch FROM backend_start) * 1000000)::int8, "
+                             "(extract(epoch FROM state_change) * 1000000)::int8 FROM pg_stat_activity "
+                             "WHERE pid = %s", (pid,))[0]
+        assert (s["user"], s["database"], s["application"], s["state"]) == row[:4], (s, row)
+        assert (ts_us(s["backend_start"]), ts_us(s["state_change"])) == row[4:], (s, row)
+        assert s["client_addr"] == "local" and s["superuser"] is False and s["blocking_pids"] is None
+    time.sleep(0.5)
+    for c, pid in zip(conns, pids):
+        assert pg.pid_alive(pid)
+        assert_connection_alive(c)
+    entries = journal.entries(after_cursor=cursor)
+    assert not [e for e in entries if e.get("_PID") == str(r.pid)], "--capture wrote to the journal"
+    assert not [e for e in entries if e.get("PGSWEEPER_PID") in {str(p) for p in pids}]
+    assert not (tmp_path / "metrics.prom").exists(), "--capture wrote the metrics file"
+
+
+def test_capture_exit_codes(pg, sweeper, tmp_path):
+    conn = pg.connect(user="app", application_name="multi")
+    pid = conn.info.backend_pid
+    down = f"host=127.0.0.1 port={free_tcp_port()} dbname=postgres user=pgsweeper connect_timeout=2"
+    cfg = yaml_config([main_server(pg), ("down", down), main_server(pg, "mirror")],
+                      "      - {name: idle, max_idle: 1h}\n", interval=None)
+    cap, r = take_capture(sweeper, cfg, tmp_path / "c.json", expect=1)
+    assert [o["server"] for o in cap] == ["main", "mirror"], cap
+    assert all(session(o, pid)["application"] == "multi" for o in cap)
+    err = r.stderr.decode()
+    assert re.search(r"^pgsweeper: down: cannot connect", err, re.M), err
+    # what it holds replays
+    rows, _ = replay_json(sweeper, cfg, tmp_path / "c.json")
+    assert pid in by_pid(rows, "main") and pid in by_pid(rows, "mirror")
+
+    cap, _ = take_capture(sweeper, cfg, tmp_path / "m.json", "--server", "mirror")
+    assert [o["server"] for o in cap] == ["mirror"]
+    cap, _ = take_capture(sweeper, cfg, tmp_path / "d.json", "--server", "down", expect=1)
+    assert cap == []
+    r = run(sweeper, cfg, "--capture", "--server", "nowhere", expect=2)
+    assert r.stdout == b""
+    assert r.stderr.decode() == f'pgsweeper: --server "nowhere": no such server in {r.config}\n', r.stderr
+    assert_connection_alive(conn)
