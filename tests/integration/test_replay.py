@@ -705,3 +705,273 @@ def test_capture_exit_codes(pg, sweeper, tmp_path):
     assert r.stdout == b""
     assert r.stderr.decode() == f'pgsweeper: --server "nowhere": no such server in {r.config}\n', r.stderr
     assert_connection_alive(conn)
+
+
+# -- 7. a capture written by hand, judged exactly; and files that are not captures --
+
+def hand_capture():
+    """A capture as a person (or another tool) could write it: offsets, a
+    space for the "T", fractions of any length, the bare object."""
+    def s(pid, state, since, **kw):
+        row = {"pid": pid, "backend_type": "client backend", "superuser": False, "state": state,
+               "backend_start": "2026-01-01T09:00:00Z", "state_change": since, "query_start": since,
+               "xact_start": None, "wait_start": None, "user": "app", "database": "appdb", "application": "web",
+               "client_addr": "10.0.0.7", "wait_event_type": "Client", "blocking_pids": None, "xmin_age": None,
+               "query": "SELECT 1"}
+        row.update(kw)
+        return row
+    return {
+        "pgsweeper_capture": 1, "server": "main", "server_version": "16.4", "now": "2026-01-01 12:00:00+02:00",
+        "role": "primary", "current_user": "pgsweeper", "connections": 6, "connection_slots": 97,
+        "groups": [{"user": "app", "database": "appdb", "application": "web", "client_addr": "10.0.0.7", "count": 5},
+                   {"user": "postgres", "database": "postgres", "application": "psql", "client_addr": "local",
+                    "count": 1}],
+        "sessions": [
+            s(101, "idle", "2026-01-01T09:58:30Z"),                          # idle 90 s
+            s(102, "idle", "2026-01-01T11:59:59.5+02:00"),                   # idle 0.5 s
+            s(103, "idle", "2026-01-01T09:00:00Z", superuser=True, user="postgres", database="postgres",
+              application="psql", client_addr="local"),
+            s(104, "idle in transaction", "2026-01-01T09:50:00Z", xact_start="2026-01-01T09:50:00Z",
+              query="UPDATE t SET v = 1"),
+            s(105, "active", "2026-01-01T09:59:00Z", wait_start="2026-01-01T09:59:00.25Z",
+              wait_event_type="Lock", blocking_pids=[104], query="UPDATE t SET v = 2"),
+            s(106, "active", "2026-01-01T09:59:50.123Z", application="report"),
+            s(107, None, None, backend_type="autovacuum worker", user=None, database="appdb", application="",
+              client_addr=None, query=None),
+        ]}
+
+
+HAND_RULES = ("      - {name: idle, max_idle: 1m, applications: [web]}\n"
+              "      - {name: blockers, max_blocking: 30s}\n"
+              "      - {name: queue, max_lock_wait: 10m, action: cancel}\n"
+              "      - {name: reports, max_query_duration: 20s, action: cancel, applications: [report]}\n")
+
+
+def nowhere_config(rules=HAND_RULES, name="main"):
+    dead = f"host=127.0.0.1 port={free_tcp_port()} dbname=postgres user=pgsweeper connect_timeout=1"
+    return yaml_config([(name, dead)], rules, interval=None)
+
+
+def test_hand_written_capture_is_judged_exactly(sweeper, tmp_path):
+    path = tmp_path / "hand.json"
+    path.write_text(json.dumps(hand_capture(), indent=1))
+    rows, _ = replay_json(sweeper, nowhere_config(), path)
+    got = by_pid(rows)
+    assert sorted(got) == [101, 102, 103, 104, 105, 106], "the autovacuum worker is no session to explain"
+    want = {
+        101: ("over", "idle", "max_idle", 90000, None, "terminate", None),
+        102: ("next", "idle", "max_idle", 500, 59500, "terminate", None),
+        103: ("protected", None, None, None, None, None, None),
+        104: ("over", "blockers", "max_blocking", 59750, None, "terminate", 1),
+        105: ("next", "queue", "max_lock_wait", 59750, 540250, "cancel", 0),
+        106: ("next", "reports", "max_query_duration", 9877, 10123, "cancel", None),
+    }
+    for pid, w in want.items():
+        r = got[pid]
+        assert (r["verdict"], r["rule"], r["limit"], r["elapsed_ms"], r["remaining_ms"], r["action"],
+                r["blocked"]) == w, r
+    assert (got[101]["user"], got[101]["database"], got[101]["application"], got[101]["client_addr"]) == \
+        ("app", "appdb", "web", "10.0.0.7")
+    assert got[104]["state"] == "idle in transaction"
+    # the bare object and an array of it are the same capture
+    listed = tmp_path / "listed.json"
+    listed.write_text(json.dumps([hand_capture()]))
+    again, _ = replay_json(sweeper, nowhere_config(), listed)
+    assert again == rows
+    text = replay_text(sweeper, nowhere_config(), path)
+    cells, order = text_cells(text)
+    assert order == [101, 104, 106, 102, 105, 103], text
+    assert cells[101]["ELAPSED"] == "1m30s" and cells[101]["VERDICT"] == "over idle: max_idle 1m -> terminate"
+    assert cells[104]["VERDICT"] == "over blockers: max_blocking 30s (1 waiting behind it) -> terminate", cells[104]
+
+
+def capture_bytes(mutate=None):
+    """The hand capture in an array, indented (so that lines and columns
+    are worth checking), after mutate(obj) changed its only server."""
+    cap = [hand_capture()]
+    if mutate:
+        mutate(cap[0])
+    return json.dumps(cap, indent=1).encode()
+
+
+def at_nth(needle, n=1):
+    """Where the n-th occurrence of needle starts."""
+    def find(data):
+        i = -1
+        for _ in range(n):
+            i = data.index(needle, i + 1)
+        return i
+    return find
+
+
+def after(prefix, n=1):
+    """Where the value after the n-th prefix (a key and its ': ') starts."""
+    find = at_nth(prefix, n)
+    return lambda data: find(data) + len(prefix)
+
+
+def line_col(data, offset):
+    line = data.count(b"\n", 0, offset) + 1
+    return line, offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+
+
+def mutated(fn):
+    return lambda tmp: write(tmp, capture_bytes(fn))
+
+
+def raw(data):
+    return lambda tmp: write(tmp, data)
+
+
+def write(tmp, data, name="capture.json"):
+    p = tmp / name
+    p.write_bytes(data)
+    return p, data
+
+
+def first_session(**kw):
+    def fn(obj):
+        for k, v in kw.items():
+            if v is KeyError:
+                del obj["sessions"][0][k]
+            else:
+                obj["sessions"][0][k] = v
+    return fn
+
+
+def server(**kw):
+    def fn(obj):
+        obj.update(kw)
+    return fn
+
+
+def fifo(tmp):
+    p = tmp / "capture.fifo"
+    os.mkfifo(p)
+    return p, None
+
+
+def directory(tmp):
+    p = tmp / "capture.d"
+    p.mkdir()
+    return p, None
+
+
+def missing(tmp):
+    return tmp / "no-such-capture.json", None
+
+
+def huge(tmp):
+    """A sparse file just over the cap (256 MiB): costs no disk."""
+    p = tmp / "huge.json"
+    with open(p, "wb") as f:
+        f.truncate(256 * 1024 * 1024 + 1)
+    return p, None
+
+
+def truncated(tmp):
+    data = capture_bytes()
+    return write(tmp, data[:data.index(b'"state": ') + len(b'"state": ')])
+
+
+def duplicate_key(tmp):
+    data = capture_bytes()
+    i = data.index(b'"server":')
+    return write(tmp, data[:i] + b'"server": "again",\n  ' + data[i:])
+
+
+def hostile_name(tmp):
+    return write(tmp, b"hello, world\n", name="bad\nname\u202e.json")
+
+
+def deep(tmp):
+    return write(tmp, b"[" * 20 + b"]" * 20)
+
+
+def nul_in_name(tmp):
+    data = capture_bytes()
+    return write(tmp, data.replace(b'"application": "report"', b'"application": "rep\\u0000ort"'))
+
+
+def twice(obj):
+    obj["sessions"][1]["pid"] = obj["sessions"][0]["pid"]
+
+
+def end_of(data):
+    return len(data)
+
+
+TS = 'a timestamp like "2024-02-29 23:59:59.123456+02:00"'
+# (id, the file, where the error is (None: the file as a whole), the message after "error: ")
+MALFORMED = [
+    ("plain-text", raw(b"hello, world\n"), lambda d: 0, 'expected a JSON value, found "hello"'),
+    ("empty", raw(b""), (1, 1), "empty: not a capture"),
+    ("whitespace-only", raw(b" \n\t\n"), (1, 1), "empty: not a capture"),
+    ("yaml-config", raw(b"servers:\n  - name: a\n"), lambda d: 0, 'expected a JSON value, found "servers"'),
+    ("object-of-another-shape", raw(b'{"a": 1}'), lambda d: 0,
+     'missing key "pgsweeper_capture": not a capture'),
+    ("array-of-numbers", raw(b"[1, 2]"), lambda d: 1, "[0]: expected an object (a server), found 1"),
+    ("empty-array", raw(b"[]"), lambda d: 0, "expected at least one server, found an empty array"),
+    ("a-string", raw(b'"capture"'), lambda d: 0,
+     'expected an object (a server) or an array of them, found "capture"'),
+    ("pid-as-string", mutated(first_session(pid="101")), at_nth(b'"101"'),
+     '[0].sessions[0].pid: expected an integer from 1 to 2147483647, found "101"'),
+    ("pid-zero", mutated(first_session(pid=0)), after(b'"pid": '),
+     "[0].sessions[0].pid: expected an integer from 1 to 2147483647, found 0"),
+    ("superuser-as-1", mutated(first_session(superuser=1)), after(b'"superuser": '),
+     "[0].sessions[0].superuser: expected true or false, found 1"),
+    ("now-not-a-timestamp", mutated(server(now="yesterday")), at_nth(b'"yesterday"'),
+     f'[0].now: expected {TS}, found "yesterday"'),
+    ("month-13", mutated(first_session(state_change="2026-13-01T00:00:00Z")), at_nth(b'"2026-13-01T00:00:00Z"'),
+     f'[0].sessions[0].state_change: expected {TS} or null, found "2026-13-01T00:00:00Z"'),
+    ("role-unknown", mutated(server(role="master")), at_nth(b'"master"'),
+     '[0].role: expected "primary" or "standby", found "master"'),
+    ("blocker-not-a-pid", mutated(first_session(blocking_pids=["104"])), at_nth(b'"104"'),
+     '[0].sessions[0].blocking_pids[0]: expected an integer from 0 to 2147483647, found "104"'),
+    ("missing-key", mutated(first_session(state=KeyError)), at_nth(b"{", 4),
+     '[0].sessions[0]: missing key "state"'),
+    ("unknown-key", mutated(first_session(colour="red")), at_nth(b'"colour"'),
+     '[0].sessions[0]: unknown key "colour"'),
+    ("duplicate-key", duplicate_key, at_nth(b'"server"', 2), 'duplicate key "server"'),
+    ("duplicate-pid", mutated(twice), after(b'"pid": ', 2),
+     "[0].sessions[1].pid: duplicate pid 101, first at [0].sessions[0]"),
+    ("connections-not-the-groups-sum", mutated(server(connections=7)), after(b'"connections": '),
+     "[0].connections: expected 6, the sum of the groups' counts, found 7"),
+    ("truncated", truncated, end_of, "expected a JSON value, found the end of the input"),
+    ("trailing-garbage", raw(capture_bytes() + b"\nx"), lambda d: len(d) - 1,
+     'expected the end of the input after the value, found "x"'),
+    ("nested-too-deep", deep, lambda d: 16, "arrays and objects nested more than 16 deep; stopped reading"),
+    ("nul-in-a-name", nul_in_name, at_nth(b"\\u0000"), "a string holds U+0000: no PostgreSQL name or query can"),
+    ("raw-newline-in-a-string", raw(b'[{"pgsweeper_capture": 1, "server": "a\nb"}]'), lambda d: d.index(b"\n"),
+     "expected a character or an escape in the string, found the control character 0x0a"),
+    ("format-2", mutated(server(pgsweeper_capture=2)), after(b'"pgsweeper_capture": '),
+     "[0]: capture format 2 is not supported (this pgsweeper reads 1)"),
+    ("fifo", fifo, None, "is a FIFO; a capture must be a regular file"),
+    ("directory", directory, None, "is a directory; a capture must be a regular file"),
+    ("missing-file", missing, None, "cannot open: No such file or directory"),
+    ("huge-sparse-file", huge, None,
+     "the file is larger than 268435456 bytes (256 MiB), the most a capture may have"),
+    ("hostile-file-name", hostile_name, lambda d: 0, 'expected a JSON value, found "hello"'),
+]
+
+
+def escaped_path(p):
+    """A path as pgsweeper's messages show it (pgsweeper(8), ESCAPING)."""
+    return str(p).replace("\n", "\\x0a").replace("\u202e", "\\u202e")
+
+
+@pytest.mark.parametrize("make, where, message", [pytest.param(*m[1:], id=m[0]) for m in MALFORMED])
+def test_not_a_capture(sweeper, tmp_path, make, where, message):
+    path, data = make(tmp_path)
+    if callable(where):
+        where = line_col(data, where(data))
+    if isinstance(where, tuple):
+        want = f"{escaped_path(path)}:{where[0]}:{where[1]}: error: {message}\n"
+    else:
+        want = f"{escaped_path(path)}: error: {message}\n"
+    r = run(sweeper, nowhere_config(), "--explain", "--from", str(path), expect=78, timeout=30)
+    assert r.stdout == b"", r.stdout
+    assert r.stderr.decode("utf-8") == want
+    # the same with --json: no half-written array
+    r = run(sweeper, nowhere_config(), "--explain", "--json", "--from", str(path), expect=78, timeout=30)
+    assert r.stdout == b"" and r.stderr.decode("utf-8") == want
