@@ -14,16 +14,15 @@ import re
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from conftest import HOSTILE, PG_BINDIR, REPO, free_tcp_port, start_cluster, stop_process, wait_until
-from pgs_helpers import ActiveQuery, assert_connection_alive, main_server, yaml_config, yaml_str
+from pgs_helpers import assert_connection_alive, main_server, yaml_config, yaml_str
 from test_explain import KEYS, assert_no_unsafe, json_name_bytes
-from test_locks import idle_blocker, start_waiters, table, waiting  # noqa: F401  (table: a fixture)
+from test_locks import idle_blocker, start_waiters, table  # noqa: F401  (table: a fixture)
 
 CAPTURE_SQL = REPO / "sql" / "capture.sql"
 CAPTURE_KEYS = ["pgsweeper_capture", "server", "server_version", "now", "role", "current_user", "connections",
@@ -165,9 +164,16 @@ def session(capture_obj, pid):
 
 
 def no_sweeper_backends(pg):
-    """pgsweeper's role has no backend left (the last run's connection is
-    gone): two reads count the same connections."""
-    return pg.admin_query("SELECT count(*) FROM pg_stat_activity WHERE usename = 'pgsweeper'")[0][0] == 0
+    """The last run's connection (application pgsweeper) is gone: two reads
+    count the same connections."""
+    return pg.admin_query("SELECT count(*) FROM pg_stat_activity WHERE usename = 'pgsweeper' "
+                          "AND application_name = 'pgsweeper'")[0][0] == 0
+
+
+def not_ours(rows):
+    """{pid: row} without the connections of the pgsweeper runs (each read
+    shows the other's if it lingers)."""
+    return {p: r for p, r in by_pid(rows).items() if (r["user"], r["application"]) != ("pgsweeper", "pgsweeper")}
 
 
 def same_rows(live, replay, gap_ms, pids):
@@ -270,6 +276,7 @@ EXPECTED = {
     "capped-1": ("none", "cap", None, None, "no-limit", None),
     "capped-2": ("none", "cap", None, None, "no-limit", None),
     "pressured": ("next", "hot", "max_idle", "log", "limit", None),
+    "pgsweeper-daemon": ("protected", None, None, None, "own-role", None),
 }
 
 
@@ -288,7 +295,9 @@ def open_verdict_sessions(pg):
              "exempt-server": pg.connect(user="app", application_name="exempt-server"),
              "exempt-rule": pg.connect(user="app", application_name="exempt-rule"),
              "none-me": pg.connect(user="lonely", dbname="postgres", application_name="none-me"),
-             "pressured": pg.connect(user="app", application_name="pressured")}
+             "pressured": pg.connect(user="app", application_name="pressured"),
+             # another pgsweeper logged in as the role: the capture says which role took it
+             "pgsweeper-daemon": pg.connect(user="pgsweeper", dbname="postgres", application_name="pgsweeper-daemon")}
     for i in range(3):                 # idle in this order: capped-0 the longest
         conns[f"capped-{i}"] = pg.connect(user="app", application_name="capped")
         conns[f"capped-{i}"].execute("SELECT 1")
@@ -338,7 +347,7 @@ def test_replay_gives_the_live_verdicts_with_the_server_stopped(own_pg, sweeper,
     assert session(obj, pids["over-me"])["superuser"] is False
 
     # live, each kind is what it should be (so that "the same" means something)
-    live_rows = {p: r for p, r in by_pid(live).items() if r["user"] != "pgsweeper"}
+    live_rows = not_ours(live)
     for name, want in EXPECTED.items():
         row = live_rows[pids[name]]
         assert (row["verdict"], row["rule"], row["limit"], row["action"], row["reason"], row["blocked"]) == want, \
@@ -350,9 +359,8 @@ def test_replay_gives_the_live_verdicts_with_the_server_stopped(own_pg, sweeper,
     replay, _ = replay_json(sweeper, cfg, cap_path)
     text = replay_text(sweeper, cfg, cap_path)
 
-    # the same rows, live and replayed (pgsweeper's own connections aside:
-    # each read shows the other's if it lingers)
-    replay_rows = {p: r for p, r in by_pid(replay).items() if r["user"] != "pgsweeper"}
+    # the same rows, live and replayed
+    replay_rows = not_ours(replay)
     assert set(live_rows) == set(replay_rows), (live, replay)
     assert set(pids.values()) <= set(replay_rows)
     same_rows(live_rows, replay_rows, gap_ms, replay_rows)
@@ -388,6 +396,7 @@ def test_replay_gives_the_live_verdicts_with_the_server_stopped(own_pg, sweeper,
         "over lock-blockers: max_blocking 1s (2 waiting behind it) -> terminate", cells[pids["blocker"]]
     assert cells[pids["exempt-rule"]]["VERDICT"] == "exempt: exempt block of rule idle-fast"
     assert cells[pids["super-me"]]["VERDICT"] == "protected: superuser (terminate_superusers is off)"
+    assert cells[pids["pgsweeper-daemon"]]["VERDICT"] == "protected: own connection (a pgsweeper logged in as its role)"
     assert not (tmp_path / "metrics.prom").exists(), "a capture or a replay wrote the metrics file"
 
 
