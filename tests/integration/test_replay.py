@@ -243,13 +243,13 @@ VERDICT_RULES = (
     "      - {name: idle-slow, max_idle: 1h, action: cancel, users: [other]}\n"
     "      - {name: lock-blockers, max_blocking: 1s, applications: [blocker]}\n"
     "      - name: lock-queue\n"
-    "        max_lock_wait: 1h\n"
+    "        max_lock_wait: 3h\n"
     "        action: cancel\n"
     "        applications: [\"writer-*\"]\n"
     "        exempt:\n"
     "          applications: [writer-1]\n"
     "      - {name: cap, max_sessions: 2, per: application, applications: [capped]}\n"
-    "      - {name: hot, when_connections_above: 1, max_idle: 1h, action: log, applications: [pressured]}\n")
+    "      - {name: hot, when_connections_above: 1, max_idle: 2h, action: log, applications: [pressured]}\n")
 
 
 def verdict_config(pg, tmp_path):
@@ -307,7 +307,9 @@ def open_verdict_sessions(pg):
     for i, w in enumerate(writers):
         conns[f"writer-{i}"] = w.conn
     # every limit that is passed is passed by 1 s or more at the capture, every
-    # limit not reached is an hour away: the moments of the reads cannot matter
+    # limit not reached is an hour or more away: the moments of the reads
+    # cannot change a verdict. The `next` sessions are hours apart (1h, 2h,
+    # 3h), so that their order cannot turn on a millisecond either.
     time.sleep(2.0)
     return {k: c.info.backend_pid for k, c in conns.items()}, conns, writers
 
@@ -323,6 +325,7 @@ def test_replay_gives_the_live_verdicts_with_the_server_stopped(own_pg, sweeper,
     wait_until(lambda: no_sweeper_backends(pg), 10, what="the capture's connection gone")
     live, _ = explain_json(sweeper, cfg)
     gap_ms = (time.monotonic() - t0) * 1000 + 5
+    wait_until(lambda: no_sweeper_backends(pg), 10, what="the explain's connection gone")
     live_text, _ = explain_text(sweeper, cfg)
 
     # nothing was signalled by any of it
@@ -383,7 +386,7 @@ def test_replay_gives_the_live_verdicts_with_the_server_stopped(own_pg, sweeper,
     assert over["elapsed_ms"] >= 2000, over
     w0 = replay_rows[pids["writer-0"]]
     assert w0["elapsed_ms"] == (now - ts_us(session(obj, pids["writer-0"])["wait_start"])) // 1000, w0
-    assert w0["remaining_ms"] == 3600000 - w0["elapsed_ms"], w0
+    assert w0["remaining_ms"] == 3 * 3600000 - w0["elapsed_ms"], w0
 
     # the text form, row for row the live one's (the clock's columns aside)
     live_cells, live_order = text_cells(live_text)
