@@ -797,6 +797,20 @@ def test_hand_written_capture_is_judged_exactly(sweeper, tmp_path):
     assert cells[104]["VERDICT"] == "over blockers: max_blocking 30s (1 waiting behind it) -> terminate", cells[104]
 
 
+def test_a_captured_server_the_config_lacks_is_named_escaped(sweeper, tmp_path):
+    cap = hand_capture()
+    cap["server"] = "evil\n\u202ename\x1b[1m"
+    path = tmp_path / "evil.json"
+    path.write_text(json.dumps(cap))
+    cfg = nowhere_config()
+    r = run(sweeper, cfg, "--explain", "--from", str(path), expect=2)
+    assert r.stdout == b""
+    assert r.stderr.decode("utf-8") == (f'pgsweeper: {path}: server "evil\\x0a\\u202ename\\x1b[1m" is not in '
+                                        f"{r.config} (name the one whose rules judge it with --server)\n"), r.stderr
+    rows, _ = replay_json(sweeper, cfg, path, "--server", "main")
+    assert {row["server"] for row in rows} == {"main"} and by_pid(rows)[101]["verdict"] == "over"
+
+
 def capture_bytes(mutate=None):
     """The hand capture in an array, indented (so that lines and columns
     are worth checking), after mutate(obj) changed its only server."""
