@@ -321,7 +321,8 @@ static int close_container(struct parser *p, size_t at) {
                 p->cap_values = p->n_values + n > 2 * p->cap_values ? p->n_values + n : 2 * p->cap_values;
                 p->values = xreallocarray(p->values, p->cap_values, sizeof(*p->values));
         }
-        memcpy(p->values + p->n_values, c + 1, n * sizeof(*c));
+        if (n > 0)      /* p->values may still be NULL */
+                memcpy(p->values + p->n_values, c + 1, n * sizeof(*c));
         c->first = p->n_values;
         c->n = c->type == JSON_OBJECT ? n / 2 : n;
         p->n_values += n;
