@@ -36,51 +36,51 @@ struct field {
 enum { SRV_FORMAT, SRV_NAME, SRV_VERSION, SRV_NOW, SRV_ROLE, SRV_USER, SRV_CONNECTIONS, SRV_SLOTS, SRV_GROUPS,
        SRV_SESSIONS, _SRV_MAX };
 static const struct key server_keys[_SRV_MAX] = {
-        [SRV_FORMAT] = { "pgsweeper_capture", K_FORMAT },
-        [SRV_NAME] = { "server", K_STRING },
-        [SRV_VERSION] = { "server_version", K_STRING, true },
-        [SRV_NOW] = { "now", K_TIME },
-        [SRV_ROLE] = { "role", K_ROLE },
-        [SRV_USER] = { "current_user", K_STRING, true },
-        [SRV_CONNECTIONS] = { "connections", K_INT, true, 0, INT32_MAX },
-        [SRV_SLOTS] = { "connection_slots", K_INT, true, 0, INT32_MAX },
-        [SRV_GROUPS] = { "groups", K_ARRAY },
-        [SRV_SESSIONS] = { "sessions", K_ARRAY },
+        [SRV_FORMAT] = { .name = "pgsweeper_capture", .kind = K_FORMAT },
+        [SRV_NAME] = { .name = "server", .kind = K_STRING },
+        [SRV_VERSION] = { .name = "server_version", .kind = K_STRING, .null = true },
+        [SRV_NOW] = { .name = "now", .kind = K_TIME },
+        [SRV_ROLE] = { .name = "role", .kind = K_ROLE },
+        [SRV_USER] = { .name = "current_user", .kind = K_STRING, .null = true },
+        [SRV_CONNECTIONS] = { .name = "connections", .kind = K_INT, .null = true, .min = 0, .max = INT32_MAX },
+        [SRV_SLOTS] = { .name = "connection_slots", .kind = K_INT, .null = true, .min = 0, .max = INT32_MAX },
+        [SRV_GROUPS] = { .name = "groups", .kind = K_ARRAY },
+        [SRV_SESSIONS] = { .name = "sessions", .kind = K_ARRAY },
 };
 
 /* The four names first, in the order of GROUP_USER..GROUP_CLIENT_ADDRESS. */
 enum { G_USER, G_DATABASE, G_APPLICATION, G_CLIENT_ADDR, G_COUNT, _G_MAX };
 static const struct key group_keys[_G_MAX] = {
-        [G_USER] = { "user", K_STRING, true },
-        [G_DATABASE] = { "database", K_STRING, true },
-        [G_APPLICATION] = { "application", K_STRING, true },
-        [G_CLIENT_ADDR] = { "client_addr", K_STRING, true },
-        [G_COUNT] = { "count", K_INT, false, 1, INT32_MAX },
+        [G_USER] = { .name = "user", .kind = K_STRING, .null = true },
+        [G_DATABASE] = { .name = "database", .kind = K_STRING, .null = true },
+        [G_APPLICATION] = { .name = "application", .kind = K_STRING, .null = true },
+        [G_CLIENT_ADDR] = { .name = "client_addr", .kind = K_STRING, .null = true },
+        [G_COUNT] = { .name = "count", .kind = K_INT, .min = 1, .max = INT32_MAX },
 };
 
 enum { S_PID, S_BACKEND_TYPE, S_SUPERUSER, S_STATE, S_BACKEND_START, S_STATE_CHANGE, S_QUERY_START, S_XACT_START,
        S_WAIT_START, S_USER, S_DATABASE, S_APPLICATION, S_CLIENT_ADDR, S_WAIT_EVENT_TYPE, S_BLOCKING_PIDS,
        S_XMIN_AGE, S_QUERY, _S_MAX };
 static const struct key session_keys[_S_MAX] = {
-        [S_PID] = { "pid", K_INT, false, 1, INT32_MAX },
-        [S_BACKEND_TYPE] = { "backend_type", K_STRING, true },
-        [S_SUPERUSER] = { "superuser", K_BOOL },
-        [S_STATE] = { "state", K_STRING, true },
-        [S_BACKEND_START] = { "backend_start", K_TIME, true },
-        [S_STATE_CHANGE] = { "state_change", K_TIME, true },
-        [S_QUERY_START] = { "query_start", K_TIME, true },
-        [S_XACT_START] = { "xact_start", K_TIME, true },
-        [S_WAIT_START] = { "wait_start", K_TIME, true },
-        [S_USER] = { "user", K_STRING, true },
-        [S_DATABASE] = { "database", K_STRING, true },
-        [S_APPLICATION] = { "application", K_STRING, true },
-        [S_CLIENT_ADDR] = { "client_addr", K_STRING, true },
-        [S_WAIT_EVENT_TYPE] = { "wait_event_type", K_STRING, true },
-        [S_BLOCKING_PIDS] = { "blocking_pids", K_ARRAY, true },
-        [S_XMIN_AGE] = { "xmin_age", K_INT, true, 0, INT32_MAX },
-        [S_QUERY] = { "query", K_STRING, true },
+        [S_PID] = { .name = "pid", .kind = K_INT, .min = 1, .max = INT32_MAX },
+        [S_BACKEND_TYPE] = { .name = "backend_type", .kind = K_STRING, .null = true },
+        [S_SUPERUSER] = { .name = "superuser", .kind = K_BOOL },
+        [S_STATE] = { .name = "state", .kind = K_STRING, .null = true },
+        [S_BACKEND_START] = { .name = "backend_start", .kind = K_TIME, .null = true },
+        [S_STATE_CHANGE] = { .name = "state_change", .kind = K_TIME, .null = true },
+        [S_QUERY_START] = { .name = "query_start", .kind = K_TIME, .null = true },
+        [S_XACT_START] = { .name = "xact_start", .kind = K_TIME, .null = true },
+        [S_WAIT_START] = { .name = "wait_start", .kind = K_TIME, .null = true },
+        [S_USER] = { .name = "user", .kind = K_STRING, .null = true },
+        [S_DATABASE] = { .name = "database", .kind = K_STRING, .null = true },
+        [S_APPLICATION] = { .name = "application", .kind = K_STRING, .null = true },
+        [S_CLIENT_ADDR] = { .name = "client_addr", .kind = K_STRING, .null = true },
+        [S_WAIT_EVENT_TYPE] = { .name = "wait_event_type", .kind = K_STRING, .null = true },
+        [S_BLOCKING_PIDS] = { .name = "blocking_pids", .kind = K_ARRAY, .null = true },
+        [S_XMIN_AGE] = { .name = "xmin_age", .kind = K_INT, .null = true, .min = 0, .max = INT32_MAX },
+        [S_QUERY] = { .name = "query", .kind = K_STRING, .null = true },
 };
-static const struct key blocker_key = { "blocking_pids", K_INT, false, 0, INT32_MAX };
+static const struct key blocker_key = { .name = "blocking_pids", .kind = K_INT, .min = 0, .max = INT32_MAX };
 
 /* "a.b", or "b" at the top; "a.b[i]" with an index */
 static char *join(const char *path, const char *name, size_t i) {
