@@ -293,8 +293,6 @@ static int key_order(const void *a, const void *b) {
 static int check_keys(struct parser *p, struct json_value *members, size_t n) {
         const struct json_value *dup = NULL;
 
-        if (n < 2)
-                return 0;
         if (n > p->cap_keys) {
                 p->cap_keys = n;
                 p->keys = xreallocarray(p->keys, n, sizeof(*p->keys));
@@ -327,7 +325,7 @@ static int close_container(struct parser *p, size_t at) {
         c->n = c->type == JSON_OBJECT ? n / 2 : n;
         p->n_values += n;
         p->n_pending = at + 1;
-        return c->type == JSON_OBJECT ? check_keys(p, p->values + c->first, c->n) : 0;
+        return c->type == JSON_OBJECT && c->n > 1 ? check_keys(p, p->values + c->first, c->n) : 0;
 }
 
 static int parse(struct parser *p) {
