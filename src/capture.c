@@ -106,13 +106,6 @@ static int fail_found(struct json_error *error, const struct json_value *v, cons
         return fail(error, v, path, "expected %s, found %s", expected, found);
 }
 
-/* The same, at the member name (index i unless SIZE_MAX) of the object at path. */
-static int fail_member(struct json_error *error, const struct json_value *v, const char *path, const char *name,
-                       size_t i, const char *expected) {
-        _cleanup_free_ char *p = join(path, name, i);
-        return fail_found(error, v, p, expected);
-}
-
 static const struct json_value *member(const struct json_value *obj, const char *name) {
         for (size_t m = 0; m < obj->n; m++)
                 if (strcmp(obj->items[2 * m].text, name) == 0)
@@ -157,7 +150,7 @@ static bool parse_timestamp(const char *s, size_t n, int64_t *ret) {
         static const unsigned mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
         unsigned y, mo, d, h, mi, sec, oh = 0, om = 0, digit;
         int64_t frac = 0, sign = 1;
-        size_t i = 0, k = 0;
+        size_t i = 0;
         bool leap;
 
         if (!(digits(s, n, &i, 4, &y) && sep(s, n, &i, "-") && digits(s, n, &i, 2, &mo) && sep(s, n, &i, "-") &&
@@ -165,6 +158,8 @@ static bool parse_timestamp(const char *s, size_t n, int64_t *ret) {
               digits(s, n, &i, 2, &mi) && sep(s, n, &i, ":") && digits(s, n, &i, 2, &sec)))
                 return false;
         if (sep(s, n, &i, ".")) {
+                size_t k = 0;
+
                 for (; k < 6 && digits(s, n, &i, 1, &digit); k++)
                         frac = frac * 10 + digit;
                 if (k == 0)
@@ -189,30 +184,21 @@ static bool parse_timestamp(const char *s, size_t n, int64_t *ret) {
 }
 
 static char *expected(const struct key *k) {
-        const char *or_null = k->null ? " or null" : "";
+        static const char *const what[] = {
+                [K_STRING] = "a string", [K_BOOL] = "true or false", [K_ROLE] = "\"primary\" or \"standby\"",
+                [K_TIME] = "a timestamp like \"2024-02-29 23:59:59.123456+02:00\"", [K_ARRAY] = "an array",
+        };
 
-        switch (k->kind) {
-        case K_INT:
-                return xasprintf("an integer from %" PRId64 " to %" PRId64 "%s", k->min, k->max, or_null);
-        case K_TIME:
-                return xasprintf("a timestamp like \"2024-02-29 23:59:59.123456+02:00\"%s", or_null);
-        case K_STRING:
-                return xasprintf("a string%s", or_null);
-        case K_BOOL:
-                return xstrdup("true or false");
-        case K_ROLE:
-                return xstrdup("\"primary\" or \"standby\"");
-        case K_ARRAY:
-        case K_FORMAT:
-                break;
-        }
-        return xasprintf("an array%s", or_null);
+        if (k->kind == K_INT)
+                return xasprintf("an integer from %" PRId64 " to %" PRId64 "%s", k->min, k->max,
+                                 k->null ? " or null" : "");
+        return xasprintf("%s%s", what[k->kind], k->null ? " or null" : "");
 }
 
 /* v, the member k->name (index i unless SIZE_MAX) of the object at path */
 static int read_field(const struct key *k, const struct json_value *v, const char *path, size_t i, struct field *f,
                       struct json_error *error) {
-        _cleanup_free_ char *want = NULL;
+        _cleanup_free_ char *want = NULL, *at = NULL;
         bool ok = false;
 
         *f = (struct field) { .v = v, .i = k->kind == K_TIME ? TS_NULL : -1 };
@@ -246,14 +232,13 @@ static int read_field(const struct key *k, const struct json_value *v, const cha
         if (ok)
                 return 0;
         want = expected(k);
-        return fail_member(error, v, path, k->name, i, want);
+        at = join(path, k->name, i);
+        return fail_found(error, v, at, want);
 }
 
 /* Every member known and well formed, every key present: f[] in table order. */
 static int read_object(const struct json_value *obj, const char *path, const char *what, const struct key *keys,
                        size_t n_keys, struct field *f, struct json_error *error) {
-        int r;
-
         if (obj->type != JSON_OBJECT)
                 return fail_found(error, obj, path, what);
         for (size_t i = 0; i < n_keys; i++)
@@ -261,6 +246,7 @@ static int read_object(const struct json_value *obj, const char *path, const cha
         for (size_t m = 0; m < obj->n; m++) {
                 const struct json_value *k = &obj->items[2 * m];
                 size_t i = 0;
+                int r;
 
                 while (i < n_keys && strcmp(keys[i].name, k->text) != 0)
                         i++;
@@ -279,22 +265,19 @@ static int read_object(const struct json_value *obj, const char *path, const cha
 
 /* The version first: a later format's keys are not "unknown keys". */
 static int check_format(const struct json_value *obj, const char *path, struct json_error *error) {
-        const struct json_value *v;
+        const struct json_value *v = obj->type == JSON_OBJECT ? member(obj, "pgsweeper_capture") : NULL;
+        _cleanup_free_ char *found = NULL;
         int64_t version;
 
-        if (obj->type != JSON_OBJECT)
-                return 0;
-        v = member(obj, "pgsweeper_capture");
-        if (!v)
+        if (obj->type == JSON_OBJECT && !v)
                 return fail(error, obj, path, "missing key \"pgsweeper_capture\": not a capture");
-        if (json_int64(v, &version) && version == CAPTURE_FORMAT)
+        if (!v || (json_int64(v, &version) && version == CAPTURE_FORMAT))
                 return 0;
-        if (v->type == JSON_NUMBER) {
-                _cleanup_free_ char *found = json_describe(v);
-                return fail(error, v, path, "capture format %s is not supported (this pgsweeper reads %d)", found,
-                            CAPTURE_FORMAT);
-        }
-        return fail_found(error, v, path, "the capture format's version, 1");
+        if (v->type != JSON_NUMBER)
+                return fail_found(error, v, path, "the capture format's version, 1");
+        found = json_describe(v);
+        return fail(error, v, path, "capture format %s is not supported (this pgsweeper reads %d)", found,
+                    CAPTURE_FORMAT);
 }
 
 /* Values sorted by (value, place): the first repeat in the file, and the
@@ -343,45 +326,36 @@ static int read_groups(const struct json_value *a, const char *path, struct snap
         return 0;
 }
 
-static int read_blockers(const struct json_value *a, const char *path, struct snapshot *snap, size_t *n_pool,
-                         size_t *cap_pool, struct json_error *error) {
-        if (a->type != JSON_ARRAY)
-                return 0;
-        if (*n_pool + a->n > *cap_pool) {
-                *cap_pool = *n_pool + a->n > 2 * *cap_pool ? *n_pool + a->n : 2 * *cap_pool;
-                snap->blocker_pool = xreallocarray(snap->blocker_pool, *cap_pool, sizeof(int32_t));
-        }
-        for (size_t k = 0; k < a->n; k++) {
-                struct field f;
-                int r;
-
-                if ((r = read_field(&blocker_key, &a->items[k], path, k, &f, error)) < 0)
-                        return r;
-                snap->blocker_pool[(*n_pool)++] = (int32_t) f.i;
-        }
-        return 0;
-}
-
 static int read_sessions(const struct json_value *a, const char *path, struct snapshot *snap,
                          struct json_error *error) {
-        _cleanup_free_ size_t *first = xcalloc(a->n, sizeof(size_t));
         _cleanup_free_ struct seen *pids = xcalloc(a->n, sizeof(struct seen));
-        size_t n_pool = 0, cap_pool = 0, dup, orig;
-        int r;
+        size_t n_pool = 0, dup, orig;
 
+        /* the blockers' pool at its size first: rows point into it */
+        for (size_t i = 0; i < a->n; i++) {
+                const struct json_value *b = a->items[i].type == JSON_OBJECT ?
+                                                     member(&a->items[i], "blocking_pids") : NULL;
+                n_pool += b && b->type == JSON_ARRAY ? b->n : 0;
+        }
+        snap->blocker_pool = n_pool ? xcalloc(n_pool, sizeof(int32_t)) : NULL;
         snap->rows = xcalloc(a->n, sizeof(*snap->rows));
+        n_pool = 0;
         for (size_t i = 0; i < a->n; i++) {
                 struct snapshot_row *row = &snap->rows[i];
                 const char **names[] = { &row->user, &row->database, &row->application, &row->client_addr };
-                struct field f[_S_MAX];
+                struct field f[_S_MAX], b;
                 _cleanup_free_ char *p = join(path, "sessions", i);
+                int r;
 
                 if ((r = read_object(&a->items[i], p, "an object (a session)", session_keys, _S_MAX, f, error)) < 0)
                         return r;
-                first[i] = n_pool;
-                if ((r = read_blockers(f[S_BLOCKING_PIDS].v, p, snap, &n_pool, &cap_pool, error)) < 0)
-                        return r;
-                row->n_blockers = n_pool - first[i];
+                for (size_t k = 0; f[S_BLOCKING_PIDS].v->type == JSON_ARRAY && k < f[S_BLOCKING_PIDS].v->n; k++) {
+                        if ((r = read_field(&blocker_key, &f[S_BLOCKING_PIDS].v->items[k], p, k, &b, error)) < 0)
+                                return r;
+                        snap->blocker_pool[n_pool + row->n_blockers++] = (int32_t) b.i;
+                }
+                row->blockers = row->n_blockers ? snap->blocker_pool + n_pool : NULL;
+                n_pool += row->n_blockers;
                 row->pid = (int32_t) f[S_PID].i;
                 row->client_backend = f[S_BACKEND_TYPE].s && strcmp(f[S_BACKEND_TYPE].s, "client backend") == 0;
                 row->superuser = f[S_SUPERUSER].b;
@@ -400,8 +374,6 @@ static int read_sessions(const struct json_value *a, const char *path, struct sn
                 pids[i] = (struct seen) { .num = row->pid, .i = i };
                 snap->n_rows++;
         }
-        for (size_t i = 0; i < snap->n_rows; i++)
-                snap->rows[i].blockers = snap->rows[i].n_blockers ? snap->blocker_pool + first[i] : NULL;
         if (first_repeat(pids, a->n, &dup, &orig)) {
                 _cleanup_free_ char *q = join(path, "sessions", dup), *p = join(q, "pid", SIZE_MAX),
                                     *at = join(path, "sessions", orig);
@@ -411,41 +383,31 @@ static int read_sessions(const struct json_value *a, const char *path, struct sn
         return 0;
 }
 
-static const char *copy(char **o, const char *s) {
-        size_t n = strlen(s) + 1;
-
-        memcpy(*o, s, n);
-        *o += n;
-        return *o - n;
-}
-
-/* Until here the rows' and groups' strings point into the JSON: into one
- * block of the snapshot's own now, as snapshot_free() expects. */
+/* Until here the rows' and groups' strings point into the JSON: now into
+ * one block of the snapshot's own, as snapshot_free() expects. */
 static void own_strings(struct snapshot *snap) {
-        size_t bytes = 1;
+        _cleanup_free_ const char ***at = xcalloc(5 * snap->n_rows + 4 * snap->n_groups, sizeof(*at));
+        size_t n = 0, bytes = 1;
         char *o;
 
         for (size_t i = 0; i < snap->n_rows; i++) {
-                const struct snapshot_row *r = &snap->rows[i];
-                bytes += strlen(r->user) + strlen(r->database) + strlen(r->application) + strlen(r->client_addr) + 4 +
-                         (r->query ? strlen(r->query) + 1 : 0);
-        }
-        for (size_t i = 0; i < snap->n_groups; i++)
-                for (enum group_key k = GROUP_USER; k <= GROUP_CLIENT_ADDRESS; k++)
-                        bytes += strlen(snap->groups[i].key[k]) + 1;
-        o = snap->strings = xmalloc(bytes);
-        for (size_t i = 0; i < snap->n_rows; i++) {
                 struct snapshot_row *r = &snap->rows[i];
-                r->user = copy(&o, r->user);
-                r->database = copy(&o, r->database);
-                r->application = copy(&o, r->application);
-                r->client_addr = copy(&o, r->client_addr);
-                if (r->query)
-                        r->query = copy(&o, r->query);
+                const char **row_at[] = { &r->user, &r->database, &r->application, &r->client_addr, &r->query };
+                for (size_t k = 0; k < ELEMENTSOF(row_at); k++)
+                        if (*row_at[k])
+                                at[n++] = row_at[k];
         }
         for (size_t i = 0; i < snap->n_groups; i++)
                 for (enum group_key k = GROUP_USER; k <= GROUP_CLIENT_ADDRESS; k++)
-                        snap->groups[i].key[k] = copy(&o, snap->groups[i].key[k]);
+                        at[n++] = &snap->groups[i].key[k];
+        for (size_t i = 0; i < n; i++)
+                bytes += strlen(*at[i]) + 1;
+        o = snap->strings = xmalloc(bytes);
+        for (size_t i = 0; i < n; i++) {
+                size_t len = strlen(*at[i]) + 1;
+                *at[i] = memcpy(o, *at[i], len);
+                o += len;
+        }
 }
 
 static void server_done(struct capture_server *s) {
@@ -569,28 +531,23 @@ int capture_read(const char *path, struct capture *ret, char **error) {
         *error = NULL;
         /* O_NONBLOCK: opening a FIFO without a writer would wait forever */
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-        if (fd < 0) {
+        if (fd < 0 || fstat(fd, &st) < 0) {
                 r = -errno;
-                *error = xasprintf("%s: error: cannot open: %s", epath, strerror(-r));
+                *error = xasprintf("%s: error: cannot %s: %s", epath, fd < 0 ? "open" : "stat", strerror(-r));
                 return r;
         }
-        if (fstat(fd, &st) < 0) {
-                r = -errno;
-                *error = xasprintf("%s: error: cannot stat: %s", epath, strerror(-r));
-                return r;
-        }
-        if (!S_ISREG(st.st_mode)) {
-                *error = xasprintf("%s: error: is %s; a capture must be a regular file", epath, file_type(st.st_mode));
-                return -EINVAL;
-        }
+        if (!S_ISREG(st.st_mode))
+                e.message = xasprintf("is %s; a capture must be a regular file", file_type(st.st_mode));
         /* st_size first: a file over the cap costs no read (/proc says 0: read_bounded() still stops) */
-        if (st.st_size <= CAPTURE_MAX_BYTES && (r = read_bounded(fd, CAPTURE_MAX_BYTES, &buf, &len)) < 0) {
+        else if (st.st_size <= CAPTURE_MAX_BYTES && (r = read_bounded(fd, CAPTURE_MAX_BYTES, &buf, &len)) < 0) {
                 *error = xasprintf("%s: error: cannot read: %s", epath, strerror(-r));
                 return r;
-        }
-        if (st.st_size > CAPTURE_MAX_BYTES || len > CAPTURE_MAX_BYTES) {
-                *error = xasprintf("%s: error: the file is larger than %d bytes (256 MiB), the most a capture may have",
-                                   epath, CAPTURE_MAX_BYTES);
+        } else if (st.st_size > CAPTURE_MAX_BYTES || len > CAPTURE_MAX_BYTES)
+                e.message = xasprintf("the file is larger than %d bytes (256 MiB), the most a capture may have",
+                                      CAPTURE_MAX_BYTES);
+        if (e.message) {
+                *error = xasprintf("%s: error: %s", epath, e.message);
+                free(e.message);
                 return -EINVAL;
         }
         r = parse(buf, len, ret, &e);

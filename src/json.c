@@ -1,9 +1,10 @@
 /* Strict JSON into a DOM without recursion. A value is pushed on a pending
  * stack when it ends; when an array or object closes, its children (the top
  * of that stack) move to the final array in one block, so each value moves
- * once and every container's children are contiguous. Strings decode into
- * one arena of len + 1 bytes, which is enough: no escape grows when
- * decoded, and each string drops its two quotes. */
+ * once and every container's children are contiguous. Strings and numbers
+ * are copied into one arena of len + 1 bytes, which is enough: no escape
+ * grows when decoded, a string drops its two quotes, and a number is
+ * followed by a byte or is the last of the input. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +20,7 @@ struct parser {
         size_t arena_used;
         struct json_value *pending, *values;
         size_t n_pending, n_values, cap_pending, cap_values;
-        const struct json_value **keys;         /* scratch for duplicate keys */
+        const struct json_value **keys;         /* scratch: an object's keys, sorted */
         size_t cap_keys;
         struct json_error *error;
 };
@@ -36,6 +37,14 @@ static int fail_at(struct parser *p, const char *at, const char *fmt, ...) {
         };
         va_end(ap);
         return -EINVAL;
+}
+
+/* array with room for need elements of size bytes, its *cap doubled */
+static void *grow(void *array, size_t *cap, size_t need, size_t size) {
+        if (need <= *cap)
+                return array;
+        *cap = need > 2 * *cap ? need : 2 * *cap;
+        return xreallocarray(array, *cap, size);
 }
 
 static bool is_space(char c) {
@@ -87,10 +96,7 @@ static int peek(const struct parser *p) {
 }
 
 static struct json_value *push(struct parser *p, enum json_type type) {
-        if (p->n_pending == p->cap_pending) {
-                p->cap_pending = p->cap_pending ? 2 * p->cap_pending : 64;
-                p->pending = xreallocarray(p->pending, p->cap_pending, sizeof(*p->pending));
-        }
+        p->pending = grow(p->pending, &p->cap_pending, p->n_pending + 1, sizeof(*p->pending));
         p->pending[p->n_pending] = (struct json_value) {
                 .type = type,
                 .line = p->line,
@@ -99,41 +105,23 @@ static struct json_value *push(struct parser *p, enum json_type type) {
         return &p->pending[p->n_pending++];
 }
 
-static int hex4(const char *s, const char *end, unsigned *ret) {
-        unsigned v = 0;
+static bool hex4(const struct parser *p, const char *s, unsigned *ret) {
+        char buf[5] = "";
 
-        if (end - s < 4)
-                return -EINVAL;
-        for (int i = 0; i < 4; i++) {
-                char c = s[i];
-                int d = c >= '0' && c <= '9' ? c - '0' :
-                        c >= 'a' && c <= 'f' ? c - 'a' + 10 :
-                        c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-                if (d < 0)
-                        return -EINVAL;
-                v = v * 16 + (unsigned) d;
-        }
-        *ret = v;
-        return 0;
+        if (p->end - s < 4 || strspn(memcpy(buf, s, 4), "0123456789abcdefABCDEF") < 4)
+                return false;
+        *ret = (unsigned) strtoul(buf, NULL, 16);
+        return true;
 }
 
 static char *put_utf8(char *o, unsigned cp) {
-        if (cp < 0x80)
-                *o++ = (char) cp;
-        else if (cp < 0x800) {
-                *o++ = (char) (0xc0 | cp >> 6);
-                *o++ = (char) (0x80 | (cp & 0x3f));
-        } else if (cp < 0x10000) {
-                *o++ = (char) (0xe0 | cp >> 12);
-                *o++ = (char) (0x80 | (cp >> 6 & 0x3f));
-                *o++ = (char) (0x80 | (cp & 0x3f));
-        } else {
-                *o++ = (char) (0xf0 | cp >> 18);
-                *o++ = (char) (0x80 | (cp >> 12 & 0x3f));
-                *o++ = (char) (0x80 | (cp >> 6 & 0x3f));
-                *o++ = (char) (0x80 | (cp & 0x3f));
-        }
-        return o;
+        static const unsigned char lead[] = { 0, 0, 0xc0, 0xe0, 0xf0 };
+        size_t n = cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+
+        for (size_t i = n - 1; i > 0; i--, cp >>= 6)
+                o[i] = (char) (0x80 | (cp & 0x3f));
+        o[0] = (char) (lead[n] | cp);
+        return o + n;
 }
 
 /* \uXXXX at p->p (the backslash), a surrogate pair as one: the code point. */
@@ -141,7 +129,7 @@ static int unicode_escape(struct parser *p, unsigned *ret) {
         const char *at = p->p;
         unsigned hi, lo;
 
-        if (hex4(at + 2, p->end, &hi) < 0)
+        if (!hex4(p, at + 2, &hi))
                 return fail_found(p, at + 2, "4 hex digits after \\u");
         p->p += 6;
         if (hi == 0)
@@ -152,7 +140,7 @@ static int unicode_escape(struct parser *p, unsigned *ret) {
                 *ret = hi;
                 return 0;
         }
-        if (p->end - p->p < 6 || p->p[0] != '\\' || p->p[1] != 'u' || hex4(p->p + 2, p->end, &lo) < 0 ||
+        if (p->end - p->p < 6 || p->p[0] != '\\' || p->p[1] != 'u' || !hex4(p, p->p + 2, &lo) ||
             lo < 0xdc00 || lo > 0xdfff)
                 return fail_at(p, at, "lone surrogate \\u%04X: expected \\uDC00 to \\uDFFF after it", hi);
         p->p += 6;
@@ -167,10 +155,8 @@ static int string(struct parser *p) {
         char *out = p->arena + p->arena_used, *o = out;
 
         for (p->p++;;) {
-                const char *at = p->p;
-                const char *s;
+                const char *at = p->p, *s;
                 unsigned cp = 0;
-                int r;
 
                 if (at == p->end)
                         return fail_at(p, start, "expected '\"' to end the string, found the end of the input");
@@ -184,7 +170,8 @@ static int string(struct parser *p) {
                         continue;
                 }
                 if (at + 1 < p->end && at[1] == 'u') {
-                        if ((r = unicode_escape(p, &cp)) < 0)
+                        int r = unicode_escape(p, &cp);
+                        if (r < 0)
                                 return r;
                         o = put_utf8(o, cp);
                         continue;
@@ -208,32 +195,30 @@ static bool digit(const struct parser *p, const char *q) {
         return q < p->end && *q >= '0' && *q <= '9';
 }
 
+static const char *skip_digits(const struct parser *p, const char *q) {
+        while (digit(p, q))
+                q++;
+        return q;
+}
+
 static int number(struct parser *p) {
-        const char *s = p->p, *q = s;
+        const char *s = p->p, *q = s + (*s == '-');
         struct json_value *v;
 
-        q += *q == '-';
         if (!digit(p, q))
                 return fail_found(p, s, "a JSON value");
-        if (*q == '0') {
-                if (digit(p, ++q))
-                        return fail_found(p, s, "a JSON number (no leading zero)");
-        } else
-                while (digit(p, q))
-                        q++;
-        if (q < p->end && *q == '.') {
-                if (!digit(p, ++q))
-                        return fail_found(p, s, "a JSON number (a digit after '.')");
-                while (digit(p, q))
-                        q++;
-        }
+        if (*q == '0' && digit(p, q + 1))
+                return fail_found(p, s, "a JSON number (no leading zero)");
+        q = skip_digits(p, q);
+        if (q < p->end && *q == '.' && !digit(p, ++q))
+                return fail_found(p, s, "a JSON number (a digit after '.')");
+        q = skip_digits(p, q);
         if (q < p->end && (*q == 'e' || *q == 'E')) {
                 q++;
                 q += q < p->end && (*q == '+' || *q == '-');
                 if (!digit(p, q))
                         return fail_found(p, s, "a JSON number (a digit in the exponent)");
-                while (digit(p, q))
-                        q++;
+                q = skip_digits(p, q);
         }
         v = push(p, JSON_NUMBER);
         v->n = (size_t) (q - s);
@@ -293,10 +278,7 @@ static int key_order(const void *a, const void *b) {
 static int check_keys(struct parser *p, struct json_value *members, size_t n) {
         const struct json_value *dup = NULL;
 
-        if (n > p->cap_keys) {
-                p->cap_keys = n;
-                p->keys = xreallocarray(p->keys, n, sizeof(*p->keys));
-        }
+        p->keys = grow(p->keys, &p->cap_keys, n, sizeof(*p->keys));
         for (size_t i = 0; i < n; i++)
                 p->keys[i] = &members[2 * i];
         qsort(p->keys, n, sizeof(*p->keys), key_order);
@@ -315,10 +297,7 @@ static int close_container(struct parser *p, size_t at) {
         struct json_value *c = &p->pending[at];
         size_t n = p->n_pending - at - 1;
 
-        if (p->n_values + n > p->cap_values) {
-                p->cap_values = p->n_values + n > 2 * p->cap_values ? p->n_values + n : 2 * p->cap_values;
-                p->values = xreallocarray(p->values, p->cap_values, sizeof(*p->values));
-        }
+        p->values = grow(p->values, &p->cap_values, p->n_values + n, sizeof(*p->values));
         if (n > 0)      /* p->values may still be NULL */
                 memcpy(p->values + p->n_values, c + 1, n * sizeof(*c));
         c->first = p->n_values;
@@ -439,20 +418,11 @@ bool json_int64(const struct json_value *v, int64_t *ret) {
 }
 
 char *json_describe(const struct json_value *v) {
-        switch (v->type) {
-        case JSON_NULL:
-                return xstrdup("null");
-        case JSON_FALSE:
-                return xstrdup("false");
-        case JSON_TRUE:
-                return xstrdup("true");
-        case JSON_NUMBER:
-        case JSON_STRING:
+        static const char *const words[] = { [JSON_NULL] = "null", [JSON_FALSE] = "false", [JSON_TRUE] = "true" };
+
+        if (v->type == JSON_NUMBER || v->type == JSON_STRING)
                 return excerpt(v->text, v->n, 32, v->type == JSON_STRING);
-        case JSON_ARRAY:
-                return xstrdup(v->n ? "an array" : "an empty array");
-        case JSON_OBJECT:
-                return xstrdup(v->n ? "an object" : "an empty object");
-        }
-        return xstrdup("?");
+        if (v->type == JSON_ARRAY || v->type == JSON_OBJECT)
+                return xasprintf("an %s%s", v->n ? "" : "empty ", v->type == JSON_ARRAY ? "array" : "object");
+        return xstrdup(words[v->type]);
 }
