@@ -58,7 +58,7 @@ static char *excerpt(const char *s, size_t n, size_t max, bool quoted) {
         size_t cut = n;
 
         if (n > max)
-                for (cut = max; cut > 0 && ((unsigned char) s[cut] & 0xc0) == 0x80; cut--)
+                for (cut = max; cut > max - 3 && ((unsigned char) s[cut] & 0xc0) == 0x80; cut--)
                         ;
         e = escape_bytes(s, cut);
         return xasprintf("%s%s%s%s", quoted ? "\"" : "", e, quoted ? "\"" : "", cut < n ? "..." : "");

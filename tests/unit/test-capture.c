@@ -372,6 +372,9 @@ static const struct {
         { SERVER, "sessions", NULL, "1:1: missing key \"sessions\"" },
         { SERVER, "role", "'master'", "1:95: role: expected \"primary\" or \"standby\", found \"master\"" },
         { SERVER, "role", "'\xff\x7f[31m'", "1:95: role: expected \"primary\" or \"standby\", found \"\\xff\\x7f[31m\"" },
+        /* cut after 32 bytes, never inside a character */
+        { SERVER, "role", "'a\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9'",
+          "1:95: role: expected \"primary\" or \"standby\", found \"a\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\"..." },
         { SERVER, "server", "null", "1:33: server: expected a string, found null" },
         { SERVER, "server_version", "15", "1:54: server_version: expected a string or null, found 15" },
         { SERVER, "connections", "-1", "1:139: connections: expected an integer from 0 to 2147483647 or null, found -1" },
@@ -462,6 +465,46 @@ static void test_malformed(void) {
                 CHECK(c.servers == NULL && c.n_servers == 0);
                 capture_free(&c);
         }
+}
+
+/* Sizes a hostile file could use to make the reader slow: many keys in one
+ * object, many sessions, many servers. Quadratic handling would not finish. */
+static void test_large(void) {
+        enum { KEYS = 300000, SESSIONS = 100000 };
+        _cleanup_free_ char *keys = xmalloc(KEYS * 16 + 64), *list = xmalloc((SESSIONS + 1) * (sizeof(session_base) + 8)),
+                            *servers = xmalloc(10001 * 2 + 2), *text = NULL, *error = NULL, *want = NULL;
+        struct capture c;
+        size_t o = 0;
+
+        o += (size_t) sprintf(keys, "{");
+        for (size_t i = 0; i < KEYS; i++)
+                o += (size_t) sprintf(keys + o, "'k%zu':0,", i);
+        sprintf(keys + o, "'k%d':1}", KEYS / 2);
+        CHECK_INT(parse_text(keys, &c, &error), -EINVAL, "many keys");
+        want = xasprintf("1:%zu: duplicate key \"k%d\"", o + 1, KEYS / 2);
+        CHECK_STR(error, want, "many keys");
+        free(TAKE_PTR(error));
+
+        /* every pid 1..SESSIONS, then 7 again */
+        o = (size_t) sprintf(list, "[");
+        for (size_t i = 1; i <= SESSIONS + 1; i++) {
+                _cleanup_free_ char *pid = xasprintf("%zu", i <= SESSIONS ? i : 7),
+                                    *one = with(session_base, "pid", pid);
+                o += (size_t) sprintf(list + o, "%s%s", one, i <= SESSIONS ? "," : "]");
+        }
+        text = with(server_base, "sessions", list);
+        CHECK_INT(parse_text(text, &c, &error), -EINVAL, "many sessions");
+        free(want);
+        want = xasprintf("1:%zu: sessions[%d].pid: duplicate pid 7, first at sessions[6]",
+                         strlen(text) - strlen(session_base) + 6, SESSIONS);
+        CHECK_STR(error, want, "many sessions");
+        free(TAKE_PTR(error));
+
+        o = (size_t) sprintf(servers, "[");
+        for (size_t i = 0; i < 10001; i++)
+                o += (size_t) sprintf(servers + o, "1%s", i < 10000 ? "," : "]");
+        CHECK_INT(parse_text(servers, &c, &error), -EINVAL, "many servers");
+        CHECK_STR(error, "1:1: expected at most 10000 servers, found 10001", "many servers");
 }
 
 /* a file over the limit of capture_parse() itself, without the memory: no
@@ -574,6 +617,7 @@ int main(void) {
         test_strings();
         test_timestamps();
         test_malformed();
+        test_large();
         test_parse_limit();
         test_read();
         return unit_finish("test-capture");
