@@ -384,6 +384,8 @@ static const struct {
           "1:163: connection_slots: expected an integer from 0 to 2147483647 or null, found "
           "99999999999999999999999999999999..." },
         { SERVER, "groups", "{}", "1:177: groups: expected an array, found an empty object" },
+        { SERVER, "groups", "[{'user':'u','database':'d','application':'a','client_addr':'local','count':1}]",
+          "1:177: groups: expected no groups when connections is null, found 1" },
         { SERVER, "sessions", "null", "1:191: sessions: expected an array, found null" },
         { SERVER, "sessions", "[1]", "1:192: sessions[0]: expected an object (a session), found 1" },
         { SERVER, "current_user", "'x','extra':1", "1:124: unknown key \"extra\"" },
