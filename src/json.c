@@ -320,6 +320,12 @@ static int parse(struct parser *p) {
                 int c;
 
                 skip_space(p);          /* a value is due */
+                /* Memory stays a bounded multiple of what a capture can
+                 * need (each value is a struct json_value), whatever the
+                 * file: "[0,0,0,...]" of 256 MiB is not read whole. */
+                if (p->n_pending + p->n_values >= JSON_MAX_VALUES)
+                        return fail_at(p, p->p, "more than %d values, more than any capture holds; stopped reading",
+                                       JSON_MAX_VALUES);
                 c = peek(p);
                 if (c == '[' || c == '{') {
                         if (depth == JSON_MAX_DEPTH)

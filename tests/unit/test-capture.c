@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "capture.h"
+#include "json.h"
 #include "macro.h"
 #include "unit.h"
 
@@ -507,6 +508,22 @@ static void test_large(void) {
                 o += (size_t) sprintf(servers + o, "1%s", i < 10000 ? "," : "]");
         CHECK_INT(parse_text(servers, &c, &error), -EINVAL, "many servers");
         CHECK_STR(error, "1:1: expected at most 10000 servers, found 10001", "many servers");
+        free(TAKE_PTR(error));
+
+        /* values beyond JSON_MAX_VALUES are not read: memory stays bounded */
+        {
+                _cleanup_free_ char *zeros = xmalloc(2 * (size_t) JSON_MAX_VALUES + 8);
+
+                o = (size_t) sprintf(zeros, "[");
+                for (size_t i = 0; i < JSON_MAX_VALUES; i++)
+                        o += (size_t) sprintf(zeros + o, "0,");
+                sprintf(zeros + o, "0]");
+                CHECK_INT(parse_text(zeros, &c, &error), -EINVAL, "many values");
+                free(want);
+                want = xasprintf("1:%zu: more than %d values, more than any capture holds; stopped reading",
+                                 2 * (size_t) JSON_MAX_VALUES, JSON_MAX_VALUES);
+                CHECK_STR(error, want, "many values");
+        }
 }
 
 /* a file over the limit of capture_parse() itself, without the memory: no
