@@ -13,6 +13,7 @@
  *   "role": "primary" or "standby"
  *   "current_user": string or null         the role that took it
  *   "connections": integer or null         client backends; the sum of the groups' counts
+ *                                          (null: "groups" is empty)
  *   "connection_slots": integer or null    usable slots
  *   "groups": [ { "user", "database", "application", "client_addr": string or null,
  *                 "count": integer >= 1 } ]
@@ -28,7 +29,11 @@
  *                   "query": string or null } ]
  *
  * TIMESTAMP: "YYYY-MM-DDTHH:MM:SS[.F{1,6}]" then "Z" or an offset "+HH:MM"
- * ("-", ":MM" optional); a space may stand for the "T". */
+ * ("-", ":MM" optional); a space may stand for the "T".
+ *
+ * Integers are written without a fraction or an exponent. Every count here
+ * (connections, connection_slots, count, xmin_age) is at most 2147483647,
+ * as PostgreSQL's own int4 (age(), pids) and its backend limit keep them. */
 #pragma once
 
 #include <stddef.h>
@@ -56,7 +61,8 @@ struct capture {
 
 /* Parse len bytes at buf (no NUL needed) as a capture. 0; or -EINVAL and
  * *error = "LINE:COLUMN: MESSAGE" (newly allocated, escaped: printable as
- * is) naming what is wrong, at the first problem found. */
+ * is; the column counts bytes) naming what is wrong, at the first problem
+ * found, with the path to the value ("[1].sessions[2].pid: ..."). */
 int capture_parse(const char *buf, size_t len, struct capture *ret, char **error);
 
 /* Read the file at path (a regular file of at most CAPTURE_MAX_BYTES,

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
 #define _printf_(a, b) __attribute__((format(printf, a, b)))
@@ -59,3 +60,16 @@ void *xreallocarray(void *p, size_t n, size_t size);
 char *xstrdup(const char *s);
 char *xasprintf(const char *fmt, ...) _printf_(1, 2);
 char *xvasprintf(const char *fmt, va_list ap) _printf_(1, 0);
+
+/* Close *fd unless negative (util.c: macro.h leaves unistd.h out, whose dup()
+ * and the like would clash with local names). */
+void closep(int *fd);
+#define _cleanup_close_ _cleanup_(closep)
+
+/* What a file that is not a regular one is ("a directory", "a FIFO", ...),
+ * for "is a FIFO; ... must be a regular file". */
+const char *file_type(mode_t mode);
+/* Read fd to EOF (not to st_size: files in /proc say 0), at most max + 1
+ * bytes, so that a file over the cap is seen as such: *ret_len > max. The
+ * buffer is NUL-terminated. 0 or a negative errno. */
+int read_bounded(int fd, size_t max, char **ret, size_t *ret_len);

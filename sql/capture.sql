@@ -7,12 +7,14 @@
 -- it; then, anywhere: pgsweeper --explain --from capture.json. It only
 -- reads (pg_stat_activity, pg_locks, pg_roles, pg_database); run it as
 -- a role with pg_monitor (or a superuser) to see every session and its
--- query, as pgsweeper's role does. The capture holds query texts: keep
--- it as you would the server's logs.
+-- query, as pgsweeper's role does. Like pgsweeper's, its statement gives
+-- up after 5 s. The capture holds query texts: keep it as you would the
+-- server's logs.
 --
 -- Generated from pgsweeper's own statement (src/sql.c); do not edit.
 \set QUIET on
 \set ON_ERROR_STOP on
+SET statement_timeout = '5s';
 \if :{?server}
 \else
 DO $$BEGIN RAISE EXCEPTION 'capture.sql needs the server''s name: psql -XAt -v server=NAME -f capture.sql'; END$$;

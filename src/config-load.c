@@ -106,52 +106,6 @@ static bool shape_ok(struct parser *p, const char *buf, size_t len) {
         return ok;
 }
 
-static const char *file_type(mode_t mode) {
-        if (S_ISDIR(mode))
-                return "a directory";
-        if (S_ISFIFO(mode))
-                return "a FIFO";
-        if (S_ISCHR(mode))
-                return "a character device";
-        if (S_ISBLK(mode))
-                return "a block device";
-        if (S_ISSOCK(mode))
-                return "a socket";
-        return "not a regular file";
-}
-
-/* Read to EOF, not to st_size: files in /proc say 0. At most max + 1 bytes,
- * so a file over the cap is seen as such. */
-static int read_bounded(int fd, size_t max, char **ret, size_t *ret_len) {
-        _cleanup_free_ char *buf = NULL;
-        size_t len = 0, size = 0;
-
-        for (;;) {
-                ssize_t n;
-
-                if (len == size) {
-                        if (size > max)
-                                break;
-                        size = size ? size * 2 : 64 * 1024;
-                        if (size > max + 1)
-                                size = max + 1;
-                        buf = xreallocarray(buf, size + 1, 1);
-                }
-                n = read(fd, buf + len, size - len);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return -errno;
-                if (n == 0)
-                        break;
-                len += (size_t) n;
-        }
-        buf[len] = '\0';  /* the first pass through the loop allocated it */
-        *ret = TAKE_PTR(buf);
-        *ret_len = len;
-        return 0;
-}
-
 /* Parse buf into p->doc: its shape first, then libyaml's loader; one
  * document. Returns its root, or NULL (reported). */
 static yaml_node_t *load_document(struct parser *p, const char *buf, size_t len) {

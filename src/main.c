@@ -20,7 +20,7 @@
 static void usage(FILE *f) {
         fprintf(f,
                 "Usage: pgsweeper [OPTIONS]\n"
-                "       pgsweeper --explain [--from CAPTURE] [-c FILE] [--server NAME] [--json]\n"
+                "       pgsweeper --explain [--from CAPTURE] [-c FILE] [--server NAME] [--json] [--dry-run]\n"
                 "       pgsweeper --capture [-c FILE] [--server NAME]\n"
                 "Cancel or terminate PostgreSQL sessions that break the configured rules.\n\n"
                 "  -c, --config FILE        configuration file (default %s)\n"
@@ -31,13 +31,15 @@ static void usage(FILE *f) {
                 "      --explain            show what would happen to every session, and why\n"
                 "      --from CAPTURE       with --explain: judge a capture, connecting nowhere\n"
                 "      --capture            print every session the rules read, as JSON\n"
-                "      --server NAME        with --explain or --capture: only this server\n"
+                "      --server NAME        with --explain or --capture: only this server;\n"
+                "                           with --from: the server whose rules judge the capture\n"
                 "      --json               with --explain: one JSON array\n"
                 "      --log-target TARGET  auto, journal or stderr (default auto)\n"
                 "  -v, --verbose            log debug messages too\n"
                 "  -h, --help               show this help and exit\n"
                 "  -V, --version            show the version and exit\n\n"
-                "Exit status: 0 success, 1 runtime failure, 2 bad command line, 78 bad configuration.\n",
+                "Exit status: 0 success, 1 runtime failure, 2 bad command line or unknown server,\n"
+                "78 bad configuration or a file that is not a capture.\n",
                 DEFAULT_CONFIG_PATH);
 }
 

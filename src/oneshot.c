@@ -160,6 +160,14 @@ static void capture_server(const struct config *c, size_t i, void *arg) {
 
         if (oneshot_connect(srv, &conn, &id) < 0)
                 return;
+        /* Without pg_read_all_stats the server hides other roles' sessions'
+         * details: the capture would look complete and not be. */
+        if (!id.can_see_all) {
+                _cleanup_free_ char *why = xasprintf("role %s lacks pg_monitor: this capture cannot see other "
+                                                     "roles' sessions in full; fix: GRANT pg_monitor TO %s;",
+                                                     id.role, id.role);
+                oneshot_error(srv, "warning", why);
+        }
         plan_capture_request(&req);
         snapshot_params_build(&req, &params);
         memcpy(values, params.values, sizeof(params.values));

@@ -18,6 +18,11 @@ a configuration with one enforcing rule, then check (each prints "ok:"):
  enforce    an idle session of the test role is terminated at its limit
  journal    that entry has MESSAGE_ID and PGSWEEPER_* fields; journalctl -x
             shows its catalog text
+ capture    --capture run with the service's identity (DynamicUser=
+            pgsweeper, the README's grants) sees the test role's idle session
+            and its query; /usr/share/pgsweeper/capture.sql through psql takes
+            the same; --explain --from replays both to the same verdict, at
+            the capture's time
  reload     a good edit applies (a renamed rule with a new limit ends the next
             session); a broken file fails the reload, the same process keeps
             enforcing the old rules
@@ -432,6 +437,30 @@ def check_enforce_and_journal(ct):
           f"journalctl -x shows the catalog text with the fields filled in ({subject!r})")
 
 
+def check_capture(ct):
+    pid, p = idle_session(ct, 30)
+    time.sleep(1)
+    # The service's identity, as an operator would take a capture on the host.
+    r = ct.run("systemd-run", "--quiet", "--wait", "--pipe", "--collect", "-p", "DynamicUser=yes",
+               "-p", "User=pgsweeper", "/usr/sbin/pgsweeper", "--capture", "-c", CONFIG, quiet=True)
+    taken = json.loads(r.stdout)
+    check(len(taken) == 1 and taken[0]["server"] == "local", f"--capture: one object for server local ({r.stdout[:200]})")
+    seen = {s["pid"]: s for s in taken[0]["sessions"]}
+    check(pid in seen and seen[pid]["user"] == "app" and seen[pid]["query"] == "SELECT 1"
+          and seen[pid]["state"] == "idle", f"--capture as pgsweeper sees the app session and its query ({seen.get(pid)})")
+    ct.write("/tmp/capture.json", r.stdout)
+    r = ct.run("runuser", "-u", "postgres", "--", "psql", "-XAt", "-v", "server=local", "-f",
+               "/usr/share/pgsweeper/capture.sql", "dbname=postgres", quiet=True)
+    ct.write("/tmp/capture-psql.json", r.stdout)
+    session_end(p, 40)
+    for path in ("/tmp/capture.json", "/tmp/capture-psql.json"):
+        r = ct.run("/usr/sbin/pgsweeper", "--explain", "--from", path, "-c", CONFIG, "--json", quiet=True)
+        rows = [x for x in json.loads(r.stdout) if x["pid"] == pid]
+        check(len(rows) == 1 and rows[0]["verdict"] == "next" and rows[0]["rule"] == "idle-app"
+              and 500 <= rows[0]["remaining_ms"] <= 3100,
+              f"--explain --from {path}: next under idle-app, at the capture's time ({rows})")
+
+
 def check_reload(ct):
     main_pid = ct.show("MainPID")["MainPID"]
     ct.write(CONFIG, config("idle-app-reloaded", "6s"))
@@ -629,7 +658,7 @@ def main():
         log(f"boot took {time.monotonic() - t0:.1f}s")
         check_install(ct)
         setup_database(ct)
-        for step in (check_start, check_enforce_and_journal, check_reload, check_fleet, check_watchdog,
+        for step in (check_start, check_enforce_and_journal, check_capture, check_reload, check_fleet, check_watchdog,
                      check_start_limit, check_stop, check_ip_address_deny):
             log(f"== {step.__name__}")
             step(ct)

@@ -14,6 +14,7 @@ into a temp dir. Checks:
 - /etc/pgsweeper/conf.d/ holds conf/conf.d/README only, and a server file
   dropped in there is read by the shipped configuration (its include);
 - /usr/share/doc/pgsweeper/examples/pgsweeper.yaml is conf/pgsweeper.yaml;
+- /usr/share/pgsweeper/capture.sql is sql/capture.sql (psql's capture);
 - the package version is meson.build's project version and the binary's.
 """
 import os
@@ -72,6 +73,10 @@ def main():
         example = root + examples[0]
         text = gunzip_text(example) if example.endswith(".gz") else open(example).read()
         check(text == open(os.path.join(src, "conf", "pgsweeper.yaml")).read(), "the example is conf/pgsweeper.yaml")
+        capture_sql = root + "/usr/share/pgsweeper/capture.sql"
+        check(os.path.exists(capture_sql) and
+              open(capture_sql).read() == open(os.path.join(src, "sql", "capture.sql")).read(),
+              "ships /usr/share/pgsweeper/capture.sql, which is sql/capture.sql")
         for page in ("man8/pgsweeper.8.gz", "man5/pgsweeper.yaml.5.gz"):
             check(gunzip_text(root + "/usr/share/man/" + page).lstrip().startswith((".TH", ".\\\"", "'\\\"")),
                   f"{page} is a roff page")
