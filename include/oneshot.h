@@ -19,7 +19,9 @@ void oneshot_error(const struct server *srv, const char *what, const char *detai
 
 /* Connect to srv (the daemon's connection: its conninfo and fallback
  * application name) and run pg_setup_sql, each wait bounded; the identity
- * in *id. 0, or a negative errno once the error is said. */
+ * in *id. 0, or a negative errno once the error is said. A role without
+ * pg_monitor is a warning on stderr: other roles' sessions are hidden from
+ * it. */
 int oneshot_connect(const struct server *srv, PGconn **ret, struct pg_identity *id);
 
 /* A statement that failed (r from pg_exec_bounded() or snapshot_fetch()):

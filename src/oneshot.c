@@ -85,6 +85,15 @@ int oneshot_connect(const struct server *srv, PGconn **ret, struct pg_identity *
                 oneshot_error(srv, "set-up failed", "unexpected answer");
                 return r;
         }
+        /* Without pg_read_all_stats the server hides other roles'
+         * sessions: explain's table, or a capture, would look complete and
+         * not be. */
+        if (!id->can_see_all) {
+                _cleanup_free_ char *why = xasprintf("role %s lacks pg_monitor: other roles' sessions are hidden "
+                                                     "from it and left out; fix: GRANT pg_monitor TO %s;",
+                                                     id->role, id->role);
+                oneshot_error(srv, "warning", why);
+        }
         *ret = TAKE_PTR(conn);
         return 0;
 }
@@ -160,14 +169,6 @@ static void capture_server(const struct config *c, size_t i, void *arg) {
 
         if (oneshot_connect(srv, &conn, &id) < 0)
                 return;
-        /* Without pg_read_all_stats the server hides other roles' sessions'
-         * details: the capture would look complete and not be. */
-        if (!id.can_see_all) {
-                _cleanup_free_ char *why = xasprintf("role %s lacks pg_monitor: this capture cannot see other "
-                                                     "roles' sessions in full; fix: GRANT pg_monitor TO %s;",
-                                                     id.role, id.role);
-                oneshot_error(srv, "warning", why);
-        }
         plan_capture_request(&req);
         snapshot_params_build(&req, &params);
         memcpy(values, params.values, sizeof(params.values));

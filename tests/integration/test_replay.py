@@ -719,6 +719,10 @@ def test_capture_exit_codes(pg, sweeper, tmp_path):
     assert_connection_alive(conn)
 
 
+WARN_NO_MONITOR = ("pgsweeper: main: warning: role other lacks pg_monitor: other roles' sessions are hidden "
+                   "from it and left out; fix: GRANT pg_monitor TO other;\n")
+
+
 def test_capture_by_a_role_without_pg_monitor_warns(pg, sweeper, tmp_path):
     """Without pg_read_all_stats the server hides other roles' sessions: the
     capture says so instead of looking complete."""
@@ -726,10 +730,13 @@ def test_capture_by_a_role_without_pg_monitor_warns(pg, sweeper, tmp_path):
     cfg = yaml_config([("main", pg.conninfo(user="other", dbname="postgres"))],
                       "      - {name: idle, max_idle: 1h}\n", interval=None)
     cap, r = take_capture(sweeper, cfg, tmp_path / "c.json")
-    assert r.stderr.decode() == ("pgsweeper: main: warning: role other lacks pg_monitor: this capture cannot see "
-                                 "other roles' sessions in full; fix: GRANT pg_monitor TO other;\n"), r.stderr
+    assert r.stderr.decode() == WARN_NO_MONITOR, r.stderr
     assert cap[0]["current_user"] == "other"
     assert conn.info.backend_pid not in {s["pid"] for s in cap[0]["sessions"]}, "another role's session, seen?"
+    # live explain, from the same connection code, says the same
+    r = run(sweeper, cfg, "--explain", "--json", expect=0)
+    assert r.stderr.decode() == WARN_NO_MONITOR, r.stderr
+    assert conn.info.backend_pid not in {row["pid"] for row in json.loads(r.stdout)}
     assert_connection_alive(conn)
 
 
