@@ -17,7 +17,9 @@ void metrics_free(struct metrics *m);
 void metrics_count_result(struct metrics *m, const char *server, const char *rule, enum action a, enum result r);
 /* What the next snapshot showed of a session whose action result was unknown. */
 void metrics_count_outcome(struct metrics *m, const char *server, const char *rule, enum action a, enum outcome o);
-void metrics_count_poll(struct metrics *m, const char *server, bool ok, uint64_t duration_usec);
+/* A poll (or an attempt to connect) ended at realtime_usec (CLOCK_REALTIME). */
+void metrics_count_poll(struct metrics *m, const char *server, bool ok, uint64_t duration_usec,
+                        uint64_t realtime_usec);
 void metrics_set_up(struct metrics *m, const char *server, bool up);
 /* Does the role have pg_monitor and pg_signal_backend there? */
 void metrics_set_privileges(struct metrics *m, const char *server, bool ok);

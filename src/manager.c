@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <systemd/sd-daemon.h>
 #include <systemd/sd-event.h>
 
@@ -156,9 +157,12 @@ static void check_once_done(struct manager *m) {
 static void on_server_report(struct server_state *s, const struct server_report *r, void *userdata) {
         struct manager *m = userdata;
         const char *name = server_status(s).name;
+        struct timespec wall;
 
         m->sessions_ended += r->ended;
-        metrics_count_poll(m->metrics, name, !r->failed, r->poll_usec);
+        clock_gettime(CLOCK_REALTIME, &wall);
+        metrics_count_poll(m->metrics, name, !r->failed, r->poll_usec,
+                           (uint64_t) wall.tv_sec * USEC_PER_SEC + (uint64_t) wall.tv_nsec / 1000);
         metrics_set_up(m->metrics, name, !r->failed);
         write_metrics(m, r->failed || r->eventful);
         /* A finished server that is still listed is a stopping one; a

@@ -25,6 +25,7 @@ struct server_series {
         char *server;
         uint64_t polls, poll_errors;
         uint64_t last_poll_usec;
+        uint64_t last_poll_end;     /* CLOCK_REALTIME usec; 0: no poll yet */
         bool up;
         int privileges_ok;          /* -1: not known yet */
         int in_recovery;            /* -1: not known yet */
@@ -94,10 +95,12 @@ void metrics_count_outcome(struct metrics *m, const char *server, const char *ru
         count_action(m, server, rule, a, RESULT_UNKNOWN, (int) o);
 }
 
-void metrics_count_poll(struct metrics *m, const char *server, bool ok, uint64_t duration_usec) {
+void metrics_count_poll(struct metrics *m, const char *server, bool ok, uint64_t duration_usec,
+                        uint64_t realtime_usec) {
         struct server_series *s = server_series(m, server);
 
         s->polls++;
+        s->last_poll_end = realtime_usec;
         if (!ok)
                 s->poll_errors++;
         else
@@ -172,6 +175,10 @@ static void duration_value(FILE *f, const struct server_series *s) {
         fprintf(f, "%" PRIu64 ".%06" PRIu64, s->last_poll_usec / 1000000, s->last_poll_usec % 1000000);
 }
 
+static void last_poll_value(FILE *f, const struct server_series *s) {
+        fprintf(f, "%" PRIu64 ".%06" PRIu64, s->last_poll_end / 1000000, s->last_poll_end % 1000000);
+}
+
 /* One metric family with a sample per server. */
 static void server_family(FILE *f, const struct metrics *m, const char *name, const char *type, const char *help,
                           void (*value)(FILE *f, const struct server_series *s)) {
@@ -240,6 +247,18 @@ void metrics_format(const struct metrics *m, FILE *f) {
         server_family(f, m, "pgsweeper_last_poll_duration_seconds", "gauge",
                       "Wall time of the last successful poll, from sending the snapshot to the end of the "
                       "judgement (the action's round trip is not included).", duration_value);
+        header(f, "pgsweeper_last_poll_timestamp_seconds", "gauge",
+               "Unix time when the last poll of the server (or attempt to connect to it) ended, successful "
+               "or not: staleness means pgsweeper stopped polling; absent before the first.");
+        for (size_t i = 0; i < m->n_servers; i++) {
+                if (m->servers[i].last_poll_end == 0)
+                        continue;
+                fputs("pgsweeper_last_poll_timestamp_seconds{", f);
+                label(f, "server", m->servers[i].server, true);
+                fputs("} ", f);
+                last_poll_value(f, &m->servers[i]);
+                fputc('\n', f);
+        }
         header(f, "pgsweeper_server_in_recovery", "gauge",
                "1 when the server was a standby (pg_is_in_recovery()) at the last poll, 0 when a primary; "
                "absent before the first poll.");

@@ -1,6 +1,7 @@
 """pgsweeper as a service: sd_notify protocol, reload on SIGHUP, stop on SIGTERM."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -174,6 +175,7 @@ def test_metrics_file_after_a_known_sequence(pg, sweeper, tmp_path):
     rules = ("      - {name: idle, max_idle: 500ms, users: [app]}\n"
              "      - {name: watch, max_idle: 500ms, users: [other], action: log}\n")
     conf = sweeper.write_config(f"metrics_file: {metrics}\n" + yaml_config([main_server(pg)], rules, interval="300ms"))
+    started = time.time()
     proc = start(sweeper, conf)
     for v in victims:
         assert pg.wait_pid_gone(v.info.backend_pid)
@@ -195,6 +197,10 @@ def test_metrics_file_after_a_known_sequence(pg, sweeper, tmp_path):
     assert value(samples, "pgsweeper_poll_errors_total", server="main") == 0, text
     assert value(samples, "pgsweeper_server_up", server="main") == 1, text
     assert 0 < value(samples, "pgsweeper_last_poll_duration_seconds", server="main") < 5, text
+    # wall-clock seconds, with microseconds, of a poll of this run (the file
+    # is written at stop: the last poll ended before the stop did)
+    assert started < value(samples, "pgsweeper_last_poll_timestamp_seconds", server="main") < time.time(), text
+    assert re.search(r'^pgsweeper_last_poll_timestamp_seconds\{server="main"\} \d+\.\d{6}$', text, re.M), text
     assert value(samples, "pgsweeper_config_reloads_total", result="ok") == 1, text
     assert value(samples, "pgsweeper_config_reloads_total", result="failed") == 1, text
     assert any(k[0] == "pgsweeper_build_info" for k in samples), text
