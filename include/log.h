@@ -48,6 +48,12 @@ void log_chain_warning(const char *server, const struct chain_warning *w);
 /* A group over its max_sessions cap that cannot be brought under (warning,
  * said once until it is under: memory.c). */
 void log_cap_short(const char *server, const struct cap_group *g);
+/* A prepared transaction or a slot at or over the smallest max_xmin_age:
+ * named, with the command that releases it (again: said before, it stays). */
+void log_horizon_holder(const char *server, const struct holder_verdict *v, bool again);
+/* That command: "ROLLBACK PREPARED 'gid';" (run in its database), or
+ * "SELECT pg_drop_replication_slot('name');". Newly allocated. */
+char *log_holder_release(const struct horizon_holder *h);
 /* "application " before a group's value in a sentence; "" for GROUP_ALL. */
 const char *log_group_phrase(enum group_key per);
 /* "19 connections > 90% of 20 slots": a rule's when_connections_above

@@ -25,6 +25,18 @@ struct warned_cap {
         char *value;
 };
 
+/* A prepared transaction (gid, prepared at) or a slot (name) warned about,
+ * and when (the server's clock). */
+struct warned_holder {
+        enum holder_kind kind;
+        char *name;
+        int64_t prepared_at;
+        int64_t warned_at;
+};
+
+/* How often a holder that stays is said again: an hour. */
+#define HOLDER_WARN_EVERY_USEC (INT64_C(3600) * 1000000)
+
 struct memory {
         /* Log-only and dry-run decisions repeat every poll while the session
          * stays over its limit: each is logged once, when first seen. */
@@ -58,6 +70,10 @@ struct memory {
          * kept while they stay over (rule name, value; NULL value: GROUP_ALL). */
         struct warned_cap *warned_caps;
         size_t n_warned_caps;
+        /* Prepared transactions and slots at or over the smallest
+         * max_xmin_age, warned about: kept while they stay over. */
+        struct warned_holder *warned_holders;
+        size_t n_warned_holders;
         /* Target roles a permission failure was already explained for. */
         char **denied_roles;
         size_t n_denied_roles;
@@ -99,6 +115,12 @@ void memory_warn_roots(struct memory *m, const char *server, const struct judgem
  * poll finds it at or under its cap. */
 void memory_warn_caps(struct memory *m, const struct server *srv, const struct snapshot *snap,
                       const struct judgement *j);
+
+/* Prepared transactions and slots that reach the smallest max_xmin_age:
+ * each said when first seen over, again at most hourly (on the server's
+ * clock, snap->now) while it stays over; forgotten once under or gone. */
+void memory_warn_holders(struct memory *m, const char *server, const struct snapshot *snap,
+                         const struct judgement *j);
 
 /* Was this log-only or dry-run decision logged at the last cycle? */
 bool memory_reported_before(const struct memory *m, const struct reported *k);

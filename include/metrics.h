@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "enforce.h"
+#include "policy.h"
 
 struct metrics;
 
@@ -27,6 +28,9 @@ void metrics_set_privileges(struct metrics *m, const char *server, bool ok);
 void metrics_set_in_recovery(struct metrics *m, const char *server, bool in_recovery);
 /* Client backends and usable slots at the last poll (negative: unknown). */
 void metrics_set_connections(struct metrics *m, const char *server, int64_t connections, int64_t slots);
+/* The oldest xmin age per kind of holder at the last poll (policy.h
+ * enum holder_kind; negative: none holds one). */
+void metrics_set_horizon(struct metrics *m, const char *server, const int64_t age[_HOLDER_MAX]);
 void metrics_count_reload(struct metrics *m, bool ok);
 /* Log entries that did not reach the journal and went to stderr instead
  * (journal_dropped_total()): the owner sets it before writing. */

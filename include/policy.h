@@ -58,6 +58,28 @@ struct snapshot_group {
         int64_t count;
 };
 
+/* What holds the xmin horizon back (VACUUM cannot remove rows newer than
+ * the oldest): sessions, and two holders that are not sessions. */
+enum holder_kind {
+        HOLDER_SESSION,             /* a backend's xmin or xid (pg_stat_activity) */
+        HOLDER_PREPARED,            /* a prepared transaction (pg_prepared_xacts) */
+        HOLDER_SLOT,                /* a replication slot's xmin or catalog_xmin */
+        _HOLDER_MAX,
+};
+
+/* A prepared transaction or a replication slot holding an xmin, read on
+ * servers with a max_xmin_age rule. Never acted on: warned about. */
+struct horizon_holder {
+        enum holder_kind kind;      /* HOLDER_PREPARED or HOLDER_SLOT */
+        const char *name;           /* the gid, the slot name */
+        const char *owner;          /* prepared: its role; a slot: "" */
+        const char *database;       /* "" for a physical slot */
+        const char *slot_type;      /* a slot: "logical" or "physical"; prepared: "" */
+        int64_t prepared_at;        /* prepared: when; a slot: TS_NULL */
+        bool active;                /* a slot: a consumer is connected */
+        int64_t xmin_age;           /* transactions */
+};
+
 /* Values of one group key: the idle sessions of these groups were sent. */
 struct key_list {
         char **values;
@@ -79,6 +101,13 @@ struct snapshot {
         bool in_recovery;           /* pg_is_in_recovery(): a standby */
         size_t n_lock_waiting;      /* rows waiting for a heavyweight lock */
         bool has_graph;             /* read with the lock graph statement */
+        /* The horizon (read when a max_xmin_age rule asked for it): the
+         * oldest xmin age per kind of holder, -1 when none holds one; and
+         * every prepared transaction and slot holding one. */
+        bool has_horizon;
+        int64_t horizon_age[_HOLDER_MAX];
+        struct horizon_holder *holders;
+        size_t n_holders;
         int32_t *blocker_pool;      /* every row's blockers */
         struct snapshot_row *rows;
         size_t n_rows;
@@ -194,6 +223,14 @@ struct verdict {
         int64_t connection_slots;
 };
 
+/* A prepared transaction or a slot of the snapshot, judged against the
+ * smallest max_xmin_age of the server's rules. */
+struct holder_verdict {
+        const struct horizon_holder *holder;
+        const struct rule *rule;    /* the rule of the smallest max_xmin_age */
+        bool over;                  /* its age reaches it: warned about, never acted on */
+};
+
 struct judgement {
         struct decision *decisions; /* oldest offender first */
         size_t n_decisions;
@@ -206,6 +243,8 @@ struct judgement {
         size_t n_warnings;
         struct cap_group *caps;     /* every group over a cap, by rule and value */
         size_t n_caps;
+        struct holder_verdict *holders;   /* every holder of snap, when a rule sets max_xmin_age */
+        size_t n_holders;
 };
 
 /* A query cancelled under a rule with escalate_after: if the same query
@@ -284,6 +323,8 @@ bool policy_counts_groups(const struct server *srv);
 
 /* Does the rule's role (primary, standby, any) match the server's in this snapshot? */
 bool rule_applies_to_role(const struct rule *rule, const struct snapshot *snap);
+/* The rule of the server with the smallest max_xmin_age; NULL: none. */
+const struct rule *policy_horizon_rule(const struct server *srv);
 /* Does any rule of the server judge lock chains? */
 bool policy_reads_locks(const struct server *srv);
 /* Does any filter or exempt block of the server match query text? */
@@ -298,6 +339,9 @@ int verdict_kind_from_string(const char *s);
 /* Stable names of the reasons ("superuser", "exempt-global", ...). */
 const char *verdict_reason_to_string(enum verdict_reason r);
 int verdict_reason_from_string(const char *s);
+
+/* "session", "prepared", "slot". */
+const char *holder_kind_to_string(enum holder_kind k);
 
 const char *session_state_to_string(enum session_state s);
 int session_state_from_string(const char *s);

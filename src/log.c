@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -246,6 +247,82 @@ void log_cap_short(const char *server, const struct cap_group *g) {
              server, g->sessions, g->rule->per == GROUP_ALL ? "" : " of ", log_group_phrase(g->rule->per),
              g->rule->per == GROUP_ALL ? "" : g->value ? g->value : "", g->rule->limit_ms[LIMIT_SESSIONS], g->ending,
              idle, g->rule->name);
+}
+
+/* s as an SQL string literal ('it''s'), for a command a person runs. */
+static char *sql_literal(const char *s) {
+        char *out = xmalloc(2 * strlen(s) + 3), *o = out;
+
+        *o++ = '\'';
+        for (; *s; s++) {
+                if (*s == '\'')
+                        *o++ = '\'';
+                *o++ = *s;
+        }
+        *o++ = '\'';
+        *o = '\0';
+        return out;
+}
+
+/* A server timestamp (us since the epoch) as "2026-12-06 09:43:55 UTC". */
+static void format_utc(int64_t us, char buf[static 32]) {
+        struct tm tm;
+        time_t t = (time_t) (us / 1000000 - (us % 1000000 < 0));
+
+        if (us == TS_NULL || !gmtime_r(&t, &tm) || strftime(buf, 32, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+                snprintf(buf, 32, "an unknown time");
+}
+
+char *log_holder_release(const struct horizon_holder *h) {
+        _cleanup_free_ char *name = sql_literal(h->name);
+
+        if (h->kind == HOLDER_SLOT)
+                return xasprintf("SELECT pg_drop_replication_slot(%s);", name);
+        return xasprintf("ROLLBACK PREPARED %s;", name);
+}
+
+void log_horizon_holder(const char *server, const struct holder_verdict *v, bool again) {
+        _cleanup_(fields_free) struct fields f = {};
+        _cleanup_free_ char *release = NULL;
+        const struct horizon_holder *h = v->holder;
+        int64_t limit = v->rule->limit_ms[LIMIT_XMIN_AGE];
+        char at[32];
+
+        if (LOG_WARNING > max_priority)
+                return;
+        release = log_holder_release(h);
+        format_utc(h->prepared_at, at);
+        field_add(&f, "PGSWEEPER_SERVER", "%s", server);
+        field_add(&f, "PGSWEEPER_HOLDER", "%s", holder_kind_to_string(h->kind));
+        field_add(&f, h->kind == HOLDER_SLOT ? "PGSWEEPER_SLOT" : "PGSWEEPER_GID", "%s", h->name);
+        if (h->kind == HOLDER_SLOT) {
+                field_add(&f, "PGSWEEPER_SLOT_TYPE", "%s", h->slot_type);
+                field_add(&f, "PGSWEEPER_SLOT_ACTIVE", "%d", h->active ? 1 : 0);
+        } else {
+                field_add(&f, "PGSWEEPER_USER", "%s", h->owner);
+                field_add(&f, "PGSWEEPER_PREPARED_AT", "%s", at);
+        }
+        if (*h->database)
+                field_add(&f, "PGSWEEPER_DATABASE", "%s", h->database);
+        field_add(&f, "PGSWEEPER_XMIN_AGE", "%" PRId64, h->xmin_age);
+        field_add(&f, "PGSWEEPER_RULE", "%s", v->rule->name);
+        field_add(&f, "PGSWEEPER_LIMIT", "max_xmin_age");
+        field_add(&f, "PGSWEEPER_LIMIT_VALUE", "%" PRId64, limit);
+        field_add(&f, "PGSWEEPER_RELEASE", "%s", release);
+        if (h->kind == HOLDER_SLOT)
+                emit(LOG_WARNING, MESSAGE_ID_HORIZON_HOLDER, &f, true,
+                     "%s: replication slot %s (%s, %s%s%s) holds xmin %" PRId64 " transactions old >= max_xmin_age %"
+                     PRId64 " [rule %s]; pgsweeper never drops it: once its consumer is gone for good, run %s "
+                     "(a consumer that comes back finds it gone)%s",
+                     server, h->name, h->slot_type, h->active ? "active" : "inactive", *h->database ? ", database " : "",
+                     h->database, h->xmin_age, limit, v->rule->name, release, again ? " (still there: said hourly)" : "");
+        else
+                emit(LOG_WARNING, MESSAGE_ID_HORIZON_HOLDER, &f, true,
+                     "%s: prepared transaction %s (owner %s, database %s, prepared %s) holds xmin %" PRId64
+                     " transactions old >= max_xmin_age %" PRId64 " [rule %s]; pgsweeper never ends it: if it is "
+                     "abandoned, run %s in database %s (COMMIT PREPARED keeps its work instead)%s",
+                     server, h->name, h->owner, h->database, at, h->xmin_age, limit, v->rule->name, release, h->database,
+                     again ? " (still there: said hourly)" : "");
 }
 
 /* How the elapsed time of a limit reads in a sentence. */

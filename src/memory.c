@@ -29,6 +29,12 @@ static void warned_caps_free(struct warned_cap *w, size_t n) {
         free(w);
 }
 
+static void warned_holders_free(struct warned_holder *w, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                free(w[i].name);
+        free(w);
+}
+
 void memory_done(struct memory *m) {
         reported_free(m->reported, m->n_reported);
         reported_free(m->reported_now, m->n_reported_now);
@@ -40,6 +46,7 @@ void memory_done(struct memory *m) {
         free(m->dying);
         free(m->warned_roots);
         warned_caps_free(m->warned_caps, m->n_warned_caps);
+        warned_holders_free(m->warned_holders, m->n_warned_holders);
         free(m->held_since);
         for (size_t k = 0; k < m->n_denied_roles; k++)
                 free(m->denied_roles[k]);
@@ -104,6 +111,42 @@ void memory_warn_caps(struct memory *m, const struct server *srv, const struct s
         warned_caps_free(m->warned_caps, m->n_warned_caps);
         m->warned_caps = now;
         m->n_warned_caps = n;
+}
+
+static bool same_holder(const struct warned_holder *w, const struct horizon_holder *h) {
+        return w->kind == h->kind && strcmp(w->name, h->name) == 0 &&
+               (h->kind != HOLDER_PREPARED || w->prepared_at == h->prepared_at);
+}
+
+void memory_warn_holders(struct memory *m, const char *server, const struct snapshot *snap,
+                         const struct judgement *j) {
+        struct warned_holder *now;
+        size_t n = 0;
+
+        /* A poll that did not read them (no max_xmin_age rule now) says
+         * nothing of them: forget. */
+        now = xcalloc(j->n_holders + 1, sizeof(*now));
+        for (size_t i = 0; i < j->n_holders; i++) {
+                const struct holder_verdict *v = &j->holders[i];
+                const struct warned_holder *before = NULL;
+                int64_t at;
+
+                if (!v->over)
+                        continue;
+                for (size_t k = 0; k < m->n_warned_holders && !before; k++)
+                        if (same_holder(&m->warned_holders[k], v->holder))
+                                before = &m->warned_holders[k];
+                at = before ? before->warned_at : TS_NULL;
+                if (!before || snap->now == TS_NULL || snap->now - before->warned_at >= HOLDER_WARN_EVERY_USEC) {
+                        log_horizon_holder(server, v, before != NULL);
+                        at = snap->now;
+                }
+                now[n++] = (struct warned_holder) { .kind = v->holder->kind, .name = xstrdup(v->holder->name),
+                                                    .prepared_at = v->holder->prepared_at, .warned_at = at };
+        }
+        warned_holders_free(m->warned_holders, m->n_warned_holders);
+        m->warned_holders = now;
+        m->n_warned_holders = n;
 }
 
 size_t memory_watched_pids(const struct memory *m, int32_t **ret) {

@@ -30,6 +30,8 @@ struct server_series {
         int privileges_ok;          /* -1: not known yet */
         int in_recovery;            /* -1: not known yet */
         int64_t connections, connection_slots;   /* at the last poll; -1: not known yet */
+        bool has_horizon;                        /* a poll read the horizon */
+        int64_t horizon_age[_HOLDER_MAX];        /* -1: none holds one */
 };
 
 struct metrics {
@@ -113,6 +115,13 @@ void metrics_set_up(struct metrics *m, const char *server, bool up) {
 
 void metrics_set_privileges(struct metrics *m, const char *server, bool ok) {
         server_series(m, server)->privileges_ok = ok;
+}
+
+void metrics_set_horizon(struct metrics *m, const char *server, const int64_t age[_HOLDER_MAX]) {
+        struct server_series *s = server_series(m, server);
+
+        s->has_horizon = true;
+        memcpy(s->horizon_age, age, sizeof(s->horizon_age));
 }
 
 void metrics_set_connections(struct metrics *m, const char *server, int64_t connections, int64_t slots) {
@@ -277,6 +286,17 @@ void metrics_format(const struct metrics *m, FILE *f) {
                     "Usable connection slots at the last poll: max_connections - superuser_reserved_connections "
                     "- reserved_connections (16+); absent before the first poll.",
                     offsetof(struct server_series, connection_slots));
+        header(f, "pgsweeper_horizon_age", "gauge",
+               "Age in transactions of the oldest xmin held by each kind of holder (session: a backend; "
+               "prepared: a prepared transaction; slot: a replication slot), 0 when none holds one; only for "
+               "servers with a max_xmin_age rule, from their first poll.");
+        for (size_t i = 0; i < m->n_servers; i++)
+                for (enum holder_kind k = 0; m->servers[i].has_horizon && k < _HOLDER_MAX; k++) {
+                        fputs("pgsweeper_horizon_age{", f);
+                        label(f, "server", m->servers[i].server, true);
+                        label(f, "holder", holder_kind_to_string(k), false);
+                        fprintf(f, "} %" PRId64 "\n", m->servers[i].horizon_age[k] < 0 ? 0 : m->servers[i].horizon_age[k]);
+                }
         header(f, "pgsweeper_config_reloads_total", "counter", "Configuration reloads by result.");
         fprintf(f, "pgsweeper_config_reloads_total{result=\"ok\"} %" PRIu64 "\n", m->reloads_ok);
         fprintf(f, "pgsweeper_config_reloads_total{result=\"failed\"} %" PRIu64 "\n", m->reloads_failed);

@@ -22,6 +22,14 @@ static const char *const state_names[_STATE_MAX] = {
 
 DEFINE_STRING_TABLE_LOOKUP(session_state, enum session_state, state_names)
 
+static const char *const holder_names[_HOLDER_MAX] = {
+        [HOLDER_SESSION] = "session",
+        [HOLDER_PREPARED] = "prepared",
+        [HOLDER_SLOT] = "slot",
+};
+
+DEFINE_STRING_TABLE_TO_STRING(holder_kind, enum holder_kind, holder_names)
+
 static const char *const verdict_names[_VERDICT_MAX] = {
         [VERDICT_NONE] = "none",
         [VERDICT_OVER] = "over",
@@ -55,10 +63,12 @@ void snapshot_free(struct snapshot *s) {
         free(s->rows);
         free(s->strings);
         free(s->blocker_pool);
+        free(s->holders);
         *s = (struct snapshot) {};
 }
 
 void judgement_free(struct judgement *j) {
+        free(j->holders);
         free(j->caps);
         free(j->decisions);
         free(j->verdicts);
@@ -588,6 +598,33 @@ static void chain_warnings(const struct policy_input *in, const struct snapshot 
         }
 }
 
+const struct rule *policy_horizon_rule(const struct server *srv) {
+        const struct rule *best = NULL;
+
+        for (size_t i = 0; i < srv->n_rules; i++)
+                if (srv->rules[i].limit_ms[LIMIT_XMIN_AGE] > 0 &&
+                    (!best || srv->rules[i].limit_ms[LIMIT_XMIN_AGE] < best->limit_ms[LIMIT_XMIN_AGE]))
+                        best = &srv->rules[i];
+        return best;
+}
+
+/* Prepared transactions and slots are not sessions: no filter, role or
+ * threshold of a rule speaks of them, and nothing is done to them. Each is
+ * judged against the smallest max_xmin_age of the server (the same bound
+ * the snapshot read them with), so that they are said, not ended. */
+static void judge_holders(const struct server *srv, const struct snapshot *snap, struct judgement *j) {
+        const struct rule *rule = policy_horizon_rule(srv);
+
+        if (!rule || snap->n_holders == 0)
+                return;
+        j->holders = xcalloc(snap->n_holders, sizeof(*j->holders));
+        for (size_t i = 0; i < snap->n_holders; i++)
+                j->holders[j->n_holders++] = (struct holder_verdict) {
+                        .holder = &snap->holders[i], .rule = rule,
+                        .over = snap->holders[i].xmin_age >= rule->limit_ms[LIMIT_XMIN_AGE],
+                };
+}
+
 void policy_judge(const struct policy_input *in, const struct snapshot *snap, struct judgement *ret) {
         const struct server *srv = in->server;
         _cleanup_free_ struct decision *best = xcalloc(snap->n_rows + 1, sizeof(*best));
@@ -708,6 +745,7 @@ void policy_judge(const struct policy_input *in, const struct snapshot *snap, st
         }
         *ret = (struct judgement) { .decisions = out, .n_decisions = kept, .n_capped = capped, .next_deadline = next,
                                     .verdicts = verdicts, .caps = j.caps, .n_caps = j.n_caps };
+        judge_holders(srv, snap, ret);
         if (graph.nodes)
                 chain_warnings(in, snap, &graph, ret);
         lock_graph_free(&graph);

@@ -37,7 +37,7 @@ enum {
         COL_BACKEND_START, COL_STATE_CHANGE, COL_QUERY_START, COL_XACT_START,
         COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT_ADDR, COL_QUERY, COL_NOW,
         COL_XMIN_AGE, COL_LOCK_WAIT, COL_IN_RECOVERY, COL_BLOCKERS, COL_WAIT_START, COL_COUNT, COL_SLOTS,
-        _COL_MAX,
+        COL_HOLDER, _COL_MAX,
 };
 
 int parse_int64(const char *s, int64_t *ret) {
@@ -102,6 +102,9 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
         s.strings = xmalloc(bytes + 1);
         s.rows = xcalloc(n > 0 ? (size_t) n : 1, sizeof(*s.rows));
         s.groups = xcalloc(n > 0 ? (size_t) n : 1, sizeof(*s.groups));
+        s.holders = xcalloc(n > 0 ? (size_t) n : 1, sizeof(*s.holders));
+        for (enum holder_kind k = 0; k < _HOLDER_MAX; k++)
+                s.horizon_age[k] = -1;
         s.connections = s.connection_slots = -1;
         first_blocker = xcalloc(n > 0 ? (size_t) n : 1, sizeof(*first_blocker));
 
@@ -120,13 +123,40 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
                         if (s.connection_slots == TS_NULL)
                                 s.connection_slots = -1;
                 }
+                if (!PQgetisnull(res, i, COL_HOLDER)) {
+                        /* a prepared transaction or a slot (see HORIZON_HOLDERS) */
+                        struct horizon_holder *h = &s.holders[s.n_holders];
+                        const char **names[] = { &h->owner, &h->database, &h->name, &h->slot_type };
+
+                        h->kind = strcmp(PQgetvalue(res, i, COL_HOLDER), "slot") == 0 ? HOLDER_SLOT : HOLDER_PREPARED;
+                        h->xmin_age = ts_value(res, i, COL_XMIN_AGE);
+                        if (h->xmin_age == TS_NULL)
+                                continue;
+                        h->prepared_at = ts_value(res, i, COL_BACKEND_START);
+                        h->active = PQgetvalue(res, i, COL_LOCK_WAIT)[0] == 't';
+                        for (size_t c = 0; c < ELEMENTSOF(names); c++) {
+                                size_t len = (size_t) PQgetlength(res, i, string_cols[c]);
+                                memcpy(s.strings + off, PQgetvalue(res, i, string_cols[c]), len);
+                                s.strings[off + len] = '\0';
+                                *names[c] = s.strings + off;
+                                off += len + 1;
+                        }
+                        if (h->xmin_age > s.horizon_age[h->kind])
+                                s.horizon_age[h->kind] = h->xmin_age;
+                        s.n_holders++;
+                        continue;
+                }
                 if (PQgetisnull(res, i, COL_PID) && !PQgetisnull(res, i, COL_COUNT)) {
                         /* a group: its count, and the keys it was counted by */
                         static const enum group_key keys[] = {
                                 GROUP_USER, GROUP_DATABASE, GROUP_APPLICATION, GROUP_CLIENT_ADDRESS,
                         };
                         struct snapshot_group *g = &s.groups[s.n_groups];
+                        int64_t hz = ts_value(res, i, COL_XMIN_AGE);
 
+                        /* the oldest xmin of the group's backends (asked with a max_xmin_age bound) */
+                        if (hz != TS_NULL && hz > s.horizon_age[HOLDER_SESSION])
+                                s.horizon_age[HOLDER_SESSION] = hz;
                         if (ts_value(res, i, COL_COUNT) <= 0)
                                 continue;
                         g->count = ts_value(res, i, COL_COUNT);
@@ -277,6 +307,7 @@ void snapshot_request_add_idle(struct snapshot_request *r, enum group_key per, c
 
 void snapshot_note_request(struct snapshot *snap, const struct snapshot_request *req) {
         snap->idle_all = req->idle_all || req->every_session;
+        snap->has_horizon = req->bound_ms[LIMIT_XMIN_AGE] >= 0;
         for (enum group_key g = GROUP_USER; g < _GROUP_MAX; g++)
                 for (size_t i = 0; i < req->idle_keys[g].n; i++)
                         key_list_add(&snap->idle_keys[g], req->idle_keys[g].values[i]);

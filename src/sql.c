@@ -59,6 +59,27 @@
         "   AND ($8::bool OR a.usesysid NOT IN (SELECT oid FROM pg_roles WHERE rolsuper))) "                                              \
         "  OR ($9::bool AND a.wait_event_type = 'Lock') " extra ")"
 
+/* The horizon's holders that are not sessions, read only when $10 (a
+ * max_xmin_age rule) is set: the one-time filter on the parameter keeps the
+ * scans out of every other poll. Every prepared transaction and every slot
+ * holding an xmin, whatever its age (there are few; the gauge wants the
+ * oldest, the policy says which reach the limit), one row each (pid and n
+ * NULL, holder 'prepared' or 'slot'): the owner and database in the name
+ * columns, the gid or slot name as the application, the slot type as the
+ * client address, when it was prepared as backend_start, a slot's active
+ * flag as lock_wait, its age in xmin_age. */
+#define HORIZON_HOLDERS                                                                                     \
+        "UNION ALL "                                                                                          \
+        "SELECT NULL, NULL, NULL, NULL, " US("p.prepared") ", NULL, NULL, NULL, p.owner::text, p.database::text, " \
+        "  p.gid, NULL, NULL, age(p.transaction), NULL, NULL, NULL, NULL, NULL, NULL, 'prepared' "              \
+        "FROM pg_prepared_xacts p WHERE $10::int8 IS NOT NULL "                                                 \
+        "UNION ALL "                                                                                          \
+        "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, l.database::text, l.slot_name::text, "      \
+        "  l.slot_type, NULL, greatest(age(l.xmin), age(l.catalog_xmin)), l.active, NULL, NULL, NULL, NULL, "   \
+        "  NULL, 'slot' "                                                                                     \
+        "FROM pg_replication_slots l "                                                                        \
+        "WHERE $10::int8 IS NOT NULL AND (l.xmin IS NOT NULL OR l.catalog_xmin IS NOT NULL)"
+
 /* The aggregate; extra: more rows wanted (an OR term). With keys, the
  * client backends are counted per user, database, application and client
  * address ($11..$14 say which count); without, in one group: the plain
@@ -74,6 +95,8 @@
 #define SNAPSHOT_GROUPS(extra, keys, group_by)                                                               \
         "k AS MATERIALIZED (SELECT " keys                                                                      \
         "          count(*) FILTER (WHERE a.backend_type = 'client backend') AS n, "                            \
+        "          max(greatest(age(a.backend_xmin), age(a.backend_xid))) "                                      \
+        "            FILTER (WHERE $10::int8 IS NOT NULL AND a.pid <> pg_backend_pid()) AS hz, "                  \
         "          array_agg(a.pid) FILTER (WHERE " SNAPSHOT_WANTED(extra) ") AS pids "                        \
         "        FROM pg_stat_get_activity(NULL) a " group_by ") "
 
@@ -82,7 +105,7 @@
 #define SNAPSHOT_SELECT(graph_cols, graph_join, more_cols)                                                   \
         "SELECT c.pid, c.client, c.super, c.state, c.bs, c.sc, c.qs, c.xs, c.rolname, c.datname, c.app, c.addr, " \
         "  c.query, " US("now()") " AS now_us, c.xmin_age, c.lock_wait, pg_is_in_recovery() AS in_recovery, "  \
-        "  c.blockers, c.wait_start, c.n, g.slots " more_cols " "                                              \
+        "  c.blockers, c.wait_start, c.n, g.slots, c.holder " more_cols " "                                    \
         "FROM (SELECT current_setting('max_connections')::int4 "                                               \
         "             - current_setting('superuser_reserved_connections')::int4 "                               \
         "             - coalesce(current_setting('reserved_connections', true)::int4, 0) AS slots) g "           \
@@ -94,15 +117,17 @@
         "  CASE WHEN $1::bool THEN left(a.query, 1024) END AS query, "                                         \
         "  greatest(age(a.backend_xmin), age(a.backend_xid)) AS xmin_age, "                                    \
         "  coalesce(a.wait_event_type = 'Lock', false) AS lock_wait, " graph_cols ", NULL::int8 AS n, "        \
-        "  a.backend_type, a.wait_event_type "                                                                \
+        "  a.backend_type, a.wait_event_type, NULL::text AS holder "                                          \
         "FROM k CROSS JOIN LATERAL unnest(k.pids) p(pid) CROSS JOIN LATERAL pg_stat_get_activity(p.pid) a "     \
         "LEFT JOIN pg_roles r ON r.oid = a.usesysid LEFT JOIN pg_database d ON d.oid = a.datid " graph_join    \
         "UNION ALL "                                                                                          \
         "SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, "                                                \
         "  CASE WHEN $11::bool THEN coalesce(r.rolname, '') END, CASE WHEN $12::bool THEN coalesce(d.datname, '') END, " \
         "  CASE WHEN $13::bool THEN coalesce(k.app, '') END, CASE WHEN $14::bool THEN coalesce(k.addr, '') END, NULL, " \
-        "  NULL, NULL, NULL, NULL, k.n, NULL, NULL "                                                          \
-        "FROM k LEFT JOIN pg_roles r ON r.oid = k.u LEFT JOIN pg_database d ON d.oid = k.d WHERE k.n > 0"       \
+        "  k.hz, NULL, NULL, NULL, k.n, NULL, NULL, NULL "                                                    \
+        "FROM k LEFT JOIN pg_roles r ON r.oid = k.u LEFT JOIN pg_database d ON d.oid = k.d "                   \
+        "WHERE k.n > 0 OR k.hz IS NOT NULL "                                                                   \
+        HORIZON_HOLDERS                                                                                       \
         ") c ON true"
 
 #define SNAPSHOT_SQL(keys, group_by)                                                                         \
