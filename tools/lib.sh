@@ -23,6 +23,14 @@ PGSWEEPER_PACKAGES=(
         dpkg-dev debhelper fakeroot lintian systemd-container dbus
 )
 
+# Debian packages the system test (tests/system/boot-test.py) installs inside
+# its container, which has no network: their .debs, plus those of whatever
+# dependency this machine lacks, are downloaded here into an apt archives
+# directory of their own (bound read-only into the container), and never
+# installed on this machine.
+PGSWEEPER_CONTAINER_PACKAGES=(prometheus-node-exporter)
+PGSWEEPER_CONTAINER_DEBS=${PGSWEEPER_CONTAINER_DEBS:-$PGSWEEPER_PG_CACHE/container-debs}
+
 as_root() {
         if [ "$(id -u)" -eq 0 ]; then
                 "$@"
@@ -44,6 +52,29 @@ ensure_packages() {
         echo "==> installing: ${missing[*]}"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# fetch_container_debs: download PGSWEEPER_CONTAINER_PACKAGES (no
+# recommends) into PGSWEEPER_CONTAINER_DEBS, then print that directory. apt
+# resolves against this machine's installed packages, which the container's
+# overlay of / shares, and fetches only the files the directory lacks: a rerun
+# downloads nothing. Without package lists (or with stale ones: a file gone
+# from the mirror), apt-get update once and try again. Old versions are pruned
+# (autoclean). Never installs anything here.
+fetch_container_debs() {
+        local dir=$PGSWEEPER_CONTAINER_DEBS
+        local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -q -o "Dir::Cache::archives=$dir/"
+                   -o DPkg::Lock::Timeout=300)
+        as_root mkdir -p "$dir/partial"
+        if ! as_root "${apt[@]}" install -y --download-only --no-install-recommends \
+                "${PGSWEEPER_CONTAINER_PACKAGES[@]}" >&2; then
+                echo "==> apt-get update, then downloading ${PGSWEEPER_CONTAINER_PACKAGES[*]} again" >&2
+                as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || return 1
+                as_root "${apt[@]}" install -y --download-only --no-install-recommends \
+                        "${PGSWEEPER_CONTAINER_PACKAGES[@]}" >&2 || return 1
+        fi
+        as_root "${apt[@]}" autoclean >&2 || return 1
+        echo "$dir"
 }
 
 # npm for the server binaries of the other majors. Debian's nodejs has no npm

@@ -4,6 +4,10 @@
     boot-test.py SOURCE_DIR [DEB]
 
 DEB defaults to $PGSWEEPER_DEB; without either, tools/build-deb builds one.
+DEBS, the .debs installed inside (the container has no network), is
+$PGSWEEPER_CONTAINER_DEBS (tools/test fetches them); without it, this script
+runs tools/lib.sh's fetch_container_debs itself (apt-get --download-only on
+this machine, nothing installed here). A failed download is a failure.
 The container is this machine's own tree, copy-on-write (an overlay of / with
 a tmpfs upper layer), booted as in /work/shared/notes/systemd-in-a-container.md
 (also summed up in README, "Development"): own machine id, own cgroups,
@@ -32,6 +36,15 @@ a configuration with one enforcing rule, then check (each prints "ok:"):
             file broken and SIGHUP sent past ExecReload='s check: "reload
             failed (errors in /etc/pgsweeper/conf.d/...)", the same process
             keeps enforcing
+ node-exporter
+            Debian's prometheus-node-exporter (its .debs fetched on this
+            machine beforehand, see DEBS above) installed inside, its textfile
+            collector pointed at /run/pgsweeper by a drop-in, pgsweeper's
+            metrics_file there: pgsweeper_polls_total and
+            pgsweeper_last_poll_timestamp_seconds read back from
+            http://localhost:9100/metrics (current, then advancing), every
+            series of the file there, node_textfile_scrape_error 0;
+            PostgreSQL stopped: pgsweeper_server_up 0 there; started: 1
  watchdog   SIGSTOP of the main process: "Watchdog timeout", a new main process
  startlimit a broken file plus systemctl restart ends in the start limit; once
             fixed, start is refused until systemctl reset-failed (pgsweeper(8))
@@ -61,6 +74,7 @@ SKIP = 77
 CGROUP = "/sys/fs/cgroup"
 NAME = f"pgsweeper-systest-{os.getpid()}"
 DEB_DIR = "/srv/pgsweeper-deb"
+DEBS_DIR = "/srv/pgsweeper-container-debs"       # read-only: tools/lib.sh's PGSWEEPER_CONTAINER_DEBS
 CONFIG = "/etc/pgsweeper/pgsweeper.yaml"
 DROPIN_DIR = "/etc/systemd/system/pgsweeper.service.d"
 MESSAGE_ID_TERMINATED = "c8d9cef8c7894f4eb8061eb514d27d30"
@@ -100,8 +114,9 @@ def wait_for(pred, timeout, what, interval=0.2):
 class Container:
     """One booted container; close() undoes everything, in reverse order."""
 
-    def __init__(self, deb):
+    def __init__(self, deb, debs):
         self.deb = deb
+        self.debs = debs
         self.tmp = tempfile.mkdtemp(prefix="pgsweeper-systest.")
         self.ovl = os.path.join(self.tmp, "ovl")
         self.root = os.path.join(self.tmp, "root")
@@ -153,6 +168,7 @@ class Container:
         join = "".join(f"echo $$ > {d}/cgroup.procs && " for d in self.cgroups)
         argv = ["systemd-nspawn", "-D", self.root, "-b", "--register=no", "--keep-unit",
                 "--private-network", f"--machine={NAME}", f"--bind-ro={os.path.dirname(self.deb)}:{DEB_DIR}",
+                f"--bind-ro={self.debs}:{DEBS_DIR}",
                 "--console=read-only", "--capability=CAP_BPF", "--system-call-filter=bpf"]
         self.log_fh = open(self.log_path, "wb")
         self.nspawn = subprocess.Popen(["sh", "-c", join + 'exec "$@"', "sh", *argv],
@@ -534,6 +550,169 @@ servers:
     ct.run("systemctl", "reload", "pgsweeper")
 
 
+# node_exporter as Debian ships it, reading pgsweeper's file
+NODE_EXPORTER = "prometheus-node-exporter"
+NODE_EXPORTER_DROPIN = f"/etc/systemd/system/{NODE_EXPORTER}.service.d/pgsweeper.conf"
+METRICS_FILE = "/run/pgsweeper/pgsweeper.prom"
+# Debian's unit runs `prometheus-node-exporter $ARGS` with
+# EnvironmentFile=/etc/default/prometheus-node-exporter, which sets ARGS="".
+# An Environment=ARGS=... drop-in would lose: variables of EnvironmentFile=
+# override those of Environment= (systemd.exec(5)). So the drop-in replaces
+# ExecStart= (emptied first, or it would be a second command) and keeps $ARGS,
+# so that the operator's /etc/default file still applies.
+NODE_EXPORTER_DROPIN_TEXT = f"""[Service]
+ExecStart=
+ExecStart=/usr/bin/prometheus-node-exporter $ARGS --collector.textfile.directory={os.path.dirname(METRICS_FILE)}
+"""
+
+# One scrape of node_exporter from inside: the container's time() around it,
+# and only the sample lines of pgsweeper's and the textfile collector's
+# families (the whole page is some 100 kB of node_* series).
+SCRAPE = r"""
+import json, time, urllib.request
+t0 = time.time()
+try:
+    with urllib.request.urlopen("http://localhost:9100/metrics", timeout=10) as r:
+        status, body = r.status, r.read().decode()
+except Exception as e:
+    status, body = repr(e), ""
+lines = [l for l in body.splitlines() if l.startswith(("pgsweeper_", "node_textfile_"))]
+print(json.dumps({"t0": t0, "t1": time.time(), "status": status, "lines": lines}))
+"""
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)",?')
+
+
+def parse_samples(lines):
+    """Text-format sample lines to {(name, ((label, value), ...)): float},
+    labels sorted: node_exporter writes them in its own order and its own
+    float format (1.7e+09), so compare parsed."""
+    out = {}
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        if not m:
+            raise Failed(f"not a sample line: {line!r}")
+        labels = tuple(sorted(LABEL.findall(m.group(2) or "")))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def series(name, **labels):
+    return (name, tuple(sorted(labels.items())))
+
+
+def value(samples, key):
+    return "absent" if samples.get(key) is None else f"{samples[key]:g}"
+
+
+def scrape(ct):
+    """(container time before, after, samples, sample lines), or None while
+    :9100 does not answer."""
+    r = ct.run("/usr/bin/python3", "-c", SCRAPE, quiet=True)
+    got = json.loads(r.stdout)
+    if got["status"] != 200:
+        return None
+    return got["t0"], got["t1"], parse_samples(got["lines"]), got["lines"]
+
+
+def check_node_exporter(ct):
+    """SPEC 18: Debian's node_exporter reads pgsweeper's metrics file through
+    its textfile collector, and serves what an alert needs."""
+    # The .debs were fetched on the host; apt resolves against the same
+    # package lists and installed set as there (the overlay of /), takes the
+    # files from a writable copy of the directory, and must not download.
+    t0 = time.monotonic()
+    ct.run("cp", "-rT", DEBS_DIR, "/var/tmp/pgsweeper-container-debs")
+    r = ct.run("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
+               "--no-install-recommends", "--no-download",
+               "-o", "Dir::Cache::archives=/var/tmp/pgsweeper-container-debs/", NODE_EXPORTER,
+               timeout=300, check=False)
+    check(r.returncode == 0, f"apt-get install {NODE_EXPORTER} from the .debs fetched on the host, no network "
+          f"({time.monotonic() - t0:.1f}s){'' if r.returncode == 0 else ': ' + r.stdout + r.stderr}")
+    ct.write(NODE_EXPORTER_DROPIN, NODE_EXPORTER_DROPIN_TEXT)
+    ct.run("systemctl", "daemon-reload")
+    cursor = ct.cursor()
+    ct.run("systemctl", "restart", NODE_EXPORTER)
+    argv = ct.run("systemctl", "show", NODE_EXPORTER, "-pExecStart", quiet=True).stdout
+    check("--collector.textfile.directory=/run/pgsweeper" in argv,
+          f"drop-in {NODE_EXPORTER_DROPIN}: textfile collector on /run/pgsweeper")
+
+    ct.write(CONFIG, config("idle-app", "4s", extra=f"metrics_file: {METRICS_FILE}\n"))
+    ct.run("systemctl", "reload", "pgsweeper")
+
+    local = {"server": "local"}
+    polls, stamp, up = (series(n, **local) for n in ("pgsweeper_polls_total", "pgsweeper_last_poll_timestamp_seconds",
+                                                     "pgsweeper_server_up"))
+    scrape_error = series("node_textfile_scrape_error")
+
+    def first():
+        s = scrape(ct)
+        return s if s and s[2].get(polls, 0) > 0 and stamp in s[2] else None
+    t1, t2, a, lines = wait_for(first, 60, 'pgsweeper_polls_total{server="local"} > 0 at :9100', interval=0.5)
+    log("read back from http://localhost:9100/metrics:\n  " + "\n  ".join(lines))
+    check(a.get(scrape_error) == 0,
+          f"node_textfile_scrape_error {value(a, scrape_error)}: node_exporter parsed the file")
+    check(a.get(up) == 1, f'pgsweeper_server_up{{server="local"}} {value(a, up)}')
+    check(t1 - 10 <= a[stamp] <= t2 + 1,
+          f"pgsweeper_last_poll_timestamp_seconds {a[stamp]:.3f} is current (container time {t2:.3f}, "
+          f"{t2 - a[stamp]:.1f}s before)")
+    mtimes = [k for k in a if k[0] == "node_textfile_mtime_seconds"]
+    check(mtimes == [series("node_textfile_mtime_seconds", file=METRICS_FILE)]
+          or mtimes == [series("node_textfile_mtime_seconds", file=os.path.basename(METRICS_FILE))],
+          f"node_textfile_mtime_seconds for pgsweeper's file only ({mtimes})")
+    # Every series of the file is served, and nothing else of pgsweeper's:
+    # node_exporter drops (and only logs) what it cannot merge.
+    in_file = parse_samples(ct.run("cat", METRICS_FILE, quiet=True).stdout.splitlines())
+    served = {k for k in a if k[0].startswith("pgsweeper_")}
+    check(set(in_file) == served,
+          f"the {len(in_file)} series of {METRICS_FILE} are those served at :9100 "
+          f"(only in the file: {sorted(set(in_file) - served)}; only served: {sorted(served - set(in_file))})")
+
+    def advanced():
+        s = scrape(ct)
+        return s if s and s[2].get(polls, 0) > a[polls] and s[2].get(stamp, 0) > a[stamp] else None
+    _, _, b, _ = wait_for(advanced, 30, "pgsweeper_polls_total and the timestamp advancing at :9100", interval=1)
+    passed(f"at :9100 over time: pgsweeper_polls_total {a[polls]:.0f} -> {b[polls]:.0f}, "
+           f"pgsweeper_last_poll_timestamp_seconds {a[stamp]:.3f} -> {b[stamp]:.3f}")
+
+    ct.run("systemctl", "stop", "postgresql@15-main")
+    t0 = time.monotonic()
+
+    def down():
+        s = scrape(ct)
+        return s if s and s[2].get(up) == 0 else None
+    _, _, c, lines = wait_for(down, 60, 'pgsweeper_server_up{server="local"} 0 at :9100', interval=0.5)
+    log("read back from http://localhost:9100/metrics:\n  " + "\n  ".join(lines))
+    passed(f'PostgreSQL stopped: pgsweeper_server_up{{server="local"}} 0 at :9100 after '
+           f"{time.monotonic() - t0:.1f}s (node_textfile_scrape_error {value(c, scrape_error)})")
+    ct.run("systemctl", "start", "postgresql@15-main")
+    t0 = time.monotonic()
+    # pgsweeper retries with a backoff that doubles per failure: generous
+    wait_for(lambda: (lambda s: s and s[2].get(up) == 1)(scrape(ct)), 120,
+             'pgsweeper_server_up{server="local"} 1 at :9100', interval=0.5)
+    passed(f'PostgreSQL started again: pgsweeper_server_up{{server="local"}} 1 at :9100 after '
+           f"{time.monotonic() - t0:.1f}s")
+
+    # No error or warning of node_exporter's about the textfile collector or
+    # pgsweeper's series (what it cannot parse or merge is logged, the rest
+    # served); its start lists the collectors, "collector=textfile" among
+    # them. journalctl 252 ignores matches combined with --after-cursor:
+    # filter here.
+    msgs = [e.get("MESSAGE", "") for e in ct.journal(cursor=cursor)
+            if e.get("_SYSTEMD_UNIT") == f"{NODE_EXPORTER}.service"]
+    bad = [m for m in msgs if re.search(r"level=(error|warn)", m) and re.search(r"textfile|pgsweeper", m)]
+    check(any("collector=textfile" in m for m in msgs) and not bad,
+          f"node_exporter's journal ({len(msgs)} entries): textfile collector on, no error about it ({bad})")
+
+    # as the later steps expect: the plain configuration, no node_exporter
+    ct.run("systemctl", "stop", NODE_EXPORTER)
+    ct.write(CONFIG, config("idle-app", "4s"))
+    ct.run("systemctl", "reload", "pgsweeper")
+
+
 def check_watchdog(ct):
     ct.write(f"{DROPIN_DIR}/50-systest-watchdog.conf", "[Service]\nWatchdogSec=2s\nRestartSec=1s\n")
     ct.run("systemctl", "daemon-reload")
@@ -641,6 +820,19 @@ def preflight():
         raise Skip("no postgresql-15 in this tree for the container to start")
 
 
+def container_debs(src):
+    """The directory of .debs installed inside (the container cannot download)."""
+    debs = os.environ.get("PGSWEEPER_CONTAINER_DEBS", "")
+    if not debs:
+        r = subprocess.run(["bash", "-c", 'source "$1/tools/lib.sh" && fetch_container_debs', "bash", src],
+                           stdout=subprocess.PIPE, text=True)
+        check(r.returncode == 0, f"tools/lib.sh fetch_container_debs (exit {r.returncode})")
+        debs = r.stdout.strip().splitlines()[-1]
+    names = sorted(f for f in os.listdir(debs) if f.endswith(".deb")) if os.path.isdir(debs) else []
+    check(any(f.startswith(NODE_EXPORTER + "_") for f in names), f".debs for the container in {debs}: {names}")
+    return os.path.abspath(debs)
+
+
 def main():
     src = os.path.abspath(sys.argv[1])
     with open("/etc/nsswitch.conf") as f:
@@ -652,16 +844,19 @@ def main():
         deb_tmp = tempfile.mkdtemp(prefix="pgsweeper-systest-deb.")  # used when there is no DEB
         deb = find_deb(src, deb_tmp)
         check(os.path.isfile(deb), f"package: {deb}")
-        ct = Container(deb)
+        debs = container_debs(src)
+        ct = Container(deb, debs)
         t0 = time.monotonic()
         ct.boot()
         log(f"boot took {time.monotonic() - t0:.1f}s")
         check_install(ct)
         setup_database(ct)
-        for step in (check_start, check_enforce_and_journal, check_capture, check_reload, check_fleet, check_watchdog,
-                     check_start_limit, check_stop, check_ip_address_deny):
+        for step in (check_start, check_enforce_and_journal, check_capture, check_reload, check_fleet,
+                     check_node_exporter, check_watchdog, check_start_limit, check_stop, check_ip_address_deny):
             log(f"== {step.__name__}")
+            t0 = time.monotonic()
             step(ct)
+            log(f"== {step.__name__} took {time.monotonic() - t0:.1f}s")
     except Skip as e:
         print(f"SKIP: {e}", file=sys.stderr)
         return SKIP
