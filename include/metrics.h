@@ -31,6 +31,11 @@ void metrics_set_connections(struct metrics *m, const char *server, int64_t conn
 /* The oldest xmin age per kind of holder at the last poll (policy.h
  * enum holder_kind; negative: none holds one). */
 void metrics_set_horizon(struct metrics *m, const char *server, const int64_t age[_HOLDER_MAX]);
+/* A poll failed: what "the last poll" said (role, connections, slots,
+ * horizon) is no longer known; the server is down. */
+void metrics_server_down(struct metrics *m, const char *server);
+/* A server left the configuration: every series of it goes. */
+void metrics_forget_server(struct metrics *m, const char *server);
 void metrics_count_reload(struct metrics *m, bool ok);
 /* Log entries that did not reach the journal and went to stderr instead
  * (journal_dropped_total()): the owner sets it before writing. */

@@ -163,7 +163,10 @@ static void on_server_report(struct server_state *s, const struct server_report 
         clock_gettime(CLOCK_REALTIME, &wall);
         metrics_count_poll(m->metrics, name, !r->failed, r->poll_usec,
                            (uint64_t) wall.tv_sec * USEC_PER_SEC + (uint64_t) wall.tv_nsec / 1000);
-        metrics_set_up(m->metrics, name, !r->failed);
+        if (r->failed)
+                metrics_server_down(m->metrics, name);
+        else
+                metrics_set_up(m->metrics, name, true);
         write_metrics(m, r->failed || r->eventful);
         /* A finished server that is still listed is a stopping one; a
          * draining (retired) one is freed, outside its own callback. */
@@ -179,13 +182,28 @@ static void on_server_report(struct server_state *s, const struct server_report 
                 notify_status(m);
 }
 
+/* A retired server is freed: its series leave the metrics unless a
+ * server of the same name runs on (its conninfo changed). */
+static void free_retired(struct manager *m, struct server_state *s) {
+        _cleanup_free_ char *name = xstrdup(server_status(s).name);
+        bool named = false;
+
+        server_free(s);
+        for (size_t i = 0; i < m->n_servers && !named; i++)
+                named = m->servers[i] && strcmp(server_status(m->servers[i]).name, name) == 0;
+        for (size_t i = 0; i < m->n_draining && !named; i++)
+                named = m->draining[i] && m->draining[i] != s && strcmp(server_status(m->draining[i]).name, name) == 0;
+        if (!named)
+                metrics_forget_server(m->metrics, name);
+}
+
 static int on_reap(sd_event_source *source, void *userdata) {
         struct manager *m = userdata;
         size_t kept = 0;
 
         for (size_t i = 0; i < m->n_draining; i++)
                 if (server_status(m->draining[i]).finished)
-                        server_free(m->draining[i]);
+                        free_retired(m, TAKE_PTR(m->draining[i]));
                 else
                         m->draining[kept++] = m->draining[i];
         m->n_draining = kept;
@@ -205,7 +223,7 @@ static size_t count_rules(const struct config *c) {
 static void retire(struct manager *m, struct server_state *s) {
         server_retire(s);
         if (server_status(s).finished) {
-                server_free(s);
+                free_retired(m, s);
                 return;
         }
         m->draining = xreallocarray(m->draining, m->n_draining + 1, sizeof(*m->draining));
@@ -226,7 +244,8 @@ static struct server_state *new_server(struct manager *m, const struct config *c
  * are closed (after their action in flight) or opened. */
 static int apply_config(struct manager *m, struct config *c) {
         struct server_state **next = xcalloc(c->n_servers + 1, sizeof(*next));
-        size_t added = 0, changed = 0, removed = 0, kept = 0;
+        _cleanup_free_ struct server_state **going = NULL;
+        size_t added = 0, changed = 0, removed = 0, kept = 0, n_going = 0;
 
         for (size_t i = 0; i < c->n_servers; i++) {
                 const struct server *srv = &c->servers[i];
@@ -254,17 +273,22 @@ static int apply_config(struct manager *m, struct config *c) {
                 if (!next[i])
                         return -ENOMEM;
         }
+        /* Retired once the new list is in place: a server whose name runs
+         * on (its conninfo changed) keeps its series in the metrics. */
+        going = xcalloc(m->n_servers + 1, sizeof(*going));
         for (size_t k = 0; k < m->n_servers; k++)
                 if (m->servers[k]) {
                         bool still_named = false;
                         for (size_t i = 0; i < c->n_servers; i++)
                                 still_named = still_named || strcmp(c->servers[i].name, server_status(m->servers[k]).name) == 0;
                         removed += !still_named;
-                        retire(m, TAKE_PTR(m->servers[k]));
+                        going[n_going++] = TAKE_PTR(m->servers[k]);
                 }
         free(m->servers);
         m->servers = next;
         m->n_servers = c->n_servers;
+        for (size_t k = 0; k < n_going; k++)
+                retire(m, going[k]);
 
         m->retired = xreallocarray(m->retired, m->n_retired + 1, sizeof(*m->retired));
         m->retired[m->n_retired++] = m->config;

@@ -117,6 +117,34 @@ void metrics_set_privileges(struct metrics *m, const char *server, bool ok) {
         server_series(m, server)->privileges_ok = ok;
 }
 
+void metrics_forget_server(struct metrics *m, const char *server) {
+        size_t kept = 0;
+
+        for (size_t i = 0; i < m->n_actions; i++)
+                if (strcmp(m->actions[i].server, server) == 0) {
+                        free(m->actions[i].server);
+                        free(m->actions[i].rule);
+                } else
+                        m->actions[kept++] = m->actions[i];
+        m->n_actions = kept;
+        kept = 0;
+        for (size_t i = 0; i < m->n_servers; i++)
+                if (strcmp(m->servers[i].server, server) == 0)
+                        free(m->servers[i].server);
+                else
+                        m->servers[kept++] = m->servers[i];
+        m->n_servers = kept;
+}
+
+void metrics_server_down(struct metrics *m, const char *server) {
+        struct server_series *s = server_series(m, server);
+
+        s->up = false;
+        s->in_recovery = -1;
+        s->connections = s->connection_slots = -1;
+        s->has_horizon = false;
+}
+
 void metrics_set_horizon(struct metrics *m, const char *server, const int64_t age[_HOLDER_MAX]) {
         struct server_series *s = server_series(m, server);
 
@@ -270,7 +298,7 @@ void metrics_format(const struct metrics *m, FILE *f) {
         }
         header(f, "pgsweeper_server_in_recovery", "gauge",
                "1 when the server was a standby (pg_is_in_recovery()) at the last poll, 0 when a primary; "
-               "absent before the first poll.");
+               "absent before the first poll and while the server is down.");
         for (size_t i = 0; i < m->n_servers; i++) {
                 if (m->servers[i].in_recovery < 0)
                         continue;
@@ -280,16 +308,16 @@ void metrics_format(const struct metrics *m, FILE *f) {
         }
         known_gauge(f, m, "pgsweeper_server_connections",
                     "Client backends at the last poll (superusers and pgsweeper's own included): what fills the "
-                    "connection slots; absent before the first poll.",
+                    "connection slots; absent before the first poll and while the server is down.",
                     offsetof(struct server_series, connections));
         known_gauge(f, m, "pgsweeper_server_connection_slots",
                     "Usable connection slots at the last poll: max_connections - superuser_reserved_connections "
-                    "- reserved_connections (16+); absent before the first poll.",
+                    "- reserved_connections (16+); absent before the first poll and while the server is down.",
                     offsetof(struct server_series, connection_slots));
         header(f, "pgsweeper_horizon_age", "gauge",
                "Age in transactions of the oldest xmin held by each kind of holder (session: a backend; "
                "prepared: a prepared transaction; slot: a replication slot), 0 when none holds one; only for "
-               "servers with a max_xmin_age rule, from their first poll.");
+               "servers with a max_xmin_age rule, from their first poll, absent while the server is down.");
         for (size_t i = 0; i < m->n_servers; i++)
                 for (enum holder_kind k = 0; m->servers[i].has_horizon && k < _HOLDER_MAX; k++) {
                         fputs("pgsweeper_horizon_age{", f);

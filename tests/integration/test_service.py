@@ -206,3 +206,51 @@ def test_metrics_file_after_a_known_sequence(pg, sweeper, tmp_path):
     assert any(k[0] == "pgsweeper_build_info" for k in samples), text
     assert not list(metrics.parent.glob("*.tmp.*")), "temporary files left behind"
     assert_connection_alive(watched)
+
+
+def test_metrics_forget_a_removed_server_and_what_a_down_server_no_longer_says(pg, sweeper, tmp_path):
+    """A server a reload removes leaves the metrics file (its series would
+    otherwise say "up" forever, with a frozen timestamp: node_exporter serves
+    them and a staleness alert fires); a server that goes down no longer
+    reports the connections, slots and role of its last poll (an alert on
+    connections near the limit would fire through the outage)."""
+    from promtext import parse, value
+    from tcpproxy import TcpProxy
+
+    metrics = tmp_path / "m.prom"
+    proxy = TcpProxy(pg.port)
+    try:
+        servers = [main_server(pg), ("second", pg.conninfo(user="pgsweeper", dbname="appdb")),
+                   ("proxied", proxy.conninfo())]
+        conf = sweeper.write_config(f"metrics_file: {metrics}\n" + yaml_config(servers, idle_rule("30s"),
+                                                                               interval="200ms"))
+        proc = start(sweeper, conf)
+
+        def series(name, server):
+            if not metrics.exists():
+                return None
+            return value(parse(metrics.read_text()), name, server=server)
+
+        for name in ("main", "second", "proxied"):
+            wait_until(lambda: series("pgsweeper_server_connections", name) is not None, 10,
+                       what=f"connections of {name} in the metrics file")
+        proxy.close()                   # the proxied server goes down and stays down
+        wait_until(lambda: series("pgsweeper_server_up", "proxied") == 0, 20, what="proxied down")
+        text = metrics.read_text()
+        for family in ("pgsweeper_server_connections", "pgsweeper_server_connection_slots",
+                       "pgsweeper_server_in_recovery"):
+            assert f'{family}{{server="proxied"}}' not in text, text
+            assert f'{family}{{server="main"}}' in text, text
+
+        conf.write_text(f"metrics_file: {metrics}\n" + yaml_config([main_server(pg)], idle_rule("30s"),
+                                                                   interval="200ms"))
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: 'server="second"' not in metrics.read_text()
+                   and 'server="proxied"' not in metrics.read_text(), 10,
+                   what="the removed servers' series gone from the metrics file")
+        assert series("pgsweeper_server_up", "main") == 1, metrics.read_text()
+        assert stop_process(proc) == 0
+        text = metrics.read_text()
+        assert 'server="second"' not in text and 'server="proxied"' not in text, text
+    finally:
+        proxy.close()
