@@ -14,8 +14,8 @@ install   meson install --destdir lays out every file, the installed config
           is the safe default and passes --check with the installed binary
           (its conf.d/ holds the README only), a server file dropped into
           conf.d/ is read (--dump shows it, "# from" its file), the
-          every-key file is an example under share/doc, the man pages are
-          roff.
+          every-key file, the alerting rules, their tests and the dashboard
+          are examples under share/doc, the man pages are roff.
 catalog   every MESSAGE_ID of include/message-ids.h has exactly one catalog
           entry with Subject/Defined-By/Support and a text, no entry is
           unknown, every @FIELD@ is a field pgsweeper logs, and the file loads
@@ -35,6 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checklib import Failed, check, run  # noqa: E402  (tests/checklib.py, beside this file)
 
 MAX_EXPOSURE = 1.5
+# The monitoring examples beside the every-key file (tests/check-monitoring.py checks them).
+MONITORING_EXAMPLES = ("pgsweeper.rules.yml", "pgsweeper.rules.test.yml", "pgsweeper-dashboard.json")
 
 
 def need(tool):
@@ -190,6 +192,11 @@ def cmd_install(src, build, meson):
         with open(os.path.join(src, "conf", "pgsweeper.yaml"), "rb") as a:
             check(os.path.isfile(example) and open(example, "rb").read() == a.read(),
                   "the every-key conf/pgsweeper.yaml is installed under share/doc/pgsweeper/examples")
+        for name in MONITORING_EXAMPLES:
+            installed = dest + os.path.join(o["prefix"], "share/doc/pgsweeper/examples", name)
+            with open(os.path.join(src, "conf", name), "rb") as a:
+                check(os.path.isfile(installed) and open(installed, "rb").read() == a.read(),
+                      f"conf/{name} is installed under share/doc/pgsweeper/examples")
         confd = os.path.join(o["sysconfdir"], "pgsweeper", "conf.d")
         with open(os.path.join(src, "conf", "conf.d", "README"), "rb") as a:
             check(open(dest + confd + "/README", "rb").read() == a.read(),

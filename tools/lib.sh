@@ -21,6 +21,8 @@ PGSWEEPER_PACKAGES=(
         python3 python3-pytest python3-psycopg python3-yaml
         # the Debian package and the system test under systemd-nspawn
         dpkg-dev debhelper fakeroot lintian systemd-container dbus
+        # promtool, for the alerting rules and the dashboard (tests/check-monitoring.py)
+        prometheus
 )
 
 # Debian packages the system test (tests/system/boot-test.py) installs inside
@@ -30,6 +32,13 @@ PGSWEEPER_PACKAGES=(
 # installed on this machine.
 PGSWEEPER_CONTAINER_PACKAGES=(prometheus-node-exporter)
 PGSWEEPER_CONTAINER_DEBS=${PGSWEEPER_CONTAINER_DEBS:-$PGSWEEPER_PG_CACHE/container-debs}
+# Packages installed for the tools they ship, not for their service. Their
+# postinst enables the unit, and starts it where systemd runs (in a container
+# without systemd, invoke-rc.d finds no runlevel and starts nothing). Right
+# after installing one, ensure_packages stops and disables it: no prometheus
+# stays running on the test machine, nor boots in the system test's container
+# (a copy of this machine's tree). A copy installed before is left alone.
+PGSWEEPER_TOOL_ONLY=(prometheus)
 
 as_root() {
         if [ "$(id -u)" -eq 0 ]; then
@@ -52,6 +61,16 @@ ensure_packages() {
         echo "==> installing: ${missing[*]}"
         as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+        for p in "${missing[@]}"; do
+                [[ " ${PGSWEEPER_TOOL_ONLY[*]} " == *" $p "* ]] || continue
+                echo "==> $p is installed for its tools: stopping and disabling $p.service"
+                if [ -d /run/systemd/system ]; then
+                        as_root systemctl disable --now "$p.service"
+                else
+                        # systemctl enables and disables without a running systemd
+                        as_root systemctl disable "$p.service"
+                fi
+        done
 }
 
 # fetch_container_debs: download PGSWEEPER_CONTAINER_PACKAGES (no

@@ -14,11 +14,16 @@ into a temp dir. Checks:
 - /etc/pgsweeper/conf.d/ holds conf/conf.d/README only, and a server file
   dropped in there is read by the shipped configuration (its include);
 - /usr/share/doc/pgsweeper/examples/pgsweeper.yaml is conf/pgsweeper.yaml;
+- the same directory holds conf/pgsweeper.rules.yml, conf/pgsweeper.rules.test.yml
+  and conf/pgsweeper-dashboard.json, uncompressed (operators point Prometheus
+  and Grafana at them, and the test file names the rules file) and equal to
+  the tree's; promtool test rules passes there when promtool is installed;
 - /usr/share/pgsweeper/capture.sql is sql/capture.sql (psql's capture);
 - the package version is meson.build's project version and the binary's.
 """
 import os
 import re
+import shutil
 import sys
 import tempfile
 
@@ -30,6 +35,7 @@ from checklib import Failed, check, find_deb, run  # noqa: E402  (tests/checklib
 
 CONFIG = "/etc/pgsweeper/pgsweeper.yaml"
 CONFD = "/etc/pgsweeper/conf.d"
+MONITORING_EXAMPLES = ("pgsweeper.rules.yml", "pgsweeper.rules.test.yml", "pgsweeper-dashboard.json")
 
 
 def gunzip_text(path):
@@ -73,6 +79,19 @@ def main():
         example = root + examples[0]
         text = gunzip_text(example) if example.endswith(".gz") else open(example).read()
         check(text == open(os.path.join(src, "conf", "pgsweeper.yaml")).read(), "the example is conf/pgsweeper.yaml")
+        for name in MONITORING_EXAMPLES:
+            path = "/usr/share/doc/pgsweeper/examples/" + name
+            check(path in files, f"ships {path}, uncompressed")
+            with open(os.path.join(src, "conf", name), "rb") as a, open(root + path, "rb") as b:
+                check(a.read() == b.read(), f"{path} is conf/{name}")
+        promtool = shutil.which("promtool")
+        if promtool:
+            r = run([promtool, "test", "rules", "pgsweeper.rules.test.yml"],
+                    cwd=root + "/usr/share/doc/pgsweeper/examples")
+            check(r.returncode == 0, "promtool test rules passes in the shipped examples directory"
+                  + ("" if r.returncode == 0 else f": {r.stdout}{r.stderr}"))
+        else:
+            print("promtool not installed: the shipped rules are not run here")
         capture_sql = root + "/usr/share/pgsweeper/capture.sql"
         check(os.path.exists(capture_sql) and
               open(capture_sql).read() == open(os.path.join(src, "sql", "capture.sql")).read(),
