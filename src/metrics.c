@@ -273,7 +273,7 @@ void metrics_format(const struct metrics *m, FILE *f) {
                "Sessions of unknown results by what the next snapshot showed: gone or present.");
         action_family(f, m, "pgsweeper_unknown_outcomes_total", true);
 
-        server_family(f, m, "pgsweeper_polls_total", "counter", "Polls started per server.", polls_value);
+        server_family(f, m, "pgsweeper_polls_total", "counter", "Polls per server (connection attempts included), counted when each ends.", polls_value);
         server_family(f, m, "pgsweeper_poll_errors_total", "counter",
                       "Polls that failed (connection, timeout, query).", poll_errors_value);
         server_family(f, m, "pgsweeper_server_up", "gauge", "1 when the last connection attempt or poll succeeded.",
