@@ -27,12 +27,20 @@
  *                   "blocking_pids": [ integer 0..2147483647 ] or null,
  *                   "xmin_age": integer >= 0 or null,
  *                   "query": string or null } ]
+ *   "holders": [ { "holder": "prepared" or "slot",    what holds an xmin besides sessions
+ *                  "name": string,                   the gid, the slot's name; unique per kind
+ *                  "owner", "database": string or null,    null: none (a slot's owner, a
+ *                                                    physical slot's database)
+ *                  "slot_type": string for a slot, null for a prepared transaction,
+ *                  "active": true or false for a slot, null for a prepared transaction,
+ *                  "prepared_at": TIMESTAMP or null,
+ *                  "xmin_age": integer >= 0 } ]
  *
  * TIMESTAMP: "YYYY-MM-DDTHH:MM:SS[.F{1,6}]" then "Z" or an offset "+HH:MM"
  * ("-", ":MM" optional); a space may stand for the "T".
  *
  * Integers are written without a fraction or an exponent. Every count here
- * (connections, connection_slots, count, xmin_age) is at most 2147483647,
+ * (connections, connection_slots, count, the xmin ages) is at most 2147483647,
  * as PostgreSQL's own int4 (age(), pids) and its backend limit keep them. */
 #pragma once
 
@@ -50,7 +58,9 @@ struct capture_server {
         char *current_user;         /* NULL: null in the file */
         char *server_version;       /* NULL: null in the file */
         /* Ready for policy_judge(): every session was read (idle_all), with
-         * the lock graph (has_graph), the role known; a null name is "". */
+         * the lock graph (has_graph) and the horizon's holders (has_horizon;
+         * horizon_age: the oldest of each kind, the sessions' from their
+         * xmin_age), the role known; a null name is "". */
         struct snapshot snap;
 };
 

@@ -1,4 +1,5 @@
-/* pgsweeper --explain: one snapshot of every client session of each server,
+/* pgsweeper --explain: one snapshot of every client session of each server
+ * (and, with a max_xmin_age rule, of its prepared transactions and slots),
  * judged by the daemon's own policy, printed as a table or as JSON. It never
  * signals a backend and never writes to the journal or the metrics file. */
 #pragma once
@@ -38,13 +39,28 @@ struct explain_row {
         const struct verdict *v;
 };
 
+/* A prepared transaction's or a replication slot's verdict on a server
+ * (policy_judge()'s judgement.holders), as explain shows it after the
+ * sessions. */
+struct explain_holder_row {
+        const char *server;
+        const struct holder_verdict *v;
+};
+
 /* Rows in the order they are shown: over (furthest past its limit first),
  * then next (least time left first), then exempt, protected, none. */
 void explain_sort(struct explain_row *rows, size_t n);
-/* The table, header first. */
-void explain_print_text(const struct explain_row *rows, size_t n, FILE *out);
-/* One JSON array. */
-void explain_print_json(const struct explain_row *rows, size_t n, FILE *out);
+/* Holders in the order they are shown: those at or over the limit (warn)
+ * first, each kind oldest first; then server, kind and name. */
+void explain_sort_holders(struct explain_holder_row *rows, size_t n);
+/* The table of sessions, header first; when there are holders, a blank
+ * line and their table. */
+void explain_print_text(const struct explain_row *rows, size_t n, const struct explain_holder_row *holders,
+                        size_t n_holders, FILE *out);
+/* One JSON array: the sessions, then the holders; every object has every
+ * key (null where it does not apply). */
+void explain_print_json(const struct explain_row *rows, size_t n, const struct explain_holder_row *holders,
+                        size_t n_holders, FILE *out);
 
 /* s escaped (escape_string) and cut to at most width characters, the last
  * one "…" when cut; never cut inside an escape. Newly allocated. */

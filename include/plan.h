@@ -31,8 +31,10 @@ void plan_explain_request(const struct config *c, const struct server *srv, stru
 
 /* What a capture asks for, whatever the rules (a replay may judge it with
  * others): every client backend with its query, superusers, every lock
- * waiter and the sessions waited for, counted per every group key; its
- * parameters are pg_capture_sql's first SNAPSHOT_PARAMS. */
+ * waiter and the sessions waited for, counted per every group key, and
+ * every prepared transaction and replication slot holding an xmin (an
+ * xmin bound of 0); its parameters are pg_capture_sql's first
+ * SNAPSHOT_PARAMS. */
 void plan_capture_request(struct snapshot_request *ret);
 
 /* After the snapshot: read the lock graph too? Only for a server with a

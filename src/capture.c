@@ -16,7 +16,7 @@
 
 #define CAPTURE_MAX_SERVERS 10000
 
-enum kind { K_FORMAT, K_STRING, K_BOOL, K_INT, K_TIME, K_ROLE, K_ARRAY };
+enum kind { K_FORMAT, K_STRING, K_BOOL, K_INT, K_TIME, K_ROLE, K_HOLDER, K_ARRAY };
 
 struct key {
         const char *name;
@@ -30,11 +30,11 @@ struct field {
         const struct json_value *v;
         const char *s;                  /* K_STRING */
         int64_t i;                      /* K_INT, K_TIME */
-        bool b;                         /* K_BOOL; K_ROLE: standby */
+        bool b;                         /* K_BOOL; K_ROLE: standby; K_HOLDER: a slot */
 };
 
 enum { SRV_FORMAT, SRV_NAME, SRV_VERSION, SRV_NOW, SRV_ROLE, SRV_USER, SRV_CONNECTIONS, SRV_SLOTS, SRV_GROUPS,
-       SRV_SESSIONS, _SRV_MAX };
+       SRV_SESSIONS, SRV_HOLDERS, _SRV_MAX };
 static const struct key server_keys[_SRV_MAX] = {
         [SRV_FORMAT] = { .name = "pgsweeper_capture", .kind = K_FORMAT },
         [SRV_NAME] = { .name = "server", .kind = K_STRING },
@@ -46,6 +46,7 @@ static const struct key server_keys[_SRV_MAX] = {
         [SRV_SLOTS] = { .name = "connection_slots", .kind = K_INT, .null = true, .min = 0, .max = INT32_MAX },
         [SRV_GROUPS] = { .name = "groups", .kind = K_ARRAY },
         [SRV_SESSIONS] = { .name = "sessions", .kind = K_ARRAY },
+        [SRV_HOLDERS] = { .name = "holders", .kind = K_ARRAY },
 };
 
 /* The four names first, in the order of GROUP_USER..GROUP_CLIENT_ADDRESS. */
@@ -81,6 +82,19 @@ static const struct key session_keys[_S_MAX] = {
         [S_QUERY] = { .name = "query", .kind = K_STRING, .null = true },
 };
 static const struct key blocker_key = { .name = "blocking_pids", .kind = K_INT, .min = 0, .max = INT32_MAX };
+
+/* The strings first, in the order of struct horizon_holder's. */
+enum { H_NAME, H_OWNER, H_DATABASE, H_SLOT_TYPE, H_HOLDER, H_ACTIVE, H_PREPARED_AT, H_XMIN_AGE, _H_MAX };
+static const struct key holder_keys[_H_MAX] = {
+        [H_HOLDER] = { .name = "holder", .kind = K_HOLDER },
+        [H_NAME] = { .name = "name", .kind = K_STRING },
+        [H_OWNER] = { .name = "owner", .kind = K_STRING, .null = true },
+        [H_DATABASE] = { .name = "database", .kind = K_STRING, .null = true },
+        [H_SLOT_TYPE] = { .name = "slot_type", .kind = K_STRING, .null = true },
+        [H_ACTIVE] = { .name = "active", .kind = K_BOOL, .null = true },
+        [H_PREPARED_AT] = { .name = "prepared_at", .kind = K_TIME, .null = true },
+        [H_XMIN_AGE] = { .name = "xmin_age", .kind = K_INT, .min = 0, .max = INT32_MAX },
+};
 
 /* "a.b", or "b" at the top; "a.b[i]" with an index */
 static char *join(const char *path, const char *name, size_t i) {
@@ -186,6 +200,7 @@ static bool parse_timestamp(const char *s, size_t n, int64_t *ret) {
 static char *expected(const struct key *k) {
         static const char *const what[] = {
                 [K_STRING] = "a string", [K_BOOL] = "true or false", [K_ROLE] = "\"primary\" or \"standby\"",
+                [K_HOLDER] = "\"prepared\" or \"slot\"",
                 [K_TIME] = "a timestamp like \"2024-02-29 23:59:59.123456+02:00\"", [K_ARRAY] = "an array",
         };
 
@@ -224,6 +239,10 @@ static int read_field(const struct key *k, const struct json_value *v, const cha
         case K_ROLE:
                 f->b = v->type == JSON_STRING && strcmp(v->text, "standby") == 0;
                 ok = f->b || (v->type == JSON_STRING && strcmp(v->text, "primary") == 0);
+                break;
+        case K_HOLDER:
+                f->b = v->type == JSON_STRING && strcmp(v->text, "slot") == 0;
+                ok = f->b || (v->type == JSON_STRING && strcmp(v->text, "prepared") == 0);
                 break;
         case K_ARRAY:
                 ok = v->type == JSON_ARRAY;
@@ -383,10 +402,74 @@ static int read_sessions(const struct json_value *a, const char *path, struct sn
         return 0;
 }
 
-/* Until here the rows' and groups' strings point into the JSON: now into
- * one block of the snapshot's own, as snapshot_free() expects. */
+/* A slot has a type and says whether it is active; a prepared transaction
+ * neither: null where the live read has nothing. */
+static int check_holder_shape(const struct field *f, const char *path, struct json_error *error) {
+        static const size_t keys[] = { H_SLOT_TYPE, H_ACTIVE };
+        bool slot = f[H_HOLDER].b;
+
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+                size_t k = keys[i];
+                _cleanup_free_ char *p = NULL;
+
+                if ((f[k].v->type == JSON_NULL) != slot)
+                        continue;
+                p = join(path, holder_keys[k].name, SIZE_MAX);
+                return fail_found(error, f[k].v, p, !slot ? "null (a prepared transaction)" :
+                                                    k == H_ACTIVE ? "true or false (a slot)" : "a string (a slot)");
+        }
+        return 0;
+}
+
+static int read_holders(const struct json_value *a, const char *path, struct snapshot *snap,
+                        struct json_error *error) {
+        /* per kind: a gid, or a slot's name, is unique on a server */
+        _cleanup_free_ struct seen *gids = xcalloc(a->n + 1, sizeof(struct seen)),
+                                   *slots = xcalloc(a->n + 1, sizeof(struct seen));
+        size_t n_gids = 0, n_slots = 0, dup, orig;
+
+        snap->holders = xcalloc(a->n + 1, sizeof(*snap->holders));
+        for (size_t i = 0; i < a->n; i++) {
+                struct horizon_holder *h = &snap->holders[i];
+                const char **strings[] = { &h->name, &h->owner, &h->database, &h->slot_type };
+                struct field f[_H_MAX];
+                _cleanup_free_ char *p = join(path, "holders", i);
+                int r;
+
+                if ((r = read_object(&a->items[i], p, "an object (a prepared transaction or a slot)", holder_keys,
+                                     _H_MAX, f, error)) < 0 ||
+                    (r = check_holder_shape(f, p, error)) < 0)
+                        return r;
+                h->kind = f[H_HOLDER].b ? HOLDER_SLOT : HOLDER_PREPARED;
+                for (size_t k = 0; k < ELEMENTSOF(strings); k++)
+                        *strings[k] = f[H_NAME + k].s ? f[H_NAME + k].s : "";
+                h->active = f[H_ACTIVE].b;
+                h->prepared_at = f[H_PREPARED_AT].i;
+                h->xmin_age = f[H_XMIN_AGE].i;
+                if (h->xmin_age > snap->horizon_age[h->kind])
+                        snap->horizon_age[h->kind] = h->xmin_age;
+                if (h->kind == HOLDER_SLOT)
+                        slots[n_slots++] = (struct seen) { .name = h->name, .i = i };
+                else
+                        gids[n_gids++] = (struct seen) { .name = h->name, .i = i };
+                snap->n_holders++;
+        }
+        for (size_t k = 0; k < 2; k++)
+                if (k == 0 ? first_repeat(gids, n_gids, &dup, &orig) : first_repeat(slots, n_slots, &dup, &orig)) {
+                        _cleanup_free_ char *q = join(path, "holders", dup), *p = join(q, "name", SIZE_MAX),
+                                            *at = join(path, "holders", orig),
+                                            *name = escape_string(snap->holders[dup].name);
+                        return fail(error, member(&a->items[dup], "name"), p, "duplicate %s \"%s\", first at %s",
+                                    k == 0 ? "gid" : "slot", name, at);
+                }
+        return 0;
+}
+
+/* Until here the rows', groups' and holders' strings point into the JSON:
+ * now into one block of the snapshot's own, as snapshot_free() expects. */
 static void own_strings(struct snapshot *snap) {
-        _cleanup_free_ const char ***at = xcalloc(5 * snap->n_rows + 4 * snap->n_groups, sizeof(*at));
+        _cleanup_free_ const char ***at = xcalloc(5 * snap->n_rows + 4 * snap->n_groups + 4 * snap->n_holders + 1,
+                                                  sizeof(*at));
         size_t n = 0, bytes = 1;
         char *o;
 
@@ -400,6 +483,12 @@ static void own_strings(struct snapshot *snap) {
         for (size_t i = 0; i < snap->n_groups; i++)
                 for (enum group_key k = GROUP_USER; k <= GROUP_CLIENT_ADDRESS; k++)
                         at[n++] = &snap->groups[i].key[k];
+        for (size_t i = 0; i < snap->n_holders; i++) {
+                struct horizon_holder *h = &snap->holders[i];
+                const char **holder_at[] = { &h->name, &h->owner, &h->database, &h->slot_type };
+                for (size_t k = 0; k < ELEMENTSOF(holder_at); k++)
+                        at[n++] = holder_at[k];
+        }
         for (size_t i = 0; i < n; i++)
                 bytes += strlen(*at[i]) + 1;
         o = snap->strings = xmalloc(bytes);
@@ -439,7 +528,10 @@ static int read_server(const struct json_value *obj, const char *path, struct ca
                 .role_known = true,
                 .in_recovery = f[SRV_ROLE].b,
                 .has_graph = true,
+                .has_horizon = true,
         };
+        for (enum holder_kind k = 0; k < _HOLDER_MAX; k++)
+                s.snap.horizon_age[k] = -1;
         if ((r = read_groups(f[SRV_GROUPS].v, path, &s.snap, error)) < 0)
                 return r;
         for (size_t i = 0; i < s.snap.n_groups; i++)
@@ -454,8 +546,14 @@ static int read_server(const struct json_value *obj, const char *path, struct ca
                 return fail(error, f[SRV_GROUPS].v, p, "expected no groups when connections is null, found %zu",
                             s.snap.n_groups);
         }
-        if ((r = read_sessions(f[SRV_SESSIONS].v, path, &s.snap, error)) < 0)
+        if ((r = read_sessions(f[SRV_SESSIONS].v, path, &s.snap, error)) < 0 ||
+            (r = read_holders(f[SRV_HOLDERS].v, path, &s.snap, error)) < 0)
                 return r;
+        /* the oldest backend xmin: the live read's covers every backend,
+         * a capture's its sessions */
+        for (size_t i = 0; i < s.snap.n_rows; i++)
+                if (s.snap.rows[i].xmin_age > s.snap.horizon_age[HOLDER_SESSION])
+                        s.snap.horizon_age[HOLDER_SESSION] = s.snap.rows[i].xmin_age;
         own_strings(&s.snap);
         *ret = s;
         s = (struct capture_server) {};

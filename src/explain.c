@@ -1,6 +1,7 @@
-/* pgsweeper --explain: what the daemon would do to every session, and why.
- * The judgement is policy_judge()'s, verdicts included; this file only
- * fetches the snapshot and renders the verdicts. */
+/* pgsweeper --explain: what the daemon would do to every session, and why,
+ * and which prepared transactions and slots it would warn about. The
+ * judgement is policy_judge()'s, verdicts and holders included; this file
+ * only fetches the snapshot and renders the verdicts. */
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
@@ -55,7 +56,8 @@ static void explain_judge(const struct config *c, const struct server *srv, bool
 static int explain_report(const struct explained *ex, size_t n, const struct explain_options *o, bool failed,
                           FILE *out) {
         _cleanup_free_ struct explain_row *rows = NULL;
-        size_t n_rows = 0;
+        _cleanup_free_ struct explain_holder_row *holders = NULL;
+        size_t n_rows = 0, n_holders = 0;
 
         for (size_t i = 0; i < n; i++) {
                 if (!ex[i].server)
@@ -68,12 +70,19 @@ static int explain_report(const struct explained *ex, size_t n, const struct exp
                                 continue;
                         rows[n_rows++] = (struct explain_row) { ex[i].server->name, v };
                 }
+                /* Prepared transactions and slots: judged when a rule of
+                 * the server sets max_xmin_age (policy_judge()). */
+                holders = xreallocarray(holders, n_holders + ex[i].judgement.n_holders + 1, sizeof(*holders));
+                for (size_t k = 0; k < ex[i].judgement.n_holders; k++)
+                        holders[n_holders++] = (struct explain_holder_row) { ex[i].server->name,
+                                                                             &ex[i].judgement.holders[k] };
         }
         explain_sort(rows, n_rows);
+        explain_sort_holders(holders, n_holders);
         if (o->json)
-                explain_print_json(rows, n_rows, out);
+                explain_print_json(rows, n_rows, holders, n_holders, out);
         else
-                explain_print_text(rows, n_rows, out);
+                explain_print_text(rows, n_rows, holders, n_holders, out);
         return fflush(out) == 0 && !ferror(out) && !failed ? 0 : 1;
 }
 
@@ -241,6 +250,28 @@ void explain_sort(struct explain_row *rows, size_t n) {
                 qsort(rows, n, sizeof(*rows), row_cmp);
 }
 
+static int holder_cmp(const void *a, const void *b) {
+        const struct explain_holder_row *x = a, *y = b;
+        const struct horizon_holder *hx = x->v->holder, *hy = y->v->holder;
+        int c;
+
+        if (x->v->over != y->v->over)
+                return x->v->over ? -1 : 1;
+        if (hx->xmin_age != hy->xmin_age)
+                return hx->xmin_age > hy->xmin_age ? -1 : 1;
+        c = strcmp(x->server, y->server);
+        if (c != 0)
+                return c;
+        if (hx->kind != hy->kind)
+                return hx->kind < hy->kind ? -1 : 1;
+        return strcmp(hx->name, hy->name);
+}
+
+void explain_sort_holders(struct explain_holder_row *rows, size_t n) {
+        if (n > 1)
+                qsort(rows, n, sizeof(*rows), holder_cmp);
+}
+
 /* ---- text ---- */
 
 /* Characters of escaped (hence valid UTF-8) text: bytes that do not continue a sequence. */
@@ -393,36 +424,118 @@ static void row_cells(const struct explain_row *row, char *cells[static _COLS]) 
         cells[COL_VERDICT] = verdict_text(row->server, row->v);
 }
 
-static void print_line(char *const cells[static _COLS], const size_t width[static _COLS], FILE *out) {
-        for (size_t c = 0; c < _COLS; c++) {
+static void print_line(char *const *cells, const size_t *width, size_t n_cols, FILE *out) {
+        for (size_t c = 0; c < n_cols; c++) {
                 fputs(cells[c], out);
-                if (c + 1 < _COLS)
+                if (c + 1 < n_cols)
                         fprintf(out, "%*s", (int) (width[c] - text_width(cells[c]) + 2), "");
         }
         fputc('\n', out);
 }
 
-void explain_print_text(const struct explain_row *rows, size_t n, FILE *out) {
-        char *(*cells)[_COLS] = xcalloc(n + 1, sizeof(*cells));
-        char *header[_COLS];
-        size_t width[_COLS];
+/* n rows of n_cols cells each (cells[i * n_cols + c], freed here) under
+ * their titles, every column as wide as its widest cell. */
+static void print_table(const char *const *titles, char **cells, size_t n, size_t n_cols, FILE *out) {
+        _cleanup_free_ size_t *width = xcalloc(n_cols, sizeof(*width));
 
-        for (size_t c = 0; c < _COLS; c++) {
-                header[c] = (char *) columns[c].title;
-                width[c] = strlen(columns[c].title);
-        }
+        for (size_t c = 0; c < n_cols; c++)
+                width[c] = strlen(titles[c]);
+        for (size_t i = 0; i < n; i++)
+                for (size_t c = 0; c < n_cols; c++)
+                        if (text_width(cells[i * n_cols + c]) > width[c])
+                                width[c] = text_width(cells[i * n_cols + c]);
+        print_line((char *const *) titles, width, n_cols, out);
         for (size_t i = 0; i < n; i++) {
-                row_cells(&rows[i], cells[i]);
-                for (size_t c = 0; c < _COLS; c++)
-                        if (text_width(cells[i][c]) > width[c])
-                                width[c] = text_width(cells[i][c]);
+                print_line(cells + i * n_cols, width, n_cols, out);
+                for (size_t c = 0; c < n_cols; c++)
+                        free(cells[i * n_cols + c]);
         }
-        print_line(header, width, out);
-        for (size_t i = 0; i < n; i++) {
-                print_line(cells[i], width, out);
-                for (size_t c = 0; c < _COLS; c++)
-                        free(cells[i][c]);
-        }
+}
+
+/* ---- holders: text ---- */
+
+/* A holder's verdict and reason, in the text and the JSON alike: "warn"
+ * (at or over the limit: what the daemon warns about) or "none". */
+static const char *holder_verdict_name(const struct holder_verdict *v) {
+        return v->over ? "warn" : "none";
+}
+
+static const char *holder_reason_name(const struct holder_verdict *v) {
+        return v->over ? "horizon-holder" : "below-limit";
+}
+
+enum { HCOL_SERVER, HCOL_HOLDER, HCOL_NAME, HCOL_OWNER, HCOL_DATABASE, HCOL_AGE, HCOL_VERDICT, _HCOLS };
+
+static const struct {
+        const char *title;
+        size_t max;                 /* 0: never cut */
+} holder_columns[_HCOLS] = {
+        [HCOL_SERVER] = { "SERVER", 16 },
+        [HCOL_HOLDER] = { "HOLDER", 0 },
+        [HCOL_NAME] = { "NAME", 32 },   /* the whole name is in the release command */
+        [HCOL_OWNER] = { "OWNER", 16 },
+        [HCOL_DATABASE] = { "DATABASE", 16 },
+        [HCOL_AGE] = { "AGE", 0 },
+        [HCOL_VERDICT] = { "VERDICT", 0 },
+};
+
+/* The VERDICT column of a holder, before escaping:
+ * "warn: holds xmin 1234 transactions old >= max_xmin_age 1000 (rule xmin);
+ *  release: ROLLBACK PREPARED 'gid'; in database appdb", or "none: holds
+ * xmin 20 transactions old < max_xmin_age 1000 (rule xmin)". */
+static char *holder_verdict_text(const struct holder_verdict *v) {
+        const struct horizon_holder *h = v->holder;
+        _cleanup_free_ char *release = NULL, *tail = NULL;
+        char *s = xasprintf("%s: holds xmin %" PRId64 " transactions old %s max_xmin_age %" PRId64 " (rule %s)",
+                            holder_verdict_name(v), h->xmin_age, v->over ? ">=" : "<",
+                            v->rule->limit_ms[LIMIT_XMIN_AGE], v->rule->name);
+
+        if (!v->over)
+                return s;
+        release = log_holder_release(h);
+        tail = h->kind == HOLDER_SLOT ? xasprintf("%s; release: %s once its consumer is gone for good", s, release) :
+               *h->database ? xasprintf("%s; release: %s in database %s", s, release, h->database) :
+                              xasprintf("%s; release: %s", s, release);
+        free(s);
+        return TAKE_PTR(tail);
+}
+
+static void holder_cells(const struct explain_holder_row *row, char *cells[static _HCOLS]) {
+        const struct horizon_holder *h = row->v->holder;
+        _cleanup_free_ char *verdict = holder_verdict_text(row->v), *kind = NULL;
+
+        kind = h->kind == HOLDER_SLOT ? xasprintf("slot (%s, %s)", *h->slot_type ? h->slot_type : "-",
+                                                  h->active ? "active" : "inactive") :
+                                        xstrdup(holder_kind_to_string(h->kind));
+        cells[HCOL_SERVER] = explain_cell(row->server, holder_columns[HCOL_SERVER].max);
+        cells[HCOL_HOLDER] = explain_cell(kind, holder_columns[HCOL_HOLDER].max);
+        cells[HCOL_NAME] = explain_cell(h->name, holder_columns[HCOL_NAME].max);
+        cells[HCOL_OWNER] = explain_cell(*h->owner ? h->owner : "-", holder_columns[HCOL_OWNER].max);
+        cells[HCOL_DATABASE] = explain_cell(*h->database ? h->database : "-", holder_columns[HCOL_DATABASE].max);
+        cells[HCOL_AGE] = xasprintf("%" PRId64, h->xmin_age);
+        cells[HCOL_VERDICT] = explain_cell(verdict, holder_columns[HCOL_VERDICT].max);
+}
+
+void explain_print_text(const struct explain_row *rows, size_t n, const struct explain_holder_row *holders,
+                        size_t n_holders, FILE *out) {
+        const char *titles[(size_t) _COLS > (size_t) _HCOLS ? (size_t) _COLS : (size_t) _HCOLS];
+        char **cells = xcalloc((n + 1) * _COLS, sizeof(*cells));
+
+        for (size_t c = 0; c < _COLS; c++)
+                titles[c] = columns[c].title;
+        for (size_t i = 0; i < n; i++)
+                row_cells(&rows[i], cells + i * _COLS);
+        print_table(titles, cells, n, _COLS, out);
+        free(cells);
+        if (n_holders == 0)
+                return;
+        fputc('\n', out);
+        cells = xcalloc((n_holders + 1) * _HCOLS, sizeof(*cells));
+        for (size_t c = 0; c < _HCOLS; c++)
+                titles[c] = holder_columns[c].title;
+        for (size_t i = 0; i < n_holders; i++)
+                holder_cells(&holders[i], cells + i * _HCOLS);
+        print_table(titles, cells, n_holders, _HCOLS, out);
         free(cells);
 }
 
@@ -450,7 +563,8 @@ static void json_key_int(FILE *out, const char *key, bool present, int64_t value
                 fprintf(out, "\"%s\": null, ", key);
 }
 
-void explain_print_json(const struct explain_row *rows, size_t n, FILE *out) {
+void explain_print_json(const struct explain_row *rows, size_t n, const struct explain_holder_row *holders,
+                        size_t n_holders, FILE *out) {
         fputs("[", out);
         for (size_t i = 0; i < n; i++) {
                 const struct verdict *v = rows[i].v;
@@ -494,12 +608,37 @@ void explain_print_json(const struct explain_row *rows, size_t n, FILE *out) {
                         json_key_int(out, "sessions", capped, v->sessions);
                         json_key_int(out, "max_sessions", capped, capped ? v->rule->limit_ms[LIMIT_SESSIONS] : 0);
                         json_key_int(out, "connections", gated, v->connections);
-                        if (gated)
-                                fprintf(out, "\"connection_slots\": %" PRId64 "}", v->connection_slots);
-                        else
-                                fputs("\"connection_slots\": null}", out);
+                        json_key_int(out, "connection_slots", gated, v->connection_slots);
                 }
-
+                fputs("\"holder\": null, \"name\": null, \"release\": null, \"slot_type\": null, \"active\": null}",
+                      out);
         }
-        fputs(n ? "\n]\n" : "]\n", out);
+        for (size_t i = 0; i < n_holders; i++) {
+                const struct holder_verdict *v = holders[i].v;
+                const struct horizon_holder *h = v->holder;
+                _cleanup_free_ char *release = log_holder_release(h);
+                bool slot = h->kind == HOLDER_SLOT;
+
+                fputs(n + i ? ",\n {" : "\n {", out);
+                json_key_string(out, "server", holders[i].server, true);
+                fputs("\"pid\": null, ", out);
+                json_key_string(out, "user", *h->owner ? h->owner : NULL, true);
+                json_key_string(out, "database", *h->database ? h->database : NULL, true);
+                fputs("\"application\": null, \"client_addr\": null, \"state\": null, ", out);
+                json_key_string(out, "verdict", holder_verdict_name(v), true);
+                json_key_string(out, "rule", v->rule->name, true);
+                json_key_string(out, "limit", limit_kind_to_string(LIMIT_XMIN_AGE), true);
+                json_key_int(out, "limit_ms", true, v->rule->limit_ms[LIMIT_XMIN_AGE]);
+                json_key_int(out, "elapsed_ms", true, h->xmin_age);
+                fputs("\"remaining_ms\": null, \"action\": null, ", out);
+                json_key_string(out, "reason", holder_reason_name(v), true);
+                fputs("\"blocked\": null, \"group\": null, \"sessions\": null, \"max_sessions\": null, "
+                      "\"connections\": null, \"connection_slots\": null, ", out);
+                json_key_string(out, "holder", holder_kind_to_string(h->kind), true);
+                json_key_string(out, "name", h->name, true);
+                json_key_string(out, "release", release, true);
+                json_key_string(out, "slot_type", slot && *h->slot_type ? h->slot_type : NULL, true);
+                fprintf(out, "\"active\": %s}", !slot ? "null" : h->active ? "true" : "false");
+        }
+        fputs(n + n_holders ? "\n]\n" : "]\n", out);
 }

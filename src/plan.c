@@ -83,6 +83,10 @@ void plan_capture_request(struct snapshot_request *ret) {
         };
         for (enum limit_kind k = 0; k < _LIMIT_MAX; k++)
                 ret->bound_ms[k] = -1;
+        /* The horizon's holders, every one (a replay's rules may set
+         * max_xmin_age); it wants no more sessions: every client backend is
+         * wanted already (every_session). */
+        ret->bound_ms[LIMIT_XMIN_AGE] = 0;
         for (enum group_key g = GROUP_USER; g < _GROUP_MAX; g++)
                 ret->group_by[g] = true;
 }

@@ -185,12 +185,14 @@ const char pg_lock_graph_sql_13[] = LOCK_GRAPH_SQL("NULL::timestamptz", "w.query
 const char pg_lock_graph_name[] = "pgsweeper_lock_graph";
 
 /* A capture (--capture, capture.sql): the lock graph statement itself, with
- * every client backend wanted, read into one JSON object (capture.h says
- * its keys); $20 the server's name. The rows are the daemon's, so a replay
- * judges what a live read would have judged; only the rendering is added:
- * timestamps as UTC ISO 8601 text (exact: the interval arithmetic is in
- * integer microseconds), backend and wait event types as the server says
- * them. */
+ * every client backend wanted and the horizon's holders read ($10 set: see
+ * HORIZON_HOLDERS for which column carries what), read into one JSON object
+ * (capture.h says its keys); $20 the server's name. The rows are the
+ * daemon's, so a replay judges what a live read would have judged; only the
+ * rendering is added: timestamps as UTC ISO 8601 text (exact: the interval
+ * arithmetic is in integer microseconds), backend and wait event types as
+ * the server says them. A group counted only for its oldest xmin (no client
+ * backend: n = 0) is no group of the capture. */
 #define ISO(us) "to_char(timestamp 'epoch' + (" us ") * interval '1 microsecond', " \
                 "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 #define CAPTURE_SQL(waitstart_col, waitstart)                                                                   \
@@ -200,14 +202,18 @@ const char pg_lock_graph_name[] = "pgsweeper_lock_graph";
         "  'current_user', current_user, 'connections', sum(s.n), 'connection_slots', max(s.slots), "          \
         "  'groups', coalesce(json_agg(json_build_object('user', s.rolname, 'database', s.datname, "          \
         "      'application', s.app, 'client_addr', s.addr, 'count', s.n) "                                    \
-        "    ORDER BY s.rolname, s.datname, s.app, s.addr) FILTER (WHERE s.n IS NOT NULL), '[]'), "            \
+        "    ORDER BY s.rolname, s.datname, s.app, s.addr) FILTER (WHERE s.n > 0), '[]'), "                     \
         "  'sessions', coalesce(json_agg(json_build_object('pid', s.pid, 'backend_type', s.backend_type, "    \
         "      'superuser', s.super, 'state', s.state, 'backend_start', " ISO("s.bs") ", "                     \
         "      'state_change', " ISO("s.sc") ", 'query_start', " ISO("s.qs") ", "                               \
         "      'xact_start', " ISO("s.xs") ", 'wait_start', " ISO("s.wait_start") ", "                          \
         "      'user', s.rolname, 'database', s.datname, 'application', s.app, 'client_addr', s.addr, "        \
         "      'wait_event_type', s.wait_event_type, 'blocking_pids', s.blockers, 'xmin_age', s.xmin_age, "   \
-        "      'query', s.query) ORDER BY s.pid) FILTER (WHERE s.pid IS NOT NULL), '[]')) "                    \
+        "      'query', s.query) ORDER BY s.pid) FILTER (WHERE s.pid IS NOT NULL), '[]'), "                     \
+        "  'holders', coalesce(json_agg(json_build_object('holder', s.holder, 'name', s.app, "                  \
+        "      'owner', s.rolname, 'database', s.datname, 'slot_type', s.addr, 'active', s.lock_wait, "         \
+        "      'prepared_at', " ISO("s.bs") ", 'xmin_age', s.xmin_age) ORDER BY s.holder, s.app) "              \
+        "    FILTER (WHERE s.holder IS NOT NULL), '[]')) "                                                     \
         "FROM (" LOCK_GRAPH_SQL(waitstart_col, waitstart, ", c.backend_type, c.wait_event_type") ") s"
 
 const char pg_capture_sql[] = CAPTURE_SQL("l.waitstart", "ls.waitstart");

@@ -19,8 +19,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 static void check_snapshot(const struct snapshot *s) {
         int64_t sum = 0;
 
-        if (!s->idle_all || !s->has_graph || !s->role_known || s->now == TS_NULL || !s->strings)
+        if (!s->idle_all || !s->has_graph || !s->has_horizon || !s->role_known || s->now == TS_NULL || !s->strings)
                 abort();
+        for (size_t i = 0; i < s->n_holders; i++) {
+                const struct horizon_holder *h = &s->holders[i];
+                if ((h->kind != HOLDER_PREPARED && h->kind != HOLDER_SLOT) || !h->name || !h->owner ||
+                    !h->database || !h->slot_type || h->xmin_age < 0 || h->xmin_age > s->horizon_age[h->kind] ||
+                    (h->kind == HOLDER_PREPARED && (*h->slot_type || h->active)))
+                        abort();
+        }
         for (size_t i = 0; i < s->n_groups; i++) {
                 for (enum group_key k = GROUP_USER; k < _GROUP_MAX; k++)
                         if (!s->groups[i].key[k])

@@ -17,7 +17,8 @@ from tcpproxy import TcpProxy
 
 KEYS = ["server", "pid", "user", "database", "application", "client_addr", "state", "verdict", "rule",
         "limit", "limit_ms", "elapsed_ms", "remaining_ms", "action", "reason", "blocked",
-        "group", "sessions", "max_sessions", "connections", "connection_slots"]
+        "group", "sessions", "max_sessions", "connections", "connection_slots",
+        "holder", "name", "release", "slot_type", "active"]
 
 
 def explain(sweeper, text, *args, expect=0):
@@ -36,9 +37,10 @@ def explain_json(sweeper, text, *args, expect=0):
 
 
 def by_pid(rows, server="main"):
+    """{pid: row} of the sessions (holders, after them, have no pid)."""
     out = {}
     for row in rows:
-        if row["server"] == server:
+        if row["server"] == server and row["holder"] is None:
             assert row["pid"] not in out, f"two rows for pid {row['pid']}"
             out[row["pid"]] = row
     return out

@@ -26,10 +26,11 @@ from test_locks import idle_blocker, start_waiters, table  # noqa: F401  (table:
 
 CAPTURE_SQL = REPO / "sql" / "capture.sql"
 CAPTURE_KEYS = ["pgsweeper_capture", "server", "server_version", "now", "role", "current_user", "connections",
-                "connection_slots", "groups", "sessions"]
+                "connection_slots", "groups", "sessions", "holders"]
 SESSION_KEYS = ["pid", "backend_type", "superuser", "state", "backend_start", "state_change", "query_start",
                 "xact_start", "wait_start", "user", "database", "application", "client_addr", "wait_event_type",
                 "blocking_pids", "xmin_age", "query"]
+HOLDER_KEYS = ["holder", "name", "owner", "database", "slot_type", "active", "prepared_at", "xmin_age"]
 # what differs between two reads of the same sessions a moment apart
 TIMED = ("elapsed_ms", "remaining_ms")
 
@@ -78,6 +79,8 @@ def check_capture_shape(obj):
     assert obj["pgsweeper_capture"] == 1
     for s in obj["sessions"]:
         assert list(s) == SESSION_KEYS, s
+    for h in obj["holders"]:
+        assert list(h) == HOLDER_KEYS, h
 
 
 def explain_json(sweeper, cfg, *args, expect=0):
@@ -111,33 +114,71 @@ def replay_text(sweeper, cfg, path, *args, expect=0):
 
 
 def by_pid(rows, server="main"):
+    """{pid: row} of the sessions (holders, after them, have no pid)."""
     out = {}
     for row in rows:
-        if row["server"] == server:
+        if row["server"] == server and row["holder"] is None:
             assert row["pid"] not in out, f"two rows for pid {row['pid']}"
             out[row["pid"]] = row
     return out
 
 
-def text_cells(out):
-    """{pid: {COLUMN: cell}} of explain's text form, cut where the header's
-    titles start (every row is aligned on them), and the pids in order."""
-    lines = out.splitlines()
-    assert lines and lines[0].startswith("SERVER"), out
+SESSION_TITLES = ["SERVER", "PID", "USER", "DATABASE", "APPLICATION", "CLIENT", "STATE", "ELAPSED", "VERDICT"]
+HOLDER_TITLES = ["SERVER", "HOLDER", "NAME", "OWNER", "DATABASE", "AGE", "VERDICT"]
+
+
+def table_cells(lines, want_titles):
+    """[{COLUMN: cell}] of one of explain's text tables, cut where the
+    header's titles start (every row is aligned on them)."""
+    assert lines, lines
     titles = [(m.group(), m.start()) for m in re.finditer(r"\S+", lines[0])]
-    assert [t for t, _ in titles] == ["SERVER", "PID", "USER", "DATABASE", "APPLICATION", "CLIENT", "STATE",
-                                      "ELAPSED", "VERDICT"], lines[0]
-    rows, order = {}, []
+    assert [t for t, _ in titles] == want_titles, lines[0]
+    out = []
     for line in lines[1:]:
         cells = {}
         for k, (title, start) in enumerate(titles):
             end = titles[k + 1][1] if k + 1 < len(titles) else None
             assert start == 0 or line[start - 2:start] == "  ", (title, line)
+            assert line[start] != " ", (title, line)
             cells[title] = line[start:end].rstrip() if end else line[start:]
+        out.append(cells)
+    return out
+
+
+def text_tables(out):
+    """The session table's lines and the holder table's (after a blank
+    line; [] when there is none)."""
+    lines = out.splitlines()
+    assert lines and lines[0].startswith("SERVER"), out
+    if "" not in lines:
+        return lines, []
+    i = lines.index("")
+    assert lines[i + 1].startswith("SERVER") and "" not in lines[i + 1:], out
+    return lines[:i], lines[i + 1:]
+
+
+def text_cells(out):
+    """{pid: {COLUMN: cell}} of explain's session table, and the pids in
+    order."""
+    rows, order = {}, []
+    for cells in table_cells(text_tables(out)[0], SESSION_TITLES):
         pid = int(cells["PID"])
         rows[pid] = cells
         order.append(pid)
     return rows, order
+
+
+def holder_text_cells(out):
+    """[{COLUMN: cell}] of explain's holder table, in order ([] without one)."""
+    lines = text_tables(out)[1]
+    return table_cells(lines, HOLDER_TITLES) if lines else []
+
+
+def holder_rows(rows):
+    """The --json rows of prepared transactions and slots, in order: all after the sessions."""
+    kinds = [r["holder"] is not None for r in rows]
+    assert kinds == sorted(kinds), "a holder before a session"
+    return [r for r in rows if r["holder"] is not None]
 
 
 def untimed(cells):
@@ -771,7 +812,14 @@ def hand_capture():
             s(106, "active", "2026-01-01T09:59:50.123Z", application="report"),
             s(107, None, None, backend_type="autovacuum worker", user=None, database="appdb", application="",
               client_addr=None, query=None),
-        ]}
+        ],
+        "holders": [
+            {"holder": "prepared", "name": "batch-42", "owner": "app", "database": "appdb", "slot_type": None,
+             "active": None, "prepared_at": "2026-01-01T08:00:00+01:00", "xmin_age": 120000},
+            {"holder": "slot", "name": "sub", "owner": None, "database": "appdb", "slot_type": "logical",
+             "active": False, "prepared_at": None, "xmin_age": 250000},
+            {"holder": "slot", "name": "standby-1", "owner": None, "database": None, "slot_type": "physical",
+             "active": True, "prepared_at": None, "xmin_age": 40}]}
 
 
 HAND_RULES = ("      - {name: idle, max_idle: 1m, applications: [web]}\n"
@@ -816,6 +864,46 @@ def test_hand_written_capture_is_judged_exactly(sweeper, tmp_path):
     assert order == [101, 104, 106, 102, 105, 103], text
     assert cells[101]["ELAPSED"] == "1m30s" and cells[101]["VERDICT"] == "over idle: max_idle 1m -> terminate"
     assert cells[104]["VERDICT"] == "over blockers: max_blocking 30s (1 waiting behind it) -> terminate", cells[104]
+    # no rule sets max_xmin_age: the prepared transaction and the slots are not judged, nor shown
+    assert holder_rows(rows) == [] and holder_text_cells(text) == [], text
+
+
+HORIZON_RULES = ("      - {name: horizon, max_xmin_age: 100000, applications: [none-such]}\n"
+                 "      - {name: wide, max_xmin_age: 1_000_000}\n")
+
+
+def test_hand_written_holders_are_judged_exactly(sweeper, tmp_path):
+    """With max_xmin_age, the capture's holders follow the sessions, judged
+    against the smallest limit of the server's rules (whatever its filters),
+    warned about and never acted on."""
+    path = tmp_path / "hand.json"
+    path.write_text(json.dumps(hand_capture(), indent=1))
+    plain, _ = replay_json(sweeper, nowhere_config(), path)
+    rows, _ = replay_json(sweeper, nowhere_config(HAND_RULES + HORIZON_RULES), path)
+    # the sessions' verdicts are the same (none holds an xmin)
+    assert by_pid(rows) == by_pid(plain)
+    nulls = {k: None for k in KEYS}
+    common = dict(nulls, server="main", rule="horizon", limit="max_xmin_age", limit_ms=100000)
+    assert holder_rows(rows) == [
+        dict(common, database="appdb", verdict="warn", elapsed_ms=250000, reason="horizon-holder", holder="slot",
+             name="sub", release="SELECT pg_drop_replication_slot('sub');", slot_type="logical", active=False),
+        dict(common, user="app", database="appdb", verdict="warn", elapsed_ms=120000, reason="horizon-holder",
+             holder="prepared", name="batch-42", release="ROLLBACK PREPARED 'batch-42';"),
+        dict(common, verdict="none", elapsed_ms=40, reason="below-limit", holder="slot", name="standby-1",
+             release="SELECT pg_drop_replication_slot('standby-1');", slot_type="physical", active=True),
+    ], rows
+    text = replay_text(sweeper, nowhere_config(HAND_RULES + HORIZON_RULES), path)
+    assert text_cells(text) == text_cells(replay_text(sweeper, nowhere_config(), path))
+    assert holder_text_cells(text) == [
+        {"SERVER": "main", "HOLDER": "slot (logical, inactive)", "NAME": "sub", "OWNER": "-", "DATABASE": "appdb",
+         "AGE": "250000", "VERDICT": "warn: holds xmin 250000 transactions old >= max_xmin_age 100000 (rule horizon); "
+                                    "release: SELECT pg_drop_replication_slot('sub'); once its consumer is gone for good"},
+        {"SERVER": "main", "HOLDER": "prepared", "NAME": "batch-42", "OWNER": "app", "DATABASE": "appdb",
+         "AGE": "120000", "VERDICT": "warn: holds xmin 120000 transactions old >= max_xmin_age 100000 (rule horizon); "
+                                    "release: ROLLBACK PREPARED 'batch-42'; in database appdb"},
+        {"SERVER": "main", "HOLDER": "slot (physical, active)", "NAME": "standby-1", "OWNER": "-", "DATABASE": "-",
+         "AGE": "40", "VERDICT": "none: holds xmin 40 transactions old < max_xmin_age 100000 (rule horizon)"},
+    ], text
 
 
 def test_a_captured_server_the_config_lacks_is_named_escaped(sweeper, tmp_path):
@@ -889,6 +977,24 @@ def first_session(**kw):
 def server(**kw):
     def fn(obj):
         obj.update(kw)
+    return fn
+
+
+def without(key):
+    def fn(obj):
+        del obj[key]
+    return fn
+
+
+def first_holder(**kw):
+    def fn(obj):
+        obj["holders"][0].update(kw)
+    return fn
+
+
+def second_holder(**kw):
+    def fn(obj):
+        obj["holders"][1].update(kw)
     return fn
 
 
@@ -993,6 +1099,24 @@ MALFORMED = [
      "expected a character or an escape in the string, found the control character 0x0a"),
     ("format-2", mutated(server(pgsweeper_capture=2)), after(b'"pgsweeper_capture": '),
      "[0]: capture format 2 is not supported (this pgsweeper reads 1)"),
+    ("holders-missing", mutated(without("holders")), at_nth(b"{", 1), '[0]: missing key "holders"'),
+    ("holders-not-an-array", mutated(server(holders={})), after(b'"holders": '),
+     "[0].holders: expected an array, found an empty object"),
+    ("holder-kind-unknown", mutated(first_holder(holder="session")), at_nth(b'"session"'),
+     '[0].holders[0].holder: expected "prepared" or "slot", found "session"'),
+    ("holder-name-null", mutated(first_holder(name=None)), after(b'"name": '),
+     "[0].holders[0].name: expected a string, found null"),
+    ("holder-age-negative", mutated(first_holder(xmin_age=-1)),
+     lambda d: d.index(b'"xmin_age": -1') + len(b'"xmin_age": '),
+     "[0].holders[0].xmin_age: expected an integer from 0 to 2147483647, found -1"),
+    ("prepared-with-active", mutated(first_holder(active=True)), after(b'"active": '),
+     "[0].holders[0].active: expected null (a prepared transaction), found true"),
+    ("slot-without-type", mutated(second_holder(slot_type=None)), after(b'"slot_type": ', 2),
+     "[0].holders[1].slot_type: expected a string (a slot), found null"),
+    ("holder-unknown-key", mutated(first_holder(plugin="pgoutput")), at_nth(b'"plugin"'),
+     '[0].holders[0]: unknown key "plugin"'),
+    ("duplicate-slot", mutated(second_holder(name="standby-1")), after(b'"name": ', 3),
+     '[0].holders[2].name: duplicate slot "standby-1", first at [0].holders[1]'),
     ("fifo", fifo, None, "is a FIFO; a capture must be a regular file"),
     ("directory", directory, None, "is a directory; a capture must be a regular file"),
     ("missing-file", missing, None, "cannot open: No such file or directory"),
@@ -1022,3 +1146,152 @@ def test_not_a_capture(sweeper, tmp_path, make, where, message):
     # the same with --json: no half-written array
     r = run(sweeper, nowhere_config(), "--explain", "--json", "--from", str(path), expect=78, timeout=30)
     assert r.stdout == b"" and r.stderr.decode("utf-8") == want
+
+
+# -- 8. the horizon's holders (SPEC 19): live and replayed alike -----------------
+
+HOLDER_LIMIT = 50
+BURN = "DO $$ BEGIN FOR i IN 1..%d LOOP PERFORM txid_current(); COMMIT; END LOOP; END $$"
+HOLDER_RULES = (f"      - {{name: xmin, max_xmin_age: {HOLDER_LIMIT}, applications: [none-such]}}\n"
+                "      - {name: idle, max_idle: 1h, users: [app]}\n")
+OLD_GID = "it's-old"
+
+
+@pytest.fixture
+def horizon_pg():
+    """A cluster of this test's own that can prepare transactions and keep
+    logical slots (settings the session's `pg` does not have)."""
+    c = start_cluster({"max_prepared_transactions": 4, "wal_level": "logical"})
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def prepare(pg, gid):
+    c = pg.connect(user="app", application_name="preparer")
+    c.execute("BEGIN")
+    c.execute("INSERT INTO hz VALUES (1)")                  # an xid: the prepared transaction holds it
+    c.execute("PREPARE TRANSACTION " + "'" + gid.replace("'", "''") + "'")
+    c.close()
+
+
+def untimed_holder_cells(cells):
+    """A holder text row without its age (xids handed out between two reads age it)."""
+    c = dict(cells)
+    del c["AGE"]
+    c["VERDICT"] = re.sub(r"^(\w+: holds xmin )\d+", r"\1...", c["VERDICT"])
+    return c
+
+
+def test_holders_live_and_replayed(horizon_pg, sweeper, tmp_path):
+    """A logical slot and a prepared transaction past max_xmin_age, and one
+    prepared transaction under it: --explain lists them after the sessions,
+    and a replay of a capture taken at the same moment lists the same rows;
+    with no max_xmin_age rule neither does. Nothing is rolled back or dropped."""
+    pg = horizon_pg
+    su = pg.connect(user="postgres", dbname="appdb")
+    su.execute("CREATE TABLE hz (v int)")
+    su.execute("GRANT INSERT ON hz TO app")
+    # a logical slot waits for every running transaction, prepared ones too: made first
+    su.execute("SELECT pg_create_logical_replication_slot('sub', 'pgoutput')")
+    # a slot that holds no xmin is no holder
+    su.execute("SELECT pg_create_physical_replication_slot('standby_1', true)")
+    su.execute(BURN % 5)                                     # the slot's catalog_xmin is the oldest
+    prepare(pg, OLD_GID)
+    su.execute(BURN % (HOLDER_LIMIT + 20))
+    prepare(pg, "young")
+    idle = pg.connect(user="app", application_name="idle-app")
+    idle_pid = idle.info.backend_pid
+    cfg = yaml_config([main_server(pg)], HOLDER_RULES, interval=None)
+    plain_cfg = yaml_config([main_server(pg)], "      - {name: idle, max_idle: 1h, users: [app]}\n", interval=None)
+    path = tmp_path / "capture.json"
+
+    cap, _ = take_capture(sweeper, cfg, path)
+    wait_until(lambda: no_sweeper_backends(pg), 10, what="the capture's connection gone")
+    live, _ = explain_json(sweeper, cfg)
+    wait_until(lambda: no_sweeper_backends(pg), 10, what="the explain's connection gone")
+    live_text, _ = explain_text(sweeper, cfg)
+    p = psql_capture(pg, "server=main")
+    assert p.stderr == b"", p.stderr
+    (tmp_path / "psql.json").write_bytes(p.stdout)
+
+    # the capture holds every holder as the server has it
+    prepared = {r[0]: r[1:] for r in pg.admin_query(
+        "SELECT gid, owner::text, database::text, (extract(epoch FROM prepared) * 1000000)::int8, "
+        "age(transaction) FROM pg_prepared_xacts")}
+    slot_age, = pg.admin_query("SELECT age(catalog_xmin) FROM pg_replication_slots WHERE slot_name = 'sub'")[0]
+    holders = {(h["holder"], h["name"]): h for h in cap[0]["holders"]}
+    assert sorted(holders) == [("prepared", OLD_GID), ("prepared", "young"), ("slot", "sub")], cap[0]["holders"]
+    for gid in (OLD_GID, "young"):
+        h = holders[("prepared", gid)]
+        assert (h["owner"], h["database"], h["slot_type"], h["active"]) == ("app", "appdb", None, None), h
+        assert ts_us(h["prepared_at"]) == prepared[gid][2], (h, prepared[gid])
+        assert 0 <= prepared[gid][3] - h["xmin_age"] <= 5, (h, prepared[gid])
+    h = holders[("slot", "sub")]
+    assert (h["owner"], h["database"], h["slot_type"], h["active"], h["prepared_at"]) == \
+        (None, "appdb", "logical", False, None), h
+    assert HOLDER_LIMIT + 20 <= h["xmin_age"] <= slot_age, (h, slot_age)
+    assert holders[("prepared", OLD_GID)]["xmin_age"] >= HOLDER_LIMIT + 20
+    assert holders[("prepared", "young")]["xmin_age"] < HOLDER_LIMIT
+    theirs = parse_capture(p.stdout)
+    check_capture_shape(theirs)
+    assert [{k: v for k, v in h.items() if k != "xmin_age"} for h in theirs["holders"]] == \
+        [{k: v for k, v in h.items() if k != "xmin_age"} for h in cap[0]["holders"]]
+
+    # live: the sessions, then the holders, over first and oldest first
+    live_holders = holder_rows(live)
+    assert [(r["holder"], r["name"], r["verdict"], r["reason"]) for r in live_holders] == [
+        ("slot", "sub", "warn", "horizon-holder"), ("prepared", OLD_GID, "warn", "horizon-holder"),
+        ("prepared", "young", "none", "below-limit")], live_holders
+    for r in live_holders:
+        assert (r["server"], r["rule"], r["limit"], r["limit_ms"]) == ("main", "xmin", "max_xmin_age", HOLDER_LIMIT)
+        assert r["pid"] is None and r["action"] is None and r["remaining_ms"] is None, r
+    slot, old, young = live_holders
+    assert (slot["user"], slot["database"], slot["slot_type"], slot["active"]) == (None, "appdb", "logical", False)
+    assert slot["release"] == "SELECT pg_drop_replication_slot('sub');", slot
+    assert (old["user"], old["database"], old["slot_type"], old["active"]) == ("app", "appdb", None, None)
+    assert old["release"] == "ROLLBACK PREPARED 'it''s-old';", old
+    assert by_pid(live)[idle_pid]["verdict"] == "next", "the sessions are shown as before"
+
+    # the text: a second table after a blank line
+    cells = holder_text_cells(live_text)
+    assert [(c["HOLDER"], c["NAME"], c["OWNER"], c["DATABASE"]) for c in cells] == [
+        ("slot (logical, inactive)", "sub", "-", "appdb"), ("prepared", OLD_GID, "app", "appdb"),
+        ("prepared", "young", "app", "appdb")], live_text
+    assert re.fullmatch(rf"warn: holds xmin \d+ transactions old >= max_xmin_age {HOLDER_LIMIT} \(rule xmin\); "
+                        r"release: SELECT pg_drop_replication_slot\('sub'\); once its consumer is gone for good",
+                        cells[0]["VERDICT"]), cells[0]
+    assert re.fullmatch(rf"warn: holds xmin \d+ transactions old >= max_xmin_age {HOLDER_LIMIT} \(rule xmin\); "
+                        r"release: ROLLBACK PREPARED 'it''s-old'; in database appdb", cells[1]["VERDICT"]), cells[1]
+    assert re.fullmatch(rf"none: holds xmin \d+ transactions old < max_xmin_age {HOLDER_LIMIT} \(rule xmin\)",
+                        cells[2]["VERDICT"]), cells[2]
+    for c, r in zip(cells, live_holders):
+        assert c["AGE"] == str(r["elapsed_ms"]) and f" {c['AGE']} transactions" in c["VERDICT"], (c, r)
+
+    # replayed: the same rows, the capture's ages (read first: no older than live's)
+    for replayed in (tmp_path / "capture.json", tmp_path / "psql.json"):
+        rows, _ = replay_json(sweeper, cfg, replayed)
+        got = holder_rows(rows)
+        assert len(got) == len(live_holders), (got, live_holders)
+        for a, b in zip(live_holders, got):
+            assert {k: v for k, v in a.items() if k != "elapsed_ms"} == \
+                {k: v for k, v in b.items() if k != "elapsed_ms"}, (replayed, a, b)
+            assert 0 <= a["elapsed_ms"] - b["elapsed_ms"] <= 5, (replayed, a, b)
+        text = replay_text(sweeper, cfg, replayed)
+        assert [untimed_holder_cells(c) for c in holder_text_cells(text)] == \
+            [untimed_holder_cells(c) for c in cells], (text, live_text)
+
+    # no max_xmin_age: not read live, not judged in a replay
+    for rows in (replay_json(sweeper, plain_cfg, path)[0], explain_json(sweeper, plain_cfg)[0]):
+        assert holder_rows(rows) == [] and idle_pid in by_pid(rows), rows
+    for text in (replay_text(sweeper, plain_cfg, path), explain_text(sweeper, plain_cfg)[0]):
+        assert holder_text_cells(text) == [] and "\n\n" not in text, text
+
+    # all of it only read
+    assert {r[0] for r in pg.admin_query("SELECT gid FROM pg_prepared_xacts")} == {OLD_GID, "young"}
+    assert {r[0] for r in pg.admin_query("SELECT slot_name FROM pg_replication_slots")} == {"sub", "standby_1"}
+    assert_connection_alive(idle)
+    su.execute("ROLLBACK PREPARED 'it''s-old'")
+    su.execute("ROLLBACK PREPARED 'young'")
+    su.execute("SELECT pg_drop_replication_slot('sub')")

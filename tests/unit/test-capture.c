@@ -16,13 +16,19 @@
 
 static const char server_base[] =
         "{'pgsweeper_capture':1,'server':'s','server_version':null,'now':'2024-05-01T12:00:00Z','role':'primary',"
-        "'current_user':null,'connections':null,'connection_slots':null,'groups':[],'sessions':[]}";
+        "'current_user':null,'connections':null,'connection_slots':null,'groups':[],'sessions':[],'holders':[]}";
 static const char session_base[] =
         "{'pid':1,'backend_type':'client backend','superuser':false,'state':'idle','backend_start':null,"
         "'state_change':null,'query_start':null,'xact_start':null,'wait_start':null,'user':'u','database':'d',"
         "'application':'a','client_addr':'local','wait_event_type':null,'blocking_pids':null,'xmin_age':null,"
         "'query':null}";
 static const char group_base[] = "{'user':'u','database':'d','application':'a','client_addr':'local','count':1}";
+static const char prepared_base[] =
+        "{'holder':'prepared','name':'g','owner':'u','database':'d','slot_type':null,'active':null,"
+        "'prepared_at':null,'xmin_age':1}";
+static const char slot_base[] =
+        "{'holder':'slot','name':'g','owner':null,'database':'d','slot_type':'logical','active':false,"
+        "'prepared_at':null,'xmin_age':1}";
 
 static char *quoted(char *s) {
         for (char *p = s; *p; p++)
@@ -88,7 +94,14 @@ static const char valid_object[] =
         "   {'pid': 2147483647, 'backend_type': null, 'superuser': false, 'state': null,\n"
         "    'backend_start': null, 'state_change': null, 'query_start': null, 'xact_start': null,\n"
         "    'wait_start': null, 'user': 'x', 'database': 'y', 'application': 'z', 'client_addr': 'local',\n"
-        "    'wait_event_type': 'Lock', 'blocking_pids': [2147483647], 'xmin_age': 2147483647, 'query': ''}]}\n";
+        "    'wait_event_type': 'Lock', 'blocking_pids': [2147483647], 'xmin_age': 2147483647, 'query': ''}],\n"
+        " 'holders': [\n"
+        "   {'holder': 'prepared', 'name': 'gid-1', 'owner': 'app', 'database': 'appdb', 'slot_type': null,\n"
+        "    'active': null, 'prepared_at': '2024-05-01T11:00:00Z', 'xmin_age': 5000},\n"
+        "   {'xmin_age': 7000, 'holder': 'slot', 'name': 'sub', 'owner': null, 'database': 'appdb',\n"
+        "    'slot_type': 'logical', 'active': false, 'prepared_at': null},\n"
+        "   {'holder': 'slot', 'name': 'gid-1', 'owner': null, 'database': null, 'slot_type': 'physical',\n"
+        "    'active': true, 'prepared_at': null, 'xmin_age': 0}]}\n";
 
 #define T0 INT64_C(1714564800000000)     /* 2024-05-01T12:00:00Z */
 #define MIN(m) ((int64_t) (m) * 60000000)
@@ -98,9 +111,9 @@ static bool in_block(const struct snapshot *s, const char *p, size_t bytes) {
 }
 
 static void test_valid_object(void) {
-        /* every string of the rows and groups, NUL included */
+        /* every string of the rows, groups and holders, NUL included */
         static const size_t bytes = (4 + 6 + 4 + 9) + 4 + (4 + 6 + 4 + 9 + 9) + 4 + (1 + 6 + 1 + 1 + 9) +
-                                    (2 + 2 + 2 + 6 + 1);
+                                    (2 + 2 + 2 + 6 + 1) + (6 + 4 + 6 + 1) + (4 + 1 + 6 + 8) + (6 + 1 + 1 + 9);
         struct capture c;
         _cleanup_free_ char *error = NULL;
         const struct snapshot *s;
@@ -194,7 +207,46 @@ static void test_valid_object(void) {
                       in_block(s, r->application, bytes) && in_block(s, r->client_addr, bytes) &&
                       (!r->query || in_block(s, r->query, bytes)));
         }
-        CHECK(s->groups[1].key[GROUP_CLIENT_ADDRESS] == s->strings + bytes - 1);
+
+        /* the holders, with the oldest xmin of each kind */
+        CHECK(s->has_horizon);
+        CHECK_INT(s->n_holders, 3, "holders");
+        CHECK_INT(s->horizon_age[HOLDER_SESSION], INT32_MAX, "the oldest session xmin");
+        CHECK_INT(s->horizon_age[HOLDER_PREPARED], 5000, "the oldest prepared transaction");
+        CHECK_INT(s->horizon_age[HOLDER_SLOT], 7000, "the oldest slot");
+        if (s->n_holders == 3) {
+                const struct horizon_holder *h = &s->holders[0];
+
+                CHECK_INT(h->kind, HOLDER_PREPARED, "prepared");
+                CHECK_STR(h->name, "gid-1", "gid");
+                CHECK_STR(h->owner, "app", "owner");
+                CHECK_STR(h->database, "appdb", "database");
+                CHECK_STR(h->slot_type, "", "no slot type");
+                CHECK(!h->active);
+                CHECK_INT(h->prepared_at, T0 - MIN(60), "prepared_at");
+                CHECK_INT(h->xmin_age, 5000, "prepared xmin_age");
+                h = &s->holders[1];
+                CHECK_INT(h->kind, HOLDER_SLOT, "logical slot");
+                CHECK_STR(h->name, "sub", "slot name");
+                CHECK_STR(h->owner, "", "a slot has no owner");
+                CHECK_STR(h->database, "appdb", "a logical slot's database");
+                CHECK_STR(h->slot_type, "logical", "slot type");
+                CHECK(!h->active);
+                CHECK_INT(h->prepared_at, TS_NULL, "no prepared_at");
+                CHECK_INT(h->xmin_age, 7000, "slot xmin_age");
+                h = &s->holders[2];
+                CHECK_INT(h->kind, HOLDER_SLOT, "physical slot: the name of a gid too");
+                CHECK_STR(h->database, "", "a physical slot has no database");
+                CHECK_STR(h->slot_type, "physical", "slot type");
+                CHECK(h->active);
+                CHECK_INT(h->xmin_age, 0, "xmin_age 0");
+                for (size_t i = 0; i < s->n_holders; i++) {
+                        h = &s->holders[i];
+                        CHECK(in_block(s, h->name, bytes) && in_block(s, h->owner, bytes) &&
+                              in_block(s, h->database, bytes) && in_block(s, h->slot_type, bytes));
+                }
+                CHECK(s->holders[2].slot_type == s->strings + bytes - 9);
+        }
         capture_free(&c);
         CHECK(c.servers == NULL && c.n_servers == 0);
 }
@@ -217,6 +269,8 @@ static void test_valid_array(void) {
                 const struct snapshot *s = &c.servers[i].snap;
                 CHECK(s->connections == -1 && s->connection_slots == -1 && s->n_groups == 0 && s->n_rows == 0);
                 CHECK(s->now == T0 && s->idle_all && s->has_graph && s->n_lock_waiting == 0);
+                CHECK(s->has_horizon && s->n_holders == 0 && s->horizon_age[HOLDER_SESSION] == -1 &&
+                      s->horizon_age[HOLDER_PREPARED] == -1 && s->horizon_age[HOLDER_SLOT] == -1);
         }
         capture_free(&c);
 }
@@ -320,7 +374,7 @@ static void test_timestamps(void) {
 
 /* Where a case's text comes from: RAW is the whole input; the others put
  * value as key's (NULL: key removed; key NULL: as it is) into one base. */
-enum where { RAW, SERVER, SESSION, SESSION2, GROUP, ARRAY2 };
+enum where { RAW, SERVER, SESSION, SESSION2, GROUP, ARRAY2, PREPARED, SLOT, PREPARED2, SLOT2 };
 
 static const struct {
         enum where where;
@@ -424,10 +478,37 @@ static const struct {
         { GROUP, "client_addr", NULL, "1:175: groups[0]: missing key \"client_addr\"" },
         { GROUP, "user", "[]", "1:183: groups[0].user: expected a string or null, found an empty array" },
         /* the servers of an array */
-        { ARRAY2, NULL, NULL, "1:228: [1].server: duplicate server \"s\", first at [0]" },
+        { ARRAY2, NULL, NULL, "1:241: [1].server: duplicate server \"s\", first at [0]" },
         { ARRAY2, "now", "'2024-05-01'",
-          "1:260: [1].now: expected a timestamp like \"2024-02-29 23:59:59.123456+02:00\", found \"2024-05-01\"" },
-        { ARRAY2, "pgsweeper_capture", "3", "1:217: [1]: capture format 3 is not supported (this pgsweeper reads 1)" },
+          "1:273: [1].now: expected a timestamp like \"2024-02-29 23:59:59.123456+02:00\", found \"2024-05-01\"" },
+        { ARRAY2, "pgsweeper_capture", "3", "1:230: [1]: capture format 3 is not supported (this pgsweeper reads 1)" },
+        /* the holders */
+        { SERVER, "holders", NULL, "1:1: missing key \"holders\"" },
+        { SERVER, "holders", "null", "1:204: holders: expected an array, found null" },
+        { SERVER, "holders", "{}", "1:204: holders: expected an array, found an empty object" },
+        { SERVER, "holders", "[1]", "1:205: holders[0]: expected an object (a prepared transaction or a slot), found 1" },
+        { PREPARED, "holder", "'session'", "1:215: holders[0].holder: expected \"prepared\" or \"slot\", found \"session\"" },
+        { PREPARED, "holder", "null", "1:215: holders[0].holder: expected \"prepared\" or \"slot\", found null" },
+        { PREPARED, "holder", NULL, "1:205: holders[0]: missing key \"holder\"" },
+        { PREPARED, "name", "null", "1:233: holders[0].name: expected a string, found null" },
+        { PREPARED, "name", "7", "1:233: holders[0].name: expected a string, found 7" },
+        { PREPARED, "owner", "false", "1:245: holders[0].owner: expected a string or null, found false" },
+        { PREPARED, "slot_type", "'logical'",
+          "1:276: holders[0].slot_type: expected null (a prepared transaction), found \"logical\"" },
+        { PREPARED, "active", "true", "1:290: holders[0].active: expected null (a prepared transaction), found true" },
+        { PREPARED, "prepared_at", "'yesterday'",
+          "1:309: holders[0].prepared_at: expected a timestamp like \"2024-02-29 23:59:59.123456+02:00\" or null, "
+          "found \"yesterday\"" },
+        { PREPARED, "xmin_age", "null", "1:325: holders[0].xmin_age: expected an integer from 0 to 2147483647, found null" },
+        { PREPARED, "xmin_age", "-1", "1:325: holders[0].xmin_age: expected an integer from 0 to 2147483647, found -1" },
+        { PREPARED, "xmin_age", "2147483648",
+          "1:325: holders[0].xmin_age: expected an integer from 0 to 2147483647, found 2147483648" },
+        { PREPARED, "xmin_age", "1,'plugin':'x'", "1:327: holders[0]: unknown key \"plugin\"" },
+        { SLOT, "slot_type", "null", "1:273: holders[0].slot_type: expected a string (a slot), found null" },
+        { SLOT, "active", "null", "1:292: holders[0].active: expected true or false (a slot), found null" },
+        { SLOT, "active", "'t'", "1:292: holders[0].active: expected true or false or null, found \"t\"" },
+        { PREPARED2, NULL, NULL, "1:356: holders[1].name: duplicate gid \"g\", first at holders[0]" },
+        { SLOT2, NULL, NULL, "1:355: holders[1].name: duplicate slot \"g\", first at holders[0]" },
 };
 
 static char *bad_text(size_t i) {
@@ -452,6 +533,17 @@ static char *bad_text(size_t i) {
         case ARRAY2:
                 one = bad[i].key ? with(server_base, bad[i].key, v) : xstrdup(server_base);
                 return xasprintf("[%s,%s]", server_base, one);
+        case PREPARED:
+        case SLOT:
+        case PREPARED2:
+        case SLOT2: {
+                const char *base = bad[i].where == PREPARED || bad[i].where == PREPARED2 ? prepared_base : slot_base;
+
+                one = bad[i].key ? with(base, bad[i].key, v) : xstrdup(base);
+                list = bad[i].where == PREPARED || bad[i].where == SLOT ? xasprintf("[%s]", one) :
+                                                                          xasprintf("[%s,%s]", base, one);
+                return with(server_base, "holders", list);
+        }
         }
         abort();
 }
@@ -499,7 +591,7 @@ static void test_large(void) {
         CHECK_INT(parse_text(text, &c, &error), -EINVAL, "many sessions");
         free(want);
         want = xasprintf("1:%zu: sessions[%d].pid: duplicate pid 7, first at sessions[6]",
-                         strlen(text) - strlen(session_base) + 6, SESSIONS);
+                         strlen(text) - strlen(session_base) - strlen(",'holders':[]") + 6, SESSIONS);
         CHECK_STR(error, want, "many sessions");
         free(TAKE_PTR(error));
 

@@ -279,7 +279,7 @@ static void test_text_order(void) {
                 CHECK_INT(er[i].v->row->pid, order[i], "sorted pid");
 
         f = open_memstream(&text, &len);
-        explain_print_text(er, ELEMENTSOF(er), f);
+        explain_print_text(er, ELEMENTSOF(er), NULL, 0, f);
         fclose(f);
         CHECK_STR(text,
                   "SERVER  PID  USER    DATABASE  APPLICATION  CLIENT  STATE   ELAPSED  VERDICT\n"
@@ -332,7 +332,7 @@ static void test_text_counts(void) {
                 er[i] = (struct explain_row) { "s", &j.verdicts[i] };
         explain_sort(er, ELEMENTSOF(er));
         f = open_memstream(&text, &len);
-        explain_print_text(er, ELEMENTSOF(er), f);
+        explain_print_text(er, ELEMENTSOF(er), NULL, 0, f);
         fclose(f);
         CHECK_STR(text,
                   "SERVER  PID  USER   DATABASE  APPLICATION  CLIENT  STATE                ELAPSED  VERDICT\n"
@@ -345,7 +345,114 @@ static void test_text_counts(void) {
         config_free(c);
 }
 
+/* Prepared transactions and slots: policy_judge()'s holder verdicts, after
+ * the sessions in both renderings, every name escaped as a session's. */
+static void test_holders(void) {
+        struct config *c = load("servers:\n  - name: s\n    conninfo: \"dbname=x\"\n    rules:\n"
+                                "      - {name: wide, max_xmin_age: 5000}\n"
+                                "      - {name: xmin, max_xmin_age: 1000, users: [tx]}\n"),
+                      *without = load("servers:\n  - name: s\n    conninfo: \"dbname=x\"\n    rules:\n"
+                                      "      - {name: idle, max_idle: 1h}\n");
+        struct snapshot_row rows[] = { row_make(1, "tx", "psql", STATE_IDLE_IN_TRANSACTION, 60) };
+        struct horizon_holder holders[] = {
+                { HOLDER_PREPARED, "young", "app", "appdb", "", NOW - S(60), false, 20 },
+                { HOLDER_SLOT, "sub\n\xe2\x80\xae", "", "appdb", "logical", TS_NULL, false, 1500 },
+                { HOLDER_PREPARED, "it's", "app", "appdb", "", NOW - S(3600), false, 1234 },
+                { HOLDER_SLOT, "standby", "", "", "physical", TS_NULL, true, 999 },
+        };
+        struct snapshot snap = { .now = NOW, .rows = rows, .n_rows = ELEMENTSOF(rows), .holders = holders,
+                                 .n_holders = ELEMENTSOF(holders), .has_horizon = true };
+        struct explain_row er[ELEMENTSOF(rows)];
+        struct explain_holder_row eh[ELEMENTSOF(holders)];
+        static const char *const order[] = { "sub\n\xe2\x80\xae", "it's", "standby", "young" };
+        _cleanup_free_ char *text = NULL, *json = NULL;
+        struct policy_input in;
+        struct judgement j;
+        size_t len = 0;
+        FILE *f;
+
+        if (!c || !without)
+                return;
+        rows[0].xmin_age = 1100;
+        in = (struct policy_input) { .server = &without->servers[0], .verdicts = true };
+        policy_judge(&in, &snap, &j);
+        CHECK(j.holders == NULL && j.n_holders == 0);    /* no max_xmin_age: not judged, not shown */
+        judgement_free(&j);
+
+        in.server = &c->servers[0];
+        policy_judge(&in, &snap, &j);
+        CHECK_INT(j.n_holders, ELEMENTSOF(holders), "every holder judged");
+        for (size_t i = 0; i < j.n_holders && i < ELEMENTSOF(holders); i++) {
+                /* the smallest max_xmin_age, whatever the rule's filters */
+                CHECK_STR(j.holders[i].rule->name, "xmin", "the rule of the smallest limit");
+                CHECK(j.holders[i].holder == &holders[i]);
+                eh[i] = (struct explain_holder_row) { "s", &j.holders[i] };
+        }
+        CHECK(j.holders[1].over && j.holders[2].over && !j.holders[0].over && !j.holders[3].over);
+        er[0] = (struct explain_row) { "s", &j.verdicts[0] };
+        explain_sort_holders(eh, ELEMENTSOF(eh));
+        for (size_t i = 0; i < ELEMENTSOF(order); i++)
+                CHECK_STR(eh[i].v->holder->name, order[i], "over first, oldest first");
+
+        f = open_memstream(&text, &len);
+        explain_print_text(er, ELEMENTSOF(er), eh, ELEMENTSOF(eh), f);
+        fclose(f);
+        CHECK_STR(text,
+                  "SERVER  PID  USER  DATABASE  APPLICATION  CLIENT  STATE                ELAPSED  VERDICT\n"
+                  "s       1    tx    appdb     psql         local   idle in transaction  1100     over xmin: max_xmin_age 1000 -> terminate\n"
+                  "\n"
+                  "SERVER  HOLDER                    NAME           OWNER  DATABASE  AGE   VERDICT\n"
+                  "s       slot (logical, inactive)  sub\\x0a\\u202e  -      appdb     1500  warn: holds xmin 1500 transactions old >= max_xmin_age 1000 (rule xmin); release: SELECT pg_drop_replication_slot('sub\\x0a\\u202e'); once its consumer is gone for good\n"
+                  "s       prepared                  it's           app    appdb     1234  warn: holds xmin 1234 transactions old >= max_xmin_age 1000 (rule xmin); release: ROLLBACK PREPARED 'it''s'; in database appdb\n"
+                  "s       slot (physical, active)   standby        -      -         999   none: holds xmin 999 transactions old < max_xmin_age 1000 (rule xmin)\n"
+                  "s       prepared                  young          app    appdb     20    none: holds xmin 20 transactions old < max_xmin_age 1000 (rule xmin)\n",
+                  "text tables");
+
+        len = 0;
+        f = open_memstream(&json, &len);
+        explain_print_json(er, ELEMENTSOF(er), eh, 2, f);
+        fclose(f);
+        CHECK_STR(json,
+                  "[\n"
+                  " {\"server\": \"s\", \"pid\": 1, \"user\": \"tx\", \"database\": \"appdb\", \"application\": \"psql\", "
+                  "\"client_addr\": \"local\", \"state\": \"idle in transaction\", \"verdict\": \"over\", \"rule\": \"xmin\", "
+                  "\"limit\": \"max_xmin_age\", \"limit_ms\": 1000, \"elapsed_ms\": 1100, \"remaining_ms\": null, "
+                  "\"action\": \"terminate\", \"reason\": \"limit\", \"blocked\": null, \"group\": null, \"sessions\": null, "
+                  "\"max_sessions\": null, \"connections\": null, \"connection_slots\": null, \"holder\": null, "
+                  "\"name\": null, \"release\": null, \"slot_type\": null, \"active\": null},\n"
+                  " {\"server\": \"s\", \"pid\": null, \"user\": null, \"database\": \"appdb\", \"application\": null, "
+                  "\"client_addr\": null, \"state\": null, \"verdict\": \"warn\", \"rule\": \"xmin\", "
+                  "\"limit\": \"max_xmin_age\", \"limit_ms\": 1000, \"elapsed_ms\": 1500, \"remaining_ms\": null, "
+                  "\"action\": null, \"reason\": \"horizon-holder\", \"blocked\": null, \"group\": null, "
+                  "\"sessions\": null, \"max_sessions\": null, \"connections\": null, \"connection_slots\": null, "
+                  "\"holder\": \"slot\", \"name\": \"sub\\u000a\\u202e\", "
+                  "\"release\": \"SELECT pg_drop_replication_slot('sub\\u000a\\u202e');\", \"slot_type\": \"logical\", "
+                  "\"active\": false},\n"
+                  " {\"server\": \"s\", \"pid\": null, \"user\": \"app\", \"database\": \"appdb\", \"application\": null, "
+                  "\"client_addr\": null, \"state\": null, \"verdict\": \"warn\", \"rule\": \"xmin\", "
+                  "\"limit\": \"max_xmin_age\", \"limit_ms\": 1000, \"elapsed_ms\": 1234, \"remaining_ms\": null, "
+                  "\"action\": null, \"reason\": \"horizon-holder\", \"blocked\": null, \"group\": null, "
+                  "\"sessions\": null, \"max_sessions\": null, \"connections\": null, \"connection_slots\": null, "
+                  "\"holder\": \"prepared\", \"name\": \"it's\", \"release\": \"ROLLBACK PREPARED 'it''s';\", "
+                  "\"slot_type\": null, \"active\": null}\n"
+                  "]\n",
+                  "json");
+
+        /* no holder: no second table */
+        free(text);
+        text = NULL;
+        len = 0;
+        f = open_memstream(&text, &len);
+        explain_print_text(NULL, 0, NULL, 0, f);
+        fclose(f);
+        CHECK_STR(text, "SERVER  PID  USER  DATABASE  APPLICATION  CLIENT  STATE  ELAPSED  VERDICT\n", "empty");
+        judgement_free(&j);
+        config_free(c);
+        config_free(without);
+}
+
 int main(void) {
+        test_holders();
         test_text_counts();
         test_every_kind();
         test_escalation_reason();

@@ -75,6 +75,23 @@ static void test_explain_request(void) {
         config_free(c);
 }
 
+/* A capture, whatever the rules: every session, and the horizon's holders
+ * ($10 set, 0: every one), so that a replay with max_xmin_age shows them. */
+static void test_capture_request(void) {
+        struct snapshot_request req;
+        struct snapshot_params p;
+
+        plan_capture_request(&req);
+        CHECK(req.every_session && req.superusers && req.lock_waiters && req.with_query && req.idle_all);
+        for (enum limit_kind k = 0; k < _LIMIT_MAX; k++)
+                CHECK_INT(req.bound_ms[k], k == LIMIT_XMIN_AGE ? 0 : -1, limit_kind_to_string(k));
+        snapshot_params_build(&req, &p);
+        CHECK_STR(p.values[5], "0", "$6: every session");
+        CHECK_STR(p.values[9], "0", "$10: every holder");
+        snapshot_params_free(&p);
+        snapshot_request_done(&req);
+}
+
 static void test_wants_graph(void) {
         struct config *c = load(SERVER "      - {name: chains, max_lock_wait: 5s}\n"
                                 "  - name: t\n    conninfo: \"dbname=y\"\n    rules:\n"
@@ -165,6 +182,7 @@ int main(void) {
         test_group_request();
         test_poll_request();
         test_explain_request();
+        test_capture_request();
         test_wants_graph();
         test_next_poll();
         return unit_finish("test-plan");
