@@ -318,3 +318,54 @@ def test_server_without_max_xmin_age_never_reads_them(hcluster, holders, sweeper
     for kind in ("session", "prepared", "slot"):
         assert metric_value(samples, "pgsweeper_horizon_age", server="hz", holder=kind) is not None, samples
     assert metric_value(samples, "pgsweeper_horizon_age", server="hz", holder="prepared") >= holders["prepared"]
+
+
+def test_reload_without_the_rule_drops_the_gauge_and_forgets(hcluster, holders, sweeper, journal, tmp_path):
+    """A reload that takes max_xmin_age away: the next polls no longer read
+    the horizon, the gauge goes from the metrics file (it does not stay
+    frozen at its last value), and the holders are forgotten: a reload that
+    brings the rule back says each of them again, once."""
+    pg = hcluster
+    with_rule = config(pg, tmp_path, [("main", "pgsweeper", "      - {name: horizon, max_xmin_age: 500}\n")])
+    without = config(pg, tmp_path, [("main", "pgsweeper", "      - {name: idle, max_idle: 1h}\n")])
+    metrics = tmp_path / "horizon.prom"
+    cursor = journal.cursor()
+    d = sweeper.start_daemon(with_rule, "--log-target", "journal")
+    path = sweeper.tmp_path / f"pgsweeper-{sweeper._n}.yaml"
+
+    def samples():
+        try:
+            return parse_metrics(metrics.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def gauge():
+        return metric_value(samples(), "pgsweeper_horizon_age", server="main", holder="slot")
+
+    def polls():
+        return metric_value(samples(), "pgsweeper_polls_total", server="main") or 0
+
+    def said():
+        return sorted(e.get("PGSWEEPER_HOLDER") for e in horizon_entries(journal, d.pid, cursor))
+
+    try:
+        wait_until(lambda: said() == ["prepared", "slot"] and gauge() is not None, 15, interval=0.2,
+                   what="both holders said and the gauge")
+        path.write_text(without)
+        d.send_signal(signal.SIGHUP)
+        wait_until(lambda: gauge() is None, 15, interval=0.1, what="the gauge gone after the reload")
+        p0 = polls()
+        wait_until(lambda: polls() >= p0 + 5, 15, interval=0.1, what="5 polls without the rule")
+        assert gauge() is None and said() == ["prepared", "slot"]
+        path.write_text(with_rule)
+        d.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(said()) == 4, 15, interval=0.2, what="both said again after the rule came back")
+        p0 = polls()
+        wait_until(lambda: polls() >= p0 + 5, 15, interval=0.1, what="5 more polls")
+    finally:
+        stop_process(d, signal.SIGTERM)
+    d.communicate()
+    got = horizon_entries(journal, d.pid, cursor)
+    assert sorted(e.get("PGSWEEPER_HOLDER") for e in got) == ["prepared", "prepared", "slot", "slot"], got
+    assert not any("still there" in field(e, "MESSAGE") for e in got), got
+    assert gauge() is not None

@@ -253,6 +253,32 @@ static void test_kinds_apart(void) {
         config_free(c);
 }
 
+/* A snapshot without the server's clock (now NULL: no server sends one, but
+ * nothing else guarantees it): the holder is said, and the next poll with a
+ * clock does not compute with the unknown time of that warning (UBSan:
+ * signed overflow) but says it again. */
+static void test_no_clock(void) {
+        struct config *c = load("      - {name: tight, max_xmin_age: 100}\n");
+        struct memory m = {};
+        struct horizon_holder h = slot("s1", 150);
+        char *text;
+
+        if (!c)
+                return;
+        text = poll_lines(&m, &c->servers[0], &h, 1, TS_NULL);
+        CHECK_INT(count_lines(text), 1, "said without a clock");
+        free(text);
+        text = poll_lines(&m, &c->servers[0], &h, 1, NOW);
+        CHECK_INT(count_lines(text), 1, "said again once there is a clock");
+        CHECK(strstr(text, "(still there: said hourly)"));
+        free(text);
+        text = poll_lines(&m, &c->servers[0], &h, 1, NOW + S(60));
+        CHECK_INT(count_lines(text), 0, "then hourly");
+        free(text);
+        memory_done(&m);
+        config_free(c);
+}
+
 /* The lines, whole: the facts, the command, the database to run it in; a
  * name with a quote, a backslash and a newline is escaped in the line and
  * doubled as SQL wants it in the command. */
@@ -333,6 +359,17 @@ static void test_gauge(void) {
         CHECK(strstr(text, "pgsweeper_horizon_age{server=\"s\",holder=\"prepared\"} 0\n"));
         CHECK(strstr(text, "pgsweeper_horizon_age{server=\"s\",holder=\"slot\"} 3400\n"));
         CHECK(!strstr(text, "pgsweeper_horizon_age{server=\"other\""));
+        free(text);
+        text = NULL;
+
+        /* a poll that did not read it (a reload took the max_xmin_age rule
+         * away): the gauge goes rather than stay frozen */
+        metrics_set_horizon(mx, "s", NULL);
+        f = open_memstream(&text, &len);
+        metrics_format(mx, f);
+        fclose(f);
+        CHECK(strstr(text, "# TYPE pgsweeper_horizon_age gauge\n"));
+        CHECK(!strstr(text, "pgsweeper_horizon_age{server=\"s\""));
         metrics_free(mx);
 }
 
@@ -341,6 +378,7 @@ int main(void) {
         test_judge();
         test_warn_once_then_hourly();
         test_kinds_apart();
+        test_no_clock();
         test_lines();
         test_gauge();
         return unit_finish("test-horizon");
