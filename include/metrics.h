@@ -29,7 +29,8 @@ void metrics_set_in_recovery(struct metrics *m, const char *server, bool in_reco
 /* Client backends and usable slots at the last poll (negative: unknown). */
 void metrics_set_connections(struct metrics *m, const char *server, int64_t connections, int64_t slots);
 /* The oldest xmin age per kind of holder at the last poll (policy.h
- * enum holder_kind; negative: none holds one). */
+ * enum holder_kind; negative: none holds one); NULL: the poll did not read
+ * the horizon (no max_xmin_age rule any more), the gauge goes. */
 void metrics_set_horizon(struct metrics *m, const char *server, const int64_t age[_HOLDER_MAX]);
 /* A poll failed: what "the last poll" said (role, connections, slots,
  * horizon) is no longer known; the server is down. */

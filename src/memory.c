@@ -137,7 +137,9 @@ void memory_warn_holders(struct memory *m, const char *server, const struct snap
                         if (same_holder(&m->warned_holders[k], v->holder))
                                 before = &m->warned_holders[k];
                 at = before ? before->warned_at : TS_NULL;
-                if (!before || snap->now == TS_NULL || snap->now - before->warned_at >= HOLDER_WARN_EVERY_USEC) {
+                /* no clock (now or then): say it rather than compute with TS_NULL */
+                if (!before || snap->now == TS_NULL || before->warned_at == TS_NULL ||
+                    snap->now - before->warned_at >= HOLDER_WARN_EVERY_USEC) {
                         log_horizon_holder(server, v, before != NULL);
                         at = snap->now;
                 }

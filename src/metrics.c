@@ -148,8 +148,9 @@ void metrics_server_down(struct metrics *m, const char *server) {
 void metrics_set_horizon(struct metrics *m, const char *server, const int64_t age[_HOLDER_MAX]) {
         struct server_series *s = server_series(m, server);
 
-        s->has_horizon = true;
-        memcpy(s->horizon_age, age, sizeof(s->horizon_age));
+        s->has_horizon = age != NULL;
+        if (age)
+                memcpy(s->horizon_age, age, sizeof(s->horizon_age));
 }
 
 void metrics_set_connections(struct metrics *m, const char *server, int64_t connections, int64_t slots) {

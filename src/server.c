@@ -565,8 +565,7 @@ static void judge_and_act(struct server_state *s) {
         memory_warn_roots(&s->memory, name(s), &s->judgement);
         memory_warn_caps(&s->memory, s->server, &s->snap, &s->judgement);
         memory_warn_holders(&s->memory, name(s), &s->snap, &s->judgement);
-        if (s->snap.has_horizon)
-                metrics_set_horizon(s->settings.metrics, name(s), s->snap.horizon_age);
+        metrics_set_horizon(s->settings.metrics, name(s), s->snap.has_horizon ? s->snap.horizon_age : NULL);
         metrics_set_connections(s->settings.metrics, name(s), s->snap.connections, s->snap.connection_slots);
 
         s->results = xcalloc(s->judgement.n_decisions + 1, sizeof(*s->results));
