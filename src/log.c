@@ -320,9 +320,9 @@ void log_horizon_holder(const char *server, const struct holder_verdict *v, bool
                 emit(LOG_WARNING, MESSAGE_ID_HORIZON_HOLDER, &f, true,
                      "%s: prepared transaction %s (owner %s, database %s, prepared %s) holds xmin %" PRId64
                      " transactions old >= max_xmin_age %" PRId64 " [rule %s]; pgsweeper never ends it: if it is "
-                     "abandoned, run %s in database %s (COMMIT PREPARED keeps its work instead)%s",
-                     server, h->name, h->owner, h->database, at, h->xmin_age, limit, v->rule->name, release, h->database,
-                     again ? " (still there: said hourly)" : "");
+                     "abandoned, run %s%s%s (COMMIT PREPARED keeps its work instead)%s",
+                     server, h->name, h->owner, h->database, at, h->xmin_age, limit, v->rule->name, release,
+                     *h->database ? " in database " : "", h->database, again ? " (still there: said hourly)" : "");
 }
 
 /* How the elapsed time of a limit reads in a sentence. */
