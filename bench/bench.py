@@ -1784,11 +1784,276 @@ def pressure_main():
           f"B's gauges: connections {runs['B'][-1]['connections']}, slots {runs['B'][-1]['slots']}")
 
 
+# --- horizon holders (issue 22, SPEC 19): what reading them costs a poll ---
+
+HORIZON_ROUNDS = int(os.environ.get("BENCH_HORIZON_ROUNDS", "5"))
+HORIZON_SECONDS = float(os.environ.get("BENCH_HORIZON_SECONDS", "15"))
+HORIZON_STMT_RUNS = int(os.environ.get("BENCH_HORIZON_STMT_RUNS", "50"))
+HORIZON_LIMIT = 50_000_000
+HORIZON_SLOT = "bench_horizon_slot"
+
+
+def write_horizon_config(name, with_horizon):
+    """The cpu_bench rule (max_idle 1h, users [app]), interval and
+    min_interval 100ms, a metrics file; with_horizon adds a max_xmin_age
+    rule of 50_000_000 that nothing here reaches."""
+    path = os.path.join(WORK, name + ".yaml")
+    lines = ["interval: 100ms", "min_interval: 100ms", f"metrics_file: {os.path.join(WORK, name + '.prom')}",
+             "servers:", "  - name: bench", f'    conninfo: "{conninfo()}"', "    rules:",
+             "      - {name: idle, max_idle: 1h, users: [app]}"]
+    if with_horizon:
+        lines.append(f"      - {{name: horizon, max_xmin_age: {HORIZON_LIMIT:_}}}")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+# What pgsweeper sends for those configurations (as PRESSURE_PARAMS_A): $10
+# the smallest max_xmin_age, or NULL without the rule.
+HORIZON_PARAMS = {**PRESSURE_PARAMS_A, 10: str(HORIZON_LIMIT)}
+
+
+def explain_analyze(stmts, runs):
+    """EXPLAIN ANALYZE of each statement (generic plan, as pgsweeper runs it),
+    `runs` times on one pgsweeper-role connection, the statements taking
+    turns: {key: (median execution ms, the plan text of the median run)}."""
+    import re
+    plans = {key: [] for key, _, _ in stmts}
+    with psycopg.connect(host=PGHOST, port=PGPORT, user="pgsweeper", dbname="postgres", autocommit=True) as c:
+        c.execute("SET plan_cache_mode = force_generic_plan")
+        calls = []
+        for key, sql, params in stmts:
+            name = "bench_ea_" + key.lower()
+            c.execute(f"PREPARE {name} AS {sql}")
+            args = ", ".join("NULL" if params.get(n) is None else "'" + params[n] + "'"
+                             for n in range(1, max(params) + 1))
+            calls.append((key, f"EXPLAIN (ANALYZE, TIMING ON) EXECUTE {name}({args})"))
+        for _ in range(runs):
+            for key, q in calls:
+                text = "\n".join(r[0] for r in c.execute(q))
+                t = float(re.search(r"Execution Time: ([0-9.]+) ms", text).group(1))
+                plans[key].append((t, text))
+        for key, _ in calls:
+            c.execute(f"DEALLOCATE bench_ea_{key.lower()}")
+    out = {}
+    for key, p in plans.items():
+        p.sort(key=lambda x: x[0])
+        out[key] = p[len(p) // 2]
+    return out
+
+
+def plan_node_ms(text, node):
+    """The total actual time (ms) of the first plan node whose line holds `node`."""
+    import re
+    for line in text.splitlines():
+        if node in line:
+            m = re.search(r"actual time=[0-9.]+\.\.([0-9.]+) ", line)
+            return float(m.group(1)) if m else 0.0      # (never executed)
+    return None
+
+
+def measure_together(admin, methods, seconds):
+    """The daemons of `methods` ([(key, cfg, binary)]) running at the same
+    time, so that the load of the machine, which moves from minute to minute
+    on the shared host, weighs on all of them alike. Each one's window opens
+    and closes right after a rewrite of its own metrics file (as
+    measure_aligned): the windows overlap but for up to a second at each end.
+    Returns {key: {"polls", "seconds", "client", "backend"}}."""
+    procs, backends = {}, {}
+    try:
+        for key, cfg, binary in methods:
+            metrics = cfg[:-len(".yaml")] + ".prom"
+            if os.path.exists(metrics):
+                os.unlink(metrics)
+            before = set(sweeper_backends(admin))
+            err = open(os.path.join(WORK, f"hz-together-{key.lower()}.stderr"), "w")
+            p = subprocess.Popen([binary or BIN, "-c", cfg, "--log-target", "stderr"], stdin=subprocess.DEVNULL,
+                                 stdout=err, stderr=err)
+            children.append(p)
+            procs[key] = (p, metrics)
+            end = time.monotonic() + 20
+            while (read_polls(metrics) or 0) < 5 and time.monotonic() < end and p.poll() is None:
+                time.sleep(0.05)
+            new = set(sweeper_backends(admin)) - before
+            if len(new) != 1:
+                raise RuntimeError(f"{key}: expected one new pgsweeper backend, found {new}")
+            backends[key] = new.pop()
+        marks = {}
+
+        def mark(key):
+            p, metrics = procs[key]
+            polls = next_metrics_write(metrics)
+            marks.setdefault(key, []).append((polls, time.monotonic(), proc_cpu(p.pid), proc_cpu(backends[key])))
+
+        for _ in range(2):
+            threads = [threading.Thread(target=mark, args=(key,)) for key in procs]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if len(marks[next(iter(procs))]) == 1:
+                time.sleep(max(0.0, seconds - 1.0))
+    finally:
+        for p, _ in procs.values():
+            stop_sweeper(p)
+    out = {}
+    for key, ((p0, t0, c0, b0), (p1, t1, c1, b1)) in marks.items():
+        n = p1 - p0
+        out[key] = {"polls": n, "seconds": t1 - t0, "client": (c1 - c0) / n, "backend": (b1 - b0) / n}
+    return out
+
+
+def horizon_main():
+    """BENCH_ONLY=horizon: issue 22. With 1000 idle app sessions, the CPU per
+    poll of A (BENCH_BASELINE_BIN, the binary before the holders were read,
+    with a max_xmin_age rule), B (the current binary, same configuration;
+    target B/A <= 1.10) and C (the current binary without max_xmin_age), in
+    rotating rounds; then the statements alone and EXPLAIN ANALYZE."""
+    admin = connect(user="postgres", dbname="postgres")
+    server_version = admin.execute("SHOW server_version").fetchone()[0]
+    baseline = os.environ.get("BENCH_BASELINE_BIN")
+    if not baseline:
+        raise RuntimeError("BENCH_ONLY=horizon needs BENCH_BASELINE_BIN (bench/run builds it)")
+    cfg_a, cfg_b = write_horizon_config("hz-a", True), write_horizon_config("hz-b", True)
+    cfg_c = write_horizon_config("hz-c", False)
+    for cfg in (cfg_b, cfg_c):
+        r = subprocess.run([BIN, "--check", "-c", cfg], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{cfg} rejected: {r.stderr}")
+    # A slot the scan finds (physical, not reserving WAL: it holds no xmin,
+    # so no row comes of it); prepared transactions need a restart
+    # (max_prepared_transactions), there are none.
+    admin.execute("SELECT pg_create_physical_replication_slot(%s, false)", (HORIZON_SLOT,))
+    methods = [("A", cfg_a, baseline), ("B", cfg_b, None), ("C", cfg_c, None)]
+    runs = {m[0]: [] for m in methods}
+    together = {m[0]: [] for m in methods}
+    stmt_runs, plans = {}, {}
+    log(f"horizon: opening {CPU_SESSIONS} idle app sessions")
+    conns = []
+    gauges = {}
+    try:
+        conns = open_sessions(CPU_SESSIONS)
+        for i in range(HORIZON_ROUNDS):
+            order = methods[i % len(methods):] + methods[:i % len(methods)]
+            for key, cfg, binary in order:
+                x = measure_aligned(admin, cfg, f"hz-{key.lower()}", HORIZON_SECONDS, binary)
+                runs[key].append(x)
+                with open(cfg[:-len(".yaml")] + ".prom") as f:
+                    gauges[key] = [line.strip() for line in f if line.startswith("pgsweeper_horizon_age{")]
+                log(f"round {i + 1} {key}: {x['polls']} polls in {x['seconds']:.1f} s, "
+                    f"process {ms(x['client'])}, backend {ms(x['backend'])} per poll, terminated {x['terminated']}")
+        for i in range(HORIZON_ROUNDS):
+            x = measure_together(admin, methods[i % len(methods):] + methods[:i % len(methods)], HORIZON_SECONDS)
+            for key in together:
+                together[key].append(x[key])
+            log(f"together, round {i + 1}: " + ", ".join(
+                f"{k} {v['polls']} polls, {ms(v['client'])} + {ms(v['backend'])}" for k, v in x.items()))
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        stmts = [("A", snapshot_sql_cpp(os.environ["BENCH_BASELINE_SRC"]), HORIZON_PARAMS),
+                 ("B", snapshot_sql_cpp(root), HORIZON_PARAMS),
+                 ("C", snapshot_sql_cpp(root), PRESSURE_PARAMS_A)]
+        stmt_runs = statements_alone_cost(stmts, HORIZON_ROUNDS, HORIZON_STMT_RUNS, 0.1)
+        plans = explain_analyze(stmts, 21)
+        left = app_count(admin)
+    finally:
+        for p in list(children):
+            stop_sweeper(p)
+        close_all(conns)
+        admin.execute("SELECT pg_drop_replication_slot(%s)", (HORIZON_SLOT,))
+
+    out = {}
+    for key in runs:
+        out[key] = {f: statistics.median(x[f] for x in runs[key]) for f in ("client", "backend")}
+        out[key]["total"] = statistics.median(x["client"] + x["backend"] for x in runs[key])
+        out[key]["polls"] = sum(x["polls"] for x in runs[key])
+        out[key]["seconds"] = sum(x["seconds"] for x in runs[key])
+    a = out["A"]
+    labels = {"A": "A. before the holders (BENCH_BASELINE_BIN), max_xmin_age rule",
+              "B": "B. current, same configuration (reads the holders)",
+              "C": "C. current, without max_xmin_age"}
+    print()
+    print(f"pgsweeper horizon holders (issue 22): PostgreSQL {server_version}, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}, {CPU_SESSIONS} idle app sessions, interval 100ms, "
+          f"{HORIZON_ROUNDS} rounds of {HORIZON_SECONDS:g} s, medians")
+    print(f"{'method':<64}  {'polls/s':>7}  {'daemon/poll':>11}  {'backend/poll':>12}  {'total/poll':>10}  "
+          f"{'x A (d / b / total)':>22}  target")
+    for key in runs:
+        x = out[key]
+        rd, rb, rt = x["client"] / a["client"], x["backend"] / a["backend"], x["total"] / a["total"]
+        ratio = "" if key == "A" else f"{rd:.2f} / {rb:.2f} / {rt:.2f}"
+        target = f"<= 1.10  {verdict(rt <= 1.10)}" if key == "B" else ""
+        print(f"{labels[key]:<64}  {x['polls'] / x['seconds']:>7.1f}  {ms(x['client']):>11}  "
+              f"{ms(x['backend']):>12}  {ms(x['total']):>10}  {ratio:>22}  {target}")
+    print("per round, total ms/poll (process + backend); the order of the methods rotates each round:")
+    for i in range(HORIZON_ROUNDS):
+        tot = {k: runs[k][i]["client"] + runs[k][i]["backend"] for k in runs}
+        print(f"  round {i + 1}: " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in tot.items())
+              + f"   B/A {tot['B'] / tot['A']:.2f}, C/A {tot['C'] / tot['A']:.2f}")
+    bas = [(runs["B"][i]["client"] + runs["B"][i]["backend"]) / (runs["A"][i]["client"] + runs["A"][i]["backend"])
+           for i in range(HORIZON_ROUNDS)]
+    print(f"  B/A per round: min {min(bas):.2f}, median {statistics.median(bas):.2f}, max {max(bas):.2f}")
+    print(f"the three daemons running at the same time ({HORIZON_ROUNDS} rounds of {HORIZON_SECONDS:g} s, each "
+          "daemon's window aligned on its own metrics writes), medians:")
+    tg = {k: {f: statistics.median(x[f] for x in v) for f in ("client", "backend")} for k, v in together.items()}
+    for k in tg:
+        tg[k]["total"] = statistics.median(x["client"] + x["backend"] for x in together[k])
+    for key in together:
+        x = tg[key]
+        rd, rb, rt = (x[f] / tg["A"][f] for f in ("client", "backend", "total"))
+        ratio = "" if key == "A" else f"{rd:.2f} / {rb:.2f} / {rt:.2f}"
+        target = f"<= 1.10  {verdict(rt <= 1.10)}" if key == "B" else ""
+        polls = sum(r["polls"] for r in together[key])
+        secs = sum(r["seconds"] for r in together[key])
+        print(f"{labels[key]:<64}  {polls / secs:>7.1f}  {ms(x['client']):>11}  {ms(x['backend']):>12}  "
+              f"{ms(x['total']):>10}  {ratio:>22}  {target}")
+    tbas = []
+    for i in range(HORIZON_ROUNDS):
+        tot = {k: together[k][i]["client"] + together[k][i]["backend"] for k in together}
+        tbas.append(tot["B"] / tot["A"])
+        print(f"  round {i + 1}: " + ", ".join(f"{k} {v * 1000:.2f}" for k, v in tot.items())
+              + f"   B/A {tot['B'] / tot['A']:.2f}, C/A {tot['C'] / tot['A']:.2f}")
+    print(f"  B/A per round: min {min(tbas):.2f}, median {statistics.median(tbas):.2f}, max {max(tbas):.2f}")
+    if stmt_runs:
+        sa = statistics.median(stmt_runs["A"])
+        print(f"statement alone, backend CPU per run (one connection, prepared, generic plan, the statements "
+              f"taking turns 100 ms apart, {HORIZON_STMT_RUNS} runs each per round, median of {HORIZON_ROUNDS} "
+              "rounds):")
+        for key, label in (("A", "pg_snapshot_sql before the holders, $10 set"),
+                           ("B", "pg_snapshot_sql now, $10 set (reads the holders)"),
+                           ("C", "pg_snapshot_sql now, $10 NULL")):
+            v = stmt_runs[key]
+            print(f"  {label:<58}  {ms(statistics.median(v)):>9}  x A {statistics.median(v) / sa:.2f}   "
+                  f"rounds {' '.join(f'{x * 1000:.2f}' for x in v)}")
+    if plans:
+        print("EXPLAIN ANALYZE (the statements taking turns), Execution Time, median of 21 runs: "
+              + ", ".join(f"{k} {plans[k][0]:.3f} ms" for k in plans))
+        names = {"scan": "Function Scan on pg_stat_get_activity a_1", "agg": "->  Aggregate",
+                 "px": 'Subquery Scan on "*SELECT* 3"', "px_scan": "Function Scan on pg_prepared_xact",
+                 "sl": 'Subquery Scan on "*SELECT* 4"', "sl_scan": "Function Scan on pg_get_replication_slots"}
+        for k, (t, text) in plans.items():
+            n = {key: plan_node_ms(text, node) for key, node in names.items()}
+            print(f"  {k}: activity scan {n['scan']} ms, aggregate (k) {n['agg']} ms; prepared xacts branch "
+                  f"{n['px']} ms (scan {n['px_scan']}), slots branch {n['sl']} ms (scan {n['sl_scan']})")
+        with open(os.path.join(WORK, "hz-plans.txt"), "w") as f:
+            for k, (t, text) in plans.items():
+                f.write(f"== {k} ({t:.3f} ms)\n{text}\n")
+        for k, (t, text) in plans.items():
+            print(f"  plan {k}:")
+            for line in text.splitlines():
+                print("    " + line)
+    term = {k: sum(x["terminated"] for x in runs[k]) for k in runs}
+    warn = {k: sum(x["warnings"] for x in runs[k]) for k in runs}
+    print(f"stderr lines 'terminated' / 'warning' per method: {term} / {warn}; app sessions left at the end: "
+          f"{left} of {CPU_SESSIONS}")
+    print(f"horizon gauges at the last round: {gauges}")
+
+
 if __name__ == "__main__":
     # BENCH_ONLY=locks bench/run: only the wave-2 rules' figures (section f);
     # BENCH_ONLY=quiet: only the quiet-server latency (a2);
     # BENCH_ONLY=lockqueue: only the lock queue of issue 18;
     # BENCH_ONLY=pressure: only the connection-pressure rows of issue 19;
+    # BENCH_ONLY=horizon: only the horizon holders' row of issue 22;
     # BENCH_ONLY=fleet: only the fleet configuration rows (SPEC 16, no cluster).
     if os.environ.get("BENCH_ONLY") == "fleet":
         fleet_main()
@@ -1802,5 +2067,7 @@ if __name__ == "__main__":
         lockqueue_main()
     elif os.environ.get("BENCH_ONLY") == "pressure":
         pressure_main()
+    elif os.environ.get("BENCH_ONLY") == "horizon":
+        horizon_main()
     else:
         main()
