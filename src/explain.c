@@ -384,10 +384,13 @@ static char *verdict_text(const char *server, const struct verdict *v) {
 enum { COL_SERVER, COL_PID, COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT, COL_STATE, COL_ELAPSED, COL_VERDICT,
        _COLS };
 
-static const struct {
+/* A column of a table: its title, and the width its cells are cut to. */
+struct column {
         const char *title;
         size_t max;                 /* 0: never cut */
-} columns[_COLS] = {
+};
+
+static const struct column columns[_COLS] = {
         [COL_SERVER] = { "SERVER", 16 },
         [COL_PID] = { "PID", 0 },
         [COL_USER] = { "USER", 16 },
@@ -434,17 +437,20 @@ static void print_line(char *const *cells, const size_t *width, size_t n_cols, F
 }
 
 /* n rows of n_cols cells each (cells[i * n_cols + c], freed here) under
- * their titles, every column as wide as its widest cell. */
-static void print_table(const char *const *titles, char **cells, size_t n, size_t n_cols, FILE *out) {
+ * the columns' titles, every column as wide as its widest cell. */
+static void print_table(const struct column *cols, char **cells, size_t n, size_t n_cols, FILE *out) {
         _cleanup_free_ size_t *width = xcalloc(n_cols, sizeof(*width));
+        _cleanup_free_ char **titles = xcalloc(n_cols, sizeof(*titles));
 
-        for (size_t c = 0; c < n_cols; c++)
+        for (size_t c = 0; c < n_cols; c++) {
+                titles[c] = (char *) cols[c].title;
                 width[c] = strlen(titles[c]);
+        }
         for (size_t i = 0; i < n; i++)
                 for (size_t c = 0; c < n_cols; c++)
                         if (text_width(cells[i * n_cols + c]) > width[c])
                                 width[c] = text_width(cells[i * n_cols + c]);
-        print_line((char *const *) titles, width, n_cols, out);
+        print_line(titles, width, n_cols, out);
         for (size_t i = 0; i < n; i++) {
                 print_line(cells + i * n_cols, width, n_cols, out);
                 for (size_t c = 0; c < n_cols; c++)
@@ -466,10 +472,7 @@ static const char *holder_reason_name(const struct holder_verdict *v) {
 
 enum { HCOL_SERVER, HCOL_HOLDER, HCOL_NAME, HCOL_OWNER, HCOL_DATABASE, HCOL_AGE, HCOL_VERDICT, _HCOLS };
 
-static const struct {
-        const char *title;
-        size_t max;                 /* 0: never cut */
-} holder_columns[_HCOLS] = {
+static const struct column holder_columns[_HCOLS] = {
         [HCOL_SERVER] = { "SERVER", 16 },
         [HCOL_HOLDER] = { "HOLDER", 0 },
         [HCOL_NAME] = { "NAME", 32 },   /* the whole name is in the release command */
@@ -518,24 +521,19 @@ static void holder_cells(const struct explain_holder_row *row, char *cells[stati
 
 void explain_print_text(const struct explain_row *rows, size_t n, const struct explain_holder_row *holders,
                         size_t n_holders, FILE *out) {
-        const char *titles[(size_t) _COLS > (size_t) _HCOLS ? (size_t) _COLS : (size_t) _HCOLS];
         char **cells = xcalloc((n + 1) * _COLS, sizeof(*cells));
 
-        for (size_t c = 0; c < _COLS; c++)
-                titles[c] = columns[c].title;
         for (size_t i = 0; i < n; i++)
                 row_cells(&rows[i], cells + i * _COLS);
-        print_table(titles, cells, n, _COLS, out);
+        print_table(columns, cells, n, _COLS, out);
         free(cells);
         if (n_holders == 0)
                 return;
         fputc('\n', out);
         cells = xcalloc((n_holders + 1) * _HCOLS, sizeof(*cells));
-        for (size_t c = 0; c < _HCOLS; c++)
-                titles[c] = holder_columns[c].title;
         for (size_t i = 0; i < n_holders; i++)
                 holder_cells(&holders[i], cells + i * _HCOLS);
-        print_table(titles, cells, n_holders, _HCOLS, out);
+        print_table(holder_columns, cells, n_holders, _HCOLS, out);
         free(cells);
 }
 

@@ -83,6 +83,18 @@ static size_t parse_pid_array(const char *s, int32_t **pool, size_t *n_pool) {
         return n;
 }
 
+/* The value at (row, col) copied into the snapshot's block of strings at
+ * *off, which moves past it. */
+static const char *take_string(const PGresult *res, int row, int col, char *strings, size_t *off) {
+        size_t len = (size_t) PQgetlength(res, row, col);
+        char *at = strings + *off;
+
+        memcpy(at, PQgetvalue(res, row, col), len);
+        at[len] = '\0';
+        *off += len + 1;
+        return at;
+}
+
 int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
         static const int string_cols[] = { COL_USER, COL_DATABASE, COL_APPLICATION, COL_CLIENT_ADDR, COL_QUERY };
         int n = PQntuples(res);
@@ -134,13 +146,8 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
                                 continue;
                         h->prepared_at = ts_value(res, i, COL_BACKEND_START);
                         h->active = PQgetvalue(res, i, COL_LOCK_WAIT)[0] == 't';
-                        for (size_t c = 0; c < ELEMENTSOF(names); c++) {
-                                size_t len = (size_t) PQgetlength(res, i, string_cols[c]);
-                                memcpy(s.strings + off, PQgetvalue(res, i, string_cols[c]), len);
-                                s.strings[off + len] = '\0';
-                                *names[c] = s.strings + off;
-                                off += len + 1;
-                        }
+                        for (size_t c = 0; c < ELEMENTSOF(names); c++)
+                                *names[c] = take_string(res, i, string_cols[c], s.strings, &off);
                         if (h->xmin_age > s.horizon_age[h->kind])
                                 s.horizon_age[h->kind] = h->xmin_age;
                         s.n_holders++;
@@ -161,13 +168,8 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
                                 continue;
                         g->count = ts_value(res, i, COL_COUNT);
                         for (size_t c = 0; c < ELEMENTSOF(keys); c++) {
-                                size_t len = (size_t) PQgetlength(res, i, string_cols[c]);
-                                if (PQgetisnull(res, i, string_cols[c]))
-                                        continue;
-                                memcpy(s.strings + off, PQgetvalue(res, i, string_cols[c]), len);
-                                s.strings[off + len] = '\0';
-                                g->key[keys[c]] = s.strings + off;
-                                off += len + 1;
+                                if (!PQgetisnull(res, i, string_cols[c]))
+                                        g->key[keys[c]] = take_string(res, i, string_cols[c], s.strings, &off);
                         }
                         s.connections = (s.connections < 0 ? 0 : s.connections) + g->count;
                         s.n_groups++;
@@ -195,15 +197,11 @@ int snapshot_from_result(const PGresult *res, struct snapshot *ret) {
                         row->n_blockers = parse_pid_array(PQgetvalue(res, i, COL_BLOCKERS), &pool, &n_pool);
                 }
                 for (size_t c = 0; c < ELEMENTSOF(string_cols); c++) {
-                        size_t len = (size_t) PQgetlength(res, i, string_cols[c]);
                         if (string_cols[c] == COL_QUERY && PQgetisnull(res, i, COL_QUERY)) {
                                 *dest[c] = NULL;
                                 continue;
                         }
-                        memcpy(s.strings + off, PQgetvalue(res, i, string_cols[c]), len);
-                        s.strings[off + len] = '\0';
-                        *dest[c] = s.strings + off;
-                        off += len + 1;
+                        *dest[c] = take_string(res, i, string_cols[c], s.strings, &off);
                 }
                 s.n_rows++;
         }
